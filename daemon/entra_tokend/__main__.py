@@ -1,0 +1,5 @@
+"""``python -m entra_tokend``."""
+
+from entra_tokend.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,145 @@
+"""The projected service-account token: reading it and its unverified claims.
+
+The daemon never verifies the assertion's signature (Entra does); it only reads the claims
+it needs to schedule and to explain failures: ``exp``, ``iat``, ``iss``, ``sub``, ``aud``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+# A projected token is a few KiB; anything far larger is not one.
+MAX_ASSERTION_BYTES = 64 * 1024
+
+
+class AssertionUnavailable(Exception):
+    """No usable assertion: the file is missing, unreadable, malformed or expired."""
+
+    kind = "unavailable"
+
+
+class AssertionMissing(AssertionUnavailable):
+    """The token file does not exist (yet)."""
+
+    kind = "missing"
+
+
+class AssertionMalformed(AssertionUnavailable):
+    """The token file exists but does not hold a JWT."""
+
+    kind = "malformed"
+
+
+class AssertionExpired(AssertionUnavailable):
+    """The only assertion on disk has expired; sending it would only earn AADSTS700024."""
+
+    kind = "expired"
+
+
+@dataclass(frozen=True)
+class Assertion:
+    """One version of the projected token. ``repr`` never shows the token itself."""
+
+    token: str = field(repr=False)
+    fingerprint: str
+    expires_on: float | None
+    issued_at: float | None
+    iss: str | None
+    sub: str | None
+    aud: tuple[str, ...]
+
+    def describe(self) -> dict[str, Any]:
+        """Claims safe to log: what a federated credential is matched against."""
+        return {"iss": self.iss, "sub": self.sub, "aud": list(self.aud), "exp": self.expires_on}
+
+
+def _b64url_decode(segment: str) -> bytes:
+    return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+
+
+def decode_claims(token: str) -> dict[str, Any]:
+    """Return a JWT's payload without verifying it. Raises AssertionMalformed."""
+    parts = token.split(".")
+    if len(parts) != 3 or not all(parts[:2]):
+        raise AssertionMalformed(
+            "token file does not hold a JWT (expected three dot-separated parts)"
+        )
+    try:
+        claims = json.loads(_b64url_decode(parts[1]))
+    except (binascii.Error, ValueError, UnicodeDecodeError):
+        raise AssertionMalformed(
+            "token file holds a JWT whose payload is not base64url JSON"
+        ) from None
+    if not isinstance(claims, dict):
+        raise AssertionMalformed("token file holds a JWT whose payload is not a JSON object")
+    return claims
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+def _string(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def parse_assertion(content: bytes) -> Assertion:
+    """Parse a token file's bytes into an Assertion. Raises AssertionMalformed."""
+    if len(content) > MAX_ASSERTION_BYTES:
+        raise AssertionMalformed(
+            f"token file is {len(content)} bytes; a projected token is far smaller"
+        )
+    try:
+        token = content.decode("ascii").strip()
+    except UnicodeDecodeError:
+        raise AssertionMalformed("token file holds non-ASCII bytes, not a JWT") from None
+    if not token:
+        raise AssertionMalformed("token file is empty")
+    claims = decode_claims(token)
+    aud = claims.get("aud")
+    audiences = (
+        (aud,) if isinstance(aud, str) else tuple(a for a in aud or () if isinstance(a, str))
+    )
+    return Assertion(
+        token=token,
+        fingerprint=hashlib.sha256(token.encode()).hexdigest(),
+        expires_on=_number(claims.get("exp")),
+        issued_at=_number(claims.get("iat")),
+        iss=_string(claims.get("iss")),
+        sub=_string(claims.get("sub")),
+        aud=audiences if isinstance(aud, str | list) else (),
+    )
+
+
+def read_assertion(path: Path) -> Assertion:
+    """Read and parse the projected token at ``path`` (following kubelet's symlinks)."""
+    try:
+        with open(path, "rb") as f:
+            content = f.read(MAX_ASSERTION_BYTES + 1)
+    except FileNotFoundError:
+        raise AssertionMissing(f"projected token file {path} does not exist") from None
+    except IsADirectoryError:
+        raise AssertionMalformed(f"projected token path {path} is a directory") from None
+    except OSError as exc:
+        raise AssertionUnavailable(
+            f"cannot read projected token file {path}: {exc.strerror}"
+        ) from None
+    return parse_assertion(content)
+
+
+def check_unexpired(assertion: Assertion, now: float, path: Path) -> None:
+    """Raise AssertionExpired when the assertion's ``exp`` has passed."""
+    if assertion.expires_on is not None and assertion.expires_on <= now:
+        when = datetime.fromtimestamp(assertion.expires_on, UTC).isoformat()
+        raise AssertionExpired(
+            f"projected token {path} expired at {when}; is kubelet refreshing it?"
+        )

@@ -1,0 +1,526 @@
+"""Wiring: builds the pieces from the configuration and runs them until a signal.
+
+One asyncio loop. The scheduler loop below is the only place that decides *when* a token is
+exchanged; ``exchange`` knows *how* to talk to Entra and ``sink`` how to put bytes on disk.
+watchdog's thread only posts events into the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from entra_tokend import __version__, sdnotify
+from entra_tokend.assertion import (
+    Assertion,
+    AssertionUnavailable,
+    check_unexpired,
+    read_assertion,
+)
+from entra_tokend.config import Config, ConfigError, Identity, TokenSpec
+from entra_tokend.exchange import FEDERATION_CODES, ClientError, ExchangeError, Exchanger
+from entra_tokend.logging import get_logger
+from entra_tokend.metrics import Metrics
+from entra_tokend.scheduler import MAX_SLEEP, Clock, Policy, SystemClock, TokenSchedule
+from entra_tokend.sink import (
+    SinkError,
+    read_existing,
+    remove_stale_temp_files,
+    render,
+    write_atomic,
+)
+
+ReloadFn = Callable[[], Config]
+
+
+def _iso(ts: float | None) -> str | None:
+    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
+
+
+def policy_of(config: Config) -> Policy:
+    """The scheduler policy a configuration asks for."""
+    return Policy(
+        refresh_at=config.refresh_at,
+        jitter=config.jitter,
+        min_interval=config.min_refresh_interval,
+        backoff_initial=config.backoff_initial,
+        backoff_max=config.backoff_max,
+        config_backoff_max=config.config_error_backoff_max,
+    )
+
+
+@dataclass
+class IdentityState:
+    """An identity's current projected token and what was last said about it."""
+
+    identity: Identity
+    assertion: Assertion | None = None
+    problem: str | None = None  # last logged problem, to log once per change
+    watcher: Any = None
+
+
+@dataclass
+class TokenRunner:
+    """One token's live state."""
+
+    spec: TokenSpec
+    schedule: TokenSchedule
+    state: str = "pending"  # pending | ok | failing | expired
+    inflight: bool = False
+    rotated_in_flight: bool = False
+    succeeded_once: bool = False
+    fatal: str | None = None  # a configuration error (run --once fails on it)
+    last_failure: tuple[str, Any] | None = None  # to log repeats quietly
+    task: asyncio.Task[None] | None = field(default=None, repr=False)
+
+
+class Daemon:
+    """Keeps every configured token fresh on disk."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        clock: Clock | None = None,
+        reload: ReloadFn | None = None,
+    ) -> None:
+        self.config = config
+        self.clock: Clock = clock or SystemClock()
+        self._reload = reload
+        self.log = get_logger()
+        self.metrics = Metrics()
+        self.metrics.set_ready(False)
+        self.exchanger = Exchanger(config.request_timeout, max_connections=config.concurrency)
+        self._sem = asyncio.Semaphore(config.concurrency)
+        self.identities: dict[str, IdentityState] = {}
+        self.runners: dict[str, TokenRunner] = {}
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._ready_notified = False
+        self._apply_config(config, initial=True)
+
+    # ---- configuration -------------------------------------------------------------------
+
+    def _apply_config(self, config: Config, *, initial: bool = False) -> None:
+        old_tokens = {} if initial else dict(self.runners)
+        policy = policy_of(config)
+        for name, ident in config.identities.items():
+            current = self.identities.get(name)
+            if current is None or current.identity != ident:
+                if current and current.watcher:
+                    current.watcher.stop()
+                self.identities[name] = IdentityState(ident)
+        for name in list(self.identities):
+            if name not in config.identities:
+                state = self.identities.pop(name)
+                if state.watcher:
+                    state.watcher.stop()
+        new_runners: dict[str, TokenRunner] = {}
+        for name, spec in config.tokens.items():
+            old = old_tokens.get(name)
+            if old is not None and old.spec == spec and policy_of(self.config) == policy:
+                new_runners[name] = old
+                continue
+            if old is not None and old.task:
+                old.task.cancel()
+            runner = TokenRunner(spec, TokenSchedule(policy, self.clock))
+            self.metrics.token_configured(name, spec.identity)
+            existing = read_existing(spec.path, spec.format)
+            if existing and existing.expires_on > self.clock.wall():
+                runner.schedule.adopted(existing.issued_at, existing.expires_on)
+                runner.state = "ok"
+                self.metrics.token_adopted(name, existing.expires_on)
+            new_runners[name] = runner
+        for name, old in old_tokens.items():
+            if name not in config.tokens:
+                if old.task:
+                    old.task.cancel()
+                self.metrics.token_removed(name)
+                self.log.info("token removed from configuration; its file is left", token=name)
+        self.runners = new_runners
+        self.config = config
+        self._wake.set()
+
+    def reload(self) -> None:
+        """Re-read the configuration (SIGHUP); a bad one is logged and the running one kept."""
+        if self._reload is None:
+            return
+        try:
+            config = self._reload()
+        except ConfigError as exc:
+            for problem in exc.problems:
+                self.log.error("configuration reload rejected", problem=problem)
+            return
+        if config.listen != self.config.listen:
+            self.log.warning("listen changed; it takes effect at the next restart")
+        before = set(self.runners)
+        self._apply_config(config)
+        self._start_watchers()
+        self.log.info(
+            "configuration reloaded",
+            added=sorted(set(self.runners) - before),
+            removed=sorted(before - set(self.runners)),
+        )
+
+    # ---- readiness -----------------------------------------------------------------------
+
+    def readiness(self) -> tuple[bool, dict[str, str]]:
+        """(ready, {token: state}); ready when every token is on disk and unexpired."""
+        states: dict[str, str] = {}
+        for name, runner in self.runners.items():
+            valid = runner.schedule.valid()
+            states[name] = "expired" if runner.schedule.expires and not valid else runner.state
+        ready = bool(states) and all(r.schedule.valid() for r in self.runners.values())
+        return ready, states
+
+    def _update_ready(self) -> bool:
+        ready, _ = self.readiness()
+        self.metrics.set_ready(ready)
+        if ready and not self._ready_notified:
+            self._ready_notified = True
+            sdnotify.notify("READY=1", f"STATUS=all {len(self.runners)} tokens on disk")
+            self.log.info("ready: every token is on disk", tokens=len(self.runners))
+        return ready
+
+    # ---- assertions and rotations --------------------------------------------------------
+
+    def _load_assertion(self, ident: IdentityState) -> Assertion:
+        """Read the projected token fresh; notice rotations; raise when unusable."""
+        try:
+            assertion = read_assertion(ident.identity.token_file)
+        except AssertionUnavailable as exc:
+            self._assertion_problem(ident, str(exc), exc.kind)
+            raise
+        if ident.assertion is None or assertion.fingerprint != ident.assertion.fingerprint:
+            self._rotated(ident, assertion)
+        try:
+            check_unexpired(assertion, self.clock.wall(), ident.identity.token_file)
+        except AssertionUnavailable as exc:
+            self._assertion_problem(ident, str(exc), exc.kind)
+            raise
+        if ident.problem is not None:
+            ident.problem = None
+            self.log.info("projected token usable again", identity=ident.identity.name)
+        return assertion
+
+    def _assertion_problem(self, ident: IdentityState, message: str, kind: str) -> None:
+        if ident.problem != message:
+            ident.problem = message
+            self.log.warning(
+                "projected token unavailable",
+                identity=ident.identity.name,
+                problem=kind,
+                detail=message,
+            )
+
+    def _rotated(self, ident: IdentityState, assertion: Assertion) -> None:
+        first = ident.assertion is None
+        ident.assertion = assertion
+        name = ident.identity.name
+        self.metrics.assertion_loaded(name, assertion.expires_on)
+        if not first:
+            self.metrics.assertion_rotated(name)
+        self.log.info(
+            "projected token loaded" if first else "projected token rotated",
+            identity=name,
+            expires_at=_iso(assertion.expires_on),
+            iss=assertion.iss,
+            sub=assertion.sub,
+            aud=list(assertion.aud),
+        )
+        if first:
+            return
+        # A fresh assertion: every token of this identity whose last exchange failed retries now.
+        for runner in self.runners.values():
+            if runner.spec.identity != name or runner.state not in (
+                "failing",
+                "pending",
+                "expired",
+            ):
+                continue
+            if runner.inflight:
+                runner.rotated_in_flight = True
+            else:
+                runner.schedule.retry_now()
+        self._wake.set()
+
+    def _on_watch(self, name: str) -> None:
+        """Watcher callback (on the loop): the token file may have changed."""
+        ident = self.identities.get(name)
+        if ident is None:
+            return
+        with contextlib.suppress(AssertionUnavailable):
+            self._load_assertion(ident)
+
+    def _start_watchers(self) -> None:
+        from entra_tokend.watcher import DirectoryWatcher  # noqa: PLC0415 - after config is valid
+
+        loop = asyncio.get_running_loop()
+        for name, ident in self.identities.items():
+            if ident.watcher is None:
+                ident.watcher = DirectoryWatcher(
+                    ident.identity.token_file,
+                    lambda n=name: self._on_watch(n),  # type: ignore[misc]
+                    loop=loop,
+                    poll_interval=self.config.poll_interval,
+                )
+                ident.watcher.start()
+            with contextlib.suppress(AssertionUnavailable):
+                self._load_assertion(ident)
+
+    # ---- one refresh ---------------------------------------------------------------------
+
+    async def _refresh(self, runner: TokenRunner) -> None:
+        spec = runner.spec
+        ident = self.identities[spec.identity]
+        log = self.log.bind(token=spec.name, identity=spec.identity)
+        try:
+            async with self._sem:
+                runner.rotated_in_flight = False
+                runner.schedule.started()
+                try:
+                    assertion = self._load_assertion(ident)
+                except AssertionUnavailable as exc:
+                    self._failed(runner, log, "assertion_unavailable", {"detail": str(exc)})
+                    # A rotation (watcher) retries it; the schedule keeps a slow safety net.
+                    runner.schedule.wait_for_event()
+                    return
+                started = self.clock.monotonic()
+                try:
+                    token = await self.exchanger.exchange(
+                        ident.identity, spec.scope, assertion.token
+                    )
+                except ExchangeError as exc:
+                    self.metrics.exchange_observed(spec.identity, self.clock.monotonic() - started)
+                    self._exchange_failed(runner, log, exc, assertion)
+                    return
+                self.metrics.exchange_observed(spec.identity, self.clock.monotonic() - started)
+                data = render(
+                    token, spec.format, ident.identity.tenant_id, ident.identity.client_id
+                )
+                try:
+                    await asyncio.to_thread(
+                        write_atomic,
+                        spec.path,
+                        data,
+                        self.config.file_mode,
+                        self.config.file_owner,
+                        self.config.file_group,
+                    )
+                except SinkError as exc:
+                    self._failed(runner, log, "write_error", {"detail": str(exc)})
+                    runner.schedule.failed()
+                    return
+                delay = runner.schedule.succeeded(
+                    token.expires_on, token.expires_in, token.refresh_in
+                )
+                recovered = runner.state != "ok" and runner.last_failure is not None
+                runner.state = "ok"
+                runner.succeeded_once = True
+                runner.fatal = None
+                runner.last_failure = None
+                self.metrics.token_written(spec.name, token.expires_on, self.clock.wall())
+                log.info(
+                    "token recovered" if recovered else "token written",
+                    path=str(spec.path),
+                    expires_at=_iso(token.expires_on),
+                    expires_in=int(token.expires_in),
+                    next_refresh_in=round(delay, 1),
+                    request_id=token.request_id,
+                )
+            if spec.hook is not None:
+                from entra_tokend.hooks import run_hook  # noqa: PLC0415 - only when configured
+
+                ok = await run_hook(spec.hook, spec.name, spec.path, log)
+                if not ok:
+                    self.metrics.hook_failed(spec.name)
+        finally:
+            runner.inflight = False
+            if runner.rotated_in_flight and runner.state != "ok":
+                runner.rotated_in_flight = False
+                runner.schedule.retry_now()
+            self._update_ready()
+            self._wake.set()
+
+    def _exchange_failed(
+        self, runner: TokenRunner, log: Any, exc: ExchangeError, assertion: Assertion
+    ) -> None:
+        fields: dict[str, Any] = {"request_id": exc.request_id, "detail": exc.message}
+        fields.update(exc.details.fields())
+        configuration = isinstance(exc, ClientError) and exc.is_configuration
+        if isinstance(exc, ClientError):
+            if exc.details.aadsts in FEDERATION_CODES:
+                fields["hint"] = (
+                    "compare the federated credential's issuer, subject and audience "
+                    "with the projected token's claims"
+                )
+                fields["assertion_claims"] = assertion.describe()
+            elif exc.assertion_expired:
+                fields["hint"] = "the projected token expired; waiting for kubelet to rotate it"
+            elif configuration:
+                fields["hint"] = "check the client id, tenant id and scope in the configuration"
+        if configuration:
+            runner.fatal = f"{exc.message}"
+        delay = runner.schedule.failed(
+            retry_after=exc.retry_after, configuration_error=configuration
+        )
+        fields["retry_in"] = round(delay, 1)
+        self._failed(runner, log, exc.reason, fields, error=configuration)
+
+    def _failed(
+        self,
+        runner: TokenRunner,
+        log: Any,
+        reason: str,
+        fields: dict[str, Any],
+        *,
+        error: bool = False,
+    ) -> None:
+        runner.state = "failing"
+        self.metrics.refresh_failed(runner.spec.name, reason)
+        key = (reason, fields.get("aadsts") or fields.get("status") or fields.get("detail"))
+        repeat = runner.last_failure == key
+        runner.last_failure = key
+        if runner.schedule.valid() and runner.schedule.expires is not None:
+            fields["current_token_expires_in"] = int(runner.schedule.expires.remaining(self.clock))
+        method = log.debug if repeat else (log.error if error else log.warning)
+        method("token refresh failed", reason=reason, **fields)
+
+    # ---- the loop ------------------------------------------------------------------------
+
+    def _start_due(self) -> None:
+        for runner in self.runners.values():
+            if not runner.inflight and runner.schedule.due_in() <= 0:
+                runner.inflight = True
+                runner.task = asyncio.create_task(self._refresh(runner), name=runner.spec.name)
+
+    def _next_wait(self) -> float:
+        waits = [r.schedule.due_in() for r in self.runners.values() if not r.inflight]
+        expiries = [
+            r.schedule.expires.remaining(self.clock)
+            for r in self.runners.values()
+            if r.schedule.expires is not None and r.schedule.valid()
+        ]
+        # Wake at an expiry too, so readiness drops the moment a token expires.
+        return max(0.0, min([MAX_SLEEP, *waits, *expiries]))
+
+    def stop(self) -> None:
+        """Ask the loop to finish (SIGTERM/SIGINT)."""
+        self._stopping.set()
+        self._wake.set()
+
+    async def _sleep(self, seconds: float) -> None:
+        if self._stopping.is_set():
+            return
+        self._wake.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout=seconds)
+
+    def _prepare_output(self) -> None:
+        self.config.output_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
+        for directory in {spec.path.parent for spec in self.config.tokens.values()}:
+            directory.mkdir(mode=0o750, parents=True, exist_ok=True)
+            removed = remove_stale_temp_files(directory)
+            if removed:
+                self.log.info("removed temp files of an interrupted run", files=removed)
+
+    async def run(self, *, once: bool = False) -> int:
+        """Run until a signal (or, with ``once``, until every token is on disk)."""
+        loop = asyncio.get_running_loop()
+        try:
+            self._prepare_output()
+        except OSError as exc:
+            self.log.error(
+                "cannot prepare output_dir", path=str(self.config.output_dir), detail=exc.strerror
+            )
+            return 2
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop)
+        if not once:
+            loop.add_signal_handler(signal.SIGHUP, self.reload)
+        server = None
+        if self.config.listen and not once:
+            from entra_tokend.server import start_server  # noqa: PLC0415
+
+            host, port = self.config.listen
+            try:
+                server = await start_server(host, port, self.metrics, self.readiness)
+            except OSError as exc:
+                self.log.error("cannot listen", listen=f"{host}:{port}", detail=exc.strerror)
+                return 2
+        self.log.info(
+            "entra-tokend starting",
+            version=__version__,
+            mode="once" if once else "run",
+            tokens=sorted(self.runners),
+            output_dir=str(self.config.output_dir),
+            pid=os.getpid(),
+        )
+        self._start_watchers()
+        watchdog = asyncio.create_task(self._watchdog()) if not once else None
+        deadline = self.clock.monotonic() + self.config.once_deadline
+        code = 0
+        try:
+            while not self._stopping.is_set():
+                self._start_due()
+                self._update_ready()
+                if once:
+                    result = self._once_result(deadline)
+                    if result is not None:
+                        code = result
+                        break
+                wait = self._next_wait()
+                if once:
+                    wait = min(wait, max(0.0, deadline - self.clock.monotonic()))
+                await self._sleep(wait)
+        finally:
+            sdnotify.notify("STOPPING=1")
+            self.log.info("entra-tokend stopping")
+            if watchdog:
+                watchdog.cancel()
+            tasks = [r.task for r in self.runners.values() if r.task and not r.task.done()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            for ident in self.identities.values():
+                if ident.watcher:
+                    ident.watcher.stop()
+            if server is not None:
+                server.close()
+                await server.wait_closed()
+            await self.exchanger.aclose()
+        return code
+
+    def _once_result(self, deadline: float) -> int | None:
+        runners = self.runners.values()
+        if all(r.succeeded_once for r in runners):
+            self.log.info("every token is on disk", tokens=len(self.runners))
+            return 0
+        fatal = {r.spec.name: r.fatal for r in runners if r.fatal and not r.succeeded_once}
+        if fatal:
+            for name, why in fatal.items():
+                self.log.error("configuration error from Entra; giving up", token=name, detail=why)
+            return 1
+        if self.clock.monotonic() >= deadline:
+            missing = sorted(r.spec.name for r in runners if not r.succeeded_once)
+            self.log.error(
+                "deadline reached before every token was on disk",
+                missing=missing,
+                deadline_seconds=self.config.once_deadline,
+            )
+            return 1
+        return None
+
+    async def _watchdog(self) -> None:
+        interval = sdnotify.watchdog_interval()
+        if not interval:
+            return
+        while True:
+            sdnotify.notify("WATCHDOG=1")
+            await asyncio.sleep(interval / 2)

@@ -1,0 +1,70 @@
+"""structlog configuration: JSON lines (or a console renderer) with redaction last.
+
+Never logging secrets is the rule; the redaction processor is the safety net behind it. It
+runs on the rendered line, after every other processor, so nothing added later in the chain
+can slip a JWT past it.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from typing import Any, TextIO
+
+import structlog
+
+# JWTs (access tokens, assertions) all start with a base64url '{"' header: eyJ.
+_JWT_RE = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*")
+_BEARER_RE = re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]{8,}")
+_ASSERTION_RE = re.compile(r"(?i)(client_assertion=)[^&\s\"']+")
+REDACTED = "[REDACTED]"
+
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
+
+
+def redact_text(text: str) -> str:
+    """Replace anything shaped like a JWT, a bearer credential or a form assertion."""
+    text = _JWT_RE.sub(REDACTED, text)
+    text = _BEARER_RE.sub(lambda m: m.group(1) + REDACTED, text)
+    return _ASSERTION_RE.sub(lambda m: m.group(1) + REDACTED, text)
+
+
+def _redact_rendered(_logger: Any, _method: str, rendered: Any) -> Any:
+    if isinstance(rendered, str):
+        return redact_text(rendered)
+    return rendered
+
+
+def configure_logging(
+    log_format: str = "auto", level: str = "info", stream: TextIO | None = None
+) -> None:
+    """Configure structlog once for the process; ``auto`` is JSON unless stderr is a terminal."""
+    out = stream or sys.stderr
+    console = log_format == "console" or (log_format == "auto" and out.isatty())
+    renderer: Any
+    if console:
+        # plain_traceback: rich's default shows local variables, which may hold tokens.
+        renderer = structlog.dev.ConsoleRenderer(
+            colors=out.isatty(), exception_formatter=structlog.dev.plain_traceback
+        )
+    else:
+        renderer = structlog.processors.JSONRenderer()
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp"),
+            structlog.processors.format_exc_info,
+            renderer,
+            _redact_rendered,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS.get(level, logging.ERROR)),
+        logger_factory=structlog.PrintLoggerFactory(out),
+        cache_logger_on_first_use=True,
+    )
+
+
+def get_logger(**bind: Any) -> Any:
+    """A bound logger; ``bind`` adds fields such as token= or identity=."""
+    return structlog.get_logger().bind(**bind)

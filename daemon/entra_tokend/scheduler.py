@@ -1,0 +1,191 @@
+"""When to refresh: refresh timing, jitter, backoff and Retry-After, as pure functions.
+
+Times are tracked on two clocks. Waiting uses the monotonic clock (immune to NTP steps); expiry
+is a wall-clock fact (Entra's). Each deadline is kept on both and the *earlier* one wins: after
+a suspend (monotonic stood still) the wall clock is right; after an NTP step backwards the
+monotonic clock is. Nothing here sleeps; the daemon asks ``due_in`` and sleeps at most
+``MAX_SLEEP`` so a clock jump is noticed within that bound.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+# Upper bound on one sleep of the scheduler loop, so wall-clock jumps are seen in time.
+MAX_SLEEP = 60.0
+
+
+class Clock(Protocol):
+    """Injectable time source (tests use a fake one and never wait)."""
+
+    def wall(self) -> float:
+        """Unix time, seconds."""
+        ...
+
+    def monotonic(self) -> float:
+        """Monotonic seconds."""
+        ...
+
+
+class SystemClock:
+    """The real clocks."""
+
+    def wall(self) -> float:
+        """Unix time, seconds."""
+        return time.time()
+
+    def monotonic(self) -> float:
+        """Monotonic seconds."""
+        return time.monotonic()
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Refresh and retry tunables (see the configuration reference)."""
+
+    refresh_at: float = 0.5
+    jitter: float = 0.1
+    min_interval: float = 5.0
+    backoff_initial: float = 1.0
+    backoff_max: float = 60.0
+    config_backoff_max: float = 300.0
+
+
+def refresh_delay(
+    lifetime: float, policy: Policy, rng: random.Random, refresh_in: float | None = None
+) -> float:
+    """Seconds after issue at which to refresh a token that lives ``lifetime`` seconds.
+
+    ``refresh_at`` of the lifetime, jittered by ±``jitter`` of itself, earlier if Entra's
+    ``refresh_in`` says so, never sooner than ``min_interval`` unless the token is so short-lived
+    that waiting that long would reach its expiry margin.
+    """
+    fraction = policy.refresh_at * (1.0 + rng.uniform(-policy.jitter, policy.jitter))
+    delay = lifetime * fraction
+    if refresh_in is not None and 0 < refresh_in < delay:
+        delay = refresh_in
+    latest = lifetime * policy.refresh_at * (1.0 + policy.jitter)
+    return min(max(delay, policy.min_interval), latest)
+
+
+def backoff_delay(
+    attempt: int,
+    policy: Policy,
+    rng: random.Random,
+    *,
+    retry_after: float | None = None,
+    configuration_error: bool = False,
+) -> float:
+    """Seconds to wait before retry number ``attempt`` (0-based) of a failed exchange.
+
+    Exponential backoff with full jitter, capped; a configuration error uses the longer cap and
+    starts higher (a fixed config won't arrive within a second). Retry-After is never undercut.
+    """
+    cap = policy.config_backoff_max if configuration_error else policy.backoff_max
+    base = policy.backoff_initial * (2.0 ** min(attempt, 32))
+    if configuration_error:
+        base *= 8
+    ceiling = min(cap, base)
+    # Full jitter, with a floor of a tenth of the initial delay so it is never a hot loop.
+    delay = max(rng.uniform(0.0, ceiling), min(policy.backoff_initial * 0.1, ceiling))
+    if retry_after is not None and retry_after > delay:
+        delay = retry_after
+    return delay
+
+
+@dataclass
+class Deadline:
+    """A moment tracked on both clocks; the earlier reading wins."""
+
+    wall: float
+    mono: float
+
+    @classmethod
+    def after(cls, clock: Clock, seconds: float) -> Deadline:
+        """The moment ``seconds`` from now."""
+        return cls(clock.wall() + seconds, clock.monotonic() + seconds)
+
+    @classmethod
+    def at_wall(cls, clock: Clock, wall: float) -> Deadline:
+        """A wall-clock moment (e.g. an expiry), mirrored onto the monotonic clock."""
+        return cls(wall, clock.monotonic() + (wall - clock.wall()))
+
+    def remaining(self, clock: Clock) -> float:
+        """Seconds until this moment by the more pessimistic clock."""
+        return min(self.wall - clock.wall(), self.mono - clock.monotonic())
+
+
+class TokenSchedule:
+    """One token's timing state: when it is next due, how often it has failed."""
+
+    def __init__(self, policy: Policy, clock: Clock, rng: random.Random | None = None) -> None:
+        self.policy = policy
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.due = Deadline.after(clock, 0.0)
+        self.expires: Deadline | None = None
+        self.failures = 0
+        self.last_attempt_mono: float | None = None
+
+    def due_in(self) -> float:
+        """Seconds until the next exchange should start (<= 0: now)."""
+        return self.due.remaining(self.clock)
+
+    def started(self) -> None:
+        """An exchange starts now."""
+        self.last_attempt_mono = self.clock.monotonic()
+
+    def succeeded(self, expires_on: float, lifetime: float, refresh_in: float | None) -> float:
+        """Record a good token; returns the delay until its refresh."""
+        self.failures = 0
+        self.expires = Deadline.at_wall(self.clock, expires_on)
+        # The lifetime left may be shorter than `lifetime` (clock skew); plan on what is left.
+        left = min(lifetime, max(self.expires.remaining(self.clock), 0.0))
+        delay = refresh_delay(left, self.policy, self.rng, refresh_in)
+        self.due = Deadline.after(self.clock, delay)
+        return delay
+
+    def adopted(self, issued_at: float | None, expires_on: float) -> float:
+        """Adopt a token found on disk at start-up (a restart): refresh on its own schedule."""
+        self.expires = Deadline.at_wall(self.clock, expires_on)
+        now = self.clock.wall()
+        if issued_at is None or issued_at >= expires_on:
+            self.due = Deadline.after(self.clock, 0.0)
+            return 0.0
+        lifetime = expires_on - issued_at
+        at = issued_at + lifetime * self.policy.refresh_at * (
+            1.0 + self.rng.uniform(-self.policy.jitter, self.policy.jitter)
+        )
+        delay = max(0.0, at - now)
+        self.due = Deadline.after(self.clock, delay)
+        return delay
+
+    def failed(
+        self, *, retry_after: float | None = None, configuration_error: bool = False
+    ) -> float:
+        """Record a failed exchange; returns the backoff delay until the retry."""
+        delay = backoff_delay(
+            self.failures,
+            self.policy,
+            self.rng,
+            retry_after=retry_after,
+            configuration_error=configuration_error,
+        )
+        self.failures += 1
+        self.due = Deadline.after(self.clock, delay)
+        return delay
+
+    def retry_now(self) -> None:
+        """Make the token due immediately (a fresh assertion arrived)."""
+        self.due = Deadline.after(self.clock, 0.0)
+
+    def wait_for_event(self) -> None:
+        """Nothing to do until an outside event (a rotation); keep a slow safety retry."""
+        self.due = Deadline.after(self.clock, self.policy.config_backoff_max)
+
+    def valid(self) -> bool:
+        """True while the last good token has not expired."""
+        return self.expires is not None and self.expires.remaining(self.clock) > 0
