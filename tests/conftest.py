@@ -95,11 +95,12 @@ class DaemonProcess:
         """Wait for a log event with the given name and fields."""
 
         def find() -> dict[str, Any] | None:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"daemon exited {self.proc.returncode}:\n{self.log_text()}")
+            exited = self.proc.poll() is not None
             for e in self.events():
                 if e.get("event") == event and all(e.get(k) == v for k, v in match.items()):
                     return e
+            if exited:
+                raise AssertionError(f"daemon exited {self.proc.returncode}:\n{self.log_text()}")
             return None
 
         return wait_until(find, timeout)
