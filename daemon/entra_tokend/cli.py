@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument(
         "--access-token-lifetime",
         type=float,
-        default=120.0,
+        default=60.0,
         metavar="SECONDS",
         help="short, so refreshes show within minutes",
     )

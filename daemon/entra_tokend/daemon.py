@@ -234,8 +234,6 @@ class Daemon:
             sub=assertion.sub,
             aud=list(assertion.aud),
         )
-        if first:
-            return
         # A fresh assertion: every token of this identity whose last exchange failed retries now.
         for runner in self.runners.values():
             if runner.spec.identity != name or runner.state not in (

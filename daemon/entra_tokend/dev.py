@@ -1,0 +1,96 @@
+"""``entra-tokend dev``: the emulator and the daemon together, for a first look.
+
+Everything runs in one process: the emulator (an Entra tenant and a kubelet rotating a
+projected token, over HTTPS with its own CA) in threads, the daemon on the event loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import sys
+from pathlib import Path
+
+from entra_tokend.config import ConfigError, Overrides, load_config, parse_listen
+
+DEV_TOKENS = (
+    "storage=https://storage.azure.com/.default",
+    "graph=https://graph.microsoft.com/.default",
+)
+
+
+def _free_listen(listen: str) -> str:
+    """``listen`` if its port is free, else the same host on a free port."""
+    host, port = parse_listen(listen)
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+            return listen
+        except OSError:
+            s.bind((host, 0))
+            return f"{host}:{s.getsockname()[1]}"
+
+
+def run_dev(args: argparse.Namespace) -> int:
+    """Start the emulator, point the daemon at it, run until Ctrl-C."""
+    try:
+        from entra_tokend.emulator import Emulator  # noqa: PLC0415
+    except ImportError:
+        print(
+            "entra-tokend: `dev` needs the emulator extra: pip install 'entra-tokend[emulator]'",
+            file=sys.stderr,
+        )
+        return 2
+    from entra_tokend.daemon import Daemon  # noqa: PLC0415
+    from entra_tokend.logging import configure_logging  # noqa: PLC0415
+
+    state_dir = Path(args.state_dir).absolute()
+    output_dir = Path(args.output_dir).absolute()
+    listen = _free_listen(args.listen)
+    emu = Emulator(
+        state_dir,
+        tls=True,
+        token_ttl=600.0,
+        rotate_every=120.0,
+        access_token_lifetime=args.access_token_lifetime,
+    )
+    emu.start()
+    try:
+        env_file = emu.write_env_file(state_dir / "env")
+        # The daemon (and anything started from this shell) trusts the emulator's CA.
+        os.environ.update(emu.env())
+        overrides = Overrides(
+            tokens=list(DEV_TOKENS),
+            output_dir=str(output_dir),
+            listen=listen,
+            log_format=args.log_format,
+        )
+        try:
+            config = load_config(overrides, os.environ)
+        except ConfigError as exc:
+            for line in exc.problems:
+                print(f"entra-tokend: config: {line}", file=sys.stderr)
+            return 2
+        configure_logging(config.log_format, config.log_level)
+        print(
+            f"""
+entra-tokend dev — a local Entra tenant and kubelet at {emu.authority_host}
+  tokens:   {output_dir}/storage, {output_dir}/graph
+            (each lives {args.access_token_lifetime:.0f} s and is refreshed about halfway)
+  metrics:  http://{listen}/metrics   readiness: http://{listen}/readyz
+  your app: set -a; . {env_file}; set +a   (azure-identity works against the emulator too)
+  Ctrl-C stops.
+""",
+            file=sys.stderr,
+            flush=True,
+        )
+
+        async def main() -> int:
+            daemon = Daemon(config, reload=lambda: load_config(overrides, os.environ))
+            return await daemon.run()
+
+        return asyncio.run(main())
+    finally:
+        emu.stop()

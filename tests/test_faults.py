@@ -1,0 +1,163 @@
+"""Fault tolerance end to end: the daemon survives every fault, keeps the good file, recovers."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import wait_until
+from entra_tokend.emulator import Emulator, Fault
+
+STORAGE = "https://storage.azure.com/.default"
+VAULT = "https://vault.azure.net/.default"
+FAST = (
+    "backoff_initial = 0.05\nbackoff_max = 0.2\nmin_refresh_interval = 0\n"
+    "request_timeout = 1.0\nlisten = ''\n"
+)
+
+
+def write_config(path: Path, tokens: dict[str, str], extra: str = FAST) -> Path:
+    body = extra + "".join(f'[token.{n}]\nscope = "{s}"\n' for n, s in tokens.items())
+    path.write_text(body)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("fault", "reason"),
+    [
+        (Fault("status", status=503, count=3), "server_error"),
+        (Fault("status", status=429, retry_after="1", count=1), "throttled"),
+        (Fault("reset", count=2), "network"),
+        (Fault("html", status=200, count=2), "invalid_response"),
+        (Fault("no_access_token", count=2), "invalid_response"),
+        (Fault("hang", delay=5, count=1), "timeout"),
+        (Fault("status", status=400, aadsts=700024, count=1), "client_error"),
+    ],
+    ids=["5xx", "429", "reset", "html", "no_access_token", "hang", "aadsts700024"],
+)
+def test_fault_keeps_good_file_and_recovers(
+    emulator: Emulator, tmp_path: Path, daemon_factory: Any, fault: Fault, reason: str
+) -> None:
+    out = tmp_path / "out"
+    emulator.access_token_lifetime = 2
+    config = write_config(tmp_path / "c.toml", {"a": STORAGE})
+    d = daemon_factory(
+        "run", "--config", str(config), env={**emulator.env(), "ENTRA_TOKEND_OUTPUT_DIR": str(out)}
+    )
+    d.wait_event("token written", token="a")
+    good = (out / "a").read_bytes()
+    emulator.inject(fault)
+    failure = d.wait_event("token refresh failed", timeout=15, token="a", reason=reason)
+    # at the moment of failure the good file is still the good file
+    assert (out / "a").read_bytes() == good
+    assert failure["request_id"]
+    recovered = d.wait_event("token recovered", timeout=20, token="a")
+    assert (
+        recovered["request_id"] == emulator.token_requests()[-1].headers["x-ms-client-request-id"]
+    )
+    wait_until(lambda: (out / "a").read_bytes() == emulator.issued_tokens[-1].encode())
+    assert d.proc.poll() is None
+    if fault.retry_after:
+        # Retry-After is never undercut: the retry came at least that long after the 429
+        reqs = emulator.token_requests()
+        i = next(i for i, r in enumerate(reqs) if r.status == 429)
+        assert reqs[i + 1].time - reqs[i].time >= float(fault.retry_after)
+    assert d.stop() == 0
+    assert sorted(os.listdir(out)) == ["a"]
+
+
+def test_expired_token_file_stays_while_refresh_keeps_failing(
+    emulator: Emulator, tmp_path: Path, daemon_factory: Any
+) -> None:
+    out = tmp_path / "out"
+    emulator.access_token_lifetime = 1
+    config = write_config(tmp_path / "c.toml", {"a": STORAGE})
+    d = daemon_factory(
+        "run", "--config", str(config), env={**emulator.env(), "ENTRA_TOKEND_OUTPUT_DIR": str(out)}
+    )
+    d.wait_event("token written", token="a")
+    good = (out / "a").read_bytes()
+    emulator.inject(Fault("status", status=500, count=100_000))
+    # after expiry the failures keep coming and the file stays (a clear 401 beats ENOENT)
+    wait_until(lambda: d.count("token refresh failed", token="a") >= 1, timeout=10)
+    wait_until(lambda: len(emulator.token_requests()) >= 12, timeout=20)
+    assert (out / "a").read_bytes() == good
+    assert d.proc.poll() is None
+    emulator.clear_faults()
+    d.wait_event("token recovered", timeout=20, token="a")
+    assert d.stop() == 0
+
+
+def test_configuration_error_backs_off_longer_and_explains_federation(
+    emulator: Emulator, tmp_path: Path, daemon_factory: Any
+) -> None:
+    out = tmp_path / "out"
+    config = write_config(tmp_path / "c.toml", {"a": STORAGE})
+    emulator.inject(Fault("status", status=400, aadsts=700213, count=100))
+    d = daemon_factory(
+        "run", "--config", str(config), env={**emulator.env(), "ENTRA_TOKEND_OUTPUT_DIR": str(out)}
+    )
+    failure = d.wait_event("token refresh failed", token="a", aadsts=700213)
+    assert failure["level"] == "error"
+    assert failure["retry_in"] > 0.2  # beyond the transient cap: configuration backoff
+    assert failure["assertion_claims"]["sub"] == "system:serviceaccount:default:workload"
+    assert failure["assertion_claims"]["aud"] == ["api://AzureADTokenExchange"]
+    assert "issuer, subject and audience" in failure["hint"]
+    assert d.stop() == 0
+
+
+def test_one_identity_failing_does_not_affect_another(
+    emulator: Emulator, tmp_path: Path, daemon_factory: Any
+) -> None:
+    out = tmp_path / "out"
+    other = tmp_path / "missing-token"  # this identity's projected token never appears
+    extra = FAST + (
+        f'[identity.other]\ntenant_id = "{emulator.tenant_id}"\n'
+        f'client_id = "{emulator.client_id}"\ntoken_file = "{other}"\n'
+        f'authority_host = "{emulator.authority_host}"\n'
+        f'[token.b]\nscope = "{VAULT}"\nidentity = "other"\n'
+    )
+    config = write_config(tmp_path / "c.toml", {"a": STORAGE}, extra)
+    d = daemon_factory(
+        "run", "--config", str(config), env={**emulator.env(), "ENTRA_TOKEND_OUTPUT_DIR": str(out)}
+    )
+    d.wait_event("token written", token="a")
+    failure = d.wait_event("token refresh failed", token="b", reason="assertion_unavailable")
+    assert "does not exist" in failure["detail"]
+    assert d.count("projected token unavailable", identity="other") == 1
+    # the file appears: picked up promptly, without a restart
+    other.write_text(emulator.token_file.read_text())
+    d.wait_event("token recovered", token="b", timeout=10)
+    assert d.stop() == 0
+
+
+def test_sighup_reload_adds_removes_and_keeps(
+    emulator: Emulator, tmp_path: Path, daemon_factory: Any
+) -> None:
+    out = tmp_path / "out"
+    config = write_config(tmp_path / "c.toml", {"a": STORAGE, "b": VAULT})
+    d = daemon_factory(
+        "run", "--config", str(config), env={**emulator.env(), "ENTRA_TOKEND_OUTPUT_DIR": str(out)}
+    )
+    d.wait_event("ready: every token is on disk")
+    a_before = (out / "a").read_bytes()
+    write_config(config, {"a": STORAGE, "c": "https://graph.microsoft.com/.default"})
+    d.signal(signal.SIGHUP)
+    reloaded = d.wait_event("configuration reloaded")
+    assert reloaded["added"] == ["c"]
+    assert reloaded["removed"] == ["b"]
+    wait_until((out / "c").exists)
+    assert (out / "b").exists()  # removed tokens' files are left in place
+    assert (out / "a").read_bytes() == a_before  # unchanged token kept its schedule
+    assert sum(1 for r in emulator.token_requests() if r.form["scope"] == STORAGE) == 1
+    # a bad new configuration is rejected and the running one kept
+    config.write_text('[token.a]\nscop = "x"\n')
+    d.signal(signal.SIGHUP)
+    rejected = d.wait_event("configuration reload rejected")
+    assert "unknown key 'scop'" in rejected["problem"]
+    assert d.proc.poll() is None
+    assert d.stop() == 0

@@ -1,0 +1,217 @@
+"""The refresh policy as pure functions and a state machine, on a fake clock (no waiting)."""
+
+from __future__ import annotations
+
+import random
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from entra_tokend.scheduler import Deadline, Policy, TokenSchedule, backoff_delay, refresh_delay
+
+
+class FakeClock:
+    def __init__(self, wall: float = 1_800_000_000.0, mono: float = 1000.0) -> None:
+        self._wall = wall
+        self._mono = mono
+
+    def wall(self) -> float:
+        return self._wall
+
+    def monotonic(self) -> float:
+        return self._mono
+
+    def advance(self, seconds: float) -> None:
+        self._wall += seconds
+        self._mono += seconds
+
+    def jump_wall(self, seconds: float) -> None:
+        """NTP step or suspend: wall time moves, monotonic does not."""
+        self._wall += seconds
+
+
+policies = st.builds(
+    Policy,
+    refresh_at=st.floats(0.1, 0.8),
+    jitter=st.floats(0.0, 0.18),
+    min_interval=st.floats(0.0, 30.0),
+    backoff_initial=st.floats(0.01, 10.0),
+    backoff_max=st.floats(10.0, 600.0),
+    config_backoff_max=st.floats(600.0, 3600.0),
+)
+
+
+@given(
+    policy=policies,
+    lifetime=st.floats(60.0, 7 * 86400.0),
+    refresh_in=st.none() | st.floats(1.0, 7 * 86400.0),
+    seed=st.integers(0, 2**32),
+)
+def test_refresh_always_before_expiry_minus_margin(
+    policy: Policy, lifetime: float, refresh_in: float | None, seed: int
+) -> None:
+    delay = refresh_delay(lifetime, policy, random.Random(seed), refresh_in)
+    margin = lifetime * (1 - policy.refresh_at * (1 + policy.jitter))
+    assert margin > 0
+    assert 0 <= delay <= lifetime - margin + 1e-6
+
+
+@given(policy=policies, lifetime=st.floats(600.0, 86400.0), seed=st.integers(0, 2**32))
+def test_jitter_stays_in_its_band(policy: Policy, lifetime: float, seed: int) -> None:
+    delay = refresh_delay(lifetime, policy, random.Random(seed))
+    low = lifetime * policy.refresh_at * (1 - policy.jitter)
+    high = lifetime * policy.refresh_at * (1 + policy.jitter)
+    assert min(max(low, policy.min_interval), high) - 1e-6 <= delay <= high + 1e-6
+
+
+@given(
+    policy=policies,
+    attempt=st.integers(0, 100),
+    configuration=st.booleans(),
+    seed=st.integers(0, 2**32),
+)
+def test_backoff_never_exceeds_its_cap(
+    policy: Policy, attempt: int, configuration: bool, seed: int
+) -> None:
+    delay = backoff_delay(attempt, policy, random.Random(seed), configuration_error=configuration)
+    cap = policy.config_backoff_max if configuration else policy.backoff_max
+    assert 0 < delay <= cap
+
+
+@given(
+    policy=policies,
+    attempt=st.integers(0, 100),
+    retry_after=st.floats(0.0, 7200.0),
+    seed=st.integers(0, 2**32),
+)
+def test_retry_after_is_never_undercut(
+    policy: Policy, attempt: int, retry_after: float, seed: int
+) -> None:
+    assert (
+        backoff_delay(attempt, policy, random.Random(seed), retry_after=retry_after) >= retry_after
+    )
+
+
+def test_backoff_grows_exponentially_on_average() -> None:
+    policy = Policy(backoff_initial=1.0, backoff_max=60.0)
+    rng = random.Random(7)
+    means = [sum(backoff_delay(a, policy, rng) for _ in range(2000)) / 2000 for a in range(7)]
+    # full jitter: the mean is about half the ceiling (1, 2, 4, ... capped at 60)
+    for attempt, mean in enumerate(means):
+        ceiling = min(60.0, 2.0**attempt)
+        assert 0.4 * ceiling <= mean <= 0.6 * ceiling
+
+
+def test_configuration_errors_back_off_longer() -> None:
+    policy = Policy()
+    rng = random.Random(1)
+    normal = sum(backoff_delay(0, policy, rng) for _ in range(500))
+    config = sum(backoff_delay(0, policy, rng, configuration_error=True) for _ in range(500))
+    assert config > 4 * normal
+
+
+def test_refresh_in_is_honoured_when_earlier() -> None:
+    policy = Policy(jitter=0.0, min_interval=0)
+    assert refresh_delay(86400, policy, random.Random(), refresh_in=3600) == 3600
+    assert refresh_delay(3600, policy, random.Random(), refresh_in=7200) == 1800
+
+
+def test_long_and_short_tokens_use_the_same_fraction() -> None:
+    policy = Policy(jitter=0.0, min_interval=5)
+    assert refresh_delay(86400, policy, random.Random()) == 43200
+    assert refresh_delay(300, policy, random.Random()) == 150
+
+
+def test_min_interval_prevents_hot_loops_but_not_past_the_margin() -> None:
+    policy = Policy(refresh_at=0.5, jitter=0.0, min_interval=5)
+    assert refresh_delay(4, policy, random.Random()) == 2.0  # capped below expiry
+    assert refresh_delay(12, policy, random.Random()) == 6.0
+    assert refresh_delay(8, policy, random.Random()) == 4.0
+
+
+def test_schedule_success_then_failure_then_retry_now() -> None:
+    clock = FakeClock()
+    s = TokenSchedule(Policy(jitter=0.0), clock, random.Random(3))
+    assert s.due_in() <= 0
+    delay = s.succeeded(clock.wall() + 3600, 3600, None)
+    assert delay == 1800
+    assert s.valid()
+    clock.advance(1800)
+    assert s.due_in() <= 0
+    backoff = s.failed()
+    assert 0 < backoff <= 1.0
+    assert s.due_in() > 0
+    s.retry_now()
+    assert s.due_in() <= 0
+    clock.advance(1801)
+    assert not s.valid()
+
+
+def test_wall_clock_jump_forward_makes_token_due_and_expired() -> None:
+    """Suspend/resume: monotonic stood still while wall time moved on."""
+    clock = FakeClock()
+    s = TokenSchedule(Policy(jitter=0.0), clock)
+    s.succeeded(clock.wall() + 3600, 3600, None)
+    clock.jump_wall(4000)
+    assert s.due_in() <= 0
+    assert not s.valid()
+
+
+def test_wall_clock_step_backwards_does_not_postpone_refresh() -> None:
+    """NTP step back: the monotonic clock still says when the refresh is due."""
+    clock = FakeClock()
+    s = TokenSchedule(Policy(jitter=0.0), clock)
+    s.succeeded(clock.wall() + 3600, 3600, None)
+    clock.jump_wall(-7200)
+    clock.advance(1800)
+    assert s.due_in() <= 0
+
+
+def test_adopting_a_token_from_a_previous_run() -> None:
+    clock = FakeClock()
+    s = TokenSchedule(Policy(jitter=0.0), clock)
+    now = clock.wall()
+    # issued 10 min ago, lives an hour: refresh at the half-way mark, 20 min from now
+    assert s.adopted(now - 600, now + 3000) == 1200
+    assert s.valid()
+    # issued long ago: due now
+    assert s.adopted(now - 3000, now + 600) == 0
+
+
+def test_deadline_remaining_takes_the_earlier_clock() -> None:
+    clock = FakeClock()
+    d = Deadline.after(clock, 100)
+    clock.jump_wall(50)
+    assert d.remaining(clock) == 50
+    clock.jump_wall(-500)
+    assert d.remaining(clock) == 100
+
+
+@settings(max_examples=200)
+@given(
+    steps=st.lists(
+        st.tuples(st.sampled_from(["ok", "fail", "throttle", "config", "wait"]), st.floats(0, 500)),
+        max_size=40,
+    ),
+    seed=st.integers(0, 2**32),
+)
+def test_state_machine_invariants(steps: list[tuple[str, float]], seed: int) -> None:
+    clock = FakeClock()
+    policy = Policy()
+    s = TokenSchedule(policy, clock, random.Random(seed))
+    for action, value in steps:
+        if action == "ok":
+            lifetime = max(value, 60.0) * 10
+            delay = s.succeeded(clock.wall() + lifetime, lifetime, None)
+            assert delay < lifetime
+            assert s.expires is not None
+            assert s.due.wall < s.expires.wall
+        elif action == "fail":
+            assert s.failed() <= policy.backoff_max
+        elif action == "throttle":
+            assert s.failed(retry_after=value) >= value
+        elif action == "config":
+            assert s.failed(configuration_error=True) <= policy.config_backoff_max
+        else:
+            clock.advance(value)
+        assert s.failures >= 0
