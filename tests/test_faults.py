@@ -103,7 +103,7 @@ def test_configuration_error_backs_off_longer_and_explains_federation(
     )
     failure = d.wait_event("token refresh failed", token="a", aadsts=700213)
     assert failure["level"] == "error"
-    assert failure["retry_in"] > 0.2  # beyond the transient cap: configuration backoff
+    assert failure["retry_in"] >= 0.2  # beyond the transient cap: configuration backoff
     assert failure["assertion_claims"]["sub"] == "system:serviceaccount:default:workload"
     assert failure["assertion_claims"]["aud"] == ["api://AzureADTokenExchange"]
     assert "issuer, subject and audience" in failure["hint"]

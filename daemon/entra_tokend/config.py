@@ -439,8 +439,8 @@ def load_config(overrides: Overrides, env: Mapping[str, str]) -> Config:
         ),
         **_parse_token_shorthand(overrides.tokens, "--token", p),
     }
-    for name, scope in shorthand.items():
-        tok_tables[name] = {**tok_tables.get(name, {}), "scope": scope}
+    for name, short_scope in shorthand.items():
+        tok_tables[name] = {**tok_tables.get(name, {}), "scope": short_scope}
     if not tok_tables:
         p.add(
             "no tokens configured: add a [token.NAME] table with a scope, "
@@ -511,15 +511,15 @@ def load_config(overrides: Overrides, env: Mapping[str, str]) -> Config:
             continue
         resolved: dict[str, str] = {}
         for key in IDENTITY_KEYS:
-            value = table.get(key)
-            var = IDENTITY_ENV.get(key) if name == DEFAULT_IDENTITY else None
-            if value is None and var and env.get(var):
-                value = env[var]
-            if value is not None and not isinstance(value, str):
+            setting: Any = table.get(key)
+            env_var = IDENTITY_ENV.get(key) if name == DEFAULT_IDENTITY else None
+            if setting is None and env_var and env.get(env_var):
+                setting = env[env_var]
+            if setting is not None and not isinstance(setting, str):
                 p.add(f"{where}.{key}: must be a string")
-                value = None
-            if value:
-                resolved[key] = value
+                setting = None
+            if setting:
+                resolved[key] = setting
         missing = False
         for key in ("tenant_id", "client_id", "token_file"):
             if key not in resolved:

@@ -25,6 +25,7 @@ from entra_tokend.assertion import (
 )
 from entra_tokend.config import Config, ConfigError, Identity, TokenSpec
 from entra_tokend.exchange import FEDERATION_CODES, ClientError, ExchangeError, Exchanger
+from entra_tokend.lock import DirectoryLock, LockError, LockHeld
 from entra_tokend.logging import get_logger
 from entra_tokend.metrics import Metrics
 from entra_tokend.scheduler import MAX_SLEEP, Clock, Policy, SystemClock, TokenSchedule
@@ -103,6 +104,7 @@ class Daemon:
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._ready_notified = False
+        self._lock: DirectoryLock | None = None
         self._apply_config(config, initial=True)
 
     # ---- configuration -------------------------------------------------------------------
@@ -310,6 +312,7 @@ class Daemon:
                         self.config.file_mode,
                         self.config.file_owner,
                         self.config.file_group,
+                        root=self.config.output_dir,
                     )
                 except SinkError as exc:
                     self._failed(runner, log, "write_error", {"detail": str(exc)})
@@ -368,7 +371,7 @@ class Daemon:
         delay = runner.schedule.failed(
             retry_after=exc.retry_after, configuration_error=configuration
         )
-        fields["retry_in"] = round(delay, 1)
+        fields["retry_in"] = round(delay, 2)
         self._failed(runner, log, exc.reason, fields, error=configuration)
 
     def _failed(
@@ -422,6 +425,8 @@ class Daemon:
 
     def _prepare_output(self) -> None:
         self.config.output_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
+        # Lock before cleaning: a live writer's temp files look exactly like stale ones.
+        self._lock = DirectoryLock.acquire(self.config.output_dir)
         for directory in {spec.path.parent for spec in self.config.tokens.values()}:
             directory.mkdir(mode=0o750, parents=True, exist_ok=True)
             removed = remove_stale_temp_files(directory)
@@ -433,7 +438,19 @@ class Daemon:
         loop = asyncio.get_running_loop()
         try:
             self._prepare_output()
+        except LockHeld as exc:
+            self.log.error(
+                "output_dir is in use by another entra-tokend",
+                path=str(self.config.output_dir),
+                holder_pid=exc.pid,
+                detail=str(exc),
+            )
+            return 2
+        except LockError as exc:
+            self.log.error("cannot lock output_dir", detail=str(exc))
+            return 2
         except OSError as exc:
+            self._release_lock()
             self.log.error(
                 "cannot prepare output_dir", path=str(self.config.output_dir), detail=exc.strerror
             )
@@ -451,6 +468,7 @@ class Daemon:
                 server = await start_server(host, port, self.metrics, self.readiness)
             except OSError as exc:
                 self.log.error("cannot listen", listen=f"{host}:{port}", detail=exc.strerror)
+                self._release_lock()
                 return 2
         self.log.info(
             "entra-tokend starting",
@@ -493,7 +511,13 @@ class Daemon:
                 server.close()
                 await server.wait_closed()
             await self.exchanger.aclose()
+            self._release_lock()
         return code
+
+    def _release_lock(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def _once_result(self, deadline: float) -> int | None:
         runners = self.runners.values()

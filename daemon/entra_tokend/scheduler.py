@@ -81,16 +81,19 @@ def backoff_delay(
 ) -> float:
     """Seconds to wait before retry number ``attempt`` (0-based) of a failed exchange.
 
-    Exponential backoff with full jitter, capped; a configuration error uses the longer cap and
-    starts higher (a fixed config won't arrive within a second). Retry-After is never undercut.
+    Transient failures: exponential backoff with full jitter, capped at ``backoff_max``.
+    Configuration errors (a fixed federated credential won't appear within seconds): start at
+    twice ``backoff_max`` and double up to ``config_backoff_max``, with equal jitter so every
+    wait is at least half its step. Retry-After is never undercut.
     """
-    cap = policy.config_backoff_max if configuration_error else policy.backoff_max
-    base = policy.backoff_initial * (2.0 ** min(attempt, 32))
+    exponent = min(attempt, 32)
     if configuration_error:
-        base *= 8
-    ceiling = min(cap, base)
-    # Full jitter, with a floor of a tenth of the initial delay so it is never a hot loop.
-    delay = max(rng.uniform(0.0, ceiling), min(policy.backoff_initial * 0.1, ceiling))
+        ceiling = min(policy.config_backoff_max, policy.backoff_max * 2.0 ** (exponent + 1))
+        delay = rng.uniform(ceiling / 2, ceiling)
+    else:
+        ceiling = min(policy.backoff_max, policy.backoff_initial * 2.0**exponent)
+        # Full jitter, floored at a tenth of the initial delay so it is never a hot loop.
+        delay = max(rng.uniform(0.0, ceiling), min(policy.backoff_initial * 0.1, ceiling))
     if retry_after is not None and retry_after > delay:
         delay = retry_after
     return delay

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs the non-Python tools the tests call, if missing: promtool (from Debian's prometheus
+# package; only that binary is unpacked) and systemd-analyze (Debian's systemd). Idempotent and
+# quick when both are present. Needs root (or sudo) only when something is missing.
+set -euo pipefail
+
+SUDO=""
+if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+updated=0
+apt_update() {
+  if [ "$updated" = 0 ]; then $SUDO apt-get update -qq; updated=1; fi
+}
+
+if ! command -v promtool >/dev/null 2>&1; then
+  apt_update
+  work=$(mktemp -d)
+  (cd "$work" && apt-get download -qq prometheus && dpkg-deb -x prometheus_*.deb root)
+  $SUDO install -m 0755 "$work/root/usr/bin/promtool" /usr/local/bin/promtool
+  rm -rf "$work"
+fi
+
+if ! command -v systemd-analyze >/dev/null 2>&1; then
+  apt_update
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends systemd >/dev/null
+fi
+
+promtool --version 2>&1 | head -n 1
+systemd-analyze --version | head -n 1
