@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
 from entra_tokend.config import ConfigError, Overrides, load_config
+from testlib import run_cli
 
 SCOPE = "https://storage.azure.com/.default"
 

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from conftest import wait_until
 from entra_tokend.emulator import Emulator, Fault
+from testlib import wait_until
 
 STORAGE = "https://storage.azure.com/.default"
 VAULT = "https://vault.azure.net/.default"

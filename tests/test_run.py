@@ -10,9 +10,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from conftest import run_cli, wait_until
 from entra_tokend import __version__
 from entra_tokend.emulator import Emulator, Fault
+from testlib import run_cli, wait_until
 
 STORAGE = "https://storage.azure.com/.default"
 VAULT = "https://vault.azure.net/.default"

@@ -24,5 +24,10 @@ if ! command -v systemd-analyze >/dev/null 2>&1; then
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends systemd >/dev/null
 fi
 
+if ! command -v curl >/dev/null 2>&1; then
+  apt_update
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends curl >/dev/null
+fi
+
 promtool --version 2>&1 | head -n 1
 systemd-analyze --version | head -n 1

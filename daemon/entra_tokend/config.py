@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import grp
 import ipaddress
+import math
 import os
 import pwd
 import re
@@ -21,6 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+
+from entra_tokend.lock import LOCK_NAME
+from entra_tokend.sink import is_temp_name
 
 DEFAULT_AUTHORITY = "https://login.microsoftonline.com"
 DEFAULT_IDENTITY = "default"
@@ -192,6 +196,22 @@ def _typed(value: Any, t: type | tuple[type, ...]) -> bool:
     return isinstance(value, t)
 
 
+def _finite(value: Any) -> bool:
+    # TOML integers are unbounded and TOML has inf/nan; neither is a usable number of seconds.
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
+def _has_nul(value: Any, where: str, p: _Problems) -> bool:
+    # A NUL cannot be in a path or an argv; the OS would reject it only later, mid-run.
+    if isinstance(value, str) and "\x00" in value:
+        p.add(f"{where}: must not contain a NUL character")
+        return True
+    return False
+
+
 def read_toml(path: Path) -> dict[str, Any]:
     """Read a TOML config file; errors name the file (and line, for syntax errors)."""
     try:
@@ -232,10 +252,15 @@ def is_loopback_host(host: str) -> bool:
 
 def _authority(value: str, where: str, p: _Problems) -> str:
     url = value.strip().rstrip("/")
-    parts = urlsplit(url)
-    if parts.scheme not in ("https", "http") or not parts.hostname:
+    try:
+        parts = urlsplit(url)
+        hostname = parts.hostname
+    except ValueError:  # e.g. an unclosed '[' of an IPv6 literal
         p.add(f"{where}: '{value}' is not an http(s) URL")
-    elif parts.scheme == "http" and not is_loopback_host(parts.hostname):
+        return url
+    if parts.scheme not in ("https", "http") or not hostname:
+        p.add(f"{where}: '{value}' is not an http(s) URL")
+    elif parts.scheme == "http" and not is_loopback_host(hostname):
         p.add(f"{where}: '{value}' uses plain http; only loopback authorities may (use https)")
     elif parts.query or parts.fragment:
         p.add(f"{where}: '{value}' must not have a query or fragment")
@@ -244,7 +269,10 @@ def _authority(value: str, where: str, p: _Problems) -> str:
 
 def _signal_number(value: Any) -> int | None:
     if isinstance(value, int) and not isinstance(value, bool):
-        return value if 0 < value < signal.NSIG else None
+        try:  # only named signals: the log and check-config print the name
+            return int(signal.Signals(value)) if value > 0 else None
+        except ValueError:
+            return None
     if isinstance(value, str):
         name = value.upper()
         name = name if name.startswith("SIG") else "SIG" + name
@@ -259,16 +287,20 @@ def _hook(table: Any, where: str, base: Path, p: _Problems) -> Hook | None:
         return None
     _check_keys(table, HOOK_KEYS, where, p)
     argv = table.get("exec", [])
-    if not isinstance(argv, list) or not all(isinstance(a, str) and a for a in argv):
+    if not isinstance(argv, list) or not all(
+        isinstance(a, str) and a and "\x00" not in a for a in argv
+    ):
         p.add(f"{where}.exec: must be a list of non-empty strings (argv; no shell)")
         argv = []
     timeout = table.get("timeout", 10.0)
-    if not _typed(timeout, (int, float)) or timeout <= 0:
+    if not _typed(timeout, (int, float)) or not _finite(timeout) or timeout <= 0:
         p.add(f"{where}.timeout: must be a positive number of seconds")
         timeout = 10.0
     pid_file = table.get("pid_file")
     if pid_file is not None and not (isinstance(pid_file, str) and pid_file):
         p.add(f"{where}.pid_file: must be a path string")
+        pid_file = None
+    elif _has_nul(pid_file, f"{where}.pid_file", p):
         pid_file = None
     sig = _signal_number(table.get("signal", "HUP"))
     if sig is None:
@@ -310,16 +342,26 @@ def check_scope(scope: str) -> str | None:
 def _owner(value: Any, where: str, p: _Problems, *, group: bool) -> int | None:
     if value is None:
         return None
+    kind = "group" if group else "user"
     if isinstance(value, int) and not isinstance(value, bool):
-        return value if value >= 0 else None
+        # 2**32 - 1 is (uid_t)-1, which chown reads as "leave unchanged".
+        if 0 <= value < 2**32 - 1:
+            return value
+        p.add(f"{where}: {value} is not a valid {kind} id")
+        return None
     try:
         return grp.getgrnam(str(value)).gr_gid if group else pwd.getpwnam(str(value)).pw_uid
-    except KeyError:
-        p.add(f"{where}: no such {'group' if group else 'user'} '{value}'")
+    except (KeyError, ValueError):  # ValueError: an embedded NUL
+        text = str(value)
+        if text.isascii() and text.isdigit():  # like chown(1): a name first, then an id
+            return _owner(int(text), where, p, group=group)
+        p.add(f"{where}: no such {kind} '{value}'")
         return None
 
 
 def _check_output_dir(path: Path, allow_world_writable: bool, p: _Problems) -> None:
+    if _has_nul(str(path), "output_dir", p):
+        return
     try:
         st = path.stat()
     except FileNotFoundError:
@@ -368,6 +410,10 @@ def load_config(overrides: Overrides, env: Mapping[str, str]) -> Config:
             values[key] = env[var]
     if overrides.once_deadline is not None:
         values["once_deadline"] = overrides.once_deadline
+    for key, (typ, default) in TOP_LEVEL.items():
+        if isinstance(typ, tuple) and float in typ and not _finite(values[key]):
+            p.add(f"{key}: must be a finite number (got {values[key]!r})")
+            values[key] = default
 
     file_mode = values["file_mode"]
     mode = 0o640
@@ -440,7 +486,11 @@ def load_config(overrides: Overrides, env: Mapping[str, str]) -> Config:
         **_parse_token_shorthand(overrides.tokens, "--token", p),
     }
     for name, short_scope in shorthand.items():
-        tok_tables[name] = {**tok_tables.get(name, {}), "scope": short_scope}
+        existing = tok_tables.get(name, {})
+        # A non-table [token.NAME] stays as it is, to be reported below as "must be a table".
+        tok_tables[name] = (
+            {**existing, "scope": short_scope} if isinstance(existing, dict) else existing
+        )
     if not tok_tables:
         p.add(
             "no tokens configured: add a [token.NAME] table with a scope, "
@@ -483,9 +533,13 @@ def load_config(overrides: Overrides, env: Mapping[str, str]) -> Config:
         if not isinstance(rel, str) or not rel:
             p.add(f"{where}.path: must be a non-empty string")
             rel = name
+        elif _has_nul(rel, f"{where}.path", p):
+            rel = name
         target = Path(os.path.normpath(output_dir / rel))
         if Path(rel).is_absolute() or not target.is_relative_to(output_dir) or target == output_dir:
             p.add(f"{where}.path: '{rel}' must be a file name inside output_dir")
+        elif target.name == LOCK_NAME or is_temp_name(target.name):
+            p.add(f"{where}.path: '{rel}' is a name entra-tokend uses for its lock or temp files")
         elif target in paths:
             p.add(f"{where}.path: token.{paths[target]} already writes to {target}")
         paths[target] = name
@@ -517,6 +571,8 @@ def load_config(overrides: Overrides, env: Mapping[str, str]) -> Config:
                 setting = env[env_var]
             if setting is not None and not isinstance(setting, str):
                 p.add(f"{where}.{key}: must be a string")
+                setting = None
+            elif _has_nul(setting, f"{where}.{key}", p):
                 setting = None
             if setting:
                 resolved[key] = setting

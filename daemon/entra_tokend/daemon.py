@@ -461,11 +461,12 @@ class Daemon:
             loop.add_signal_handler(signal.SIGHUP, self.reload)
         server = None
         if self.config.listen and not once:
-            from entra_tokend.server import start_server  # noqa: PLC0415
+            from entra_tokend.server import bound_port, start_server  # noqa: PLC0415
 
             host, port = self.config.listen
             try:
                 server = await start_server(host, port, self.metrics, self.readiness)
+                self.log.info("listening", listen=f"{host}:{bound_port(server)}")
             except OSError as exc:
                 self.log.error("cannot listen", listen=f"{host}:{port}", detail=exc.strerror)
                 self._release_lock()
@@ -508,8 +509,9 @@ class Daemon:
                 if ident.watcher:
                     ident.watcher.stop()
             if server is not None:
-                server.close()
-                await server.wait_closed()
+                from entra_tokend.server import stop_server  # noqa: PLC0415
+
+                await stop_server(server)
             await self.exchanger.aclose()
             self._release_lock()
         return code

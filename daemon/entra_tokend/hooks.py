@@ -1,8 +1,13 @@
 """Post-write hooks: tell readers a token file was replaced.
 
 A hook runs a command (argv, no shell, with a timeout) and/or sends a signal to the pid in a
-pid file. Hooks never block other tokens and never fail the daemon: a failure is logged and
-counted, and the token file stays as written.
+pid file. Hooks never block other tokens (each token's hook runs in that token's own task) and
+never fail the daemon: a failure is logged and counted, and the token file stays as written.
+
+The command runs in its own session so that a timeout (or the daemon stopping) kills it and
+every process it started; its output is read with a cap, so a chatty hook cannot exhaust memory.
+It learns which token changed from ``ENTRA_TOKEND_TOKEN`` (the token's name, never the token)
+and ``ENTRA_TOKEND_TOKEN_FILE``.
 """
 
 from __future__ import annotations
@@ -16,10 +21,40 @@ from typing import Any
 
 from entra_tokend.config import Hook
 
-_OUTPUT_LIMIT = 4096
+OUTPUT_LIMIT = 4096  # bytes of a hook's output kept for the log; the rest is read and dropped
+_PID_FILE_LIMIT = 64
+
+
+def signal_name(number: int) -> str:
+    """``SIGHUP`` for 1; a realtime or unknown number stays a number."""
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return str(number)
+
+
+def _kill_group(proc: asyncio.subprocess.Process) -> None:
+    # The hook is a session (and group) leader; its pid is the group id.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+async def _collect(proc: asyncio.subprocess.Process) -> tuple[bytes, bool]:
+    """Read the hook's output to EOF keeping the first OUTPUT_LIMIT bytes; wait for its exit."""
+    assert proc.stdout is not None
+    kept = bytearray()
+    truncated = False
+    while chunk := await proc.stdout.read(65536):
+        room = OUTPUT_LIMIT - len(kept)
+        if len(chunk) > room:
+            truncated = True
+        kept += chunk[: max(room, 0)]
+    await proc.wait()
+    return bytes(kept), truncated
 
 
 async def _exec(hook: Hook, token: str, path: Path, log: Any) -> bool:
+    command = hook.exec[0]
     env = {**os.environ, "ENTRA_TOKEND_TOKEN": token, "ENTRA_TOKEND_TOKEN_FILE": str(path)}
     try:
         proc = await asyncio.create_subprocess_exec(
@@ -30,50 +65,79 @@ async def _exec(hook: Hook, token: str, path: Path, log: Any) -> bool:
             env=env,
             start_new_session=True,
         )
-    except OSError as exc:
-        log.warning("hook command could not start", command=hook.exec[0], detail=exc.strerror)
+    except (OSError, ValueError) as exc:
+        detail = exc.strerror if isinstance(exc, OSError) else "invalid argument"
+        log.warning("hook command could not start", command=command, detail=detail)
         return False
     try:
-        output, _ = await asyncio.wait_for(proc.communicate(), timeout=hook.timeout)
+        output, truncated = await asyncio.wait_for(_collect(proc), timeout=hook.timeout)
     except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
+        _kill_group(proc)
         await proc.wait()
-        log.warning("hook command timed out", command=hook.exec[0], timeout=hook.timeout)
+        log.warning("hook command timed out", command=command, timeout=hook.timeout)
         return False
-    text = output[:_OUTPUT_LIMIT].decode("utf-8", "replace").strip()
+    except asyncio.CancelledError:
+        # The daemon is stopping (or the token was reconfigured): leave no process behind.
+        _kill_group(proc)
+        await proc.wait()
+        raise
+    fields: dict[str, Any] = {"command": command, "exit_code": proc.returncode}
+    text = output.decode("utf-8", "replace").strip()
+    if text:
+        fields["output"] = text
+        if truncated:
+            fields["output_truncated"] = True
     if proc.returncode != 0:
-        log.warning(
-            "hook command failed", command=hook.exec[0], exit_code=proc.returncode, output=text
-        )
+        log.warning("hook command failed", **fields)
         return False
-    log.debug("hook command ran", command=hook.exec[0], output=text)
+    log.info("hook command ran", **fields)
     return True
+
+
+def _read_pid(pid_file: Path) -> int | None:
+    try:
+        with pid_file.open("rb") as f:
+            pid = int(f.read(_PID_FILE_LIMIT).decode("ascii").strip())
+    except (OSError, ValueError):  # UnicodeDecodeError is a ValueError
+        return None
+    # 0, -1 and negative pids address groups or every process; 1 is init; we are not a reader.
+    if pid <= 1 or pid == os.getpid():
+        return None
+    return pid
 
 
 def _signal(hook: Hook, log: Any) -> bool:
     assert hook.pid_file is not None
-    try:
-        pid = int(hook.pid_file.read_text().strip())
-        if pid <= 1:
-            raise ValueError
-    except (OSError, ValueError):
-        log.warning("hook pid file unusable", pid_file=str(hook.pid_file))
+    name = signal_name(hook.signal)
+    pid = _read_pid(hook.pid_file)
+    if pid is None:
+        log.warning(
+            "hook pid file unusable",
+            pid_file=str(hook.pid_file),
+            detail="missing, unreadable, or not a single process id",
+        )
         return False
     try:
         os.kill(pid, hook.signal)
     except OSError as exc:
-        log.warning("hook signal failed", pid=pid, detail=exc.strerror)
+        log.warning("hook signal failed", pid=pid, signal=name, detail=exc.strerror)
         return False
-    log.debug("hook signal sent", pid=pid, signal=signal.Signals(hook.signal).name)
+    log.info("hook signal sent", pid=pid, signal=name)
     return True
 
 
 async def run_hook(hook: Hook, token: str, path: Path, log: Any) -> bool:
-    """Run ``hook`` for a freshly replaced ``path``; True when every part succeeded."""
+    """Run ``hook`` for a freshly replaced ``path``; True when every part succeeded.
+
+    Never raises (except CancelledError): a hook's failure is the hook's, not the daemon's.
+    """
     ok = True
-    if hook.exec:
-        ok = await _exec(hook, token, path, log) and ok
-    if hook.pid_file is not None:
-        ok = _signal(hook, log) and ok
+    try:
+        if hook.exec:
+            ok = await _exec(hook, token, path, log) and ok
+        if hook.pid_file is not None:
+            ok = _signal(hook, log) and ok
+    except Exception as exc:
+        log.error("hook failed unexpectedly", error=type(exc).__name__)
+        return False
     return ok

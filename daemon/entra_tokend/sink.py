@@ -5,12 +5,15 @@ the new complete file — never a partial, empty or foreign one, even if the pro
 SIGKILLed between any two steps or the disk fills. It performs, in order:
 
 1. Open the target's directory (``O_DIRECTORY``); every later step is relative to that fd, so a
-   directory swapped in mid-write cannot redirect us.
+   directory swapped in mid-write cannot redirect us. With ``root`` (the output_dir), each
+   component below it is opened with ``O_NOFOLLOW``: a subdirectory a neighbour replaced by a
+   symlink cannot send a token file (and, as root, a rename) anywhere else.
 2. Create a temp file in that directory with an unpredictable name and
    ``O_CREAT|O_EXCL|O_NOFOLLOW`` (mode 0600): a planted file or symlink makes this fail
    instead of being followed or reused.
-3. Write every byte, then ``fsync`` the file: its data is durable before it gets a name.
-4. ``fchown`` (if an owner/group is configured) and ``fchmod`` to the configured mode.
+3. Write every byte (a short write is continued; ENOSPC/EIO/EROFS fail the write).
+4. ``fchown`` (if an owner/group is configured), ``fchmod`` to the configured mode, then
+   ``fsync`` the file: data, owner and mode are durable before the file gets its name.
 5. ``rename`` the temp file over the target: atomic; a symlink planted at the target is
    replaced, never followed; a directory planted there makes the write fail, untouched.
 6. ``fsync`` the directory, so the rename survives a crash.
@@ -26,17 +29,22 @@ import binascii
 import contextlib
 import errno
 import json
+import math
 import os
 import re
 import secrets
 import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from entra_tokend.exchange import AccessToken
+if TYPE_CHECKING:  # only for annotations: keeps this module (and config, which uses it) light
+    from entra_tokend.exchange import AccessToken
 
 TEMP_MARKER = ".entra-tokend-"
 _TEMP_RE = re.compile(r"^\..+\.entra-tokend-[0-9a-f]{16}\.tmp$")
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+_READ_LIMIT = 64 * 1024
 
 
 class SinkError(Exception):
@@ -47,7 +55,8 @@ class SinkError(Exception):
 
 def temp_name(target: str) -> str:
     """The temp-file name used for ``target``: hidden, marked as ours, unpredictable."""
-    return f".{target}{TEMP_MARKER}{secrets.token_hex(8)}.tmp"
+    # Cut long names so the temp name stays within NAME_MAX (255) whatever the target's length.
+    return f".{target[:200]}{TEMP_MARKER}{secrets.token_hex(8)}.tmp"
 
 
 def is_temp_name(name: str) -> bool:
@@ -55,17 +64,49 @@ def is_temp_name(name: str) -> bool:
     return bool(_TEMP_RE.match(name))
 
 
+def _describe(exc: OSError) -> str:
+    if exc.errno == errno.ENOSPC:
+        return "disk full"
+    if exc.errno == errno.ELOOP:
+        return "a symlink is planted in the path; not following it"
+    return exc.strerror or type(exc).__name__
+
+
+def _open_directory(directory: Path, root: Path | None) -> int:
+    """An fd for ``directory``; below ``root`` no component may be a symlink."""
+    if root is None or directory == root:
+        return os.open(directory, _DIR_FLAGS)
+    try:
+        parts = directory.relative_to(root).parts
+    except ValueError:
+        raise SinkError(f"{directory} is outside {root}") from None
+    fd = os.open(root, _DIR_FLAGS)
+    for part in parts:
+        try:
+            child = os.open(part, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=fd)
+        finally:
+            os.close(fd)
+        fd = child
+    return fd
+
+
 def write_atomic(
-    path: Path, data: bytes, mode: int, uid: int | None = None, gid: int | None = None
+    path: Path,
+    data: bytes,
+    mode: int,
+    uid: int | None = None,
+    gid: int | None = None,
+    *,
+    root: Path | None = None,
 ) -> None:
     """Replace ``path`` with ``data`` atomically (see the module doc). Raises SinkError."""
     if not data:
         raise SinkError(f"refusing to write an empty file to {path}")
     directory = path.parent
     try:
-        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        dir_fd = _open_directory(directory, root)
     except OSError as exc:
-        raise SinkError(f"cannot open directory {directory}: {exc.strerror}") from None
+        raise SinkError(f"cannot open directory {directory}: {_describe(exc)}") from None
     tmp = temp_name(path.name)
     created = False
     try:
@@ -84,18 +125,24 @@ def write_atomic(
             while view:
                 written = os.write(fd, view)
                 view = view[written:]
-            os.fsync(fd)
             if uid is not None or gid is not None:
                 os.fchown(fd, -1 if uid is None else uid, -1 if gid is None else gid)
+            # After fchown: chown clears set-id bits, and the mode is the operator's to choose.
             os.fchmod(fd, mode)
+            os.fsync(fd)
         finally:
             os.close(fd)
         os.rename(tmp, path.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
         created = False
-        os.fsync(dir_fd)
+        try:
+            os.fsync(dir_fd)
+        except OSError as exc:
+            # The file is already replaced; a filesystem that cannot fsync a directory is no
+            # reason to report a failure (and refetch a token) every time.
+            if exc.errno not in (errno.EINVAL, errno.ENOTSUP):
+                raise
     except OSError as exc:
-        what = "disk full" if exc.errno == errno.ENOSPC else exc.strerror
-        raise SinkError(f"cannot write {path}: {what}") from None
+        raise SinkError(f"cannot write {path}: {_describe(exc)}") from None
     finally:
         if created:
             with contextlib.suppress(OSError):
@@ -104,25 +151,34 @@ def write_atomic(
 
 
 def remove_stale_temp_files(directory: Path) -> list[str]:
-    """Remove temp files a killed run left in ``directory``: ours by name, regular, our uid."""
+    """Remove temp files a killed run left in ``directory``: ours by name, regular, our uid.
+
+    Call it only while holding the directory's lock: another live writer's temp files look
+    exactly like stale ones.
+    """
     removed: list[str] = []
     try:
-        names = os.listdir(directory)
+        dir_fd = os.open(directory, _DIR_FLAGS)
     except OSError:
         return removed
-    uid = os.getuid()
-    for name in names:
-        if not is_temp_name(name):
-            continue
-        full = directory / name
-        try:
-            st = full.lstat()
-            if stat.S_ISREG(st.st_mode) and st.st_uid == uid:
-                full.unlink()
-                removed.append(name)
-        except OSError:
-            continue
-    return removed
+    try:
+        uid = os.getuid()
+        for name in os.listdir(dir_fd):
+            if not is_temp_name(name):
+                continue
+            try:
+                st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+                # A symlink, a directory or another user's file with our name is not ours.
+                if stat.S_ISREG(st.st_mode) and st.st_uid == uid:
+                    os.unlink(name, dir_fd=dir_fd)
+                    removed.append(name)
+            except OSError:
+                continue
+    except OSError:
+        pass
+    finally:
+        os.close(dir_fd)
+    return sorted(removed)
 
 
 def render(token: AccessToken, fmt: str, tenant_id: str, client_id: str) -> bytes:
@@ -149,14 +205,31 @@ class ExistingToken:
     expires_on: float
 
 
+def _read_regular(path: Path) -> bytes | None:
+    """The bytes of a small regular file at ``path``; never follows a symlink or blocks."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > _READ_LIMIT:
+            return None
+        return os.read(fd, _READ_LIMIT + 1)[:_READ_LIMIT]
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
 def read_existing(path: Path, fmt: str) -> ExistingToken | None:
     """Best effort: the expiry of a token file a previous run wrote, or None."""
+    raw = _read_regular(path)
+    if raw is None:
+        return None
     try:
-        st = path.lstat()
-        if not stat.S_ISREG(st.st_mode) or st.st_size > 64 * 1024:
-            return None
-        text = path.read_text("ascii").strip()
-    except (OSError, UnicodeDecodeError):
+        text = raw.decode("ascii").strip()
+    except UnicodeDecodeError:
         return None
     token = text
     expires_on: float | None = None
@@ -165,7 +238,7 @@ def read_existing(path: Path, fmt: str) -> ExistingToken | None:
             doc = json.loads(text)
             token = str(doc["access_token"])
             expires_on = float(doc["expires_on"])
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, OverflowError):
             return None
     issued_at: float | None = None
     parts = token.split(".")
@@ -178,8 +251,10 @@ def read_existing(path: Path, fmt: str) -> ExistingToken | None:
                     expires_on = float(exp)
                 if isinstance(iat, int | float):
                     issued_at = float(iat)
-        except (binascii.Error, ValueError, UnicodeDecodeError):
+        except (binascii.Error, ValueError, UnicodeDecodeError, OverflowError):
             pass
-    if expires_on is None:
+    if expires_on is None or not math.isfinite(expires_on):
         return None
+    if issued_at is not None and not math.isfinite(issued_at):
+        issued_at = None
     return ExistingToken(issued_at=issued_at, expires_on=expires_on)

@@ -1,0 +1,208 @@
+"""Prometheus metrics for entra-tokend.
+
+Every metric lives in the daemon's own :class:`CollectorRegistry`, so nothing from the
+process-global default registry (Python GC, process stats) leaks into the scrape and tests can
+build as many independent instances as they like.
+
+Label values are bounded by construction: ``token`` and ``identity`` are configured names,
+``result`` is ``success``/``failure`` and ``reason`` is one of :data:`REASONS`. Nothing derived
+from a token, an assertion, a scope or an Entra response is ever used as a label.
+"""
+
+from __future__ import annotations
+
+import prometheus_client
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+import entra_tokend
+
+# `_created` series double the series count and mean nothing to the alerts; the switch is
+# process-wide in prometheus_client, which is what a single-purpose daemon wants anyway.
+prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
+
+REASONS: tuple[str, ...] = (
+    "network",
+    "timeout",
+    "throttled",
+    "server_error",
+    "invalid_response",
+    "client_error",
+    "assertion_unavailable",
+    "write_error",
+)
+"""The fixed set of refresh failure reasons (the ``reason`` label)."""
+
+RESULTS: tuple[str, ...] = ("success", "failure")
+
+# Entra usually answers in 50-500 ms; the tail covers retries inside httpx and slow networks up
+# to the request timeout.
+EXCHANGE_BUCKETS: tuple[float, ...] = (
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+)
+
+
+class Metrics:
+    """The daemon's metrics, updated by the scheduler and exposed by :mod:`entra_tokend.server`."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self._token_expiry = Gauge(
+            "entra_tokend_token_expiry_timestamp_seconds",
+            "Expiry of the access token currently on disk, as a unix timestamp.",
+            ["token"],
+            registry=r,
+        )
+        self._token_last_success = Gauge(
+            "entra_tokend_token_last_success_timestamp_seconds",
+            "Time of the last successful refresh (token exchanged and written), unix seconds.",
+            ["token"],
+            registry=r,
+        )
+        self._refreshes = Counter(
+            "entra_tokend_token_refreshes",
+            "Refresh attempts by result (success or failure).",
+            ["token", "result"],
+            registry=r,
+        )
+        self._failures = Counter(
+            "entra_tokend_token_refresh_failures",
+            "Failed refresh attempts by reason.",
+            ["token", "reason"],
+            registry=r,
+        )
+        self._exchange_duration = Histogram(
+            "entra_tokend_exchange_duration_seconds",
+            "Latency of token requests to the Entra token endpoint.",
+            ["identity"],
+            buckets=EXCHANGE_BUCKETS,
+            registry=r,
+        )
+        self._assertion_expiry = Gauge(
+            "entra_tokend_assertion_expiry_timestamp_seconds",
+            "Expiry (exp claim) of the projected service-account token, unix seconds.",
+            ["identity"],
+            registry=r,
+        )
+        self._assertion_rotations = Counter(
+            "entra_tokend_assertion_rotations",
+            "Times the projected service-account token was seen to change.",
+            ["identity"],
+            registry=r,
+        )
+        self._hook_failures = Counter(
+            "entra_tokend_hook_failures",
+            "Post-write hooks that failed or timed out.",
+            ["token"],
+            registry=r,
+        )
+        self._ready = Gauge(
+            "entra_tokend_ready",
+            "1 when every configured token is on disk and unexpired, else 0.",
+            registry=r,
+        )
+        self._build_info = Gauge(
+            "entra_tokend_build_info",
+            "Always 1; the version label names the running entra-tokend.",
+            ["version"],
+            registry=r,
+        )
+        self._build_info.labels(version=entra_tokend.__version__).set(1)
+        self._ready.set(0)
+        # token -> identity, so an identity's series go away with its last token.
+        self._tokens: dict[str, str] = {}
+
+    def token_configured(self, token: str, identity: str) -> None:
+        """Create every series of *token* (and its identity) at zero, so rates and alerts work
+        from the first scrape instead of appearing only after the first event."""
+        previous = self._tokens.get(token)
+        self._tokens[token] = identity
+        if previous is not None and previous != identity:
+            self._drop_identity_if_unused(previous)
+        for result in RESULTS:
+            self._refreshes.labels(token=token, result=result)
+        for reason in REASONS:
+            self._failures.labels(token=token, reason=reason)
+        self._hook_failures.labels(token=token)
+        self._exchange_duration.labels(identity=identity)
+        self._assertion_rotations.labels(identity=identity)
+
+    def token_removed(self, token: str) -> None:
+        """Drop every series of *token*; drop its identity's series if no token uses it now."""
+        identity = self._tokens.pop(token, None)
+        _remove(self._token_expiry, token)
+        _remove(self._token_last_success, token)
+        _remove(self._hook_failures, token)
+        for result in RESULTS:
+            _remove(self._refreshes, token, result)
+        for reason in REASONS:
+            _remove(self._failures, token, reason)
+        if identity is not None:
+            self._drop_identity_if_unused(identity)
+
+    def _drop_identity_if_unused(self, identity: str) -> None:
+        if identity not in self._tokens.values():
+            _remove(self._exchange_duration, identity)
+            _remove(self._assertion_expiry, identity)
+            _remove(self._assertion_rotations, identity)
+
+    def token_adopted(self, token: str, expires_on: float) -> None:
+        """Record a still-valid token found on disk at start or reload (no refresh counted)."""
+        self._token_expiry.labels(token=token).set(expires_on)
+
+    def token_written(self, token: str, expires_on: float, now: float) -> None:
+        """Record a successful refresh: the new token with expiry *expires_on* is on disk."""
+        self._token_expiry.labels(token=token).set(expires_on)
+        self._token_last_success.labels(token=token).set(now)
+        self._refreshes.labels(token=token, result="success").inc()
+
+    def refresh_failed(self, token: str, reason: str) -> None:
+        """Record a failed refresh; *reason* must be one of :data:`REASONS`."""
+        if reason not in REASONS:
+            # A free-form reason would be an unbounded label; this is a programming error.
+            raise ValueError(f"unknown refresh failure reason {reason!r}")
+        self._refreshes.labels(token=token, result="failure").inc()
+        self._failures.labels(token=token, reason=reason).inc()
+
+    def exchange_observed(self, identity: str, seconds: float) -> None:
+        """Record the latency of one token request (successful or not)."""
+        self._exchange_duration.labels(identity=identity).observe(seconds)
+
+    def assertion_loaded(self, identity: str, expires_on: float | None) -> None:
+        """Record the expiry of the projected token just read; ``None`` when it has no exp."""
+        self._assertion_rotations.labels(identity=identity)
+        if expires_on is None:
+            # A stale value would keep the staleness alert firing (or silent) on old data.
+            _remove(self._assertion_expiry, identity)
+        else:
+            self._assertion_expiry.labels(identity=identity).set(expires_on)
+
+    def assertion_rotated(self, identity: str) -> None:
+        """Count a change of the projected token seen by the watcher."""
+        self._assertion_rotations.labels(identity=identity).inc()
+
+    def hook_failed(self, token: str) -> None:
+        """Count a failed post-write hook of *token*."""
+        self._hook_failures.labels(token=token).inc()
+
+    def set_ready(self, ready: bool) -> None:
+        """Set ``entra_tokend_ready`` to 1 or 0."""
+        self._ready.set(1 if ready else 0)
+
+
+def _remove(metric: Gauge | Counter | Histogram, *labelvalues: str) -> None:
+    # remove() raises KeyError for a label set that was never created; removal is idempotent here.
+    try:
+        metric.remove(*labelvalues)
+    except KeyError:
+        return

@@ -1,0 +1,161 @@
+"""Helpers for the deployment tests: repository paths, the real CLI, unit-file and TOML parsing."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+DAEMON_SRC = REPO / "daemon"
+DOCKERFILE = REPO / "Dockerfile"
+DOCKERIGNORE = REPO / ".dockerignore"
+UNIT = REPO / "systemd" / "entra-tokend.service"
+SYSUSERS = REPO / "systemd" / "entra-tokend.sysusers.conf"
+ENV_EXAMPLE = REPO / "systemd" / "entra-tokend.env.example"
+TOML_EXAMPLE = REPO / "config" / "entra-tokend.toml"
+K8S_DIR = REPO / "config" / "kubernetes"
+VENV_BIN = Path(sys.executable).parent
+
+# The configuration reference (README / issue 2): every key a config file may contain.
+TOP_LEVEL_KEYS = frozenset(
+    {
+        "output_dir",
+        "listen",
+        "file_mode",
+        "log_format",
+        "log_level",
+        "refresh_at",
+        "jitter",
+        "min_refresh_interval",
+        "backoff_initial",
+        "backoff_max",
+        "config_error_backoff_max",
+        "request_timeout",
+        "concurrency",
+        "poll_interval",
+        "once_deadline",
+        "allow_world_writable",
+        "file_owner",
+        "file_group",
+    }
+)
+TABLE_KEYS = frozenset({"identity", "token", "hook"})
+IDENTITY_KEYS = frozenset({"tenant_id", "client_id", "token_file", "authority_host", "ca_file"})
+TOKEN_KEYS = frozenset({"scope", "identity", "path", "format", "hook"})
+HOOK_KEYS = frozenset({"exec", "timeout", "pid_file", "signal"})
+
+
+def tool(name: str) -> str:
+    """Path of a required external tool: the venv's copy first, then PATH. Fails, never skips."""
+    candidate = VENV_BIN / name
+    if candidate.is_file() and os.access(candidate, os.X_OK):
+        return str(candidate)
+    for directory in os.environ.get("PATH", "").split(os.pathsep):
+        path = Path(directory) / name
+        if directory and path.is_file() and os.access(path, os.X_OK):
+            return str(path)
+    raise AssertionError(f"{name} is not installed; .ci/run installs it (see tests/deploy)")
+
+
+def cli_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Environment for the real CLI: nothing inherited that would configure it by accident."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("AZURE_", "ENTRA_TOKEND_", "NOTIFY_SOCKET", "WATCHDOG_"))
+    }
+    env["PYTHONPATH"] = str(DAEMON_SRC)
+    env.update(extra or {})
+    return env
+
+
+def run_cli(*args: str, env: Mapping[str, str]) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m entra_tokend ARGS`` to completion with exactly ``env`` added."""
+    return subprocess.run(
+        [sys.executable, "-m", "entra_tokend", *args],
+        env=cli_env(env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def unit_settings(path: Path) -> dict[str, list[str]]:
+    """Parse a systemd unit into ``{"Section.Key": [values...]}``, keeping repeated keys in order.
+
+    configparser cannot do this: systemd allows (and this unit uses) the same key several times.
+    """
+    settings: dict[str, list[str]] = {}
+    section = ""
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            section = line[1:-1]
+            continue
+        assert not line.endswith("\\"), f"continuation lines are not expected: {raw!r}"
+        key, sep, value = line.partition("=")
+        assert sep, f"not KEY=VALUE in {path.name}: {raw!r}"
+        settings.setdefault(f"{section}.{key.strip()}", []).append(value.strip())
+    return settings
+
+
+def env_file(path: Path) -> dict[str, str]:
+    """Parse a systemd EnvironmentFile of plain ``KEY=VALUE`` lines (comments skipped)."""
+    env: dict[str, str] = {}
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        key, sep, value = line.partition("=")
+        assert sep, f"not KEY=VALUE: {raw!r}"
+        assert re.fullmatch(r"[A-Z_][A-Z0-9_]*", key), f"not a variable name: {raw!r}"
+        env[key] = value
+    return env
+
+
+_COMMENTED_SETTING = re.compile(r"^#(?=\[|[A-Za-z_][A-Za-z0-9_.-]* = )")
+
+
+def uncomment_settings(text: str) -> str:
+    """Enable every commented-out setting of the annotated example ("#key = ..." or "#[table]").
+
+    Prose comments start with "# " and stay comments, so the result shows every optional setting
+    as TOML that must itself parse.
+    """
+    return "\n".join(_COMMENTED_SETTING.sub("", line) for line in text.splitlines()) + "\n"
+
+
+def unknown_keys(doc: Mapping[str, Any]) -> list[str]:
+    """Keys of a parsed config that the configuration reference does not list."""
+    bad = [k for k in doc if k not in TOP_LEVEL_KEYS | TABLE_KEYS]
+    for name, table in dict(doc.get("identity", {})).items():
+        bad += [f"identity.{name}.{k}" for k in table if k not in IDENTITY_KEYS]
+    for name, table in dict(doc.get("token", {})).items():
+        bad += [f"token.{name}.{k}" for k in table if k not in TOKEN_KEYS]
+        bad += [f"token.{name}.hook.{k}" for k in table.get("hook", {}) if k not in HOOK_KEYS]
+    bad += [f"hook.{k}" for k in doc.get("hook", {}) if k not in HOOK_KEYS]
+    return bad
+
+
+def k8s_documents() -> dict[str, list[dict[str, Any]]]:
+    """Every YAML document under config/kubernetes, by file name."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for path in sorted(K8S_DIR.glob("*.yaml")):
+        docs = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+        out[path.name] = docs
+    return out
+
+
+def k8s_kind(kind: str) -> list[tuple[str, dict[str, Any]]]:
+    """(file name, document) for every manifest of ``kind``."""
+    return [(name, d) for name, docs in k8s_documents().items() for d in docs if d["kind"] == kind]

@@ -1,0 +1,177 @@
+"""The real daemon (subprocess) against the emulator, observed only through its HTTP endpoints."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from obs_helpers import (
+    Reply,
+    free_port,
+    jwt_claims,
+    promtool_path,
+    queried_metric_names,
+    request,
+    run_promtool,
+    sample_names,
+    samples,
+    wait_for,
+)
+
+from entra_tokend.emulator import Fault
+from entra_tokend.metrics import REASONS
+
+SCOPE = "https://graph.microsoft.com/.default"
+# One fault per reason the exchange can produce, consumed in order by successive token requests.
+FAULTS_BY_REASON = {
+    "throttled": Fault("status", status=429, retry_after="0"),
+    "server_error": Fault("status", status=503),
+    "invalid_response": Fault("non_json"),
+    "network": Fault("reset"),
+    "timeout": Fault("hang"),
+    "client_error": Fault("status", status=400, aadsts=700016),
+}
+
+
+@pytest.fixture
+def promtool() -> str:
+    return promtool_path()
+
+
+def _config(tmp_path: Path, port: int) -> Path:
+    # Short backoffs and request timeout keep the fault sequence to a few seconds.
+    path = tmp_path / "entra-tokend.toml"
+    path.write_text(
+        f'output_dir = "{tmp_path / "tokens"}"\n'
+        f'listen = "127.0.0.1:{port}"\n'
+        "backoff_initial = 0.05\n"
+        "backoff_max = 0.2\n"
+        "config_error_backoff_max = 0.2\n"
+        "min_refresh_interval = 0\n"
+        "request_timeout = 1.0\n"
+        "[token.graph]\n"
+        f'scope = "{SCOPE}"\n'
+    )
+    return path
+
+
+def _get(port: int, path: str, headers: dict[str, str] | None = None) -> Reply | None:
+    try:
+        return request(port, path, headers=headers)
+    except (ConnectionError, http.client.HTTPException):
+        return None
+
+
+def _value(scrape: str, name: str, **labels: str) -> float | None:
+    return samples(scrape).get((name, frozenset(labels.items())))
+
+
+def test_daemon_metrics_readiness_and_failure_reasons(
+    emulator: Any,
+    daemon_factory: Callable[..., Any],
+    tmp_path: Path,
+    promtool: str,
+) -> None:
+    emulator.rotate(expired=True)  # kubelet "forgot" to rotate: the daemon cannot start yet
+    emulator.inject(*FAULTS_BY_REASON.values())
+    port = free_port()
+    started = time.time()
+    daemon = daemon_factory("run", "--config", str(_config(tmp_path, port)), env=emulator.env())
+
+    # Not ready while the projected token is expired: 503 naming the token.
+    reply = wait_for(lambda: _get(port, "/readyz"), "the daemon's /readyz to answer")
+    assert reply.status == 503
+    body = json.loads(reply.body)
+    assert body["ready"] is False
+    assert set(body["tokens"]) == {"graph"}
+    health = _get(port, "/healthz")
+    assert health is not None
+    assert (health.status, health.body) == (200, b"ok\n")
+
+    def unavailable_counted() -> str | None:
+        text = _get(port, "/metrics")
+        if text is None:
+            return None
+        scrape = text.body.decode()
+        reason = "entra_tokend_token_refresh_failures_total"
+        count = _value(scrape, reason, token="graph", reason="assertion_unavailable")
+        return scrape if count else None
+
+    scrape = wait_for(unavailable_counted, "an assertion_unavailable failure")
+    assert _value(scrape, "entra_tokend_ready") == 0
+    assert _value(scrape, "entra_tokend_token_expiry_timestamp_seconds", token="graph") is None
+
+    # kubelet rotates: the daemon retries at once and works through one fault per reason.
+    fresh = emulator.rotate()
+    wait_for(
+        lambda: (r := _get(port, "/readyz")) is not None and r.status == 200,
+        "readiness to flip to 200",
+    )
+    reply = request(port, "/readyz")
+    assert json.loads(reply.body) == {"ready": True, "tokens": {"graph": "ok"}}
+    finished = time.time()
+
+    scrape = request(port, "/metrics").body.decode()
+    written = (tmp_path / "tokens" / "graph").read_text()
+    exp = jwt_claims(written)["exp"]
+    expiry = _value(scrape, "entra_tokend_token_expiry_timestamp_seconds", token="graph")
+    assert expiry is not None
+    # The daemon computes expiry as send time + expires_in; Entra's exp is the whole second of
+    # issue + the same lifetime, so they agree to within that second.
+    assert exp - 1 < expiry < exp + 1
+    assert started + 3600 <= expiry <= finished + 3600
+    last = _value(scrape, "entra_tokend_token_last_success_timestamp_seconds", token="graph")
+    assert last is not None
+    assert started <= last <= finished
+
+    failures = {
+        reason: _value(
+            scrape, "entra_tokend_token_refresh_failures_total", token="graph", reason=reason
+        )
+        for reason in REASONS
+    }
+    for reason in FAULTS_BY_REASON:
+        assert failures[reason] == 1, (reason, failures)
+    assert (failures["assertion_unavailable"] or 0) >= 1
+    assert failures["write_error"] == 0
+    refreshes = "entra_tokend_token_refreshes_total"
+    assert _value(scrape, refreshes, token="graph", result="success") == 1
+    assert _value(scrape, refreshes, token="graph", result="failure") == sum(
+        v or 0 for v in failures.values()
+    )
+
+    assert _value(scrape, "entra_tokend_ready") == 1
+    assertion_exp = jwt_claims(fresh)["exp"]
+    assert (
+        _value(scrape, "entra_tokend_assertion_expiry_timestamp_seconds", identity="default")
+        == assertion_exp
+    )
+    assert _value(scrape, "entra_tokend_assertion_rotations_total", identity="default") == 1
+    # Every exchange attempt that reached the endpoint is timed (assertion failures are not).
+    count = _value(scrape, "entra_tokend_exchange_duration_seconds_count", identity="default")
+    assert count == len(FAULTS_BY_REASON) + 1
+
+    # The shipped alerts and dashboard query only what the real daemon serves; promtool agrees.
+    assert sorted(queried_metric_names() - sample_names(scrape)) == []
+    lint = run_promtool(promtool, "check", "metrics", stdin=scrape)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    openmetrics = request(
+        port, "/metrics", headers={"Accept": "application/openmetrics-text;version=1.0.0"}
+    )
+    assert openmetrics.headers["content-type"].startswith("application/openmetrics-text")
+    assert b"_created" not in openmetrics.body
+    # No endpoint ever carries the token.
+    for path in ("/metrics", "/readyz", "/healthz"):
+        assert written.encode() not in request(port, path).body
+
+    assert daemon.stop() == 0
+    log = daemon.log_text()
+    assert written not in log
+    assert fresh not in log
+    for event in daemon.events():  # every line is JSON (events() raises otherwise)
+        assert {"timestamp", "level", "event"} <= set(event)
