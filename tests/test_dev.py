@@ -1,0 +1,60 @@
+"""`entra-tokend dev`: the newcomer's first command, run as a newcomer would."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import urllib.request
+from pathlib import Path
+
+from testlib import base_env, cli, wait_until
+
+
+def test_dev_writes_tokens_serves_readiness_and_stops_on_ctrl_c(tmp_path: Path) -> None:
+    log = tmp_path / "dev.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            cli("dev", "--listen", "127.0.0.1:0", "--log-format", "json"),
+            cwd=tmp_path,
+            env=base_env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            wait_until(
+                lambda: (
+                    (tmp_path / "tokens" / "storage").exists()
+                    and (tmp_path / "tokens" / "graph").exists()
+                ),
+                timeout=20,
+            )
+            text = log.read_text()
+            assert "entra-tokend dev" in text
+            listen = wait_until(
+                lambda: re.search(r'"listen": "127\.0\.0\.1:(\d+)"', log.read_text())
+            )
+            url = f"http://127.0.0.1:{listen.group(1)}/readyz"
+            body = wait_until(lambda: _ready(url), timeout=10)
+            assert body == {"ready": True, "tokens": {"graph": "ok", "storage": "ok"}}
+            env_file = (tmp_path / ".entra-tokend-dev" / "env").read_text()
+            assert "AZURE_AUTHORITY_HOST='https://127.0.0.1:" in env_file
+            assert "SSL_CERT_FILE=" in env_file
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(15) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    token = (tmp_path / "tokens" / "storage").read_text()
+    assert token.count(".") == 2
+    assert token not in log.read_text()
+
+
+def _ready(url: str) -> dict[str, object] | None:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return json.loads(resp.read())  # type: ignore[no-any-return]
+    except OSError:
+        return None

@@ -1,0 +1,168 @@
+"""The HTTP side of the exchange: proxies, connection reuse, bounded concurrency, body cap."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from entra_tokend.config import Identity
+from entra_tokend.emulator import Emulator, Fault
+from entra_tokend.exchange import MAX_BODY_BYTES, Exchanger, InvalidResponse
+from testlib import run_cli
+
+STORAGE = "https://storage.azure.com/.default"
+
+
+class ConnectProxy:
+    """A minimal HTTP CONNECT proxy on loopback that records where it tunnels to."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.tunnels: list[str] = []
+        self._threads: list[threading.Thread] = []
+        self._stop = threading.Event()
+        t = threading.Thread(target=self._accept, daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    def _accept(self) -> None:
+        self.sock.settimeout(0.2)
+        while not self._stop.is_set():
+            try:
+                client, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            t = threading.Thread(target=self._serve, args=(client,), daemon=True)
+            t.start()
+
+    def _serve(self, client: socket.socket) -> None:
+        with client:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                chunk = client.recv(4096)
+                if not chunk:
+                    return
+                head += chunk
+            method, target, _ = head.split(b"\r\n", 1)[0].decode().split(" ", 2)
+            if method != "CONNECT":
+                client.sendall(b"HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\n\r\n")
+                return
+            self.tunnels.append(target)
+            host, port = target.rsplit(":", 1)
+            with socket.create_connection((host, int(port))) as upstream:
+                client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                pump = threading.Thread(target=self._pipe, args=(upstream, client), daemon=True)
+                pump.start()
+                self._pipe(client, upstream)
+                pump.join(5)
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                dst.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        self._stop.set()
+        self.sock.close()
+
+
+@pytest.fixture
+def proxy() -> Iterator[ConnectProxy]:
+    p = ConnectProxy()
+    yield p
+    p.close()
+
+
+def test_https_proxy_and_no_proxy_are_honoured(tmp_path: Path, proxy: ConnectProxy) -> None:
+    with Emulator(tmp_path / "emu", tls=True) as emu:
+        env = {
+            **emu.env(),
+            "ENTRA_TOKEND_OUTPUT_DIR": str(tmp_path / "out"),
+            "HTTPS_PROXY": f"http://127.0.0.1:{proxy.port}",
+        }
+        result = run_cli("run", "--once", "--token", f"a={STORAGE}", env=env)
+        assert result.returncode == 0, result.stderr
+        port = emu.authority_host.rsplit(":", 1)[1]
+        assert proxy.tunnels == [f"127.0.0.1:{port}"]
+        env["NO_PROXY"] = "127.0.0.1"
+        result = run_cli("run", "--once", "--token", f"b={STORAGE}", env=env)
+        assert result.returncode == 0, result.stderr
+        assert len(proxy.tunnels) == 1  # bypassed
+
+
+def _config(tmp_path: Path, tokens: int, extra: str) -> Path:
+    path = tmp_path / "c.toml"
+    path.write_text(
+        extra
+        + "".join(f'[token.t{i}]\nscope = "https://r{i}.example/.default"\n' for i in range(tokens))
+    )
+    return path
+
+
+def test_one_client_reuses_its_connection(emulator: Emulator, tmp_path: Path) -> None:
+    config = _config(tmp_path, 5, "concurrency = 1\n")
+    env = {**emulator.env(), "ENTRA_TOKEND_OUTPUT_DIR": str(tmp_path / "out")}
+    result = run_cli("run", "--once", "--config", str(config), env=env)
+    assert result.returncode == 0, result.stderr
+    peers = {r.peer for r in emulator.token_requests()}
+    assert len(emulator.token_requests()) == 5
+    assert len(peers) == 1  # five requests, one TCP connection
+
+
+def test_concurrency_is_bounded(emulator: Emulator, tmp_path: Path) -> None:
+    emulator.inject(Fault("delay", delay=0.2, count=12))
+    config = _config(tmp_path, 12, "concurrency = 3\n")
+    env = {**emulator.env(), "ENTRA_TOKEND_OUTPUT_DIR": str(tmp_path / "out")}
+    result = run_cli("run", "--once", "--config", str(config), env=env)
+    assert result.returncode == 0, result.stderr
+    peers = {r.peer for r in emulator.token_requests()}
+    assert 1 < len(peers) <= 3  # concurrent, but never more than 3 connections
+    assert len(list((tmp_path / "out").iterdir())) == 12
+
+
+async def _serve_once(body: bytes) -> tuple[asyncio.AbstractServer, int]:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+def test_response_body_is_capped(tmp_path: Path) -> None:
+    async def main() -> Any:
+        body = b'{"access_token": "' + b"x" * (MAX_BODY_BYTES + 10) + b'", "expires_in": 60}'
+        server, port = await _serve_once(body)
+        ident = Identity("default", "t", "c", tmp_path / "f", f"http://127.0.0.1:{port}")
+        ex = Exchanger(timeout=5)
+        try:
+            with pytest.raises(InvalidResponse, match="larger than"):
+                await ex.exchange(ident, STORAGE, "assertion")
+        finally:
+            await ex.aclose()
+            server.close()
+            await server.wait_closed()
+
+    asyncio.run(main())
