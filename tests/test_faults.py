@@ -145,12 +145,17 @@ def test_sighup_reload_adds_removes_and_keeps(
     )
     d.wait_event("ready: every token is on disk")
     a_before = (out / "a").read_bytes()
-    write_config(config, {"a": STORAGE, "c": "https://graph.microsoft.com/.default"})
+    write_config(
+        config,
+        {"a": STORAGE, "c": "https://graph.microsoft.com/.default"},
+        FAST + '[token.d]\nscope = "https://d.example/.default"\npath = "sub/dir/d"\n',
+    )
     d.signal(signal.SIGHUP)
     reloaded = d.wait_event("configuration reloaded")
-    assert reloaded["added"] == ["c"]
+    assert reloaded["added"] == ["c", "d"]
     assert reloaded["removed"] == ["b"]
     wait_until((out / "c").exists)
+    wait_until((out / "sub" / "dir" / "d").exists)  # a new subdirectory is created
     assert (out / "b").exists()  # removed tokens' files are left in place
     assert (out / "a").read_bytes() == a_before  # unchanged token kept its schedule
     assert sum(1 for r in emulator.token_requests() if r.form["scope"] == STORAGE) == 1

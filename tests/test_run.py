@@ -228,3 +228,16 @@ def test_logs_never_contain_tokens_or_the_assertion(
     assert "Bearer" not in text
     for event in d.events():
         assert {"timestamp", "level", "event"} <= set(event)
+
+
+def test_once_replaces_a_still_valid_file_from_an_earlier_run(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    env = env_for(emulator, out)
+    assert run_cli("run", "--once", "--token", f"a={STORAGE}", env=env).returncode == 0
+    first = (out / "a").read_text()
+    result = run_cli("run", "--once", "--deadline", "20", "--token", f"a={STORAGE}", env=env)
+    assert result.returncode == 0, result.stderr
+    assert len(emulator.token_requests()) == 2
+    assert (out / "a").read_text() != first

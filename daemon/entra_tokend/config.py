@@ -230,7 +230,7 @@ def read_toml(path: Path) -> dict[str, Any]:
 def parse_listen(value: str) -> tuple[str, int]:
     """Parse ``host:port`` (``[v6]:port`` for IPv6). Raises ValueError with the reason."""
     host, sep, port_text = value.rpartition(":")
-    if not sep or not port_text.isdigit():
+    if not sep or not (port_text.isascii() and port_text.isdigit()):
         raise ValueError("expected HOST:PORT, e.g. 0.0.0.0:9464")
     port = int(port_text)
     if not 0 <= port <= 65535:

@@ -163,6 +163,13 @@ class Daemon:
             self.log.warning("listen changed; it takes effect at the next restart")
         before = set(self.runners)
         self._apply_config(config)
+        for directory in {spec.path.parent for spec in config.tokens.values()}:
+            try:
+                directory.mkdir(mode=0o750, parents=True, exist_ok=True)
+            except OSError as exc:
+                self.log.error(
+                    "cannot create token directory", path=str(directory), detail=exc.strerror
+                )
         self._start_watchers()
         self.log.info(
             "configuration reloaded",
@@ -482,6 +489,10 @@ class Daemon:
         self._start_watchers()
         watchdog = asyncio.create_task(self._watchdog()) if not once else None
         deadline = self.clock.monotonic() + self.config.once_deadline
+        if once:
+            # `--once` means "acquire now": a still-valid file from an earlier run is replaced.
+            for runner in self.runners.values():
+                runner.schedule.retry_now()
         code = 0
         try:
             while not self._stopping.is_set():
@@ -523,7 +534,8 @@ class Daemon:
 
     def _once_result(self, deadline: float) -> int | None:
         runners = self.runners.values()
-        if all(r.succeeded_once for r in runners):
+        # not inflight: a token's post-write hook runs in its task, and must finish too.
+        if all(r.succeeded_once and not r.inflight for r in runners):
             self.log.info("every token is on disk", tokens=len(self.runners))
             return 0
         fatal = {r.spec.name: r.fatal for r in runners if r.fatal and not r.succeeded_once}

@@ -23,6 +23,7 @@ from entra_tokend.config import Hook
 
 OUTPUT_LIMIT = 4096  # bytes of a hook's output kept for the log; the rest is read and dropped
 _PID_FILE_LIMIT = 64
+_REAP_TIMEOUT = 5.0
 
 
 def signal_name(number: int) -> str:
@@ -33,10 +34,15 @@ def signal_name(number: int) -> str:
         return str(number)
 
 
-def _kill_group(proc: asyncio.subprocess.Process) -> None:
-    # The hook is a session (and group) leader; its pid is the group id.
+async def _kill(proc: asyncio.subprocess.Process) -> None:
+    """Kill the hook and everything in its process group, and reap it."""
+    # The hook is a session (and group) leader; its pid is the group id. Killing only the
+    # leader would leave a child holding the output pipe, and the wait below hanging on it.
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
+    # Bounded: a descendant that left the group (setsid) may still hold the pipe open.
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(proc.wait(), _REAP_TIMEOUT)
 
 
 async def _collect(proc: asyncio.subprocess.Process) -> tuple[bytes, bool]:
@@ -72,14 +78,12 @@ async def _exec(hook: Hook, token: str, path: Path, log: Any) -> bool:
     try:
         output, truncated = await asyncio.wait_for(_collect(proc), timeout=hook.timeout)
     except TimeoutError:
-        _kill_group(proc)
-        await proc.wait()
+        await _kill(proc)
         log.warning("hook command timed out", command=command, timeout=hook.timeout)
         return False
     except asyncio.CancelledError:
         # The daemon is stopping (or the token was reconfigured): leave no process behind.
-        _kill_group(proc)
-        await proc.wait()
+        await _kill(proc)
         raise
     fields: dict[str, Any] = {"command": command, "exit_code": proc.returncode}
     text = output.decode("utf-8", "replace").strip()

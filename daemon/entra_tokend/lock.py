@@ -46,6 +46,50 @@ def _read_pid(fd: int) -> int | None:
     return pid if pid > 0 else None
 
 
+def _open_lock_file(path: Path, dir_fd: int, access: int) -> int:
+    # O_NOFOLLOW: a symlink planted here must not make us create or lock a file elsewhere.
+    flags = access | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+    try:
+        fd = os.open(LOCK_NAME, flags, 0o600, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise LockError(f"{path} is a symlink; remove it") from None
+        raise LockError(f"cannot open {path}: {exc.strerror}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise LockError(f"{path} is not a regular file; remove it")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _lock(path: Path, fd: int) -> bool:
+    """Lock ``fd`` exclusively; False when this fd's access mode cannot take the lock."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise LockHeld(path, _read_pid(fd)) from None
+    except OSError as exc:
+        if exc.errno == errno.EBADF:
+            return False
+        raise LockError(f"cannot lock {path}: {exc.strerror}") from None
+    return True
+
+
+def _write_pid(dir_fd: int, locked: os.stat_result) -> None:
+    """Record our pid in the lock file we hold (opened again, briefly, for writing)."""
+    fd = os.open(LOCK_NAME, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    try:
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) != (locked.st_dev, locked.st_ino):
+            raise LockError(f"{LOCK_NAME} was replaced while locking it")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    finally:
+        os.close(fd)
+
+
 class DirectoryLock:
     """An exclusive lock on ``directory``; hold it for the life of the daemon."""
 
@@ -77,24 +121,22 @@ class DirectoryLock:
     @staticmethod
     def _try_once(path: Path, dir_fd: int) -> int | None:
         """The locked fd, or None when the file was unlinked under us (try again)."""
-        # O_NOFOLLOW: a symlink planted here must not make us create or lock a file elsewhere.
-        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
-        try:
-            fd = os.open(LOCK_NAME, flags, 0o600, dir_fd=dir_fd)
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                raise LockError(f"{path} is a symlink; remove it") from None
-            raise LockError(f"cannot open {path}: {exc.strerror}") from None
+        # Read-only: a file held open for writing would block remounting the volume read-only.
+        # NFS emulates flock with byte-range locks, which need a writable fd: then O_RDWR.
+        for access in (os.O_RDONLY, os.O_RDWR):
+            fd = _open_lock_file(path, dir_fd, access)
+            try:
+                locked = _lock(path, fd)
+            except BaseException:
+                os.close(fd)
+                raise
+            if locked:
+                break
+            os.close(fd)
+        else:
+            raise LockError(f"cannot lock {path}: the filesystem does not support flock")
         try:
             st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                raise LockError(f"{path} is not a regular file; remove it")
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise LockHeld(path, _read_pid(fd)) from None
-            except OSError as exc:
-                raise LockError(f"cannot lock {path}: {exc.strerror}") from None
             try:
                 now = os.stat(LOCK_NAME, dir_fd=dir_fd, follow_symlinks=False)
             except FileNotFoundError:
@@ -102,8 +144,7 @@ class DirectoryLock:
             if now is None or (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
                 os.close(fd)
                 return None
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            _write_pid(dir_fd, st)
         except OSError as exc:
             os.close(fd)
             raise LockError(f"cannot write {path}: {exc.strerror}") from None

@@ -1,0 +1,173 @@
+"""Post-write hooks: a command (argv, timeout, output logged) and a signal to a pid file."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from hardening_helpers import STORAGE, VAULT, metrics, pid_alive, write_config
+
+from entra_tokend.emulator import Emulator
+from testlib import base_env, run_cli, wait_until
+
+QUICK = "refresh_at = 0.1\njitter = 0\n"  # with 1 s tokens: a refresh every ~0.1 s
+
+
+def sh_hook(script: str, timeout: float) -> str:
+    """A [hook] body running ``script`` with /bin/sh (the hook's program, not a shell of ours)."""
+    return f"exec = {json.dumps(['/bin/sh', '-c', script])}\ntimeout = {timeout}\n"
+
+
+def test_blocked_hook_never_delays_other_tokens_and_its_output_is_logged(
+    emulator: Emulator, tmp_path: Path, daemon_factory: Any
+) -> None:
+    out = tmp_path / "out"
+    started, release = tmp_path / "hook-started", tmp_path / "hook-release"
+    emulator.access_token_lifetime = 1
+    # The hook blocks until the test releases it (bounded, so nothing outlives a failed test).
+    script = (
+        f"echo $$ > {started}; i=0; "
+        f'while [ ! -e {release} ] && [ "$i" -lt 600 ]; do sleep 0.05; i=$((i+1)); done; '
+        'echo "hook saw $ENTRA_TOKEND_TOKEN at $ENTRA_TOKEND_TOKEN_FILE"'
+    )
+    config = write_config(
+        tmp_path / "c.toml",
+        QUICK
+        + f'[token.slow]\nscope = "{STORAGE}"\n[token.slow.hook]\n{sh_hook(script, 60)}'
+        + f'[token.fast]\nscope = "{VAULT}"\n',
+    )
+    d = daemon_factory(
+        "run", "--config", str(config), env={**emulator.env(), "ENTRA_TOKEND_OUTPUT_DIR": str(out)}
+    )
+    hook_pid = int(wait_until(lambda: started.exists() and started.read_text().strip()))
+    before = d.count("token written", token="fast")
+    # While slow's hook is stuck, fast keeps being refreshed.
+    wait_until(lambda: d.count("token written", token="fast") >= before + 3, timeout=20)
+    assert pid_alive(hook_pid)
+    assert d.count("hook command ran") == 0
+    release.touch()
+    ran = d.wait_event("hook command ran", token="slow", timeout=20)
+    assert ran["output"] == f"hook saw slow at {out / 'slow'}"
+    assert ran["exit_code"] == 0
+    assert ran["command"] == "/bin/sh"
+    assert d.stop() == 0
+
+
+def test_hook_timeout_kills_the_hook_and_its_children_and_is_not_fatal(
+    emulator: Emulator, tmp_path: Path, daemon_factory: Any
+) -> None:
+    out = tmp_path / "out"
+    pids = tmp_path / "hook-pids"
+    emulator.access_token_lifetime = 1
+    script = f"sleep 60 & echo $! >> {pids}; echo $$ >> {pids}; wait"
+    config = write_config(
+        tmp_path / "c.toml",
+        QUICK
+        + f'[token.a]\nscope = "{STORAGE}"\n[token.a.hook]\n{sh_hook(script, 1)}'
+        + f'[token.b]\nscope = "{VAULT}"\n[token.b.hook]\nexec = ["/nonexistent/hook"]\n',
+        listen="127.0.0.1:0",
+    )
+    d = daemon_factory(
+        "run", "--config", str(config), env={**emulator.env(), "ENTRA_TOKEND_OUTPUT_DIR": str(out)}
+    )
+    d.wait_event("hook command timed out", token="a", timeout=20)
+    first = [int(p) for p in pids.read_text().split()[:2]]
+    assert len(first) == 2
+    wait_until(lambda: not any(pid_alive(p) for p in first))  # the hook and its child
+    d.wait_event("hook command could not start", token="b", command="/nonexistent/hook")
+    wait_until(
+        lambda: (
+            metrics(d).get('entra_tokend_hook_failures_total{token="a"}', 0) >= 1
+            and metrics(d).get('entra_tokend_hook_failures_total{token="b"}', 0) >= 1
+        )
+    )
+    # Not fatal: the tokens keep being refreshed after failed hooks.
+    written = d.count("token written", token="a")
+    wait_until(lambda: d.count("token written", token="a") > written, timeout=20)
+    assert d.stop() == 0
+    # Stopping the daemon kills a hook still running: nothing is left behind.
+    wait_until(lambda: not any(pid_alive(int(p)) for p in pids.read_text().split()))
+
+
+SIGNAL_CHILD = """
+import signal, sys, time
+from pathlib import Path
+pid_file, token_file, log = map(Path, sys.argv[1:4])
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP, signal.SIGTERM})
+pid_file.write_text(f"{__import__('os').getpid()}\\n")
+deadline = time.monotonic() + 60
+while time.monotonic() < deadline:
+    info = signal.sigtimedwait({signal.SIGHUP, signal.SIGTERM}, 1.0)
+    if info is None:
+        continue
+    if info.si_signo == signal.SIGTERM:
+        break
+    with log.open("a") as f:  # what a reader sees at the moment it is told
+        f.write(token_file.read_text() + "\\n")
+"""
+
+
+def test_signal_hook_tells_a_reader_after_the_file_is_replaced(
+    emulator: Emulator, tmp_path: Path, daemon_factory: Any
+) -> None:
+    out = tmp_path / "out"
+    pid_file, seen = tmp_path / "reader.pid", tmp_path / "reader.log"
+    emulator.access_token_lifetime = 1
+    child = subprocess.Popen(
+        [sys.executable, "-c", SIGNAL_CHILD, str(pid_file), str(out / "a"), str(seen)],
+        env=base_env(),
+    )
+    try:
+        wait_until(lambda: pid_file.exists() and pid_file.read_text().endswith("\n"))
+        config = write_config(
+            tmp_path / "c.toml",
+            QUICK
+            + f'[hook]\npid_file = "{pid_file}"\nsignal = "HUP"\n'
+            + f'[token.a]\nscope = "{STORAGE}"\n'
+            + f'[token.b]\nscope = "{VAULT}"\n'
+            + f'[token.b.hook]\npid_file = "{tmp_path / "no-such.pid"}"\n',
+            listen="127.0.0.1:0",
+        )
+        d = daemon_factory(
+            "run",
+            "--config",
+            str(config),
+            env={**emulator.env(), "ENTRA_TOKEND_OUTPUT_DIR": str(out)},
+        )
+        wait_until(lambda: seen.exists() and len(seen.read_text().splitlines()) >= 3, timeout=20)
+        sent = d.wait_event("hook signal sent", token="a")
+        assert sent["pid"] == child.pid
+        assert sent["signal"] == "SIGHUP"
+        # At each signal the file already held a complete, freshly issued token.
+        assert all(line in emulator.issued_tokens for line in seen.read_text().splitlines())
+        # A broken pid file is logged and counted, never fatal.
+        d.wait_event("hook pid file unusable", token="b")
+        wait_until(lambda: metrics(d).get('entra_tokend_hook_failures_total{token="b"}', 0) >= 1)
+        assert d.proc.poll() is None
+        assert d.stop() == 0
+    finally:
+        child.send_signal(signal.SIGTERM)
+        child.wait(timeout=10)
+    assert child.returncode == 0
+
+
+def test_run_once_waits_for_hooks_to_finish(emulator: Emulator, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    done = tmp_path / "hook-done"
+    # Token b's task ends (quick hook) while token a's slow hook still runs: --once must not
+    # take "every token written" for "done" and kill a's hook.
+    config = write_config(
+        tmp_path / "c.toml",
+        f'[token.a]\nscope = "{STORAGE}"\n[token.a.hook]\n'
+        + sh_hook(f"sleep 1; echo $ENTRA_TOKEND_TOKEN >> {done}", 30)
+        + f'[token.b]\nscope = "{VAULT}"\n[token.b.hook]\n'
+        + sh_hook(f"sleep 0.1; echo $ENTRA_TOKEND_TOKEN >> {done}", 30),
+    )
+    env = {**emulator.env(), "ENTRA_TOKEND_OUTPUT_DIR": str(out)}
+    result = run_cli("run", "--once", "--config", str(config), env=env)
+    assert result.returncode == 0, result.stderr
+    assert done.read_text() == "b\na\n"
