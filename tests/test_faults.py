@@ -87,6 +87,8 @@ def test_expired_token_file_stays_while_refresh_keeps_failing(
     wait_until(lambda: len(emulator.token_requests()) >= 12, timeout=20)
     assert (out / "a").read_bytes() == good
     assert d.proc.poll() is None
+    not_ready = d.wait_event("not ready: a token is missing or expired")
+    assert not_ready["tokens"] == {"a": "expired"}
     emulator.clear_faults()
     d.wait_event("token recovered", timeout=20, token="a")
     assert d.stop() == 0

@@ -104,6 +104,7 @@ class Daemon:
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._ready_notified = False
+        self._ready = False
         self._lock: DirectoryLock | None = None
         self._apply_config(config, initial=True)
 
@@ -126,7 +127,8 @@ class Daemon:
         new_runners: dict[str, TokenRunner] = {}
         for name, spec in config.tokens.items():
             old = old_tokens.get(name)
-            if old is not None and old.spec == spec and policy_of(self.config) == policy:
+            if old is not None and old.spec == spec:
+                old.schedule.policy = policy  # new tunables apply from its next decision
                 new_runners[name] = old
                 continue
             if old is not None and old.task:
@@ -189,12 +191,24 @@ class Daemon:
         return ready, states
 
     def _update_ready(self) -> bool:
-        ready, _ = self.readiness()
+        ready, states = self.readiness()
         self.metrics.set_ready(ready)
-        if ready and not self._ready_notified:
-            self._ready_notified = True
-            sdnotify.notify("READY=1", f"STATUS=all {len(self.runners)} tokens on disk")
-            self.log.info("ready: every token is on disk", tokens=len(self.runners))
+        if ready == self._ready:
+            return ready
+        self._ready = ready
+        if ready:
+            status = f"STATUS=all {len(states)} tokens on disk"
+            self.log.info("ready: every token is on disk", tokens=len(states))
+            # READY=1 once: systemd reads it as "start-up finished", not as a health signal.
+            if self._ready_notified:
+                sdnotify.notify(status)
+            else:
+                sdnotify.notify("READY=1", status)
+                self._ready_notified = True
+        else:
+            missing = {name: state for name, state in states.items() if state != "ok"}
+            self.log.warning("not ready: a token is missing or expired", tokens=missing)
+            sdnotify.notify(f"STATUS=not ready: {', '.join(sorted(missing))}")
         return ready
 
     # ---- assertions and rotations --------------------------------------------------------
