@@ -78,6 +78,9 @@ class TokenRunner:
     succeeded_once: bool = False
     fatal: str | None = None  # a configuration error (run --once fails on it)
     last_failure: tuple[str, Any] | None = None  # to log repeats quietly
+    valid: bool = False  # as last counted in Daemon._valid_count
+    done: bool = False  # counted in Daemon._done_count (run --once)
+    wake: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
     task: asyncio.Task[None] | None = field(default=None, repr=False)
 
 
@@ -101,8 +104,12 @@ class Daemon:
         self._sem = asyncio.Semaphore(config.concurrency)
         self.identities: dict[str, IdentityState] = {}
         self.runners: dict[str, TokenRunner] = {}
-        self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
+        self._progress = asyncio.Event()  # a refresh finished (run --once re-checks)
+        self._running = False
+        # Counters kept as tokens change state, so no event costs a pass over every token.
+        self._valid_count = 0
+        self._done_count = 0
         self._ready_notified = False
         self._ready = False
         self._lock: DirectoryLock | None = None
@@ -131,8 +138,8 @@ class Daemon:
                 old.schedule.policy = policy  # new tunables apply from its next decision
                 new_runners[name] = old
                 continue
-            if old is not None and old.task:
-                old.task.cancel()
+            if old is not None:
+                self._retire(old)
             runner = TokenRunner(spec, TokenSchedule(policy, self.clock))
             self.metrics.token_configured(name, spec.identity)
             existing = read_existing(spec.path, spec.format)
@@ -143,13 +150,27 @@ class Daemon:
             new_runners[name] = runner
         for name, old in old_tokens.items():
             if name not in config.tokens:
-                if old.task:
-                    old.task.cancel()
+                self._retire(old)
                 self.metrics.token_removed(name)
                 self.log.info("token removed from configuration; its file is left", token=name)
         self.runners = new_runners
         self.config = config
-        self._wake.set()
+        if self._running:
+            for runner in new_runners.values():
+                self._start_runner(runner)
+            self._update_ready()
+
+    def _retire(self, runner: TokenRunner) -> None:
+        """Stop a token's task and take it out of the counters."""
+        if runner.task is not None:
+            runner.task.cancel()
+        self._valid_count -= runner.valid
+        self._done_count -= runner.done
+        runner.valid = runner.done = False
+
+    def _start_runner(self, runner: TokenRunner) -> None:
+        if runner.task is None:
+            runner.task = asyncio.create_task(self._token_loop(runner), name=runner.spec.name)
 
     def reload(self) -> None:
         """Re-read the configuration (SIGHUP); a bad one is logged and the running one kept."""
@@ -190,12 +211,20 @@ class Daemon:
         ready = bool(states) and all(r.schedule.valid() for r in self.runners.values())
         return ready, states
 
+    def _note_validity(self, runner: TokenRunner) -> None:
+        valid = runner.schedule.valid()
+        if valid != runner.valid:
+            runner.valid = valid
+            self._valid_count += 1 if valid else -1
+            self._update_ready()
+
     def _update_ready(self) -> bool:
-        ready, states = self.readiness()
+        ready = bool(self.runners) and self._valid_count == len(self.runners)
         self.metrics.set_ready(ready)
         if ready == self._ready:
             return ready
         self._ready = ready
+        _, states = self.readiness()
         if ready:
             status = f"STATUS=all {len(states)} tokens on disk"
             self.log.info("ready: every token is on disk", tokens=len(states))
@@ -269,7 +298,7 @@ class Daemon:
                 runner.rotated_in_flight = True
             else:
                 runner.schedule.retry_now()
-        self._wake.set()
+                runner.wake.set()
 
     def _on_watch(self, name: str) -> None:
         """Watcher callback (on the loop): the token file may have changed."""
@@ -363,12 +392,9 @@ class Daemon:
                 if not ok:
                     self.metrics.hook_failed(spec.name)
         finally:
-            runner.inflight = False
             if runner.rotated_in_flight and runner.state != "ok":
                 runner.rotated_in_flight = False
                 runner.schedule.retry_now()
-            self._update_ready()
-            self._wake.set()
 
     def _exchange_failed(
         self, runner: TokenRunner, log: Any, exc: ExchangeError, assertion: Assertion
@@ -416,33 +442,49 @@ class Daemon:
 
     # ---- the loop ------------------------------------------------------------------------
 
-    def _start_due(self) -> None:
-        for runner in self.runners.values():
-            if not runner.inflight and runner.schedule.due_in() <= 0:
-                runner.inflight = True
-                runner.task = asyncio.create_task(self._refresh(runner), name=runner.spec.name)
+    async def _token_loop(self, runner: TokenRunner) -> None:
+        """One token's state machine: sleep until due (or until its token expires), refresh."""
+        while True:
+            self._note_validity(runner)
+            wait = runner.schedule.due_in()
+            if wait > 0:
+                if runner.valid and runner.schedule.expires is not None:
+                    # Wake at the expiry too, so readiness drops the moment the token expires.
+                    wait = min(wait, runner.schedule.expires.remaining(self.clock))
+                runner.wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(runner.wake.wait(), timeout=max(wait, 0.0))
+                continue
+            runner.inflight = True
+            try:
+                await self._refresh(runner)
+            finally:
+                runner.inflight = False
+                if runner.succeeded_once and not runner.done:
+                    runner.done = True
+                    self._done_count += 1
+                self._progress.set()
 
-    def _next_wait(self) -> float:
-        waits = [r.schedule.due_in() for r in self.runners.values() if not r.inflight]
-        expiries = [
-            r.schedule.expires.remaining(self.clock)
-            for r in self.runners.values()
-            if r.schedule.expires is not None and r.schedule.valid()
-        ]
-        # Wake at an expiry too, so readiness drops the moment a token expires.
-        return max(0.0, min([MAX_SLEEP, *waits, *expiries]))
+    async def _clock_watch(self) -> None:
+        """Wake every token when the wall clock jumps (NTP step, suspend/resume).
+
+        Token sleeps run on the monotonic clock; this once-a-minute check is what notices
+        that wall time (and so every expiry) moved under them.
+        """
+        offset = self.clock.wall() - self.clock.monotonic()
+        while True:
+            await asyncio.sleep(MAX_SLEEP)
+            now = self.clock.wall() - self.clock.monotonic()
+            if abs(now - offset) > 1.0:
+                self.log.info("wall clock jumped; rescheduling", seconds=round(now - offset, 1))
+                for runner in self.runners.values():
+                    runner.wake.set()
+            offset = now
 
     def stop(self) -> None:
-        """Ask the loop to finish (SIGTERM/SIGINT)."""
+        """Ask the daemon to finish (SIGTERM/SIGINT)."""
         self._stopping.set()
-        self._wake.set()
-
-    async def _sleep(self, seconds: float) -> None:
-        if self._stopping.is_set():
-            return
-        self._wake.clear()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), timeout=seconds)
+        self._progress.set()
 
     def _prepare_output(self) -> None:
         self.config.output_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
@@ -501,32 +543,28 @@ class Daemon:
             pid=os.getpid(),
         )
         self._start_watchers()
-        watchdog = asyncio.create_task(self._watchdog()) if not once else None
+        helpers = [asyncio.create_task(self._clock_watch())]
+        if not once:
+            helpers.append(asyncio.create_task(self._watchdog()))
         deadline = self.clock.monotonic() + self.config.once_deadline
         if once:
             # `--once` means "acquire now": a still-valid file from an earlier run is replaced.
             for runner in self.runners.values():
                 runner.schedule.retry_now()
+        self._running = True
+        for runner in self.runners.values():
+            self._start_runner(runner)
         code = 0
         try:
-            while not self._stopping.is_set():
-                self._start_due()
-                self._update_ready()
-                if once:
-                    result = self._once_result(deadline)
-                    if result is not None:
-                        code = result
-                        break
-                wait = self._next_wait()
-                if once:
-                    wait = min(wait, max(0.0, deadline - self.clock.monotonic()))
-                await self._sleep(wait)
+            if once:
+                code = await self._run_once(deadline)
+            else:
+                await self._stopping.wait()
         finally:
+            self._running = False
             sdnotify.notify("STOPPING=1")
             self.log.info("entra-tokend stopping")
-            if watchdog:
-                watchdog.cancel()
-            tasks = [r.task for r in self.runners.values() if r.task and not r.task.done()]
+            tasks = [*helpers, *(r.task for r in self.runners.values() if r.task)]
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -546,10 +584,23 @@ class Daemon:
             self._lock.release()
             self._lock = None
 
+    async def _run_once(self, deadline: float) -> int:
+        """Wait until every token is on disk, a configuration error, or the deadline."""
+        while not self._stopping.is_set():
+            result = self._once_result(deadline)
+            if result is not None:
+                return result
+            self._progress.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._progress.wait(), timeout=max(0.0, deadline - self.clock.monotonic())
+                )
+        return 1
+
     def _once_result(self, deadline: float) -> int | None:
         runners = self.runners.values()
-        # not inflight: a token's post-write hook runs in its task, and must finish too.
-        if all(r.succeeded_once and not r.inflight for r in runners):
+        # `done` is set when a refresh (and its post-write hook) has finished with a success.
+        if self._done_count == len(self.runners):
             self.log.info("every token is on disk", tokens=len(self.runners))
             return 0
         fatal = {r.spec.name: r.fatal for r in runners if r.fatal and not r.succeeded_once}
