@@ -7,7 +7,14 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from entra_tokend.scheduler import Deadline, Policy, TokenSchedule, backoff_delay, refresh_delay
+from entra_tokend.scheduler import (
+    Deadline,
+    Policy,
+    TokenSchedule,
+    backoff_delay,
+    first_refresh_delay,
+    refresh_delay,
+)
 
 
 class FakeClock:
@@ -215,3 +222,32 @@ def test_state_machine_invariants(steps: list[tuple[str, float]], seed: int) -> 
         else:
             clock.advance(value)
         assert s.failures >= 0
+
+
+@given(
+    policy=policies,
+    lifetime=st.floats(600.0, 86400.0),
+    refresh_in=st.none() | st.floats(1.0, 86400.0),
+    seed=st.integers(0, 2**32),
+)
+def test_first_refresh_spreads_over_the_whole_period(
+    policy: Policy, lifetime: float, refresh_in: float | None, seed: int
+) -> None:
+    delay = first_refresh_delay(lifetime, policy, random.Random(seed), refresh_in)
+    latest = lifetime * policy.refresh_at * (1 + policy.jitter)
+    assert delay <= latest + 1e-6  # never later than a normal refresh: promise 3 holds
+    if policy.jitter > 0 and refresh_in is None:
+        assert delay >= min(max(0.1 * lifetime, policy.min_interval), latest) - 1e-6
+
+
+def test_first_refresh_after_start_is_spread_later_ones_are_not() -> None:
+    policy = Policy(refresh_at=0.5, jitter=0.1, min_interval=0)
+    firsts = [first_refresh_delay(3600, policy, random.Random(i)) for i in range(2000)]
+    # a fleet started together spreads its first refreshes over 6-33 min, not 27-33 min
+    assert min(firsts) < 0.15 * 3600
+    assert max(firsts) > 0.5 * 3600
+    clock = FakeClock()
+    s = TokenSchedule(policy, clock, random.Random(5))
+    s.succeeded(clock.wall() + 3600, 3600, None)
+    later = s.succeeded(clock.wall() + 3600, 3600, None)
+    assert 0.45 * 3600 <= later <= 0.55 * 3600

@@ -7,16 +7,13 @@ fix, so an operator fixes a config in one round trip rather than one error per r
 
 from __future__ import annotations
 
-import difflib
 import grp
-import ipaddress
 import math
 import os
 import pwd
 import re
 import signal
 import stat
-import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -172,6 +169,8 @@ class _Problems:
 
 
 def _suggest(key: str, known: Sequence[str]) -> str:
+    import difflib  # noqa: PLC0415 - only for a mistyped key; start-up time is benchmarked
+
     close = difflib.get_close_matches(key, known, n=1)
     return f" (did you mean '{close[0]}'?)" if close else ""
 
@@ -214,6 +213,8 @@ def _has_nul(value: Any, where: str, p: _Problems) -> bool:
 
 def read_toml(path: Path) -> dict[str, Any]:
     """Read a TOML config file; errors name the file (and line, for syntax errors)."""
+    import tomllib  # noqa: PLC0415 - only when a config file is given
+
     try:
         text = path.read_bytes().decode("utf-8")
     except FileNotFoundError:
@@ -244,6 +245,8 @@ def is_loopback_host(host: str) -> bool:
     """True for localhost and loopback addresses, where plain http cannot leave the machine."""
     if host == "localhost":
         return True
+    import ipaddress  # noqa: PLC0415 - only for an http authority
+
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:

@@ -225,7 +225,8 @@ def parse_token_response(body: bytes, scope: str, request_id: str, sent_at: floa
     token = data.get("access_token")
     if not isinstance(token, str) or not token.strip():
         raise invalid("has no access_token")
-    if any(c.isspace() or not c.isprintable() for c in token):
+    # ' ' is the only character that is both printable and whitespace.
+    if not token.isprintable() or " " in token:
         raise invalid("has an access_token with whitespace or control characters")
     expires_in = _number(data.get("expires_in"))
     if expires_in is None or expires_in <= 0:

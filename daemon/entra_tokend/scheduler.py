@@ -71,6 +71,30 @@ def refresh_delay(
     return min(max(delay, policy.min_interval), latest)
 
 
+# The first token a process obtains is refreshed anywhere from this fraction of its lifetime to
+# the latest normal refresh: a fleet started together spreads over a whole refresh period.
+FIRST_REFRESH_EARLIEST = 0.1
+
+
+def first_refresh_delay(
+    lifetime: float, policy: Policy, rng: random.Random, refresh_in: float | None = None
+) -> float:
+    """Seconds after issue at which to refresh the first token of a schedule (a fresh start).
+
+    Uniform over [``FIRST_REFRESH_EARLIEST``, ``refresh_at`` × (1 + ``jitter``)] of the
+    lifetime, so pods started together (a rollout, a node drain) do not refresh together for
+    hours; it costs one early refresh per start. ``refresh_in`` and ``min_interval`` apply as
+    in ``refresh_delay``; with ``jitter`` 0 it is ``refresh_delay``.
+    """
+    if policy.jitter <= 0:  # jitter = 0 asks for no randomness at all
+        return refresh_delay(lifetime, policy, rng, refresh_in)
+    latest = lifetime * policy.refresh_at * (1.0 + policy.jitter)
+    delay = rng.uniform(FIRST_REFRESH_EARLIEST * lifetime, latest)
+    if refresh_in is not None and 0 < refresh_in < delay:
+        delay = refresh_in
+    return min(max(delay, policy.min_interval), latest)
+
+
 def backoff_delay(
     attempt: int,
     policy: Policy,
@@ -144,10 +168,12 @@ class TokenSchedule:
     def succeeded(self, expires_on: float, lifetime: float, refresh_in: float | None) -> float:
         """Record a good token; returns the delay until its refresh."""
         self.failures = 0
+        first = self.expires is None  # no token before: a fresh start (adopted() sets one)
         self.expires = Deadline.at_wall(self.clock, expires_on)
         # The lifetime left may be shorter than `lifetime` (clock skew); plan on what is left.
         left = min(lifetime, max(self.expires.remaining(self.clock), 0.0))
-        delay = refresh_delay(left, self.policy, self.rng, refresh_in)
+        plan = first_refresh_delay if first else refresh_delay
+        delay = plan(left, self.policy, self.rng, refresh_in)
         self.due = Deadline.after(self.clock, delay)
         return delay
 

@@ -1,0 +1,1084 @@
+#!/usr/bin/env python3
+"""entra-tokend footprint and scale benchmarks (issue 9), in one run.
+
+Starts the real daemon (``python -m entra_tokend run``, a subprocess of its own) against the
+emulator (``python -m entra_tokend emulator``, another subprocess, TLS on 127.0.0.1) and
+measures, side by side:
+
+* cold start: process spawn until N token files are on disk, N = 1 and 10;
+* azure-identity's ``WorkloadIdentityCredential`` in a fresh interpreter: spawn until it has
+  one token, the in-process import + ``get_token`` time, and its RSS (the competitor);
+* idle RSS (the whole process tree, from /proc) and idle CPU over a window (default 60 s) for
+  1, 10 and 100 tokens, plus variants of the 10-token daemon (trust store, malloc arenas);
+* projected-token rotation to new token on disk, p50/p99 (``bench/rotation_latency.py``,
+  run as a subprocess; by default during the idle window, which it does not disturb: the idle
+  daemons' CPU is counted per process and they talk to another emulator);
+* 1,000 tokens with 50 ms added to every token request: time until all are on disk, peak RSS;
+* what start-up imports and what each layer costs in RSS (``bench/import_profile.py``);
+* the fleet simulation (``bench/fleet_sim.py``, no network).
+
+Prints a table, writes ``bench/results/latest.json`` and ``docs/benchmarks.md`` (the table
+with the machine, and the fleet plot ``docs/fleet_sim.png``). Takes about 3 minutes.
+
+Trust store: in a pod the daemon (and azure-identity) load a full public CA bundle (certifi's)
+to verify Entra. So that the figures include that cost, both are given a bundle made of
+certifi's certificates plus the emulator's CA, unless ``--trust emulator-only``.
+
+    PYTHONPATH=daemon /work/venv/bin/python bench/run_all.py            # everything
+    PYTHONPATH=daemon /work/venv/bin/python bench/run_all.py --quick    # smoke run, ~1 min
+
+Figures are noisy on a busy machine: the load average is recorded next to each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import benchlib
+
+RESULTS = benchlib.BENCH_DIR / "results" / "latest.json"
+DOCS = benchlib.REPO / "docs" / "benchmarks.md"
+PLOT = benchlib.REPO / "docs" / "fleet_sim.png"
+PATCH = benchlib.BENCH_DIR / "proposals" / "daemon.patch"
+PROPOSALS_JSON = benchlib.BENCH_DIR / "results" / "proposals.json"
+
+TARGET_IDLE_RSS_MIB = 32.0
+TARGET_IDLE_CPU_PCT = 0.1
+TARGET_ROTATION_P99_MS = 100.0
+TARGET_BIG_SECONDS = 5.0
+TARGET_BIG_RSS_MIB = 64.0
+
+
+@dataclass
+class Options:
+    """What to run (see --help)."""
+
+    repeats: int = 5
+    idle_window: float = 60.0
+    settle: float = 10.0
+    rotations: int = 60
+    serial: bool = False
+    big_tokens: int = 1000
+    big_delay: float = 0.05
+    big_concurrency: list[int | None] = field(default_factory=lambda: [None, 64])
+    tls: bool = True
+    trust: str = "full"
+    fleet: bool = True
+    imports: bool = True
+    docs: bool = True
+    json_path: Path = RESULTS
+    docs_path: Path = DOCS
+    plot_path: Path = PLOT
+    keep: bool = False
+    with_proposals: bool = False
+
+
+def log(msg: str) -> None:
+    """Progress on stderr, with the load average."""
+    print(f"[{time.strftime('%H:%M:%S')} load {benchlib.load()[0]:.2f}] {msg}", file=sys.stderr)
+
+
+def median(values: list[float]) -> float:
+    """Median, rounded for the table."""
+    return round(statistics.median(values), 4)
+
+
+def mib(kib: int) -> float:
+    """KiB to MiB, 2 decimals."""
+    return round(kib / 1024, 2)
+
+
+# ------------------------------------------------------------------------------ trust store
+
+
+def trust_files(work: Path, emu: benchlib.EmulatorProcess) -> dict[str, Path]:
+    """A full bundle (certifi + the emulator's CA), and the same as an OpenSSL hashed dir."""
+    import certifi
+
+    ca = Path(emu.env["SSL_CERT_FILE"]).read_text()
+    public = Path(certifi.where()).read_text()
+    bundle = work / "trust" / "bundle.pem"
+    bundle.parent.mkdir(parents=True, exist_ok=True)
+    bundle.write_text(public.rstrip("\n") + "\n" + ca)
+    out = {"bundle": bundle}
+    if shutil.which("openssl"):
+        hashed = work / "trust" / "hashed"
+        hashed.mkdir(exist_ok=True)
+        end = "-----END CERTIFICATE-----"
+        pems = [p + end + "\n" for p in (public + "\n" + ca).split(end) if "BEGIN" in p]
+        for i, pem in enumerate(pems):
+            (hashed / f"ca{i:04d}.pem").write_text(pem[pem.index("-----BEGIN") :])
+        done = subprocess.run(
+            ["openssl", "rehash", str(hashed)], capture_output=True, timeout=60, check=False
+        )
+        if done.returncode == 0:
+            out["hashed_dir"] = hashed
+    return out
+
+
+def trust_env(emu: benchlib.EmulatorProcess, files: dict[str, Path], mode: str) -> dict[str, str]:
+    """The emulator's environment with the trust store ``mode`` asks for."""
+    env = {k: v for k, v in emu.env.items() if k not in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE")}
+    if not emu.env.get("SSL_CERT_FILE"):
+        return env  # plain http
+    if mode == "emulator-only":
+        env["SSL_CERT_FILE"] = env["REQUESTS_CA_BUNDLE"] = emu.env["SSL_CERT_FILE"]
+    elif mode == "hashed-dir":
+        env["SSL_CERT_DIR"] = env["REQUESTS_CA_BUNDLE"] = str(files["hashed_dir"])
+        env["SSL_CERT_FILE"] = ""  # the daemon treats empty as unset
+    else:
+        env["SSL_CERT_FILE"] = env["REQUESTS_CA_BUNDLE"] = str(files["bundle"])
+    return env
+
+
+@contextlib.contextmanager
+def env_of(emu: benchlib.EmulatorProcess, env: dict[str, str]) -> Iterator[None]:
+    """Temporarily give ``emu`` another environment for the children."""
+    saved = emu.env
+    emu.env = env
+    try:
+        yield
+    finally:
+        emu.env = saved
+
+
+# ------------------------------------------------------------------------------- cold start
+
+
+def cold_start_daemon(
+    emu: benchlib.EmulatorProcess, work: Path, n: int, pycache: Path
+) -> dict[str, Any]:
+    """One spawn → n token files on disk."""
+    with benchlib.daemon(work, emu, n, pycache=pycache) as d:
+        seconds = d.wait_all(60)
+        mem = benchlib.memory(d.pid)
+        time.sleep(0.05)  # the "ready" log line follows the last file
+    phases = benchlib.log_phases(d)
+    benchlib.rmtree(work)
+    return {"seconds": round(seconds, 4), "rss_kib": mem.rss, "phases_ms": phases}
+
+
+def azure_identity_once(emu: benchlib.EmulatorProcess, pycache: Path) -> dict[str, Any]:
+    """One fresh interpreter: import azure-identity, get one token; spawn → token seen."""
+    argv = [sys.executable, str(benchlib.BENCH_DIR / "azure_identity_probe.py")]
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        argv,
+        env=benchlib.child_env(emu.env, pycache=pycache),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        seconds = time.monotonic() - started
+        _, err = proc.communicate(timeout=60)
+    finally:
+        benchlib.stop_process(proc)
+    if not line.strip():
+        raise benchlib.BenchError(f"azure-identity probe failed: {err[-2000:]}")
+    result: dict[str, Any] = json.loads(line)
+    result["spawn_to_token_s"] = round(seconds, 4)
+    return result
+
+
+def cold_start(
+    emu: benchlib.EmulatorProcess,
+    work: Path,
+    pycache: Path,
+    repeats: int,
+    hashed: dict[str, str] | None,
+) -> dict[str, Any]:
+    """Interleaved repeats of daemon N=1, N=10 and azure-identity (noise hits all alike).
+
+    With ``hashed`` (the environment of a hashed-directory trust store) the daemon with 10
+    tokens and azure-identity are also run with it.
+    """
+    plan: list[tuple[str, int, dict[str, str]]] = [
+        ("daemon_1", 1, {}),
+        ("daemon_10", 10, {}),
+        ("azure_identity", 0, {}),
+    ]
+    if hashed is not None:
+        plan += [("daemon_10_hashed", 10, hashed), ("azure_identity_hashed", 0, hashed)]
+    load_before = benchlib.load()
+    runs: dict[str, list[dict[str, Any]]] = {key: [] for key, _, _ in plan}
+    # One untimed warm-up of each (bytecode cache, page cache), then the repeats.
+    for r in range(repeats + 1):
+        for key, n, extra in plan:
+            emu_cpu = benchlib.cpu(emu.pid).seconds
+            with env_of(emu, {**emu.env, **extra}):
+                if n:
+                    one = cold_start_daemon(emu, work / f"{key}-{r}", n, pycache)
+                else:
+                    one = azure_identity_once(emu, pycache)
+            one["emulator_cpu_s"] = benchlib.cpu(emu.pid).seconds - emu_cpu
+            if r:
+                runs[key].append(one)
+    out: dict[str, Any] = {"repeats": repeats, "load_before": load_before}
+    for key, n, _ in plan:
+        if n:
+            secs = [x["seconds"] for x in runs[key]]
+            phases = [x["phases_ms"] for x in runs[key]]
+            out[key] = {
+                "spawn_to_files_s_median": median(secs),
+                "min_s": min(secs),
+                "max_s": max(secs),
+                "all_s": secs,
+                "emulator_cpu_ms_median": round(
+                    1000 * statistics.median(x["emulator_cpu_s"] for x in runs[key])
+                ),
+                "phases_ms_median": {
+                    k: round(statistics.median(p[k] for p in phases if k in p), 1)
+                    for k in ("starting", "first_token", "last_token", "ready")
+                    if any(k in p for p in phases)
+                },
+            }
+            continue
+        az = runs[key]
+        out[key] = {
+            "spawn_to_token_s_median": median([x["spawn_to_token_s"] for x in az]),
+            "import_and_token_s_median": median([x["import_and_token_s"] for x in az]),
+            "import_s_median": median([x["import_s"] for x in az]),
+            "get_token_s_median": median([x["get_token_s"] for x in az]),
+            "rss_mib_median": mib(int(statistics.median([x["rss_kib"] for x in az]))),
+            "hwm_mib_median": mib(int(statistics.median([x["hwm_kib"] for x in az]))),
+            "all_spawn_to_token_s": [x["spawn_to_token_s"] for x in az],
+            "emulator_cpu_ms_median": round(
+                1000 * statistics.median(x["emulator_cpu_s"] for x in az)
+            ),
+        }
+    out["load_after"] = benchlib.load()
+    return out
+
+
+# ------------------------------------------------------------------------------------- idle
+
+
+@dataclass
+class IdleVariant:
+    """One idle daemon to watch."""
+
+    key: str
+    label: str
+    tokens: int
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def idle(
+    emu: benchlib.EmulatorProcess,
+    work: Path,
+    pycache: Path,
+    variants: list[IdleVariant],
+    *,
+    window: float,
+    settle: float,
+) -> dict[str, Any]:
+    """Start every variant, wait until all are on disk, settle, then watch for ``window`` s."""
+    out: dict[str, Any] = {"window_s": window, "settle_s": settle}
+    with contextlib.ExitStack() as stack:
+        runs = []
+        for v in variants:
+            with env_of(emu, {**emu.env, **v.env}):
+                runs.append(
+                    (
+                        v,
+                        stack.enter_context(
+                            benchlib.daemon(work / v.key, emu, v.tokens, pycache=pycache)
+                        ),
+                    )
+                )
+        for _, d in runs:
+            d.wait_all(120)
+        time.sleep(settle)
+        out["load_before"] = benchlib.load()
+        before = {v.key: benchlib.cpu(d.pid) for v, d in runs}
+        peaks = {v.key: benchlib.memory(d.pid) for v, d in runs}
+        started = time.monotonic()
+        # Bounded: one sample a second for the window.
+        for _ in range(int(window) + 1):
+            remaining = window - (time.monotonic() - started)
+            if remaining <= 0:
+                break
+            time.sleep(min(1.0, remaining))
+            for v, d in runs:
+                m = benchlib.memory(d.pid)
+                if m.rss > peaks[v.key].rss:
+                    peaks[v.key] = m
+        elapsed = time.monotonic() - started
+        for v, d in runs:
+            after = benchlib.cpu(d.pid)
+            m = benchlib.memory(d.pid)
+            b = before[v.key]
+            cpu_s = after.seconds - b.seconds
+            out[v.key] = {
+                "label": v.label,
+                "tokens": v.tokens,
+                "rss_mib": m.rss_mib,
+                "rss_anon_mib": mib(m.anon),
+                "rss_file_mib": mib(m.file),
+                "rss_peak_in_window_mib": peaks[v.key].rss_mib,
+                "processes": m.processes,
+                "threads": m.threads,
+                "cpu_s": round(cpu_s, 3),
+                "cpu_pct_of_core": round(100 * cpu_s / elapsed, 4),
+                "wakeups_per_min": round(
+                    (after.voluntary_switches - b.voluntary_switches) * 60 / elapsed, 1
+                ),
+                "involuntary_switches": after.involuntary_switches - b.involuntary_switches,
+            }
+        out["window_measured_s"] = round(elapsed, 2)
+        out["load_after"] = benchlib.load()
+    return out
+
+
+# ------------------------------------------------------------------------------- 1,000 tokens
+
+
+def big(work: Path, pycache: Path, opts: Options, trust: str) -> dict[str, Any]:
+    """N tokens, every token request delayed: time to all on disk, peak RSS."""
+    out: dict[str, Any] = {"tokens": opts.big_tokens, "delay_s": opts.big_delay, "runs": []}
+    count = opts.big_tokens * (len(opts.big_concurrency) + 1) * 4
+    with benchlib.emulator(
+        work / "emulator",
+        tls=opts.tls,
+        delay=opts.big_delay,
+        delay_count=count,
+        pycache=pycache,
+    ) as emu:
+        files = trust_files(work, emu)
+        with env_of(emu, trust_env(emu, files, trust)):
+            for concurrency in opts.big_concurrency:
+                extra = {} if concurrency is None else {"concurrency": concurrency}
+                tag = "default" if concurrency is None else str(concurrency)
+                load_before = benchlib.load()
+                emu_cpu0 = benchlib.cpu(emu.pid).seconds
+                with (
+                    benchlib.daemon(
+                        work / f"c{tag}", emu, opts.big_tokens, pycache=pycache, extra_config=extra
+                    ) as d,
+                    benchlib.PeakSampler(d.pid, 0.02) as sampler,
+                ):
+                    seconds = d.wait_all(120, interval=0.005)
+                    daemon_cpu = benchlib.cpu(d.pid).seconds
+                    emu_cpu = benchlib.cpu(emu.pid).seconds - emu_cpu0
+                    time.sleep(2.0)
+                    settled = benchlib.memory(d.pid)
+                    hwm = settled.hwm
+                out["runs"].append(
+                    {
+                        "concurrency": concurrency or "default (16)",
+                        "all_on_disk_s": round(seconds, 3),
+                        "peak_rss_mib": max(sampler.peak.rss_mib, mib(hwm)),
+                        "vm_hwm_mib": mib(hwm),
+                        "rss_after_2s_mib": settled.rss_mib,
+                        "daemon_cpu_s": round(daemon_cpu, 2),
+                        "emulator_cpu_s": round(emu_cpu, 2),
+                        "floor_s": round(opts.big_tokens * opts.big_delay / (concurrency or 16), 3),
+                        "load_before": load_before,
+                        "load_after": benchlib.load(),
+                    }
+                )
+                benchlib.rmtree(work / f"c{tag}")
+                log(f"  {opts.big_tokens} tokens, concurrency {tag}: {seconds:.2f} s")
+    return out
+
+
+# ------------------------------------------------------------------------------- rotation
+
+
+def start_rotation(work: Path, pycache: Path, rotations: int) -> subprocess.Popen[bytes]:
+    """bench/rotation_latency.py in a subprocess (it runs its own emulator and daemon)."""
+    script = benchlib.BENCH_DIR / "rotation_latency.py"
+    if not script.exists():
+        raise benchlib.BenchError(f"{script} is missing")
+    work.mkdir(parents=True, exist_ok=True)
+    log_file = open(work / "rotation.log", "wb")  # noqa: SIM115 - the child owns it
+    try:
+        return subprocess.Popen(
+            [
+                sys.executable,
+                str(script),
+                "--rotations",
+                str(rotations),
+                "--json",
+                str(work / "rotation.json"),
+            ],
+            env=benchlib.child_env(pycache=pycache),
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    finally:
+        log_file.close()
+
+
+def finish_rotation(proc: subprocess.Popen[bytes], work: Path, timeout: float) -> dict[str, Any]:
+    """Wait for the rotation bench; its JSON, without the per-round list."""
+    load_before = benchlib.load()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        benchlib.stop_process(proc)
+        return {"error": f"did not finish within {timeout:g} s"}
+    path = work / "rotation.json"
+    if not path.exists():
+        tail = (work / "rotation.log").read_text(errors="replace")[-1500:]
+        return {"error": f"exited {proc.returncode} without results: {tail}"}
+    data: dict[str, Any] = json.loads(path.read_text())
+    data.pop("latencies_ms", None)
+    data["load_at_end"] = benchlib.load()
+    data["load_when_waited"] = load_before
+    return data
+
+
+# ---------------------------------------------------------------------------------- report
+
+
+def verdicts(r: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each target: what was reached, met or not, and the margin."""
+    rows: list[dict[str, Any]] = []
+
+    def add(name: str, value: float | None, target: float, unit: str, lower: bool = True) -> None:
+        if value is None:
+            rows.append({"target": name, "value": None, "met": None})
+            return
+        met = value <= target if lower else value >= target
+        margin = value - target
+        rows.append(
+            {
+                "target": name,
+                "value": value,
+                "limit": target,
+                "unit": unit,
+                "met": met,
+                "margin": round(margin, 3),
+                "margin_pct": round(100 * margin / target, 1) if target else None,
+            }
+        )
+
+    idle_r = r.get("idle", {})
+    if "daemon_10" in idle_r:
+        add("idle RSS, 10 tokens", idle_r["daemon_10"]["rss_mib"], TARGET_IDLE_RSS_MIB, "MiB")
+        worst = max(idle_r[k]["cpu_pct_of_core"] for k in ("daemon_1", "daemon_10", "daemon_100"))
+        add("idle CPU, worst of 1/10/100 tokens", worst, TARGET_IDLE_CPU_PCT, "% of a core")
+    cs = r.get("cold_start")
+    if cs:
+        add(
+            "cold start to 10 tokens vs azure-identity spawn to 1 token",
+            cs["daemon_10"]["spawn_to_files_s_median"],
+            cs["azure_identity"]["spawn_to_token_s_median"],
+            "s",
+        )
+    rot = r.get("rotation", {})
+    add("rotation → token p99", rot.get("p99_ms"), TARGET_ROTATION_P99_MS, "ms")
+    bg = r.get("big", {}).get("runs", [])
+    if bg:
+        add(
+            f"{r['big']['tokens']} tokens all on disk",
+            bg[0]["all_on_disk_s"],
+            TARGET_BIG_SECONDS,
+            "s",
+        )
+        add(
+            f"{r['big']['tokens']} tokens peak RSS",
+            bg[0]["peak_rss_mib"],
+            TARGET_BIG_RSS_MIB,
+            "MiB",
+        )
+    fl = r.get("fleet")
+    if fl:
+        add("fleet peak/mean after 1 h (60 s windows)", fl["peak_to_mean"], 1.5, "×")
+    return rows
+
+
+def fmt_verdict(v: dict[str, Any]) -> str:
+    """One verdict as text."""
+    if v["value"] is None:
+        return "not measured"
+    word = "met" if v["met"] else "MISSED"
+    sign = "+" if v["margin"] >= 0 else ""
+    return f"{word} ({sign}{v['margin']:g} {v['unit']}, {sign}{v['margin_pct']:g} %)"
+
+
+def table_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(figure, value, load) rows for the side-by-side table."""
+    rows: list[tuple[str, str, str]] = []
+    cs = r.get("cold_start")
+    if cs:
+        ld = f"{cs['load_before'][0]:.2f}→{cs['load_after'][0]:.2f}"
+        labels = {
+            "daemon_1": "cold start, spawn → 1 token file on disk",
+            "daemon_10": "cold start, spawn → 10 token files on disk",
+            "daemon_10_hashed": "cold start, 10 tokens, trust store as hashed dir",
+        }
+        for key, label in labels.items():
+            if key not in cs:
+                continue
+            d = cs[key]
+            ph = d.get("phases_ms_median", {})
+            detail = ""
+            if "starting" in ph and "last_token" in ph:
+                detail = (
+                    f"; started {ph['starting']:.0f}, first token {ph.get('first_token', 0):.0f},"
+                    f" last {ph['last_token']:.0f} ms;"
+                    f" emulator CPU {d['emulator_cpu_ms_median']} ms"
+                )
+            rows.append(
+                (
+                    label,
+                    f"{d['spawn_to_files_s_median'] * 1000:.0f} ms (min {d['min_s'] * 1000:.0f},"
+                    f" max {d['max_s'] * 1000:.0f}, n={cs['repeats']}{detail})",
+                    ld,
+                )
+            )
+        for key, label in (
+            ("azure_identity", "azure-identity: spawn → 1 token (fresh interpreter)"),
+            ("azure_identity_hashed", "azure-identity, trust store as hashed dir"),
+        ):
+            if key not in cs:
+                continue
+            az = cs[key]
+            rows.append(
+                (
+                    label,
+                    f"{az['spawn_to_token_s_median'] * 1000:.0f} ms (import "
+                    f"{az['import_s_median'] * 1000:.0f} + get_token "
+                    f"{az['get_token_s_median'] * 1000:.0f}); RSS {az['rss_mib_median']:.1f} MiB;"
+                    f" emulator CPU {az['emulator_cpu_ms_median']} ms",
+                    ld,
+                )
+            )
+    idle_r = r.get("idle", {})
+    ld = (
+        f"{idle_r['load_before'][0]:.2f}→{idle_r['load_after'][0]:.2f}"
+        if "load_before" in idle_r
+        else ""
+    )
+    for key, v in idle_r.items():
+        if not isinstance(v, dict) or "rss_mib" not in v:
+            continue
+        rows.append(
+            (
+                f"idle, {v['label']}: RSS (tree)",
+                f"{v['rss_mib']:.1f} MiB (anon {v['rss_anon_mib']:.1f}, "
+                f"file {v['rss_file_mib']:.1f}; {v['threads']} threads)",
+                ld,
+            )
+        )
+        if key in ("daemon_1", "daemon_10", "daemon_100"):
+            rows.append(
+                (
+                    f"idle, {v['label']}: CPU over {idle_r['window_measured_s']:.0f} s",
+                    f"{v['cpu_pct_of_core']:.3f} % of a core ({v['cpu_s']:.2f} s;"
+                    f" {v['wakeups_per_min']:.0f} wake-ups/min)",
+                    ld,
+                )
+            )
+    rot = r.get("rotation", {})
+    if "p99_ms" in rot:
+        rows.append(
+            (
+                f"rotation → new token on disk ({rot['rotations']} rotations)",
+                f"p50 {rot['p50_ms']:.1f} ms, p99 {rot['p99_ms']:.1f} ms, "
+                f"max {rot['max_ms']:.1f} ms",
+                f"{rot['load_when_waited'][0]:.2f}",
+            )
+        )
+    elif rot:
+        rows.append(("rotation → new token on disk", rot.get("error", "failed"), ""))
+    bg = r.get("big")
+    if bg:
+        for run in bg["runs"]:
+            rows.append(
+                (
+                    f"{bg['tokens']} tokens, {bg['delay_s'] * 1000:.0f} ms latency, concurrency "
+                    f"{run['concurrency']}",
+                    f"all on disk {run['all_on_disk_s']:.2f} s (floor {run['floor_s']:.2f}); peak "
+                    f"{run['peak_rss_mib']:.1f} MiB; CPU daemon {run['daemon_cpu_s']:.1f} s, "
+                    f"emulator {run['emulator_cpu_s']:.1f} s",
+                    f"{run['load_before'][0]:.2f}→{run['load_after'][0]:.2f}",
+                )
+            )
+    fl = r.get("fleet")
+    if fl:
+        for s in fl["scenarios"]:
+            if s["lifetime_min_s"] == s["lifetime_max_s"]:
+                continue
+            w = s["windows"]["60s"]
+            rows.append(
+                (
+                    f"fleet 10k pods: {s['scenario']}",
+                    f"peak/mean {w['peak_to_mean']:.2f} "
+                    f"(Poisson floor {w['poisson_peak_to_mean']:.2f}), "
+                    f"mean {s['mean_rps_after_first_hour']:.2f} req/s",
+                    "n/a",
+                )
+            )
+    return rows
+
+
+def print_table(r: dict[str, Any]) -> None:
+    """The side-by-side table and the verdicts on stdout."""
+    rows = table_rows(r)
+    w0 = max(len(a) for a, _, _ in rows)
+    w1 = max(len(b) for _, b, _ in rows)
+    print()
+    print(f"{'figure':{w0}}  {'result':{w1}}  load")
+    print(f"{'-' * w0}  {'-' * w1}  ----")
+    for a, b, c in rows:
+        print(f"{a:{w0}}  {b:{w1}}  {c}")
+    print()
+    for v in r["verdicts"]:
+        print(f"target: {v['target']}: {fmt_verdict(v)}")
+    prop_rows = proposal_rows(r)
+    if prop_rows:
+        print("\nwith bench/proposals/daemon.patch applied (same run):")
+        for a, b, c in prop_rows:
+            print(f"  {a:40} now {b:>8}   patched {c:>8}")
+
+
+def write_docs(r: dict[str, Any], path: Path, plot: Path | None) -> None:
+    """docs/benchmarks.md: the latest table, the machine, the fleet plot."""
+    m = r["machine"]
+    lines = [
+        "# Benchmarks",
+        "",
+        "Generated by `bench/run_all.py` (issue 9); do not edit by hand, re-run it:",
+        "",
+        "```sh",
+        "PYTHONPATH=daemon /work/venv/bin/python bench/run_all.py",
+        "```",
+        "",
+        f"Last run: {r['finished_at']} ({r['elapsed_s']:.0f} s). "
+        f"Load average at start {r['load_at_start']}, at end {r['load_at_end']}"
+        " (1/5/15 min). Figures taken while other work ran on the machine are noisy; the load "
+        "column says how busy it was.",
+        "",
+        "Why targets are missed and what would fix them, with measurements: "
+        "[`bench/proposals/README.md`](../bench/proposals/README.md).",
+        "",
+        "## Machine",
+        "",
+        f"- CPU: {m['cpu_model']}, {m['nproc']} CPUs"
+        + (f" ({m['hypervisor']} guest)" if m.get("hypervisor") else ""),
+        f"- memory: {m['mem_total_mib']} MiB; kernel {m['kernel']}; Python {m['python']}",
+        "- packages: " + ", ".join(f"{k} {v}" for k, v in m["packages"].items() if v),
+        f"- setup: daemon and emulator are separate processes; emulator over "
+        f"{'TLS' if r['options']['tls'] else 'plain http'} on 127.0.0.1; trust store "
+        f"`{r['options']['trust']}`; bytecode compiled (as in an installed package).",
+        f"- daemon source: `daemon/` at {r.get('daemon_revision', 'unknown')} "
+        "(+dirty: uncommitted changes were measured too).",
+        "",
+        "## Results",
+        "",
+        "| figure | result | load (1 min) |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {a} | {b} | {c} |" for a, b, c in table_rows(r)]
+    lines += ["", "## Targets", "", "| target | reached | verdict |", "|---|---|---|"]
+    for v in r["verdicts"]:
+        value = "—" if v["value"] is None else f"{v['value']:g} {v['unit']} (limit {v['limit']:g})"
+        lines.append(f"| {v['target']} | {value} | {fmt_verdict(v)} |")
+    prop_rows = proposal_rows(r)
+    if prop_rows:
+        lines += [
+            "",
+            "## With the proposed changes",
+            "",
+            "The same suite, in the same run, on a copy of `daemon/` with "
+            "`bench/proposals/daemon.patch` applied (see `bench/proposals/README.md`), run after "
+            "the first pass, not interleaved with it: the azure-identity row, which the patch "
+            "does not touch, shows how far the two passes differ by noise alone.",
+            "",
+            "| figure | now | with the patch |",
+            "|---|---|---|",
+        ]
+        lines += [f"| {a} | {b} | {c} |" for a, b, c in prop_rows]
+    elif r.get("proposals"):
+        lines += ["", f"Proposals run: {r['proposals'].get('error')}"]
+    imp = r.get("imports")
+    if imp:
+        lines += [
+            "",
+            "## Where the idle memory goes",
+            "",
+            "RSS after importing the daemon's stack layer by layer in one interpreter "
+            "(`bench/import_profile.py`). A layer is charged for the shared modules it is the "
+            "first to import (httpx brings email, http.client and urllib.request, which "
+            "prometheus_client would import too). The CA bundle's share depends on the trust "
+            "store (see the hashed-directory variant above).",
+            "",
+            "| layer | adds (MiB) | RSS (MiB) |",
+            "|---|---|---|",
+        ]
+        lines += [
+            f"| {s['step']} | {s['added_mib']:+.2f} | {s['rss_mib']:.2f} |"
+            for s in imp["rss_steps"]
+        ]
+        lines += [
+            "",
+            f"Start-up imports: {imp['modules_at_start']} modules in "
+            f"{imp['import_ms_at_start']} ms; after start (first request, watcher): "
+            f"{imp['modules_lazy']} modules in {imp['import_ms_lazy']} ms. Self time by "
+            "package (ms): "
+            + ", ".join(f"{k} {v}" for k, v in imp["self_ms_by_package"].items())
+            + ".",
+        ]
+    fl = r.get("fleet")
+    if fl:
+        lines += [
+            "",
+            "## Fleet simulation",
+            "",
+            f"`bench/fleet_sim.py`: {fl['pods']:,} pods started within "
+            f"{fl['start_window_s']:g} s, one token each, 24 h, the daemon's own "
+            "`TokenSchedule`/`refresh_delay` with the configuration defaults "
+            f"(refresh_at {fl['policy']['refresh_at']}, jitter {fl['policy']['jitter']}). "
+            "Peak-to-mean of Entra requests per second after the first hour, in windows of "
+            "1 s / 10 s / 60 s; in brackets the ratio a perfectly random (Poisson) arrival "
+            "process of the same mean shows in the same windows, the floor for any scheduler. "
+            "The target (1.5) is read on 60 s windows: on 1 s and 10 s windows even Poisson "
+            "arrivals exceed it at this mean rate. Rows marked PROPOSED simulate a change "
+            "not yet in the daemon (the first refresh after start-up spread over 10-55 % of "
+            "the lifetime; see `first_refresh_delay` in the script).",
+            "",
+            "| scenario | mean req/s | 1 s | 10 s | 60 s |",
+            "|---|---|---|---|---|",
+        ]
+        for s in fl["scenarios"]:
+            cells = " | ".join(
+                f"{w['peak_to_mean']:.2f} ({w['poisson_peak_to_mean']:.2f})"
+                for w in s["windows"].values()
+            )
+            lines.append(f"| {s['scenario']} | {s['mean_rps_after_first_hour']:.2f} | {cells} |")
+        if plot is not None and plot.exists():
+            rel = os.path.relpath(plot, path.parent)
+            lines += ["", f"![Entra requests per second over 24 h]({rel})"]
+    lines += [
+        "",
+        "## How each figure is taken",
+        "",
+        "- **Cold start**: wall time from `Popen` of `python -m entra_tokend run` until all N "
+        "files are in the output directory (listed every 1 ms). azure-identity: `Popen` of "
+        "`bench/azure_identity_probe.py` until it prints its token line "
+        "(`WorkloadIdentityCredential().get_token(...)`, same emulator, same trust store). "
+        "Median of the repeats, interleaved; one untimed warm-up of each first.",
+        "- **Idle**: every idle daemon runs at once, its tokens valid for an hour; after all "
+        "files are on disk and a settle time, CPU is utime+stime (all threads, 10 ms ticks) "
+        "over the window, RSS is VmRSS summed over the daemon and its descendants, wake-ups "
+        "are voluntary context switches of all its threads. The metrics server listens "
+        "(127.0.0.1) but is not scraped.",
+        "- **Rotation**: `bench/rotation_latency.py` (see its docstring); by default it runs "
+        "during the idle window with its own emulator and daemon.",
+        "- **1,000 tokens**: one daemon, 1,000 `[token.*]` tables, every token request "
+        "delayed in the emulator; the floor is tokens × delay / concurrency. Peak RSS is the "
+        "larger of VmHWM and a 20 ms sampler over the tree. The emulator's CPU is shown "
+        "because on a 2-CPU machine it competes with the daemon.",
+    ]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+
+
+# ------------------------------------------------------------------------------------- main
+
+
+def run(opts: Options) -> dict[str, Any]:
+    """Every benchmark; returns the results (and writes JSON and docs as asked)."""
+    t0 = time.monotonic()
+    r: dict[str, Any] = {
+        "benchmark": "run_all",
+        "started_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": benchlib.machine(),
+        "load_at_start": benchlib.load(),
+        "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in opts.__dict__.items()},
+        "daemon_src": str(benchlib.DAEMON_SRC),
+        "daemon_revision": benchlib.source_revision(benchlib.DAEMON_SRC),
+    }
+    tmp = Path(tempfile.mkdtemp(prefix="entra-tokend-bench-"))
+    pycache = tmp / "pycache"
+    try:
+        with benchlib.emulator(tmp / "emulator", tls=opts.tls, pycache=pycache) as emu:
+            files = trust_files(tmp, emu) if opts.tls else {}
+            env = trust_env(emu, files, opts.trust)
+            with env_of(emu, env):
+                log("cold start (daemon N=1, N=10, azure-identity)")
+                hashed_cold = trust_env(emu, files, "hashed-dir") if "hashed_dir" in files else None
+                r["cold_start"] = cold_start(emu, tmp / "cold", pycache, opts.repeats, hashed_cold)
+                if opts.imports:
+                    import import_profile
+
+                    log("start-up imports")
+                    r["imports"] = import_profile.run(emu, tmp / "imports", pycache)
+            log(f"{opts.big_tokens} tokens at {opts.big_delay * 1000:.0f} ms")
+            r["big"] = big(tmp / "big", pycache, opts, opts.trust)
+            variants = [
+                IdleVariant("daemon_1", "1 token", 1),
+                IdleVariant("daemon_10", "10 tokens", 10),
+                IdleVariant("daemon_100", "100 tokens", 100),
+                IdleVariant(
+                    "daemon_10_arena2",
+                    "10 tokens, MALLOC_ARENA_MAX=2",
+                    10,
+                    {"MALLOC_ARENA_MAX": "2"},
+                ),
+            ]
+            if opts.tls and "hashed_dir" in files:
+                variants.append(
+                    IdleVariant(
+                        "daemon_10_hashed",
+                        "10 tokens, trust store as hashed dir (SSL_CERT_DIR)",
+                        10,
+                        trust_env(emu, files, "hashed-dir"),
+                    )
+                )
+            rotation_proc = None
+            rotation_dir = tmp / "rotation"
+            try:
+                if not opts.serial and opts.rotations > 0:
+                    log(f"rotation latency ({opts.rotations} rotations) in the background")
+                    rotation_proc = start_rotation(rotation_dir, pycache, opts.rotations)
+                with env_of(emu, env):
+                    log(f"idle: {len(variants)} daemons, {opts.idle_window:g} s window")
+                    r["idle"] = idle(
+                        emu,
+                        tmp / "idle",
+                        pycache,
+                        variants,
+                        window=opts.idle_window,
+                        settle=opts.settle,
+                    )
+                r["idle"]["rotation_bench_ran_during_window"] = rotation_proc is not None
+                if opts.rotations > 0:
+                    if rotation_proc is None:
+                        log(f"rotation latency ({opts.rotations} rotations)")
+                        rotation_proc = start_rotation(rotation_dir, pycache, opts.rotations)
+                    r["rotation"] = finish_rotation(rotation_proc, rotation_dir, 600)
+            finally:
+                if rotation_proc is not None:
+                    benchlib.stop_process(rotation_proc)
+        if opts.fleet:
+            import fleet_sim
+
+            log("fleet simulation")
+            r["fleet"] = fleet_sim.run(plot_path=opts.plot_path if opts.docs else None)
+    finally:
+        if opts.keep:
+            print(f"kept {tmp}", file=sys.stderr)
+        else:
+            benchlib.rmtree(tmp)
+    r["load_at_end"] = benchlib.load()
+    r["finished_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    r["elapsed_s"] = round(time.monotonic() - t0, 1)
+    r["verdicts"] = verdicts(r)
+    return r
+
+
+def run_with_proposals(opts: Options) -> dict[str, Any]:
+    """The whole suite again, in a child, on a copy of daemon/ with the patch applied."""
+    tmp = Path(tempfile.mkdtemp(prefix="entra-tokend-proposals-"))
+    try:
+        shutil.copytree(
+            benchlib.DAEMON_SRC,
+            tmp / "daemon",
+            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+        )
+        applied = subprocess.run(
+            ["patch", "-p1", "--forward", "--batch", "-s", "-i", str(PATCH)],
+            cwd=tmp,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        if applied.returncode != 0:
+            why = (applied.stdout + applied.stderr).strip()[-500:]
+            log(f"bench/proposals/daemon.patch does not apply (already merged?): {why}")
+            return {"error": f"patch did not apply: {why}"}
+        log("the whole suite again with bench/proposals/daemon.patch applied")
+        argv = [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--daemon-src",
+            str(tmp / "daemon"),
+            "--no-docs",
+            "--no-imports",
+            "--json",
+            str(PROPOSALS_JSON),
+            "--repeats",
+            str(opts.repeats),
+            "--idle-window",
+            str(opts.idle_window),
+            "--settle",
+            str(opts.settle),
+            "--rotations",
+            "0",
+            "--big-concurrency",
+            ",".join("default" if c is None else str(c) for c in opts.big_concurrency),
+            "--trust",
+            opts.trust,
+        ]
+        if not opts.tls:
+            argv.append("--no-tls")
+        child = subprocess.run(argv, stdout=subprocess.DEVNULL, timeout=900, check=False)
+        if child.returncode != 0 or not PROPOSALS_JSON.exists():
+            return {"error": f"the proposals run exited {child.returncode}"}
+        data: dict[str, Any] = json.loads(PROPOSALS_JSON.read_text())
+        return data
+    finally:
+        benchlib.rmtree(tmp)
+
+
+def proposal_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(figure, now, with the patch) for the figures the proposals change."""
+    p = r.get("proposals")
+    if not p or "error" in p:
+        return []
+
+    def get(d: dict[str, Any], *path: str | int) -> Any:
+        for key in path:
+            try:
+                d = d[key]  # type: ignore[index]
+            except (KeyError, IndexError, TypeError):
+                return None
+        return d
+
+    picks: list[tuple[str, tuple[str | int, ...], float, str]] = [
+        (
+            "cold start, 1 token (ms)",
+            ("cold_start", "daemon_1", "spawn_to_files_s_median"),
+            1000,
+            ".0f",
+        ),
+        (
+            "cold start, 10 tokens (ms)",
+            ("cold_start", "daemon_10", "spawn_to_files_s_median"),
+            1000,
+            ".0f",
+        ),
+        (
+            "azure-identity, same run (ms)",
+            ("cold_start", "azure_identity", "spawn_to_token_s_median"),
+            1000,
+            ".0f",
+        ),
+        ("idle RSS, 10 tokens (MiB)", ("idle", "daemon_10", "rss_mib"), 1, ".1f"),
+        ("1,000 tokens: all on disk (s)", ("big", "runs", 0, "all_on_disk_s"), 1, ".2f"),
+        ("1,000 tokens: daemon CPU (s)", ("big", "runs", 0, "daemon_cpu_s"), 1, ".1f"),
+        ("fleet peak/mean after 1 h (60 s)", ("fleet", "peak_to_mean"), 1, ".2f"),
+    ]
+    rows = []
+    for label, path, scale, spec in picks:
+        a, b = get(r, *path), get(p, *path)
+        if a is None or b is None:
+            continue
+        rows.append((label, format(a * scale, spec), format(b * scale, spec)))
+    return rows
+
+
+def parse_args(argv: list[str] | None) -> Options:
+    """Options from the command line."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    p.add_argument("--repeats", type=int, default=5, help="cold-start repeats (default 5)")
+    p.add_argument("--idle-window", type=float, default=60.0, help="seconds (default 60)")
+    p.add_argument("--settle", type=float, default=10.0, help="seconds before the window")
+    p.add_argument("--rotations", type=int, default=60, help="0 skips the rotation bench")
+    p.add_argument(
+        "--serial", action="store_true", help="run the rotation bench after the idle window"
+    )
+    p.add_argument("--big-tokens", type=int, default=1000)
+    p.add_argument("--big-delay", type=float, default=0.05, help="seconds per token request")
+    p.add_argument(
+        "--big-concurrency",
+        default="default,64",
+        help="comma-separated daemon concurrency settings for the big run (default: default,64)",
+    )
+    p.add_argument("--tls", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument(
+        "--trust",
+        choices=("full", "emulator-only", "hashed-dir"),
+        default="full",
+        help="trust store for the daemon and azure-identity (default: certifi + emulator CA)",
+    )
+    p.add_argument("--no-fleet", action="store_true")
+    p.add_argument("--no-imports", action="store_true")
+    p.add_argument("--no-docs", action="store_true", help="do not rewrite docs/benchmarks.md")
+    p.add_argument("--json", type=Path, default=RESULTS)
+    p.add_argument("--docs-path", type=Path, default=DOCS)
+    p.add_argument("--daemon-src", type=Path, help="benchmark another source root (a copy)")
+    p.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    p.add_argument(
+        "--with-proposals",
+        action="store_true",
+        help="then run everything again on a copy of daemon/ with bench/proposals/daemon.patch "
+        "applied, and show both (about twice as long)",
+    )
+    p.add_argument("--quick", action="store_true", help="short smoke run; writes no docs")
+    a = p.parse_args(argv)
+    if a.daemon_src:
+        benchlib.DAEMON_SRC = a.daemon_src.resolve()
+        sys.path.insert(0, str(benchlib.DAEMON_SRC))  # for fleet_sim's import of the scheduler
+    conc: list[int | None] = [
+        None if c.strip() == "default" else int(c) for c in a.big_concurrency.split(",")
+    ]
+    opts = Options(
+        repeats=a.repeats,
+        idle_window=a.idle_window,
+        settle=a.settle,
+        rotations=a.rotations,
+        serial=a.serial,
+        big_tokens=a.big_tokens,
+        big_delay=a.big_delay,
+        big_concurrency=conc,
+        tls=a.tls,
+        trust=a.trust,
+        fleet=not a.no_fleet,
+        imports=not a.no_imports,
+        docs=not a.no_docs,
+        json_path=a.json,
+        docs_path=a.docs_path,
+        keep=a.keep,
+        with_proposals=a.with_proposals,
+    )
+    if a.quick:
+        opts.repeats, opts.idle_window, opts.settle, opts.rotations = 2, 10.0, 2.0, 10
+        opts.docs = False
+        if a.json == RESULTS:
+            opts.json_path = RESULTS.with_name("quick.json")
+    if opts.repeats < 1 or opts.idle_window <= 0 or opts.big_tokens < 1:
+        p.error("--repeats, --idle-window and --big-tokens must be positive")
+    return opts
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run everything, print the table, write JSON (and docs)."""
+    opts = parse_args(argv)
+    result = run(opts)
+    if opts.with_proposals:
+        result["proposals"] = run_with_proposals(opts)
+    print_table(result)
+    opts.json_path.parent.mkdir(parents=True, exist_ok=True)
+    opts.json_path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nwrote {opts.json_path}")
+    if opts.docs:
+        write_docs(result, opts.docs_path, opts.plot_path)
+        print(f"wrote {opts.docs_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
