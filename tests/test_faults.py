@@ -168,3 +168,30 @@ def test_sighup_reload_adds_removes_and_keeps(
     assert "unknown key 'scop'" in rejected["problem"]
     assert d.proc.poll() is None
     assert d.stop() == 0
+
+
+def test_reload_that_removes_the_failing_token_makes_the_daemon_ready(
+    emulator: Emulator, tmp_path: Path, daemon_factory: Any
+) -> None:
+    out = tmp_path / "out"
+    missing = tmp_path / "never-there"
+    other = (
+        f'[identity.other]\ntenant_id = "{emulator.tenant_id}"\n'
+        f'client_id = "{emulator.client_id}"\ntoken_file = "{missing}"\n'
+        f'authority_host = "{emulator.authority_host}"\n'
+        f'[token.b]\nscope = "{VAULT}"\nidentity = "other"\n'
+    )
+    config = write_config(tmp_path / "c.toml", {"a": STORAGE}, FAST + other)
+    d = daemon_factory(
+        "run", "--config", str(config), env={**emulator.env(), "ENTRA_TOKEND_OUTPUT_DIR": str(out)}
+    )
+    d.wait_event("token written", token="a")
+    d.wait_event("token refresh failed", token="b", reason="assertion_unavailable")
+    assert d.count("ready: every token is on disk") == 0
+    # a's format changes (its runner is replaced and re-acquired); b goes away
+    write_config(config, {}, FAST + f'[token.a]\nscope = "{STORAGE}"\nformat = "json"\n')
+    d.signal(signal.SIGHUP)
+    d.wait_event("configuration reloaded", removed=["b"])
+    d.wait_event("ready: every token is on disk")
+    wait_until(lambda: (out / "a").read_text().startswith("{"))
+    assert d.stop() == 0

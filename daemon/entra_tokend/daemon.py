@@ -80,6 +80,7 @@ class TokenRunner:
     last_failure: tuple[str, Any] | None = None  # to log repeats quietly
     valid: bool = False  # as last counted in Daemon._valid_count
     done: bool = False  # counted in Daemon._done_count (run --once)
+    retired: bool = False  # removed or replaced by a reload; counts no more
     wake: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
     task: asyncio.Task[None] | None = field(default=None, repr=False)
 
@@ -166,7 +167,7 @@ class Daemon:
             runner.task.cancel()
         self._valid_count -= runner.valid
         self._done_count -= runner.done
-        runner.valid = runner.done = False
+        runner.retired = True
 
     def _start_runner(self, runner: TokenRunner) -> None:
         if runner.task is None:
@@ -213,7 +214,7 @@ class Daemon:
 
     def _note_validity(self, runner: TokenRunner) -> None:
         valid = runner.schedule.valid()
-        if valid != runner.valid:
+        if valid != runner.valid and not runner.retired:
             runner.valid = valid
             self._valid_count += 1 if valid else -1
             self._update_ready()
@@ -460,7 +461,7 @@ class Daemon:
                 await self._refresh(runner)
             finally:
                 runner.inflight = False
-                if runner.succeeded_once and not runner.done:
+                if runner.succeeded_once and not runner.done and not runner.retired:
                     runner.done = True
                     self._done_count += 1
                 self._progress.set()
