@@ -78,7 +78,7 @@ def run_dev(args: argparse.Namespace) -> int:
             f"""
 entra-tokend dev — a local Entra tenant and kubelet at {emu.authority_host}
   tokens:   {output_dir}/storage, {output_dir}/graph
-            (each lives {args.access_token_lifetime:.0f} s and is refreshed about halfway)
+            (each lives {args.access_token_lifetime:.0f} s and is refreshed well before it expires)
   metrics:  http://{listen}/metrics   readiness: http://{listen}/readyz
   your app: set -a; . {env_file}; set +a   (azure-identity works against the emulator too)
   Ctrl-C stops.
