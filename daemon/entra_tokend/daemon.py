@@ -459,6 +459,15 @@ class Daemon:
             runner.inflight = True
             try:
                 await self._refresh(runner)
+            except Exception as exc:  # a bug must not end this token's refreshes for good
+                runner.state = "failing"
+                delay = runner.schedule.failed()
+                self.log.error(
+                    "unexpected error while refreshing; retrying",
+                    token=runner.spec.name,
+                    error=type(exc).__name__,
+                    retry_in=round(delay, 2),
+                )
             finally:
                 runner.inflight = False
                 if runner.succeeded_once and not runner.done and not runner.retired:
