@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Fleet simulation: how hard 10,000 pods running entra-tokend hit Entra, over 24 hours.
 
-No network and no daemon: the daemon's own scheduling code (``entra_tokend.scheduler``,
-``TokenSchedule.succeeded`` → ``refresh_delay``, with the defaults from
+No network and no daemon: the daemon's own scheduling code (``entra_tokend.scheduler``:
+``TokenSchedule.succeeded``, which plans the first token of a schedule with
+``first_refresh_delay`` and every later one with ``refresh_delay``; the defaults from
 ``entra_tokend.config``) decides every refresh, driven by a simulated clock.
 
 Model:
@@ -17,7 +18,9 @@ Model:
    once and succeeds (failures and their backoff are not modelled).
 
 Output: Entra requests per second over time, its mean and peak after the first hour in windows
-of 1 s, 10 s and 60 s, and the peak-to-mean ratio, with the daemon's jitter and without it.
+of 1 s, 10 s and 60 s, and the peak-to-mean ratio, for three policies: the daemon's default; for
+comparison, the default without the first-refresh spread (``refresh_delay`` for the first token
+too: the daemon's behaviour before the spread landed); and no jitter at all (``jitter = 0``).
 For reference each row also gives the peak-to-mean a perfectly random (Poisson) arrival process
 of the same mean would show in the same windows: the least any scheduler can get.
 
@@ -41,7 +44,6 @@ REPO = Path(__file__).resolve().parent.parent
 if importlib.util.find_spec("entra_tokend") is None:
     sys.path.insert(0, str(REPO / "daemon"))
 
-from entra_tokend import scheduler  # noqa: E402
 from entra_tokend.config import TOP_LEVEL  # noqa: E402
 from entra_tokend.scheduler import Deadline, Policy, TokenSchedule, refresh_delay  # noqa: E402
 
@@ -79,45 +81,23 @@ class SimClock:
         return self.now
 
 
-FIRST_REFRESH_EARLIEST = 0.1
-# Once scheduler.py has its own first_refresh_delay, the default rows already show it.
-PROPOSAL_LANDED = hasattr(scheduler, "first_refresh_delay")
+class WithoutFirstSpread(TokenSchedule):
+    """COMPARISON ONLY, not the daemon: the first token refreshed like every later one.
 
-
-def first_refresh_delay(
-    lifetime: float, policy: Policy, rng: random.Random, refresh_in: float | None = None
-) -> float:
-    """PROPOSED for scheduler.py: when to refresh the first token a process obtains.
-
-    Uniformly anywhere from 10 % of the lifetime to the latest normal refresh
-    (``refresh_at x (1 + jitter)``), so a fleet started together covers a whole refresh
-    period at once instead of ±``jitter`` of it. Costs one early refresh per start.
-    """
-    if policy.jitter <= 0:  # jitter = 0 asks for no randomness at all
-        return refresh_delay(lifetime, policy, rng, refresh_in)
-    latest = lifetime * policy.refresh_at * (1.0 + policy.jitter)
-    delay = rng.uniform(FIRST_REFRESH_EARLIEST * lifetime, latest)
-    if refresh_in is not None and 0 < refresh_in < delay:
-        delay = refresh_in
-    return min(max(delay, policy.min_interval), latest)
-
-
-class SpreadFirstSchedule(TokenSchedule):
-    """PROPOSED, not in the daemon yet: ``TokenSchedule`` using ``first_refresh_delay``.
-
-    Identical to ``TokenSchedule.succeeded`` except for the first token of the schedule
-    (no earlier expiry recorded: a fresh start; a restart that adopts a file keeps its phase).
+    ``TokenSchedule.succeeded`` plans the first token of a schedule (a fresh start) with
+    ``first_refresh_delay``. This replans that first token with ``refresh_delay``, as the daemon
+    did before the first-refresh spread landed; every other token goes through the daemon's code
+    unchanged.
     """
 
     def succeeded(self, expires_on: float, lifetime: float, refresh_in: float | None) -> float:
         """Record a good token; returns the delay until its refresh."""
-        if self.expires is not None:
-            return super().succeeded(expires_on, lifetime, refresh_in)
-        self.failures = 0
-        self.expires = Deadline.at_wall(self.clock, expires_on)
-        left = min(lifetime, max(self.expires.remaining(self.clock), 0.0))
-        delay = first_refresh_delay(left, self.policy, self.rng, refresh_in)
-        self.due = Deadline.after(self.clock, delay)
+        first = self.expires is None
+        delay = super().succeeded(expires_on, lifetime, refresh_in)
+        if first and self.expires is not None:
+            left = min(lifetime, max(self.expires.remaining(self.clock), 0.0))
+            delay = refresh_delay(left, self.policy, self.rng, refresh_in)
+            self.due = Deadline.after(self.clock, delay)
         return delay
 
 
@@ -204,14 +184,16 @@ def analyse(per_second: list[int], skip: int = HOUR) -> dict[str, Any]:
 
 
 def scenarios(pods: int, tokens_per_pod: int, start_window: float) -> list[Scenario]:
-    """Default policy, no jitter, the proposed first-refresh spread; random and fixed lifetimes."""
+    """Default policy, without the first-refresh spread, no jitter; random and fixed lifetimes.
+
+    The first scenario is the headline (the daemon as configured by default).
+    """
     base = default_policy()
     variants: list[tuple[str, Policy, type[TokenSchedule]]] = [
-        ("jitter (default policy)", base, TokenSchedule),
-        ("no jitter", replace(base, jitter=0.0), TokenSchedule),
+        ("default policy (first refresh spread)", base, TokenSchedule),
+        ("COMPARISON: default without the first-refresh spread", base, WithoutFirstSpread),
+        ("no jitter (jitter = 0)", replace(base, jitter=0.0), TokenSchedule),
     ]
-    if not PROPOSAL_LANDED:
-        variants.append(("PROPOSED first-refresh spread", base, SpreadFirstSchedule))
     out: list[Scenario] = []
     for lifetimes, lo, hi in (
         ("lifetimes 60-90 min", 3_600.0, 5_400.0),
@@ -247,7 +229,14 @@ def plot(runs: list[tuple[Scenario, list[int]]], path: Path) -> None:
         per_min = [c / 60 for c in windowed(per_second, 60)]
         hours = [(j * 60 + 30) / HOUR for j in range(len(per_min))]
         ax = axes[0] if s.lifetime_min != s.lifetime_max else axes[1]
-        ax.plot(hours, per_min, lw=0.8, color=colours[i % per_panel], label=s.name.split(",")[0])
+        ax.plot(
+            hours,
+            per_min,
+            lw=0.8,
+            color=colours[i % per_panel],
+            label=s.name.split(",")[0],
+            zorder=3 + per_panel - i % per_panel,  # the daemon's default (first) on top
+        )
     for ax, title in zip(
         axes,
         (
@@ -323,14 +312,15 @@ def print_table(result: dict[str, Any]) -> None:
         f"{result['start_window_s']:g} s, 24 h; peak/mean after the first hour "
         "(Poisson floor in brackets)"
     )
-    print(f"{'scenario':50} {'mean r/s':>8} {'1s':>12} {'10s':>12} {'60s':>12}")
+    width = max(len(s["scenario"]) for s in result["scenarios"])
+    print(f"{'scenario':{width}} {'mean r/s':>8} {'1s':>12} {'10s':>12} {'60s':>12}")
     for s in result["scenarios"]:
         cells = [
             f"{w['peak_to_mean']:.2f} ({w['poisson_peak_to_mean']:.2f})"
             for w in s["windows"].values()
         ]
         print(
-            f"{s['scenario']:50} {s['mean_rps_after_first_hour']:8.2f} "
+            f"{s['scenario']:{width}} {s['mean_rps_after_first_hour']:8.2f} "
             + " ".join(f"{c:>12}" for c in cells)
         )
 

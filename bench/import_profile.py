@@ -44,7 +44,7 @@ STEPS: list[tuple[str, str]] = [
     ("structlog", "import structlog"),
     ("prometheus_client", "import prometheus_client"),
     ("watchdog inotify observer", "import watchdog.observers.inotify"),
-    ("entra_tokend.config (tomllib, pathlib, ...)", "import entra_tokend.config"),
+    ("entra_tokend.config (pathlib, urllib.parse, ipaddress, ...)", "import entra_tokend.config"),
     ("entra_tokend.daemon and the rest", "import entra_tokend.daemon"),
     ("entra_tokend.server, .watcher, .cli", "import entra_tokend.server, entra_tokend.watcher"),
     ("argparse + cli", "import entra_tokend.cli"),

@@ -13,13 +13,18 @@ Each round reproduces the workload-identity failure the daemon exists to fix:
    assertion and is the one the emulator issued last.
 
 Prints p50/p90/p99/max and writes every figure to a JSON file. Target: p99 under 100 ms.
+The daemon measured is the ``entra_tokend`` on ``PYTHONPATH`` (else ``daemon/`` of this
+checkout). Helpers (polling, the child's environment, stopping it) come from ``benchlib``.
+``bench/run_all.py`` runs this script as a subprocess.
 
-    /work/venv/bin/python bench/rotation_latency.py --rotations 60 --json rotation_latency.json
+    PYTHONPATH=daemon /work/venv/bin/python bench/rotation_latency.py --rotations 60 \
+        --json rotation_latency.json
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import os
@@ -33,23 +38,24 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-REPO = Path(__file__).resolve().parent.parent
-DAEMON_SRC = REPO / "daemon"
-SCOPE = "https://storage.azure.com/.default"
+import benchlib
+
 TARGET_P99_MS = 100.0
+POLL_INTERVAL = 0.0005  # seconds: the resolution of every latency measured
 T = TypeVar("T")
 
 
-def wait_until(predicate: Callable[[], T | None], timeout: float, what: str) -> T:
-    """Poll ``predicate`` every half millisecond until it returns something truthy."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise SystemExit(f"rotation_latency: timed out after {timeout} s waiting for {what}")
-        time.sleep(0.0005)
+def wait(predicate: Callable[[], T | None], timeout: float, what: str) -> T:
+    """``benchlib.wait_until`` at this bench's polling interval."""
+    return benchlib.wait_until(predicate, timeout, what, interval=POLL_INTERVAL)
+
+
+def daemon_source() -> Path:
+    """The source root of the ``entra_tokend`` on the path, else this checkout's ``daemon/``."""
+    spec = importlib.util.find_spec("entra_tokend")
+    if spec is not None and spec.origin is not None:
+        return Path(spec.origin).resolve().parent.parent
+    return benchlib.DAEMON_SRC
 
 
 def file_signature(path: Path) -> tuple[int, int] | None:
@@ -96,7 +102,9 @@ def percentile(sorted_values: list[float], p: float) -> float:
 
 def run(rotations: int, access_token_lifetime: float, json_path: Path) -> int:
     """Run the benchmark; return the process exit code (1 when the p99 target is missed)."""
-    sys.path.insert(0, str(DAEMON_SRC))
+    benchlib.DAEMON_SRC = daemon_source()  # the children's PYTHONPATH (benchlib.child_env)
+    if str(benchlib.DAEMON_SRC) not in sys.path:
+        sys.path.insert(0, str(benchlib.DAEMON_SRC))
     import watchdog.version
 
     from entra_tokend.emulator import Emulator
@@ -106,28 +114,32 @@ def run(rotations: int, access_token_lifetime: float, json_path: Path) -> int:
         tmp = Path(tmp_name)
         out = tmp / "out"
         token_file = out / "bench"
-        config = tmp / "entra-tokend.toml"
         # The backoff is far longer than any latency measured: only the rotation can fix
         # the failing token in time.
-        config.write_text(
-            "listen = ''\nmin_refresh_interval = 0\nbackoff_initial = 30\nbackoff_max = 60\n"
-            f'request_timeout = 5\n[token.bench]\nscope = "{SCOPE}"\n'
+        config = benchlib.write_config(
+            tmp / "entra-tokend.toml",
+            ["bench"],
+            listen="",
+            min_refresh_interval=0,
+            backoff_initial=30,
+            backoff_max=60,
+            request_timeout=5,
         )
         log_path = tmp / "daemon.log"
         with (
             Emulator(tmp / "emulator", access_token_lifetime=access_token_lifetime) as emu,
             open(log_path, "wb") as log_file,
         ):
-            env = {
-                k: v
-                for k, v in os.environ.items()
-                if not k.startswith(("AZURE_", "ENTRA_TOKEND_", "SSL_CERT", "NOTIFY_SOCKET"))
-            }
-            env.update(emu.env())
-            env.update(
-                PYTHONPATH=str(DAEMON_SRC),
-                ENTRA_TOKEND_OUTPUT_DIR=str(out),
-                ENTRA_TOKEND_LOG_FORMAT="json",
+            env = benchlib.child_env(
+                {
+                    **emu.env(),
+                    "ENTRA_TOKEND_OUTPUT_DIR": str(out),
+                    "ENTRA_TOKEND_LOG_FORMAT": "json",
+                },
+                # Under run_all: its private bytecode cache, as for every other daemon.
+                pycache=Path(os.environ["PYTHONPYCACHEPREFIX"])
+                if os.environ.get("PYTHONPYCACHEPREFIX")
+                else None,
             )
             daemon = subprocess.Popen(
                 [sys.executable, "-m", "entra_tokend", "run", "--config", str(config)],
@@ -137,13 +149,13 @@ def run(rotations: int, access_token_lifetime: float, json_path: Path) -> int:
             )
             try:
                 log = LogTail(log_path)
-                wait_until(lambda: file_signature(token_file), 30, "the first token file")
+                wait(lambda: file_signature(token_file), 30, "the first token file")
                 for i in range(rotations):
                     if daemon.poll() is not None:
                         raise SystemExit(f"daemon exited {daemon.returncode}; log: {log_path}")
                     failed = log.count("token refresh failed")
                     emu.reject_current_assertion_as_expired()
-                    wait_until(
+                    wait(
                         lambda f=failed: log.count("token refresh failed") > f,  # type: ignore[misc]
                         30,
                         f"round {i}: the daemon's refresh to fail with the rejected assertion",
@@ -152,7 +164,7 @@ def run(rotations: int, access_token_lifetime: float, json_path: Path) -> int:
                     assertion = emu.issue_assertion()
                     start = time.monotonic()
                     emu.volume.write(assertion)
-                    wait_until(
+                    wait(
                         lambda b=before: file_signature(token_file) != b,  # type: ignore[misc]
                         10,
                         f"round {i}: a new token file after the rotation",
@@ -164,12 +176,7 @@ def run(rotations: int, access_token_lifetime: float, json_path: Path) -> int:
                     if token_file.read_text() not in emu.issued_tokens:
                         raise SystemExit(f"round {i}: the token file holds an unknown token")
             finally:
-                daemon.terminate()
-                try:
-                    daemon.wait(10)
-                except subprocess.TimeoutExpired:
-                    daemon.kill()
-                    daemon.wait()
+                benchlib.stop_process(daemon)
 
     ordered = sorted(latencies)
     ms = [round(v * 1000, 3) for v in latencies]
@@ -220,7 +227,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.rotations < 1:
         parser.error("--rotations must be at least 1")
-    return run(args.rotations, args.access_token_lifetime, args.json)
+    try:
+        return run(args.rotations, args.access_token_lifetime, args.json)
+    except benchlib.BenchError as e:
+        raise SystemExit(f"rotation_latency: {e}") from None
 
 
 if __name__ == "__main__":

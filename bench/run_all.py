@@ -20,9 +20,11 @@ measures, side by side:
 Prints a table, writes ``bench/results/latest.json`` and ``docs/benchmarks.md`` (the table
 with the machine, and the fleet plot ``docs/fleet_sim.png``). Takes about 3 minutes.
 
-Trust store: in a pod the daemon (and azure-identity) load a full public CA bundle (certifi's)
-to verify Entra. So that the figures include that cost, both are given a bundle made of
-certifi's certificates plus the emulator's CA, unless ``--trust emulator-only``.
+Trust store: to verify Entra an application loads a full public CA bundle (certifi's, for
+azure-identity and for the daemon outside its image). So that the figures include that cost,
+both are given a bundle made of certifi's certificates plus the emulator's CA, unless
+``--trust emulator-only`` or ``--trust hashed-dir``. The daemon's image sets ``SSL_CERT_DIR`` to
+an OpenSSL hashed directory instead: the "hashed dir" rows measure that as well.
 
     PYTHONPATH=daemon /work/venv/bin/python bench/run_all.py            # everything
     PYTHONPATH=daemon /work/venv/bin/python bench/run_all.py --quick    # smoke run, ~1 min
@@ -53,8 +55,6 @@ import benchlib
 RESULTS = benchlib.BENCH_DIR / "results" / "latest.json"
 DOCS = benchlib.REPO / "docs" / "benchmarks.md"
 PLOT = benchlib.REPO / "docs" / "fleet_sim.png"
-PATCH = benchlib.BENCH_DIR / "proposals" / "daemon.patch"
-PROPOSALS_JSON = benchlib.BENCH_DIR / "results" / "proposals.json"
 
 TARGET_IDLE_RSS_MIB = 32.0
 TARGET_IDLE_CPU_PCT = 0.1
@@ -84,7 +84,6 @@ class Options:
     docs_path: Path = DOCS
     plot_path: Path = PLOT
     keep: bool = False
-    with_proposals: bool = False
 
 
 def log(msg: str) -> None:
@@ -645,11 +644,6 @@ def print_table(r: dict[str, Any]) -> None:
     print()
     for v in r["verdicts"]:
         print(f"target: {v['target']}: {fmt_verdict(v)}")
-    prop_rows = proposal_rows(r)
-    if prop_rows:
-        print("\nwith bench/proposals/daemon.patch applied (same run):")
-        for a, b, c in prop_rows:
-            print(f"  {a:40} now {b:>8}   patched {c:>8}")
 
 
 def write_docs(r: dict[str, Any], path: Path, plot: Path | None) -> None:
@@ -669,8 +663,9 @@ def write_docs(r: dict[str, Any], path: Path, plot: Path | None) -> None:
         " (1/5/15 min). Figures taken while other work ran on the machine are noisy; the load "
         "column says how busy it was.",
         "",
-        "Why targets are missed and what would fix them, with measurements: "
-        "[`bench/proposals/README.md`](../bench/proposals/README.md).",
+        "What the benchmarks found, what changed in the daemon because of it (before/after) "
+        "and why the missed targets are left as they are: "
+        "[`bench/FINDINGS.md`](../bench/FINDINGS.md).",
         "",
         "## Machine",
         "",
@@ -680,9 +675,20 @@ def write_docs(r: dict[str, Any], path: Path, plot: Path | None) -> None:
         "- packages: " + ", ".join(f"{k} {v}" for k, v in m["packages"].items() if v),
         f"- setup: daemon and emulator are separate processes; emulator over "
         f"{'TLS' if r['options']['tls'] else 'plain http'} on 127.0.0.1; trust store "
-        f"`{r['options']['trust']}`; bytecode compiled (as in an installed package).",
-        f"- daemon source: `daemon/` at {r.get('daemon_revision', 'unknown')} "
-        "(+dirty: uncommitted changes were measured too).",
+        f"`{r['options']['trust']}`"
+        + (
+            " (certifi's bundle + the emulator's CA; the daemon's image uses a hashed directory "
+            "via SSL_CERT_DIR instead: the rows marked hashed dir)"
+            if r["options"]["trust"] == "full"
+            else ""
+        )
+        + "; bytecode compiled (as in an installed package).",
+        f"- daemon source: `daemon/` at {r.get('daemon_revision', 'unknown')}"
+        + (
+            " (+dirty: uncommitted changes were measured too)."
+            if "+dirty" in str(r.get("daemon_revision"))
+            else " (no uncommitted changes)."
+        ),
         "",
         "## Results",
         "",
@@ -694,23 +700,6 @@ def write_docs(r: dict[str, Any], path: Path, plot: Path | None) -> None:
     for v in r["verdicts"]:
         value = "—" if v["value"] is None else f"{v['value']:g} {v['unit']} (limit {v['limit']:g})"
         lines.append(f"| {v['target']} | {value} | {fmt_verdict(v)} |")
-    prop_rows = proposal_rows(r)
-    if prop_rows:
-        lines += [
-            "",
-            "## With the proposed changes",
-            "",
-            "The same suite, in the same run, on a copy of `daemon/` with "
-            "`bench/proposals/daemon.patch` applied (see `bench/proposals/README.md`), run after "
-            "the first pass, not interleaved with it: the azure-identity row, which the patch "
-            "does not touch, shows how far the two passes differ by noise alone.",
-            "",
-            "| figure | now | with the patch |",
-            "|---|---|---|",
-        ]
-        lines += [f"| {a} | {b} | {c} |" for a, b, c in prop_rows]
-    elif r.get("proposals"):
-        lines += ["", f"Proposals run: {r['proposals'].get('error')}"]
     imp = r.get("imports")
     if imp:
         lines += [
@@ -747,15 +736,18 @@ def write_docs(r: dict[str, Any], path: Path, plot: Path | None) -> None:
             "",
             f"`bench/fleet_sim.py`: {fl['pods']:,} pods started within "
             f"{fl['start_window_s']:g} s, one token each, 24 h, the daemon's own "
-            "`TokenSchedule`/`refresh_delay` with the configuration defaults "
+            "`TokenSchedule` (`first_refresh_delay` for the first token after start-up, "
+            "`refresh_delay` after that) with the configuration defaults "
             f"(refresh_at {fl['policy']['refresh_at']}, jitter {fl['policy']['jitter']}). "
             "Peak-to-mean of Entra requests per second after the first hour, in windows of "
             "1 s / 10 s / 60 s; in brackets the ratio a perfectly random (Poisson) arrival "
             "process of the same mean shows in the same windows, the floor for any scheduler. "
             "The target (1.5) is read on 60 s windows: on 1 s and 10 s windows even Poisson "
-            "arrivals exceed it at this mean rate. Rows marked PROPOSED simulate a change "
-            "not yet in the daemon (the first refresh after start-up spread over 10-55 % of "
-            "the lifetime; see `first_refresh_delay` in the script).",
+            "arrivals exceed it at this mean rate. Rows marked COMPARISON are not the daemon: "
+            "the default policy without the first-refresh spread (the first token refreshed "
+            "by `refresh_delay` like every later one, as before the spread landed; "
+            "`WithoutFirstSpread` in the script). With jitter 0 the first refresh is not "
+            "spread either.",
             "",
             "| scenario | mean req/s | 1 s | 10 s | 60 s |",
             "|---|---|---|---|---|",
@@ -888,108 +880,6 @@ def run(opts: Options) -> dict[str, Any]:
     return r
 
 
-def run_with_proposals(opts: Options) -> dict[str, Any]:
-    """The whole suite again, in a child, on a copy of daemon/ with the patch applied."""
-    tmp = Path(tempfile.mkdtemp(prefix="entra-tokend-proposals-"))
-    try:
-        shutil.copytree(
-            benchlib.DAEMON_SRC,
-            tmp / "daemon",
-            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
-        )
-        applied = subprocess.run(
-            ["patch", "-p1", "--forward", "--batch", "-s", "-i", str(PATCH)],
-            cwd=tmp,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        if applied.returncode != 0:
-            why = (applied.stdout + applied.stderr).strip()[-500:]
-            log(f"bench/proposals/daemon.patch does not apply (already merged?): {why}")
-            return {"error": f"patch did not apply: {why}"}
-        log("the whole suite again with bench/proposals/daemon.patch applied")
-        argv = [
-            sys.executable,
-            str(Path(__file__).resolve()),
-            "--daemon-src",
-            str(tmp / "daemon"),
-            "--no-docs",
-            "--no-imports",
-            "--json",
-            str(PROPOSALS_JSON),
-            "--repeats",
-            str(opts.repeats),
-            "--idle-window",
-            str(opts.idle_window),
-            "--settle",
-            str(opts.settle),
-            "--rotations",
-            "0",
-            "--big-concurrency",
-            ",".join("default" if c is None else str(c) for c in opts.big_concurrency),
-            "--trust",
-            opts.trust,
-        ]
-        if not opts.tls:
-            argv.append("--no-tls")
-        child = subprocess.run(argv, stdout=subprocess.DEVNULL, timeout=900, check=False)
-        if child.returncode != 0 or not PROPOSALS_JSON.exists():
-            return {"error": f"the proposals run exited {child.returncode}"}
-        data: dict[str, Any] = json.loads(PROPOSALS_JSON.read_text())
-        return data
-    finally:
-        benchlib.rmtree(tmp)
-
-
-def proposal_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
-    """(figure, now, with the patch) for the figures the proposals change."""
-    p = r.get("proposals")
-    if not p or "error" in p:
-        return []
-
-    def get(d: dict[str, Any], *path: str | int) -> Any:
-        for key in path:
-            try:
-                d = d[key]  # type: ignore[index]
-            except (KeyError, IndexError, TypeError):
-                return None
-        return d
-
-    picks: list[tuple[str, tuple[str | int, ...], float, str]] = [
-        (
-            "cold start, 1 token (ms)",
-            ("cold_start", "daemon_1", "spawn_to_files_s_median"),
-            1000,
-            ".0f",
-        ),
-        (
-            "cold start, 10 tokens (ms)",
-            ("cold_start", "daemon_10", "spawn_to_files_s_median"),
-            1000,
-            ".0f",
-        ),
-        (
-            "azure-identity, same run (ms)",
-            ("cold_start", "azure_identity", "spawn_to_token_s_median"),
-            1000,
-            ".0f",
-        ),
-        ("idle RSS, 10 tokens (MiB)", ("idle", "daemon_10", "rss_mib"), 1, ".1f"),
-        ("1,000 tokens: all on disk (s)", ("big", "runs", 0, "all_on_disk_s"), 1, ".2f"),
-        ("1,000 tokens: daemon CPU (s)", ("big", "runs", 0, "daemon_cpu_s"), 1, ".1f"),
-        ("fleet peak/mean after 1 h (60 s)", ("fleet", "peak_to_mean"), 1, ".2f"),
-    ]
-    rows = []
-    for label, path, scale, spec in picks:
-        a, b = get(r, *path), get(p, *path)
-        if a is None or b is None:
-            continue
-        rows.append((label, format(a * scale, spec), format(b * scale, spec)))
-    return rows
-
-
 def parse_args(argv: list[str] | None) -> Options:
     """Options from the command line."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
@@ -1021,12 +911,6 @@ def parse_args(argv: list[str] | None) -> Options:
     p.add_argument("--docs-path", type=Path, default=DOCS)
     p.add_argument("--daemon-src", type=Path, help="benchmark another source root (a copy)")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory")
-    p.add_argument(
-        "--with-proposals",
-        action="store_true",
-        help="then run everything again on a copy of daemon/ with bench/proposals/daemon.patch "
-        "applied, and show both (about twice as long)",
-    )
     p.add_argument("--quick", action="store_true", help="short smoke run; writes no docs")
     a = p.parse_args(argv)
     if a.daemon_src:
@@ -1052,7 +936,6 @@ def parse_args(argv: list[str] | None) -> Options:
         json_path=a.json,
         docs_path=a.docs_path,
         keep=a.keep,
-        with_proposals=a.with_proposals,
     )
     if a.quick:
         opts.repeats, opts.idle_window, opts.settle, opts.rotations = 2, 10.0, 2.0, 10
@@ -1068,8 +951,6 @@ def main(argv: list[str] | None = None) -> int:
     """Run everything, print the table, write JSON (and docs)."""
     opts = parse_args(argv)
     result = run(opts)
-    if opts.with_proposals:
-        result["proposals"] = run_with_proposals(opts)
     print_table(result)
     opts.json_path.parent.mkdir(parents=True, exist_ok=True)
     opts.json_path.write_text(json.dumps(result, indent=2) + "\n")

@@ -8,6 +8,7 @@ fix, so an operator fixes a config in one round trip rather than one error per r
 from __future__ import annotations
 
 import grp
+import ipaddress
 import math
 import os
 import pwd
@@ -245,8 +246,6 @@ def is_loopback_host(host: str) -> bool:
     """True for localhost and loopback addresses, where plain http cannot leave the machine."""
     if host == "localhost":
         return True
-    import ipaddress  # noqa: PLC0415 - only for an http authority
-
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
