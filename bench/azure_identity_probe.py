@@ -7,7 +7,7 @@ line: seconds to import ``WorkloadIdentityCredential``, seconds for the first ``
 the process's RSS afterwards. Nothing else is imported or done.
 
     set -a; . EMULATOR_STATE/env; set +a
-    PYTHONPATH=daemon /work/venv/bin/python bench/azure_identity_probe.py
+    .venv/bin/python bench/azure_identity_probe.py
 """
 
 from __future__ import annotations

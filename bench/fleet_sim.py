@@ -24,7 +24,7 @@ too: the daemon's behaviour before the spread landed); and no jitter at all (``j
 For reference each row also gives the peak-to-mean a perfectly random (Poisson) arrival process
 of the same mean would show in the same windows: the least any scheduler can get.
 
-    PYTHONPATH=daemon /work/venv/bin/python bench/fleet_sim.py --plot docs/fleet_sim.png
+    .venv/bin/python bench/fleet_sim.py --plot docs/fleet_sim.png
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ Two measurements, each in fresh interpreters with compiled bytecode:
 2. The RSS each layer adds, importing the daemon's dependency stack step by step in one
    interpreter (``STEPS``), so the idle RSS can be attributed.
 
-    PYTHONPATH=daemon /work/venv/bin/python bench/import_profile.py
+    .venv/bin/python bench/import_profile.py
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ The daemon measured is the ``entra_tokend`` on ``PYTHONPATH`` (else ``daemon/`` 
 checkout). Helpers (polling, the child's environment, stopping it) come from ``benchlib``.
 ``bench/run_all.py`` runs this script as a subprocess.
 
-    PYTHONPATH=daemon /work/venv/bin/python bench/rotation_latency.py --rotations 60 \
+    .venv/bin/python bench/rotation_latency.py --rotations 60 \
         --json rotation_latency.json
 """
 

@@ -82,12 +82,13 @@ class DaemonProcess:
         return self.log_path.read_text()
 
     def events(self) -> list[dict[str, Any]]:
-        """Parsed JSON log lines (every line must parse)."""
-        out = []
-        for line in self.log_text().splitlines():
-            if line.strip():
-                out.append(json.loads(line))
-        return out
+        """Parsed JSON log lines (every complete line must parse).
+
+        The daemon may be writing while we read: a last line without its newline is not
+        complete yet and is left for the next call.
+        """
+        complete = self.log_text().split("\n")[:-1]
+        return [json.loads(line) for line in complete if line.strip()]
 
     def wait_event(self, event: str, timeout: float = 10.0, **match: Any) -> dict[str, Any]:
         """Wait for a log event with the given name and fields."""
