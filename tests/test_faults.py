@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from entra_tokend.emulator import Emulator, Fault
-from testlib import wait_until
+from testlib import emulator_env, wait_until
 
 STORAGE = "https://storage.azure.com/.default"
 VAULT = "https://vault.azure.net/.default"
@@ -51,9 +51,7 @@ def test_fault_keeps_good_file_and_recovers(
     out = tmp_path / "out"
     emulator.access_token_lifetime = 2
     config = write_config(tmp_path / "c.toml", {"a": STORAGE})
-    d = daemon_factory(
-        "run", "--config", str(config), env={**emulator.env(), "ENTRA_TOKEND_OUTPUT_DIR": str(out)}
-    )
+    d = daemon_factory("run", "--config", str(config), env=emulator_env(emulator, out))
     d.wait_event("token written", token="a")
     before = len(emulator.token_requests())
     emulator.inject(fault)  # every request fails from now until clear_faults()
@@ -88,9 +86,7 @@ def test_expired_token_file_stays_while_refresh_keeps_failing(
     out = tmp_path / "out"
     emulator.access_token_lifetime = 1
     config = write_config(tmp_path / "c.toml", {"a": STORAGE})
-    d = daemon_factory(
-        "run", "--config", str(config), env={**emulator.env(), "ENTRA_TOKEND_OUTPUT_DIR": str(out)}
-    )
+    d = daemon_factory("run", "--config", str(config), env=emulator_env(emulator, out))
     d.wait_event("token written", token="a")
     emulator.inject(Fault("status", status=500, count=100_000))
     # after expiry the failures keep coming and the file stays (a clear 401 beats ENOENT)
@@ -112,9 +108,7 @@ def test_configuration_error_backs_off_longer_and_explains_federation(
     out = tmp_path / "out"
     config = write_config(tmp_path / "c.toml", {"a": STORAGE})
     emulator.inject(Fault("status", status=400, aadsts=700213, count=100))
-    d = daemon_factory(
-        "run", "--config", str(config), env={**emulator.env(), "ENTRA_TOKEND_OUTPUT_DIR": str(out)}
-    )
+    d = daemon_factory("run", "--config", str(config), env=emulator_env(emulator, out))
     failure = d.wait_event("token refresh failed", token="a", aadsts=700213)
     assert failure["level"] == "error"
     assert failure["retry_in"] >= 0.2  # beyond the transient cap: configuration backoff
@@ -136,9 +130,7 @@ def test_one_identity_failing_does_not_affect_another(
         f'[token.b]\nscope = "{VAULT}"\nidentity = "other"\n'
     )
     config = write_config(tmp_path / "c.toml", {"a": STORAGE}, extra)
-    d = daemon_factory(
-        "run", "--config", str(config), env={**emulator.env(), "ENTRA_TOKEND_OUTPUT_DIR": str(out)}
-    )
+    d = daemon_factory("run", "--config", str(config), env=emulator_env(emulator, out))
     d.wait_event("token written", token="a")
     failure = d.wait_event("token refresh failed", token="b", reason="assertion_unavailable")
     assert "does not exist" in failure["detail"]
@@ -154,9 +146,7 @@ def test_sighup_reload_adds_removes_and_keeps(
 ) -> None:
     out = tmp_path / "out"
     config = write_config(tmp_path / "c.toml", {"a": STORAGE, "b": VAULT})
-    d = daemon_factory(
-        "run", "--config", str(config), env={**emulator.env(), "ENTRA_TOKEND_OUTPUT_DIR": str(out)}
-    )
+    d = daemon_factory("run", "--config", str(config), env=emulator_env(emulator, out))
     d.wait_event("ready: every token is on disk")
     a_before = (out / "a").read_bytes()
     write_config(
@@ -194,9 +184,7 @@ def test_reload_that_removes_the_failing_token_makes_the_daemon_ready(
         f'[token.b]\nscope = "{VAULT}"\nidentity = "other"\n'
     )
     config = write_config(tmp_path / "c.toml", {"a": STORAGE}, FAST + other)
-    d = daemon_factory(
-        "run", "--config", str(config), env={**emulator.env(), "ENTRA_TOKEND_OUTPUT_DIR": str(out)}
-    )
+    d = daemon_factory("run", "--config", str(config), env=emulator_env(emulator, out))
     d.wait_event("token written", token="a")
     d.wait_event("token refresh failed", token="b", reason="assertion_unavailable")
     assert d.count("ready: every token is on disk") == 0

@@ -12,19 +12,17 @@ from typing import Any
 
 from entra_tokend import __version__
 from entra_tokend.emulator import Emulator, Fault
-from testlib import run_cli, wait_until
+from testlib import emulator_env, run_cli, wait_until
 
 STORAGE = "https://storage.azure.com/.default"
 VAULT = "https://vault.azure.net/.default"
 
 
-def env_for(emu: Emulator, out: Path, **extra: str) -> dict[str, str]:
-    return {**emu.env(), "ENTRA_TOKEND_OUTPUT_DIR": str(out), "ENTRA_TOKEND_LISTEN": "", **extra}
-
-
 def test_once_writes_raw_token_with_mode_and_no_newline(emulator: Emulator, tmp_path: Path) -> None:
     out = tmp_path / "out" / "nested"
-    result = run_cli("run", "--once", "--token", f"storage={STORAGE}", env=env_for(emulator, out))
+    result = run_cli(
+        "run", "--once", "--token", f"storage={STORAGE}", env=emulator_env(emulator, out)
+    )
     assert result.returncode == 0, result.stderr
     target = out / "storage"
     data = target.read_bytes()
@@ -41,7 +39,7 @@ def test_once_json_format_and_custom_mode(emulator: Emulator, tmp_path: Path) ->
     config.write_text(
         f'file_mode = "0600"\n[token.kv]\nscope = "{VAULT}"\nformat = "json"\npath = "kv.json"\n'
     )
-    result = run_cli("run", "--once", "--config", str(config), env=env_for(emulator, out))
+    result = run_cli("run", "--once", "--config", str(config), env=emulator_env(emulator, out))
     assert result.returncode == 0, result.stderr
     doc = json.loads((out / "kv.json").read_text())
     assert set(doc) == {
@@ -69,7 +67,7 @@ def test_request_form_and_headers(emulator: Emulator, tmp_path: Path) -> None:
         f"a={STORAGE}",
         "--token",
         f"b={VAULT}",
-        env=env_for(emulator, tmp_path / "out"),
+        env=emulator_env(emulator, tmp_path / "out"),
     )
     assert result.returncode == 0, result.stderr
     reqs = emulator.token_requests()
@@ -91,7 +89,7 @@ def test_request_form_and_headers(emulator: Emulator, tmp_path: Path) -> None:
 
 
 def test_once_fails_at_once_on_configuration_error(emulator: Emulator, tmp_path: Path) -> None:
-    env = env_for(emulator, tmp_path / "out", AZURE_CLIENT_ID=str(uuid.uuid4()))
+    env = emulator_env(emulator, tmp_path / "out", AZURE_CLIENT_ID=str(uuid.uuid4()))
     result = run_cli("run", "--once", "--deadline", "60", "--token", f"a={STORAGE}", env=env)
     assert result.returncode == 1
     assert len(emulator.token_requests()) == 1  # not retried
@@ -109,7 +107,7 @@ def test_once_fails_at_once_on_configuration_error(emulator: Emulator, tmp_path:
 def test_once_retries_transient_errors(emulator: Emulator, tmp_path: Path) -> None:
     emulator.inject(Fault("status", status=503, count=2), Fault("reset"))
     result = run_cli(
-        "run", "--once", "--token", f"a={STORAGE}", env=env_for(emulator, tmp_path / "out")
+        "run", "--once", "--token", f"a={STORAGE}", env=emulator_env(emulator, tmp_path / "out")
     )
     assert result.returncode == 0, result.stderr
     assert len(emulator.token_requests()) == 4
@@ -125,7 +123,7 @@ def test_once_deadline_exits_1(emulator: Emulator, tmp_path: Path) -> None:
         "1.5",
         "--token",
         f"a={STORAGE}",
-        env=env_for(emulator, tmp_path / "out"),
+        env=emulator_env(emulator, tmp_path / "out"),
     )
     assert result.returncode == 1
     assert "deadline reached before every token was on disk" in result.stderr
@@ -134,7 +132,7 @@ def test_once_deadline_exits_1(emulator: Emulator, tmp_path: Path) -> None:
 
 def test_tls_with_ssl_cert_file_and_ca_file(tmp_path: Path) -> None:
     with Emulator(tmp_path / "emu", tls=True) as emu:
-        env = env_for(emu, tmp_path / "out")
+        env = emulator_env(emu, tmp_path / "out")
         assert emu.authority_host.startswith("https://")
         # SSL_CERT_FILE (from the emulator's env) is honoured
         assert run_cli("run", "--once", "--token", f"a={STORAGE}", env=env).returncode == 0
@@ -159,7 +157,7 @@ def test_run_until_sigterm_leaves_no_temp_files(
 ) -> None:
     out = tmp_path / "out"
     d = daemon_factory(
-        "run", "--token", f"a={STORAGE}", "--token", f"b={VAULT}", env=env_for(emulator, out)
+        "run", "--token", f"a={STORAGE}", "--token", f"b={VAULT}", env=emulator_env(emulator, out)
     )
     wait_until(lambda: (out / "a").exists() and (out / "b").exists())
     d.wait_event("ready: every token is on disk")
@@ -170,7 +168,7 @@ def test_run_until_sigterm_leaves_no_temp_files(
 
 def test_sigint_also_stops_cleanly(emulator: Emulator, tmp_path: Path, daemon_factory: Any) -> None:
     out = tmp_path / "out"
-    d = daemon_factory("run", "--token", f"a={STORAGE}", env=env_for(emulator, out))
+    d = daemon_factory("run", "--token", f"a={STORAGE}", env=emulator_env(emulator, out))
     d.wait_event("token written", token="a")
     d.signal(signal.SIGINT)
     assert d.proc.wait(10) == 0
@@ -185,7 +183,7 @@ def test_a_slow_token_does_not_delay_the_others(
     d = daemon_factory(
         "run",
         *[f"--token=t{i}={STORAGE}" for i in range(5)],
-        env=env_for(emulator, out, ENTRA_TOKEND_LOG_LEVEL="debug"),
+        env=emulator_env(emulator, out, ENTRA_TOKEND_LOG_LEVEL="debug"),
     )
     wait_until(lambda: len([p for p in out.glob("t*")]) == 4, timeout=15)
     hung = emulator.token_requests()[0]
@@ -211,7 +209,10 @@ def test_logs_never_contain_tokens_or_the_assertion(
     )
     emulator.access_token_lifetime = 2
     d = daemon_factory(
-        "run", "--config", str(config), env=env_for(emulator, out, ENTRA_TOKEND_LOG_LEVEL="debug")
+        "run",
+        "--config",
+        str(config),
+        env=emulator_env(emulator, out, ENTRA_TOKEND_LOG_LEVEL="debug"),
     )
     wait_until(lambda: len(emulator.issued_tokens) >= 6, timeout=20)
     emulator.rotate()
@@ -234,7 +235,7 @@ def test_once_replaces_a_still_valid_file_from_an_earlier_run(
     emulator: Emulator, tmp_path: Path
 ) -> None:
     out = tmp_path / "out"
-    env = env_for(emulator, out)
+    env = emulator_env(emulator, out)
     assert run_cli("run", "--once", "--token", f"a={STORAGE}", env=env).returncode == 0
     first = (out / "a").read_text()
     result = run_cli("run", "--once", "--deadline", "20", "--token", f"a={STORAGE}", env=env)

@@ -128,3 +128,18 @@ class DaemonProcess:
                 raise
         self._log.close()
         return self.proc.returncode
+
+
+def emulator_env(emu: Any, out: Path, **extra: str) -> dict[str, str]:
+    """The daemon's environment against ``emu``: its AZURE_* settings, ``out``, no HTTP port."""
+    return {**emu.env(), "ENTRA_TOKEND_OUTPUT_DIR": str(out), "ENTRA_TOKEND_LISTEN": "", **extra}
+
+
+def offline_env(tmp_path: Path) -> dict[str, str]:
+    """Identity settings that validate but reach nothing: enough for ``check-config``."""
+    return {
+        "AZURE_TENANT_ID": "t",
+        "AZURE_CLIENT_ID": "c",
+        "AZURE_FEDERATED_TOKEN_FILE": str(tmp_path / "sa"),
+        "ENTRA_TOKEND_OUTPUT_DIR": str(tmp_path / "out"),
+    }

@@ -12,6 +12,9 @@ from typing import Any
 
 import yaml
 
+from testlib import base_env
+from testlib import run_cli as testlib_run_cli
+
 REPO = Path(__file__).resolve().parents[2]
 DAEMON_SRC = REPO / "daemon"
 DOCKERFILE = REPO / "Dockerfile"
@@ -64,28 +67,13 @@ def tool(name: str) -> str:
     raise AssertionError(f"{name} is not installed; .ci/run installs it (see tests/deploy)")
 
 
-def cli_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """Environment for the real CLI: nothing inherited that would configure it by accident."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("AZURE_", "ENTRA_TOKEND_", "NOTIFY_SOCKET", "WATCHDOG_"))
-    }
-    env["PYTHONPATH"] = str(DAEMON_SRC)
-    env.update(extra or {})
-    return env
+# The CLI's clean environment and runner are the suite's shared ones.
+cli_env = base_env
 
 
 def run_cli(*args: str, env: Mapping[str, str]) -> subprocess.CompletedProcess[str]:
     """Run ``python -m entra_tokend ARGS`` to completion with exactly ``env`` added."""
-    return subprocess.run(
-        [sys.executable, "-m", "entra_tokend", *args],
-        env=cli_env(env),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return testlib_run_cli(*args, env=env)
 
 
 def unit_settings(path: Path) -> dict[str, list[str]]:

@@ -21,7 +21,7 @@ from hardening_helpers import (
 )
 
 from entra_tokend.emulator import Emulator
-from testlib import run_cli, wait_until
+from testlib import offline_env, run_cli, wait_until
 
 NOBODY = 65534
 
@@ -148,12 +148,7 @@ def test_file_owner_and_group_are_applied(emulator: Emulator, tmp_path: Path) ->
 def test_bad_owner_or_group_is_a_config_error(tmp_path: Path, line: str, message: str) -> None:
     config = tmp_path / "c.toml"
     config.write_text(f'{line}\n[token.a]\nscope = "{STORAGE}"\n')
-    env = {
-        "AZURE_TENANT_ID": "t",
-        "AZURE_CLIENT_ID": "c",
-        "AZURE_FEDERATED_TOKEN_FILE": str(tmp_path / "sa"),
-        "ENTRA_TOKEND_OUTPUT_DIR": str(tmp_path / "out"),
-    }
+    env = offline_env(tmp_path)
     result = run_cli("check-config", "--config", str(config), env=env)
     assert result.returncode == 2
     assert message in result.stderr
@@ -164,12 +159,7 @@ def test_numeric_owner_given_as_a_string_is_an_id(tmp_path: Path) -> None:
     config.write_text(
         f'file_owner = "{NOBODY}"\nfile_group = "0"\n[token.a]\nscope = "{STORAGE}"\n'
     )
-    env = {
-        "AZURE_TENANT_ID": "t",
-        "AZURE_CLIENT_ID": "c",
-        "AZURE_FEDERATED_TOKEN_FILE": str(tmp_path / "sa"),
-        "ENTRA_TOKEND_OUTPUT_DIR": str(tmp_path / "out"),
-    }
+    env = offline_env(tmp_path)
     result = run_cli("check-config", "--config", str(config), env=env)
     assert result.returncode == 0, result.stderr
     assert f"file_owner = {NOBODY}" in result.stdout

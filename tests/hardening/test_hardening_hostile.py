@@ -13,13 +13,9 @@ from hardening_helpers import STORAGE, VAULT, metrics, temp_files, write_config
 from entra_tokend.emulator import Emulator
 from entra_tokend.lock import LOCK_NAME
 from entra_tokend.sink import SinkError, is_temp_name, remove_stale_temp_files, write_atomic
-from testlib import run_cli, wait_until
+from testlib import emulator_env, offline_env, run_cli, wait_until
 
 NOBODY = 65534
-
-
-def env_for(emu: Emulator, out: Path) -> dict[str, str]:
-    return {**emu.env(), "ENTRA_TOKEND_OUTPUT_DIR": str(out), "ENTRA_TOKEND_LISTEN": ""}
 
 
 def test_symlink_planted_at_token_path_is_replaced_never_followed(
@@ -40,7 +36,7 @@ def test_symlink_planted_at_token_path_is_replaced_never_followed(
         f"storage={STORAGE}",
         "--token",
         f"missing={VAULT}",
-        env=env_for(emulator, out),
+        env=emulator_env(emulator, out),
     )
     assert result.returncode == 0, result.stderr
     assert precious.read_text() == "not yours"
@@ -132,7 +128,7 @@ def test_world_writable_output_dir(
     config.write_text(f"allow_world_writable = {str(allow).lower()}\n")
     result = run_cli(
         "run", "--once", "--config", str(config), "--token", f"a={STORAGE}",
-        env=env_for(emulator, out),
+        env=emulator_env(emulator, out),
     )  # fmt: skip
     assert result.returncode == code, result.stderr
     if code == 2:
@@ -180,12 +176,7 @@ def test_stale_temp_cleanup_removes_only_our_regular_files(tmp_path: Path) -> No
 def test_token_path_may_not_take_our_lock_or_temp_names(tmp_path: Path, path: str) -> None:
     config = tmp_path / "c.toml"
     config.write_text(f'[token.a]\nscope = "{STORAGE}"\npath = "{path}"\n')
-    env = {
-        "AZURE_TENANT_ID": "t",
-        "AZURE_CLIENT_ID": "c",
-        "AZURE_FEDERATED_TOKEN_FILE": str(tmp_path / "sa"),
-        "ENTRA_TOKEND_OUTPUT_DIR": str(tmp_path / "out"),
-    }
+    env = offline_env(tmp_path)
     result = run_cli("check-config", "--config", str(config), env=env)
     assert result.returncode == 2
     assert "uses for its lock or temp files" in result.stderr

@@ -11,18 +11,14 @@ from hardening_helpers import STORAGE
 
 from entra_tokend.emulator import Emulator
 from entra_tokend.lock import LOCK_NAME, DirectoryLock, LockError, LockHeld
-from testlib import run_cli
-
-
-def env_for(emu: Emulator, out: Path) -> dict[str, str]:
-    return {**emu.env(), "ENTRA_TOKEND_OUTPUT_DIR": str(out), "ENTRA_TOKEND_LISTEN": ""}
+from testlib import emulator_env, run_cli
 
 
 def test_second_daemon_on_the_same_directory_exits_2_naming_the_holder(
     emulator: Emulator, tmp_path: Path, daemon_factory: Any
 ) -> None:
     out = tmp_path / "out"
-    env = env_for(emulator, out)
+    env = emulator_env(emulator, out)
     first = daemon_factory("run", "--token", f"a={STORAGE}", env=env)
     first.wait_event("token written", token="a")
     lock = out / LOCK_NAME
