@@ -242,3 +242,18 @@ def test_once_replaces_a_still_valid_file_from_an_earlier_run(
     assert result.returncode == 0, result.stderr
     assert len(emulator.token_requests()) == 2
     assert (out / "a").read_text() != first
+
+
+def test_daemon_never_imports_the_emulator_or_cryptography(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    env = {**emulator_env(emulator, tmp_path / "out"), "PYTHONPROFILEIMPORTTIME": "1"}
+    result = run_cli("run", "--once", "--token", f"a={STORAGE}", env=env)
+    assert result.returncode == 0, result.stderr
+    imported = {
+        line.rsplit("|", 1)[-1].strip()
+        for line in result.stderr.splitlines()
+        if line.startswith("import time:")
+    }
+    assert "entra_tokend.daemon" in imported  # the probe sees the daemon's imports
+    assert not {m for m in imported if m.startswith(("entra_tokend.emulator", "cryptography"))}
