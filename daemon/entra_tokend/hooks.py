@@ -62,8 +62,8 @@ async def _collect(proc: asyncio.subprocess.Process) -> tuple[bytes, bool]:
 async def _exec(hook: Hook, token: str, path: Path, log: Any) -> bool:
     command = hook.exec[0]
     env = {**os.environ, "ENTRA_TOKEND_TOKEN": token, "ENTRA_TOKEND_TOKEN_FILE": str(path)}
-    try:
-        proc = await asyncio.create_subprocess_exec(
+    spawn = asyncio.ensure_future(
+        asyncio.create_subprocess_exec(
             *hook.exec,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
@@ -71,6 +71,14 @@ async def _exec(hook: Hook, token: str, path: Path, log: Any) -> bool:
             env=env,
             start_new_session=True,
         )
+    )
+    try:
+        # Shielded: a stop that lands mid-spawn must still learn the pid, to kill what started.
+        proc = await asyncio.shield(spawn)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await _kill(await spawn)
+        raise
     except (OSError, ValueError) as exc:
         detail = exc.strerror if isinstance(exc, OSError) else "invalid argument"
         log.warning("hook command could not start", command=command, detail=detail)
