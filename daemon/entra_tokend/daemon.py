@@ -1,8 +1,10 @@
 """Wiring: builds the pieces from the configuration and runs them until a signal.
 
-One asyncio loop. The scheduler loop below is the only place that decides *when* a token is
-exchanged; ``exchange`` knows *how* to talk to Entra and ``sink`` how to put bytes on disk.
-watchdog's thread only posts events into the loop.
+One asyncio loop; one task per token runs that token's state machine (``_token_loop``): it
+sleeps until the token is due (or expires), refreshes it, and is woken early by a rotation, a
+reload or a wall-clock jump. Only these tasks decide *when* a token is exchanged, from the pure
+timing functions in ``scheduler``; ``exchange`` knows *how* to talk to Entra and ``sink`` how to
+put bytes on disk. watchdog's thread only posts events into the loop.
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@
 Times are tracked on two clocks. Waiting uses the monotonic clock (immune to NTP steps); expiry
 is a wall-clock fact (Entra's). Each deadline is kept on both and the *earlier* one wins: after
 a suspend (monotonic stood still) the wall clock is right; after an NTP step backwards the
-monotonic clock is. Nothing here sleeps; the daemon asks ``due_in`` and sleeps at most
-``MAX_SLEEP`` so a clock jump is noticed within that bound.
+monotonic clock is. Nothing here sleeps; the daemon asks ``due_in``, and checks the clocks every
+``MAX_SLEEP`` seconds so that a jump is noticed within that bound.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Protocol
 
-# Upper bound on one sleep of the scheduler loop, so wall-clock jumps are seen in time.
+# How often the daemon compares the wall and monotonic clocks to notice a jump.
 MAX_SLEEP = 60.0
 
 
