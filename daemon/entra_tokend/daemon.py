@@ -108,6 +108,7 @@ class Daemon:
         self.identities: dict[str, IdentityState] = {}
         self.runners: dict[str, TokenRunner] = {}
         self._stopping = asyncio.Event()
+        self.clock_check_interval = MAX_SLEEP
         self._progress = asyncio.Event()  # a refresh finished (run --once re-checks)
         self._running = False
         # Counters kept as tokens change state, so no event costs a pass over every token.
@@ -485,7 +486,7 @@ class Daemon:
         """
         offset = self.clock.wall() - self.clock.monotonic()
         while True:
-            await asyncio.sleep(MAX_SLEEP)
+            await asyncio.sleep(self.clock_check_interval)
             now = self.clock.wall() - self.clock.monotonic()
             if abs(now - offset) > 1.0:
                 self.log.info("wall clock jumped; rescheduling", seconds=round(now - offset, 1))
