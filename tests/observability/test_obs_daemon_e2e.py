@@ -9,12 +9,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
 from obs_helpers import (
     Reply,
     free_port,
     jwt_claims,
-    promtool_path,
     queried_metric_names,
     request,
     run_promtool,
@@ -36,11 +34,6 @@ FAULTS_BY_REASON = {
     "timeout": Fault("hang"),
     "client_error": Fault("status", status=400, aadsts=700016),
 }
-
-
-@pytest.fixture
-def promtool() -> str:
-    return promtool_path()
 
 
 def _config(tmp_path: Path, port: int) -> Path:

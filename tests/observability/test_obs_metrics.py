@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from obs_helpers import (
     LiveServer,
-    live_server,
     populate,
-    promtool_path,
     run_promtool,
     sample_names,
     samples,
@@ -17,17 +13,6 @@ from obs_helpers import (
 
 import entra_tokend
 from entra_tokend.metrics import EXCHANGE_BUCKETS, REASONS, Metrics
-
-
-@pytest.fixture
-def live() -> Iterator[LiveServer]:
-    with live_server() as server:
-        yield server
-
-
-@pytest.fixture
-def promtool() -> str:
-    return promtool_path()
 
 
 def _value(scrape: str, name: str, **labels: str) -> float | None:

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 import yaml
 from obs_helpers import (
     PROMETHEUS_DIR,
@@ -16,9 +14,7 @@ from obs_helpers import (
     dashboard,
     dashboard_exprs,
     dashboard_variable_queries,
-    live_server,
     populate,
-    promtool_path,
     queried_metric_names,
     run_promtool,
     sample_names,
@@ -31,17 +27,6 @@ REQUIRED_ALERTS = {
     "EntraTokendNotReady",
     "EntraTokendAbsent",
 }
-
-
-@pytest.fixture
-def live() -> Iterator[LiveServer]:
-    with live_server() as server:
-        yield server
-
-
-@pytest.fixture
-def promtool() -> str:
-    return promtool_path()
 
 
 def test_promtool_check_rules_is_clean(promtool: str) -> None:

@@ -7,10 +7,9 @@ import http.client
 import json
 import socket
 import time
-from collections.abc import Iterator
 
 import pytest
-from obs_helpers import LiveServer, live_server, populate, request, sample_names
+from obs_helpers import LiveServer, populate, request, sample_names
 
 from entra_tokend import server as server_module
 
@@ -26,12 +25,6 @@ METRIC_FAMILIES = (
     "entra_tokend_build_info",
     "entra_tokend_hook_failures_total",
 )
-
-
-@pytest.fixture
-def live() -> Iterator[LiveServer]:
-    with live_server() as server:
-        yield server
 
 
 def test_healthz_answers_ok(live: LiveServer) -> None:
