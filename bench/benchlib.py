@@ -548,3 +548,9 @@ def log_phases(run: DaemonRun) -> dict[str, float]:
 def rmtree(path: Path) -> None:
     """Remove a directory tree, ignoring a missing one."""
     shutil.rmtree(path, ignore_errors=True)
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write a result file (parents created), pretty-printed with a final newline."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n")

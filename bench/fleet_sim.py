@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import math
 import random
 import sys
@@ -44,6 +43,7 @@ REPO = Path(__file__).resolve().parent.parent
 if importlib.util.find_spec("entra_tokend") is None:
     sys.path.insert(0, str(REPO / "daemon"))
 
+import benchlib  # noqa: E402
 from entra_tokend.config import TOP_LEVEL  # noqa: E402
 from entra_tokend.scheduler import Deadline, Policy, TokenSchedule, refresh_delay  # noqa: E402
 
@@ -340,8 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     result = run(args.pods, args.tokens_per_pod, args.start_window, args.seed, args.plot)
     print_table(result)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        benchlib.write_json(args.json, result)
     return 0
 
 

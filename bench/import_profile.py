@@ -223,8 +223,7 @@ def main(argv: list[str] | None = None) -> int:
             result = run(emu, tmp, pycache)
     print_summary(result)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        benchlib.write_json(args.json, result)
     return 0
 
 

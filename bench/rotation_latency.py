@@ -198,8 +198,7 @@ def run(rotations: int, access_token_lifetime: float, json_path: Path) -> int:
         "cpus": os.cpu_count(),
     }
     result["target_met"] = result["p99_ms"] < TARGET_P99_MS
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(result, indent=2) + "\n")
+    benchlib.write_json(json_path, result)
     print(
         f"rotation -> new token file over {len(latencies)} rotations: "
         f"p50 {result['p50_ms']:.1f} ms, p90 {result['p90_ms']:.1f} ms, "

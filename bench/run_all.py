@@ -953,8 +953,7 @@ def main(argv: list[str] | None = None) -> int:
     opts = parse_args(argv)
     result = run(opts)
     print_table(result)
-    opts.json_path.parent.mkdir(parents=True, exist_ok=True)
-    opts.json_path.write_text(json.dumps(result, indent=2) + "\n")
+    benchlib.write_json(opts.json_path, result)
     print(f"\nwrote {opts.json_path}")
     if opts.docs:
         write_docs(result, opts.docs_path, opts.plot_path)
