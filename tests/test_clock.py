@@ -42,7 +42,7 @@ def test_a_wall_clock_jump_past_the_refresh_time_refreshes_at_once(
         daemon.clock_check_interval = 0.05
         run = asyncio.create_task(daemon.run())
         deadline = time.monotonic() + 10
-        while not daemon.readiness()[0]:  # the first token is on disk
+        while not daemon.readiness.ready:  # the first token is on disk
             assert time.monotonic() < deadline
             await asyncio.sleep(0.01)
         assert len(emulator.issued_tokens) == 1

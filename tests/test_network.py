@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from entra_tokend.config import Identity
+from entra_tokend.model import Identity
 from entra_tokend.emulator import Emulator, Fault
-from entra_tokend.exchange import MAX_BODY_BYTES, Exchanger, InvalidResponse
+from entra_tokend.exchange import MAX_BODY_BYTES, ClientPool, EntraExchange, InvalidResponse
 from testlib import run_cli
 
 STORAGE = "https://storage.azure.com/.default"
@@ -156,12 +156,13 @@ def test_response_body_is_capped(tmp_path: Path) -> None:
         body = b'{"access_token": "' + b"x" * (MAX_BODY_BYTES + 10) + b'", "expires_in": 60}'
         server, port = await _serve_once(body)
         ident = Identity("default", "t", "c", tmp_path / "f", f"http://127.0.0.1:{port}")
-        ex = Exchanger(timeout=5)
+        pool = ClientPool(timeout=5)
+        ex = EntraExchange(pool)
         try:
             with pytest.raises(InvalidResponse, match="larger than"):
                 await ex.exchange(ident, STORAGE, "assertion")
         finally:
-            await ex.aclose()
+            await pool.aclose()
             server.close()
             await server.wait_closed()
 

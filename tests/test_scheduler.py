@@ -7,6 +7,7 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from entra_tokend.model import Reason
 from entra_tokend.scheduler import (
     Deadline,
     Policy,
@@ -41,10 +42,10 @@ policies = st.builds(
     Policy,
     refresh_at=st.floats(0.1, 0.8),
     jitter=st.floats(0.0, 0.18),
-    min_interval=st.floats(0.0, 30.0),
+    min_refresh_interval=st.floats(0.0, 30.0),
     backoff_initial=st.floats(0.01, 10.0),
     backoff_max=st.floats(10.0, 600.0),
-    config_backoff_max=st.floats(600.0, 3600.0),
+    config_error_backoff_max=st.floats(600.0, 3600.0),
 )
 
 
@@ -68,7 +69,7 @@ def test_jitter_stays_in_its_band(policy: Policy, lifetime: float, seed: int) ->
     delay = refresh_delay(lifetime, policy, random.Random(seed))
     low = lifetime * policy.refresh_at * (1 - policy.jitter)
     high = lifetime * policy.refresh_at * (1 + policy.jitter)
-    assert min(max(low, policy.min_interval), high) - 1e-6 <= delay <= high + 1e-6
+    assert min(max(low, policy.min_refresh_interval), high) - 1e-6 <= delay <= high + 1e-6
 
 
 @given(
@@ -81,7 +82,7 @@ def test_backoff_never_exceeds_its_cap(
     policy: Policy, attempt: int, configuration: bool, seed: int
 ) -> None:
     delay = backoff_delay(attempt, policy, random.Random(seed), configuration_error=configuration)
-    cap = policy.config_backoff_max if configuration else policy.backoff_max
+    cap = policy.config_error_backoff_max if configuration else policy.backoff_max
     assert 0 < delay <= cap
 
 
@@ -118,19 +119,19 @@ def test_configuration_errors_back_off_longer() -> None:
 
 
 def test_refresh_in_is_honoured_when_earlier() -> None:
-    policy = Policy(jitter=0.0, min_interval=0)
+    policy = Policy(jitter=0.0, min_refresh_interval=0)
     assert refresh_delay(86400, policy, random.Random(), refresh_in=3600) == 3600
     assert refresh_delay(3600, policy, random.Random(), refresh_in=7200) == 1800
 
 
 def test_long_and_short_tokens_use_the_same_fraction() -> None:
-    policy = Policy(jitter=0.0, min_interval=5)
+    policy = Policy(jitter=0.0, min_refresh_interval=5)
     assert refresh_delay(86400, policy, random.Random()) == 43200
     assert refresh_delay(300, policy, random.Random()) == 150
 
 
 def test_min_interval_prevents_hot_loops_but_not_past_the_margin() -> None:
-    policy = Policy(refresh_at=0.5, jitter=0.0, min_interval=5)
+    policy = Policy(refresh_at=0.5, jitter=0.0, min_refresh_interval=5)
     assert refresh_delay(4, policy, random.Random()) == 2.0  # capped below expiry
     assert refresh_delay(12, policy, random.Random()) == 6.0
     assert refresh_delay(8, policy, random.Random()) == 4.0
@@ -145,7 +146,7 @@ def test_schedule_success_then_failure_then_retry_now() -> None:
     assert s.valid()
     clock.advance(1800)
     assert s.due_in() <= 0
-    backoff = s.failed()
+    backoff = s.failed(Reason.NETWORK)
     assert 0 < backoff <= 1.0
     assert s.due_in() > 0
     s.retry_now()
@@ -214,11 +215,14 @@ def test_state_machine_invariants(steps: list[tuple[str, float]], seed: int) -> 
             assert s.expires is not None
             assert s.due.wall < s.expires.wall
         elif action == "fail":
-            assert s.failed() <= policy.backoff_max
+            assert s.failed(Reason.NETWORK) <= policy.backoff_max
         elif action == "throttle":
-            assert s.failed(retry_after=value) >= value
+            assert s.failed(Reason.THROTTLED, retry_after=value) >= value
         elif action == "config":
-            assert s.failed(configuration_error=True) <= policy.config_backoff_max
+            assert (
+                s.failed(Reason.CLIENT_ERROR, configuration_error=True)
+                <= policy.config_error_backoff_max
+            )
         else:
             clock.advance(value)
         assert s.failures >= 0
@@ -237,11 +241,11 @@ def test_first_refresh_spreads_over_the_whole_period(
     latest = lifetime * policy.refresh_at * (1 + policy.jitter)
     assert delay <= latest + 1e-6  # never later than a normal refresh: promise 3 holds
     if policy.jitter > 0 and refresh_in is None:
-        assert delay >= min(max(0.1 * lifetime, policy.min_interval), latest) - 1e-6
+        assert delay >= min(max(0.1 * lifetime, policy.min_refresh_interval), latest) - 1e-6
 
 
 def test_first_refresh_after_start_is_spread_later_ones_are_not() -> None:
-    policy = Policy(refresh_at=0.5, jitter=0.1, min_interval=0)
+    policy = Policy(refresh_at=0.5, jitter=0.1, min_refresh_interval=0)
     firsts = [first_refresh_delay(3600, policy, random.Random(i)) for i in range(2000)]
     # a fleet started together spreads its first refreshes over 6-33 min, not 27-33 min
     assert min(firsts) < 0.15 * 3600

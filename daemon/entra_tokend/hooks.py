@@ -19,7 +19,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from entra_tokend.config import Hook
+from entra_tokend.model import Hook
 
 OUTPUT_LIMIT = 4096  # bytes of a hook's output kept for the log; the rest is read and dropped
 _PID_FILE_LIMIT = 64

@@ -19,7 +19,8 @@ import os
 import stat
 from pathlib import Path
 
-LOCK_NAME = ".entra-tokend.lock"
+from entra_tokend.model import LOCK_NAME
+
 _ATTEMPTS = 5  # unlink races are rare; a bound keeps a pathological volume from spinning us
 
 

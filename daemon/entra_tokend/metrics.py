@@ -15,21 +15,13 @@ import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 import entra_tokend
+from entra_tokend.model import Reason
 
 # `_created` series double the series count and mean nothing to the alerts; the switch is
 # process-wide in prometheus_client, which is what a single-purpose daemon wants anyway.
 prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
 
-REASONS: tuple[str, ...] = (
-    "network",
-    "timeout",
-    "throttled",
-    "server_error",
-    "invalid_response",
-    "client_error",
-    "assertion_unavailable",
-    "write_error",
-)
+REASONS: tuple[str, ...] = tuple(str(reason) for reason in Reason)
 """The fixed set of refresh failure reasons (the ``reason`` label)."""
 
 RESULTS: tuple[str, ...] = ("success", "failure")
@@ -166,13 +158,14 @@ class Metrics:
         self._token_last_success.labels(token=token).set(now)
         self._refreshes.labels(token=token, result="success").inc()
 
-    def refresh_failed(self, token: str, reason: str) -> None:
-        """Record a failed refresh; *reason* must be one of :data:`REASONS`."""
-        if reason not in REASONS:
-            # A free-form reason would be an unbounded label; this is a programming error.
-            raise ValueError(f"unknown refresh failure reason {reason!r}")
+    def refresh_failed(self, token: str, reason: Reason) -> None:
+        """Record a failed refresh of *token* for *reason*.
+
+        Raises ValueError for a value outside ``Reason``: a free-form label would be unbounded.
+        """
+        label = Reason(reason).value
         self._refreshes.labels(token=token, result="failure").inc()
-        self._failures.labels(token=token, reason=reason).inc()
+        self._failures.labels(token=token, reason=label).inc()
 
     def exchange_observed(self, identity: str, seconds: float) -> None:
         """Record the latency of one token request (successful or not)."""

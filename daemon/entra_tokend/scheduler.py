@@ -10,48 +10,24 @@ monotonic clock is. Nothing here sleeps; the daemon asks ``due_in``, and checks 
 from __future__ import annotations
 
 import random
-import time
 from dataclasses import dataclass
-from typing import Protocol
+
+from entra_tokend.model import Clock, Policy, Reason, SystemClock
+
+__all__ = [
+    "MAX_SLEEP",
+    "Clock",
+    "Deadline",
+    "Policy",
+    "SystemClock",
+    "TokenSchedule",
+    "backoff_delay",
+    "first_refresh_delay",
+    "refresh_delay",
+]
 
 # How often the daemon compares the wall and monotonic clocks to notice a jump.
 MAX_SLEEP = 60.0
-
-
-class Clock(Protocol):
-    """Injectable time source (tests use a fake one and never wait)."""
-
-    def wall(self) -> float:
-        """Unix time, seconds."""
-        ...
-
-    def monotonic(self) -> float:
-        """Monotonic seconds."""
-        ...
-
-
-class SystemClock:
-    """The real clocks."""
-
-    def wall(self) -> float:
-        """Unix time, seconds."""
-        return time.time()
-
-    def monotonic(self) -> float:
-        """Monotonic seconds."""
-        return time.monotonic()
-
-
-@dataclass(frozen=True)
-class Policy:
-    """Refresh and retry tunables (see the configuration reference)."""
-
-    refresh_at: float = 0.5
-    jitter: float = 0.1
-    min_interval: float = 5.0
-    backoff_initial: float = 1.0
-    backoff_max: float = 60.0
-    config_backoff_max: float = 300.0
 
 
 def refresh_delay(
@@ -60,15 +36,15 @@ def refresh_delay(
     """Seconds after issue at which to refresh a token that lives ``lifetime`` seconds.
 
     ``refresh_at`` of the lifetime, jittered by ±``jitter`` of itself, earlier if Entra's
-    ``refresh_in`` says so, never sooner than ``min_interval`` unless the token is so short-lived
-    that waiting that long would reach its expiry margin.
+    ``refresh_in`` says so, never sooner than ``min_refresh_interval`` unless the token is so
+    short-lived that waiting that long would reach its expiry margin.
     """
     fraction = policy.refresh_at * (1.0 + rng.uniform(-policy.jitter, policy.jitter))
     delay = lifetime * fraction
     if refresh_in is not None and 0 < refresh_in < delay:
         delay = refresh_in
     latest = lifetime * policy.refresh_at * (1.0 + policy.jitter)
-    return min(max(delay, policy.min_interval), latest)
+    return min(max(delay, policy.min_refresh_interval), latest)
 
 
 # The first token a process obtains is refreshed anywhere from this fraction of its lifetime to
@@ -83,8 +59,8 @@ def first_refresh_delay(
 
     Uniform over [``FIRST_REFRESH_EARLIEST``, ``refresh_at`` × (1 + ``jitter``)] of the
     lifetime, so pods started together (a rollout, a node drain) do not refresh together for
-    hours; it costs one early refresh per start. ``refresh_in`` and ``min_interval`` apply as
-    in ``refresh_delay``; with ``jitter`` 0 it is ``refresh_delay``.
+    hours; it costs one early refresh per start. ``refresh_in`` and ``min_refresh_interval``
+    apply as in ``refresh_delay``; with ``jitter`` 0 it is ``refresh_delay``.
     """
     if policy.jitter <= 0:  # jitter = 0 asks for no randomness at all
         return refresh_delay(lifetime, policy, rng, refresh_in)
@@ -92,7 +68,7 @@ def first_refresh_delay(
     delay = rng.uniform(FIRST_REFRESH_EARLIEST * lifetime, latest)
     if refresh_in is not None and 0 < refresh_in < delay:
         delay = refresh_in
-    return min(max(delay, policy.min_interval), latest)
+    return min(max(delay, policy.min_refresh_interval), latest)
 
 
 def backoff_delay(
@@ -107,12 +83,12 @@ def backoff_delay(
 
     Transient failures: exponential backoff with full jitter, capped at ``backoff_max``.
     Configuration errors (a fixed federated credential won't appear within seconds): start at
-    twice ``backoff_max`` and double up to ``config_backoff_max``, with equal jitter so every
+    twice ``backoff_max`` and double up to ``config_error_backoff_max``, with equal jitter so every
     wait is at least half its step. Retry-After is never undercut.
     """
     exponent = min(attempt, 32)
     if configuration_error:
-        ceiling = min(policy.config_backoff_max, policy.backoff_max * 2.0 ** (exponent + 1))
+        ceiling = min(policy.config_error_backoff_max, policy.backoff_max * 2.0 ** (exponent + 1))
         delay = rng.uniform(ceiling / 2, ceiling)
     else:
         ceiling = min(policy.backoff_max, policy.backoff_initial * 2.0**exponent)
@@ -146,7 +122,13 @@ class Deadline:
 
 
 class TokenSchedule:
-    """One token's timing state: when it is next due, how often it has failed."""
+    """One token's timing state and every decision about *when*: next wake-up, refresh after
+    a success, backoff after a failure (Retry-After, configuration errors), what a rotation of
+    the projected token or a missing assertion means for this token.
+
+    The runner reports what happened (``started``, ``succeeded``, ``failed``, ``rotated``) and
+    asks ``wake_in``; nothing here sleeps or does I/O. Times are seconds.
+    """
 
     def __init__(self, policy: Policy, clock: Clock, rng: random.Random | None = None) -> None:
         self.policy = policy
@@ -155,19 +137,32 @@ class TokenSchedule:
         self.due = Deadline.after(clock, 0.0)
         self.expires: Deadline | None = None
         self.failures = 0
-        self.last_attempt_mono: float | None = None
+        self.last_reason: Reason | None = None
+        self.attempting = False
+        self._rotated_during_attempt = False
 
     def due_in(self) -> float:
         """Seconds until the next exchange should start (<= 0: now)."""
         return self.due.remaining(self.clock)
 
+    def wake_in(self) -> float:
+        """Seconds the runner may sleep: until due, or until the current token expires
+        (so readiness drops the moment it does), whichever is sooner."""
+        wait = self.due_in()
+        if self.valid() and self.expires is not None:
+            wait = min(wait, self.expires.remaining(self.clock))
+        return wait
+
     def started(self) -> None:
-        """An exchange starts now."""
-        self.last_attempt_mono = self.clock.monotonic()
+        """An exchange attempt starts now."""
+        self.attempting = True
+        self._rotated_during_attempt = False
 
     def succeeded(self, expires_on: float, lifetime: float, refresh_in: float | None) -> float:
-        """Record a good token; returns the delay until its refresh."""
+        """Record a good token on disk; returns the delay until its refresh."""
+        self.attempting = False
         self.failures = 0
+        self.last_reason = None
         first = self.expires is None  # no token before: a fresh start (adopted() sets one)
         self.expires = Deadline.at_wall(self.clock, expires_on)
         # The lifetime left may be shorter than `lifetime` (clock skew); plan on what is left.
@@ -193,27 +188,55 @@ class TokenSchedule:
         return delay
 
     def failed(
-        self, *, retry_after: float | None = None, configuration_error: bool = False
+        self,
+        reason: Reason,
+        *,
+        retry_after: float | None = None,
+        configuration_error: bool = False,
     ) -> float:
-        """Record a failed exchange; returns the backoff delay until the retry."""
-        delay = backoff_delay(
-            self.failures,
-            self.policy,
-            self.rng,
-            retry_after=retry_after,
-            configuration_error=configuration_error,
-        )
-        self.failures += 1
+        """Record a failed attempt; returns the delay until the retry.
+
+        A missing assertion waits for the watcher (a rotation retries at once) with a slow
+        safety retry after ``config_error_backoff_max``. Other failures back off (see
+        ``backoff_delay``). A rotation noticed while the attempt was in flight retries at once.
+        """
+        self.attempting = False
+        self.last_reason = reason
+        if reason is Reason.ASSERTION_UNAVAILABLE:
+            delay = self.policy.config_error_backoff_max
+        else:
+            delay = backoff_delay(
+                self.failures,
+                self.policy,
+                self.rng,
+                retry_after=retry_after,
+                configuration_error=configuration_error,
+            )
+            self.failures += 1
+        if self._rotated_during_attempt:
+            # The attempt used the assertion that was just replaced; the new one may work.
+            self._rotated_during_attempt = False
+            delay = 0.0
         self.due = Deadline.after(self.clock, delay)
         return delay
 
-    def retry_now(self) -> None:
-        """Make the token due immediately (a fresh assertion arrived)."""
-        self.due = Deadline.after(self.clock, 0.0)
+    def rotated(self) -> bool:
+        """The identity's projected token changed. Returns True when this token should retry
+        now (wake the runner): it has no good token yet or its last attempt failed.
 
-    def wait_for_event(self) -> None:
-        """Nothing to do until an outside event (a rotation); keep a slow safety retry."""
-        self.due = Deadline.after(self.clock, self.policy.config_backoff_max)
+        During an attempt nothing changes now; a failure of that attempt then retries at once.
+        """
+        needs_retry = self.last_reason is not None or self.expires is None
+        if self.attempting:
+            self._rotated_during_attempt = True
+            return False
+        if needs_retry:
+            self.due = Deadline.after(self.clock, 0.0)
+        return needs_retry
+
+    def retry_now(self) -> None:
+        """Make the token due immediately (``run --once``, a wall-clock jump check)."""
+        self.due = Deadline.after(self.clock, 0.0)
 
     def valid(self) -> bool:
         """True while the last good token has not expired."""

@@ -19,7 +19,8 @@ from deploy_helpers import (
     unknown_keys,
 )
 
-from entra_tokend import config as config_module
+from entra_tokend.config import schema as config_module
+from entra_tokend.outputs import FORMATS
 
 
 def active() -> dict[str, Any]:
@@ -67,7 +68,7 @@ def test_example_token_defaults_match_the_daemon() -> None:
     # identity, path and format are shown at their defaults.
     assert token["identity"] == config_module.DEFAULT_IDENTITY
     assert token["path"] == name
-    assert token["format"] == config_module.FORMATS[0]
+    assert token["format"] == next(iter(FORMATS))
 
 
 def test_example_with_the_systemd_env_file_passes_check_config(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 
 from deploy_helpers import DOCKERFILE, DOCKERIGNORE, REPO, cli_env, tool
 
-from entra_tokend import config as config_module
+from entra_tokend.config import schema as config_module
 
 OCI_LABELS = {
     "org.opencontainers.image.title": "text",

@@ -19,7 +19,8 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from entra_tokend.config import (
+from entra_tokend.config import Config, ConfigError, Overrides, load_config, render_config
+from entra_tokend.config.schema import (
     ENV_CONFIG,
     ENV_LISTEN,
     ENV_LOG_FORMAT,
@@ -30,15 +31,10 @@ from entra_tokend.config import (
     IDENTITY_ENV,
     IDENTITY_KEYS,
     TOKEN_KEYS,
+    POLICY_KEYS,
     TOP_LEVEL,
-    Config,
-    ConfigError,
-    Overrides,
-    load_config,
-    render_config,
 )
-from entra_tokend.lock import LOCK_NAME
-from entra_tokend.sink import is_temp_name
+from entra_tokend.model import LOCK_NAME, is_temp_name
 
 STORAGE = "https://storage.azure.com/.default"
 
@@ -214,7 +210,11 @@ def check(doc_text: str, env: dict[str, str], tokens: list[str], directory: Path
             assert spec.hook.timeout > 0
     for value in (config.file_owner, config.file_group):
         assert value is None or 0 <= value < 2**32 - 1
-    numbers = [getattr(config, k) for k, (t, _) in TOP_LEVEL.items() if t == (int, float)]
+    numbers = [
+        getattr(config.policy if k in POLICY_KEYS else config, k)
+        for k, (t, _) in TOP_LEVEL.items()
+        if t == (int, float)
+    ]
     assert all(math.isfinite(n) for n in numbers)
     assert render_config(config)
 

@@ -11,8 +11,8 @@ import pytest
 from hardening_helpers import STORAGE, VAULT, metrics, temp_files, write_config
 
 from entra_tokend.emulator import Emulator
-from entra_tokend.lock import LOCK_NAME
-from entra_tokend.sink import SinkError, is_temp_name, remove_stale_temp_files, write_atomic
+from entra_tokend.model import LOCK_NAME, is_temp_name
+from entra_tokend.outputs.writer import WriteError, remove_stale_temp_files, write_atomic
 from testlib import emulator_env, offline_env, run_cli, wait_until
 
 NOBODY = 65534
@@ -92,7 +92,7 @@ def test_symlinked_subdirectory_is_not_followed(tmp_path: Path) -> None:
     outside = tmp_path / "outside"
     outside.mkdir()
     (out / "sub").symlink_to(outside)
-    with pytest.raises(SinkError, match="symlink"):
+    with pytest.raises(WriteError, match="symlink"):
         write_atomic(out / "sub" / "a", b"token", 0o640, root=out)
     assert os.listdir(outside) == []
     # a real subdirectory works, and no temp file stays behind
@@ -104,11 +104,11 @@ def test_symlinked_subdirectory_is_not_followed(tmp_path: Path) -> None:
 def test_failed_write_leaves_target_and_no_temp_file(tmp_path: Path) -> None:
     target = tmp_path / "a"
     target.mkdir()
-    with pytest.raises(SinkError, match="is a directory"):
+    with pytest.raises(WriteError, match="is a directory"):
         write_atomic(target, b"token", 0o640)
     assert target.is_dir()
     assert os.listdir(tmp_path) == ["a"]
-    with pytest.raises(SinkError, match="empty"):
+    with pytest.raises(WriteError, match="empty"):
         write_atomic(tmp_path / "b", b"", 0o640)
     assert os.listdir(tmp_path) == ["a"]
 

@@ -24,6 +24,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from entra_tokend.metrics import Metrics
+from entra_tokend.model import Reason
 from entra_tokend.server import bound_port, start_server, stop_server
 
 REPO = Path(__file__).resolve().parents[2]
@@ -154,7 +155,7 @@ def populate(metrics: Metrics) -> None:
     metrics.token_configured("graph", "default")
     metrics.token_configured("storage", "default")
     metrics.token_written("graph", expires_on=1_900_000_000.0, now=1_899_996_400.0)
-    metrics.refresh_failed("storage", "throttled")
+    metrics.refresh_failed("storage", Reason.THROTTLED)
     metrics.exchange_observed("default", 0.2)
     metrics.assertion_loaded("default", 1_900_000_500.0)
     metrics.assertion_rotated("default")

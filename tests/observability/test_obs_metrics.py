@@ -13,6 +13,7 @@ from obs_helpers import (
 
 import entra_tokend
 from entra_tokend.metrics import EXCHANGE_BUCKETS, REASONS, Metrics
+from entra_tokend.model import Reason
 
 
 def _value(scrape: str, name: str, **labels: str) -> float | None:
@@ -78,9 +79,9 @@ def test_token_written_sets_expiry_and_counts_success(live: LiveServer) -> None:
 def test_refresh_failed_counts_by_reason(live: LiveServer) -> None:
     m = live.metrics
     m.token_configured("graph", "default")
-    m.refresh_failed("graph", "throttled")
-    m.refresh_failed("graph", "throttled")
-    m.refresh_failed("graph", "write_error")
+    m.refresh_failed("graph", Reason.THROTTLED)
+    m.refresh_failed("graph", Reason.THROTTLED)
+    m.refresh_failed("graph", Reason.WRITE_ERROR)
     body = live.scrape()
     refreshes = "entra_tokend_token_refreshes_total"
     failures = "entra_tokend_token_refresh_failures_total"
@@ -93,8 +94,8 @@ def test_refresh_failed_counts_by_reason(live: LiveServer) -> None:
 def test_unknown_reason_is_rejected() -> None:
     m = Metrics()
     m.token_configured("graph", "default")
-    with pytest.raises(ValueError, match="unknown refresh failure reason"):
-        m.refresh_failed("graph", "AADSTS700016: application not found")
+    with pytest.raises(ValueError, match="is not a valid Reason"):
+        m.refresh_failed("graph", "AADSTS700016: application not found")  # type: ignore[arg-type]
 
 
 def test_exchange_histogram_buckets(live: LiveServer) -> None:

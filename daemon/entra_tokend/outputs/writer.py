@@ -1,4 +1,4 @@
-"""Token files: atomic writes, formats, temp-file cleanup.
+"""The atomic writer: token files replaced so that no reader ever sees a partial one.
 
 ``write_atomic`` replaces a file so that a reader at any moment sees the old complete file or
 the new complete file — never a partial, empty or foreign one, even if the process is
@@ -31,37 +31,27 @@ import errno
 import json
 import math
 import os
-import re
 import secrets
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # only for annotations: keeps this module (and config, which uses it) light
-    from entra_tokend.exchange import AccessToken
+from entra_tokend.model import TEMP_MARKER, Reason, is_temp_name
 
-TEMP_MARKER = ".entra-tokend-"
-_TEMP_RE = re.compile(r"^\..+\.entra-tokend-[0-9a-f]{16}\.tmp$")
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _READ_LIMIT = 64 * 1024
 
 
-class SinkError(Exception):
+class WriteError(Exception):
     """A token file could not be written; the previous file is untouched."""
 
-    reason = "write_error"
+    reason = Reason.WRITE_ERROR
 
 
 def temp_name(target: str) -> str:
     """The temp-file name used for ``target``: hidden, marked as ours, unpredictable."""
     # Cut long names so the temp name stays within NAME_MAX (255) whatever the target's length.
     return f".{target[:200]}{TEMP_MARKER}{secrets.token_hex(8)}.tmp"
-
-
-def is_temp_name(name: str) -> bool:
-    """True for names ``temp_name`` produces (and only those)."""
-    return bool(_TEMP_RE.match(name))
 
 
 def _describe(exc: OSError) -> str:
@@ -79,7 +69,7 @@ def _open_directory(directory: Path, root: Path | None) -> int:
     try:
         parts = directory.relative_to(root).parts
     except ValueError:
-        raise SinkError(f"{directory} is outside {root}") from None
+        raise WriteError(f"{directory} is outside {root}") from None
     fd = os.open(root, _DIR_FLAGS)
     for part in parts:
         try:
@@ -99,14 +89,14 @@ def write_atomic(
     *,
     root: Path | None = None,
 ) -> None:
-    """Replace ``path`` with ``data`` atomically (see the module doc). Raises SinkError."""
+    """Replace ``path`` with ``data`` atomically (see the module doc). Raises WriteError."""
     if not data:
-        raise SinkError(f"refusing to write an empty file to {path}")
+        raise WriteError(f"refusing to write an empty file to {path}")
     directory = path.parent
     try:
         dir_fd = _open_directory(directory, root)
     except OSError as exc:
-        raise SinkError(f"cannot open directory {directory}: {_describe(exc)}") from None
+        raise WriteError(f"cannot open directory {directory}: {_describe(exc)}") from None
     tmp = temp_name(path.name)
     created = False
     try:
@@ -116,7 +106,7 @@ def write_atomic(
             pass
         else:
             if stat.S_ISDIR(st.st_mode):
-                raise SinkError(f"{path} is a directory; not replacing it with a token file")
+                raise WriteError(f"{path} is a directory; not replacing it with a token file")
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         fd = os.open(tmp, flags, 0o600, dir_fd=dir_fd)
         created = True
@@ -142,7 +132,7 @@ def write_atomic(
             if exc.errno not in (errno.EINVAL, errno.ENOTSUP):
                 raise
     except OSError as exc:
-        raise SinkError(f"cannot write {path}: {_describe(exc)}") from None
+        raise WriteError(f"cannot write {path}: {_describe(exc)}") from None
     finally:
         if created:
             with contextlib.suppress(OSError):
@@ -179,22 +169,6 @@ def remove_stale_temp_files(directory: Path) -> list[str]:
     finally:
         os.close(dir_fd)
     return sorted(removed)
-
-
-def render(token: AccessToken, fmt: str, tenant_id: str, client_id: str) -> bytes:
-    """The file's bytes: the bare token (``raw``) or a JSON document (``json``)."""
-    if fmt == "json":
-        doc = {
-            "access_token": token.token,
-            "token_type": token.token_type,
-            "expires_on": int(token.expires_on),
-            "scope": token.scope,
-            "tenant_id": tenant_id,
-            "client_id": client_id,
-        }
-        return json.dumps(doc, separators=(",", ":")).encode()
-    # No trailing newline: `Authorization: Bearer $(cat f)` and credentials_file use it as is.
-    return token.token.encode()
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,154 @@
+"""Configuration: typed, frozen, validated up front.
+
+Precedence is flags > environment > TOML file > defaults (``sources``). ``load_config`` gathers
+every problem it can find — pure rules per table (``validate``), then host checks (``host``) —
+and raises one ``ConfigError`` listing them all, each naming the key or variable to fix, so an
+operator fixes a config in one round trip. ``schema`` holds every key with its unit and default;
+``render`` prints the effective configuration.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from entra_tokend.config import host, validate
+from entra_tokend.config.render import render_config
+from entra_tokend.config.schema import (
+    DEFAULT_IDENTITY,
+    NAME_RE,
+    TOP_LEVEL,
+    Config,
+    ConfigError,
+    Overrides,
+)
+from entra_tokend.config.sources import Raw, gather, read_toml
+from entra_tokend.config.validate import (
+    Problems,
+    check_scope,
+    is_loopback_host,
+    parse_listen,
+)
+from entra_tokend.model import Hook, Identity, OutputSpec, TokenSpec
+from entra_tokend.outputs import FORMATS
+
+__all__ = [
+    "TOP_LEVEL",
+    "Config",
+    "ConfigError",
+    "Overrides",
+    "check_scope",
+    "is_loopback_host",
+    "load_config",
+    "parse_listen",
+    "read_toml",
+    "render_config",
+]
+
+
+def _tokens(raw: Raw, output_dir: Path, defaults: OutputSpec, p: Problems) -> dict[str, TokenSpec]:
+    global_hook = validate.hook(raw.hook, "hook", raw.base, p) if raw.has_hook else None
+    tokens: dict[str, TokenSpec] = {}
+    paths: dict[Path, str] = {}
+    if not raw.tokens:
+        p.add(
+            "no tokens configured: add a [token.NAME] table with a scope, "
+            "--token NAME=SCOPE, or ENTRA_TOKEND_TOKENS=NAME=SCOPE"
+        )
+    for name, table in raw.tokens.items():
+        checked = validate.token_table(name, table, p)
+        if checked is None:
+            continue
+        scope, identity = checked
+        where = f"token.{name}"
+        fmt = table.get("format", "raw")
+        if fmt not in FORMATS:
+            p.add(f"{where}.format: '{fmt}' must be one of {', '.join(FORMATS)}")
+        target = validate.token_path(table.get("path", name), name, output_dir, where, p)
+        if target in paths:
+            p.add(f"{where}.path: token.{paths[target]} already writes to {target}")
+        paths[target] = name
+        hook: Hook | None = (
+            validate.hook(table["hook"], f"{where}.hook", raw.base, p)
+            if "hook" in table
+            else global_hook
+        )
+        output = OutputSpec(
+            path=target,
+            format=str(fmt),
+            file_mode=defaults.file_mode,
+            file_owner=defaults.file_owner,
+            file_group=defaults.file_group,
+        )
+        tokens[name] = TokenSpec(
+            name=name, scope=scope, identity=identity, output=output, hook=hook
+        )
+    return tokens
+
+
+def _identities(
+    raw: Raw, tokens: Mapping[str, TokenSpec], env: Mapping[str, str], p: Problems
+) -> dict[str, Identity]:
+    identities: dict[str, Identity] = {}
+    used = {spec.identity for spec in tokens.values()}
+    for name in sorted(set(raw.identities) | used):
+        table = raw.identities.get(name, {})
+        where = f"identity.{name}"
+        if not NAME_RE.match(name):
+            p.add(f"{where}: name must be letters, digits, '.', '_' or '-'")
+            continue
+        if not isinstance(table, dict):
+            p.add(f"{where}: must be a table")
+            continue
+        if name not in raw.identities and name != DEFAULT_IDENTITY:
+            users = sorted(t for t, s in tokens.items() if s.identity == name)
+            p.add(f"token.{users[0]}.identity: '{name}' is not defined (add [identity.{name}])")
+            continue
+        ident = validate.identity(name, table, env, raw.base, p)
+        if ident is not None:
+            host.ca_file(ident.ca_file, f"{where}.ca_file", p)
+            identities[name] = ident
+    return identities
+
+
+def load_config(overrides: Overrides, env: Mapping[str, str]) -> Config:
+    """Build and validate the configuration from flags, ``env`` and the TOML file.
+
+    Raises ConfigError listing every problem (one line each).
+    """
+    p = Problems()
+    raw = gather(overrides, env, p)
+    values = raw.values
+    mode = validate.file_mode(values["file_mode"], "file_mode", p)
+    listen = validate.listen(values["listen"], p)
+    policy = validate.top_level(values, p)
+    output_dir = Path(values["output_dir"]).absolute()
+    defaults = OutputSpec(
+        path=output_dir,
+        file_mode=mode,
+        file_owner=host.owner(values["file_owner"], "file_owner", p, group=False),
+        file_group=host.owner(values["file_group"], "file_group", p, group=True),
+    )
+    tokens = _tokens(raw, output_dir, defaults, p)
+    identities = _identities(raw, tokens, env, p)
+    host.output_dir(output_dir, bool(values["allow_world_writable"]), p)
+    if p.lines:
+        raise ConfigError(p.lines)
+    return Config(
+        output_dir=output_dir,
+        listen=listen,
+        file_mode=mode,
+        log_format=values["log_format"],
+        log_level=values["log_level"],
+        policy=policy,
+        request_timeout=float(values["request_timeout"]),
+        concurrency=int(values["concurrency"]),
+        poll_interval=float(values["poll_interval"]),
+        once_deadline=float(values["once_deadline"]),
+        allow_world_writable=bool(values["allow_world_writable"]),
+        file_owner=defaults.file_owner,
+        file_group=defaults.file_group,
+        identities=identities,
+        tokens=tokens,
+        source=raw.source,
+    )

@@ -1,0 +1,65 @@
+"""Checks that ask the host: user and group lookups, the output directory, CA files.
+
+Kept apart from ``validate`` (pure) so that the pure rules can be tested and fuzzed without a
+filesystem, and so that it is clear which checks depend on the machine the config runs on.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import stat
+from pathlib import Path
+from typing import Any
+
+from entra_tokend.config.validate import Problems, has_nul
+
+
+def owner(value: Any, where: str, p: Problems, *, group: bool) -> int | None:
+    """A user (or group) name or id → its numeric id, like chown(1): a name first, then an id."""
+    if value is None:
+        return None
+    kind = "group" if group else "user"
+    if isinstance(value, int) and not isinstance(value, bool):
+        # 2**32 - 1 is (uid_t)-1, which chown reads as "leave unchanged".
+        if 0 <= value < 2**32 - 1:
+            return value
+        p.add(f"{where}: {value} is not a valid {kind} id")
+        return None
+    try:
+        return grp.getgrnam(str(value)).gr_gid if group else pwd.getpwnam(str(value)).pw_uid
+    except (KeyError, ValueError):  # ValueError: an embedded NUL
+        text = str(value)
+        if text.isascii() and text.isdigit():
+            return owner(int(text), where, p, group=group)
+        p.add(f"{where}: no such {kind} '{value}'")
+        return None
+
+
+def output_dir(path: Path, allow_world_writable: bool, p: Problems) -> None:
+    """The output directory, if it exists: a directory we can write, not world-writable."""
+    if has_nul(str(path), "output_dir", p):
+        return
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return  # created at start-up
+    except OSError as exc:
+        p.add(f"output_dir: {path} cannot be examined: {exc.strerror}")
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        p.add(f"output_dir: {path} exists but is not a directory")
+    elif not os.access(path, os.W_OK | os.X_OK):
+        p.add(f"output_dir: {path} is not writable by uid {os.getuid()}")
+    elif st.st_mode & stat.S_IWOTH and not st.st_mode & stat.S_ISVTX and not allow_world_writable:
+        p.add(
+            f"output_dir: {path} is world-writable without the sticky bit; anyone could replace "
+            "the tokens (fix its mode, or set allow_world_writable = true)"
+        )
+
+
+def ca_file(path: Path | None, where: str, p: Problems) -> None:
+    """A CA bundle must be a readable file."""
+    if path is not None and not path.is_file():
+        p.add(f"{where}: {path} is not a readable file")

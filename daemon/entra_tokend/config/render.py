@@ -1,0 +1,60 @@
+"""The effective configuration as TOML, for ``check-config`` (it holds no secrets: tenant and
+client ids are identifiers, not credentials)."""
+
+from __future__ import annotations
+
+import signal
+from typing import Any
+
+from entra_tokend.config.schema import IDENTITY_KEYS, POLICY_KEYS, TOP_LEVEL, Config
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def render_config(config: Config) -> str:
+    """The effective configuration as TOML text that ``load_config`` accepts again."""
+    lines = [f"# effective configuration{f' (from {config.source})' if config.source else ''}"]
+    top: dict[str, Any] = {
+        "output_dir": str(config.output_dir),
+        "listen": f"{config.listen[0]}:{config.listen[1]}" if config.listen else "",
+        "file_mode": f"{config.file_mode:04o}",
+    }
+    for key in TOP_LEVEL:
+        if key not in top:
+            holder: Any = config.policy if key in POLICY_KEYS else config
+            value = getattr(holder, key)
+            if value is not None:
+                top[key] = value
+    lines += [f"{k} = {_toml_value(v)}" for k, v in top.items()]
+    for ident in config.identities.values():
+        lines += ["", f"[identity.{ident.name}]"]
+        for key in IDENTITY_KEYS:
+            value = getattr(ident, key)
+            if value is not None:
+                lines.append(f"{key} = {_toml_value(str(value))}")
+    for tok in config.tokens.values():
+        lines += [
+            "",
+            f"[token.{tok.name}]",
+            f"scope = {_toml_value(tok.scope)}",
+            f"identity = {_toml_value(tok.identity)}",
+            f"path = {_toml_value(str(tok.path.relative_to(config.output_dir)))}",
+            f"format = {_toml_value(tok.output.format)}",
+        ]
+        if tok.hook:
+            lines.append(f"[token.{tok.name}.hook]")
+            if tok.hook.exec:
+                lines.append(f"exec = {_toml_value(list(tok.hook.exec))}")
+            lines.append(f"timeout = {tok.hook.timeout!r}")
+            if tok.hook.pid_file:
+                lines.append(f"pid_file = {_toml_value(str(tok.hook.pid_file))}")
+            lines.append(f"signal = {_toml_value(signal.Signals(tok.hook.signal).name)}")
+    return "\n".join(lines) + "\n"

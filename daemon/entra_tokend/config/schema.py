@@ -1,0 +1,123 @@
+"""The configuration's shape: every key, its type, default and unit, and the result types.
+
+Units: every duration is in seconds (float); ``refresh_at`` and ``jitter`` are fractions of a
+token's lifetime; ``file_mode`` is octal text such as ``"0640"``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from entra_tokend.model import Identity, Policy, TokenSpec
+
+DEFAULT_AUTHORITY = "https://login.microsoftonline.com"
+DEFAULT_IDENTITY = "default"
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+TENANT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]{0,252}$")
+LOG_FORMATS = ("auto", "json", "console")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+ENV_CONFIG = "ENTRA_TOKEND_CONFIG"
+ENV_TOKENS = "ENTRA_TOKEND_TOKENS"
+ENV_OUTPUT_DIR = "ENTRA_TOKEND_OUTPUT_DIR"
+ENV_LISTEN = "ENTRA_TOKEND_LISTEN"
+ENV_LOG_FORMAT = "ENTRA_TOKEND_LOG_FORMAT"
+ENV_LOG_LEVEL = "ENTRA_TOKEND_LOG_LEVEL"
+
+# Identity keys and the webhook-injected variable that supplies each for the default identity.
+IDENTITY_ENV = {
+    "tenant_id": "AZURE_TENANT_ID",
+    "client_id": "AZURE_CLIENT_ID",
+    "token_file": "AZURE_FEDERATED_TOKEN_FILE",
+    "authority_host": "AZURE_AUTHORITY_HOST",
+}
+
+Types = type | tuple[type, ...]
+
+# key -> (type, default). Types are checked before values.
+TOP_LEVEL: dict[str, tuple[Types, Any]] = {
+    "output_dir": (str, "/run/entra-tokend"),
+    "listen": (str, "0.0.0.0:9464"),
+    "file_mode": ((str, int), "0640"),
+    "log_format": (str, "auto"),
+    "log_level": (str, "info"),
+    "refresh_at": ((int, float), 0.5),
+    "jitter": ((int, float), 0.1),
+    "min_refresh_interval": ((int, float), 5.0),
+    "backoff_initial": ((int, float), 1.0),
+    "backoff_max": ((int, float), 60.0),
+    "config_error_backoff_max": ((int, float), 300.0),
+    "request_timeout": ((int, float), 10.0),
+    "concurrency": (int, 16),
+    "poll_interval": ((int, float), 60.0),
+    "once_deadline": ((int, float), 60.0),
+    "allow_world_writable": (bool, False),
+    "file_owner": ((str, int), None),
+    "file_group": ((str, int), None),
+}
+POLICY_KEYS = (
+    "refresh_at",
+    "jitter",
+    "min_refresh_interval",
+    "backoff_initial",
+    "backoff_max",
+    "config_error_backoff_max",
+)
+"""Top-level keys that form the scheduler ``Policy`` (same names on both sides)."""
+TABLES = ("identity", "token", "hook")
+IDENTITY_KEYS = ("tenant_id", "client_id", "token_file", "authority_host", "ca_file")
+TOKEN_KEYS = ("scope", "identity", "path", "format", "hook")
+HOOK_KEYS = ("exec", "timeout", "pid_file", "signal")
+
+
+class ConfigError(Exception):
+    """One or more configuration problems; ``problems`` holds one line each, naming the key,
+    flag or variable to fix."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = list(problems)
+
+
+@dataclass
+class Overrides:
+    """Values given on the command line; None means 'not given'."""
+
+    config: str | None = None
+    tokens: list[str] = field(default_factory=list)
+    output_dir: str | None = None
+    listen: str | None = None
+    log_format: str | None = None
+    log_level: str | None = None
+    once_deadline: float | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole validated configuration.
+
+    ``policy`` holds the refresh/backoff tunables (seconds, fractions); ``request_timeout`` and
+    ``poll_interval`` and ``once_deadline`` are seconds; ``listen`` is ``(host, port)`` or None
+    (disabled); ``file_mode`` the default mode bits of token files.
+    """
+
+    output_dir: Path
+    listen: tuple[str, int] | None
+    file_mode: int
+    log_format: str
+    log_level: str
+    policy: Policy
+    request_timeout: float
+    concurrency: int
+    poll_interval: float
+    once_deadline: float
+    allow_world_writable: bool
+    file_owner: int | None
+    file_group: int | None
+    identities: Mapping[str, Identity]
+    tokens: Mapping[str, TokenSpec]
+    source: Path | None = None

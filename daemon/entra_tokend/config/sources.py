@@ -1,0 +1,132 @@
+"""Where settings come from, and which wins: flags > environment > TOML file > defaults.
+
+``gather`` reads the TOML file (if any) and layers the environment and flags over it, returning
+raw, not yet validated values. Type problems found on the way are added to ``Problems``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from entra_tokend.config.schema import (
+    ENV_CONFIG,
+    ENV_LISTEN,
+    ENV_LOG_FORMAT,
+    ENV_LOG_LEVEL,
+    ENV_OUTPUT_DIR,
+    ENV_TOKENS,
+    TABLES,
+    TOP_LEVEL,
+    ConfigError,
+    Overrides,
+)
+from entra_tokend.config.validate import Problems, check_keys, type_name, typed
+
+
+@dataclass
+class Raw:
+    """Settings after precedence, before validation."""
+
+    source: Path | None
+    base: Path  # relative paths in the file (ca_file, pid_file) are relative to this
+    where: str  # the file's name for messages ("config" without a file)
+    values: dict[str, Any]
+    identities: dict[str, Any] = field(default_factory=dict)
+    tokens: dict[str, Any] = field(default_factory=dict)
+    hook: Any = None
+    has_hook: bool = False
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """Read a TOML config file. Raises ConfigError naming the file (and line, for syntax)."""
+    import tomllib  # noqa: PLC0415 - only when a config file is given
+
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise ConfigError([f"config file {path}: does not exist"]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise ConfigError([f"config file {path}: cannot be read: {reason}"]) from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"config file {path}: invalid TOML: {exc}"]) from None
+
+
+def parse_token_shorthand(items: Sequence[str], where: str, p: Problems) -> dict[str, str]:
+    """``NAME=SCOPE`` items (``--token``, ``ENTRA_TOKEND_TOKENS``) as {name: scope}."""
+    tokens: dict[str, str] = {}
+    for item in items:
+        name, sep, scope = item.strip().partition("=")
+        if not sep or not name.strip() or not scope.strip():
+            p.add(f"{where}: '{item}' is not NAME=SCOPE")
+            continue
+        tokens[name.strip()] = scope.strip()
+    return tokens
+
+
+def _top_level(
+    data: Mapping[str, Any], overrides: Overrides, env: Mapping[str, str], p: Problems
+) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for key, (typ, default) in TOP_LEVEL.items():
+        value = data.get(key, default)
+        if value is not None and not typed(value, typ):
+            p.add(f"{key}: must be {type_name(typ)} (got {value!r})")
+            value = default
+        values[key] = value
+    for key, var, flag in (
+        ("output_dir", ENV_OUTPUT_DIR, overrides.output_dir),
+        ("listen", ENV_LISTEN, overrides.listen),
+        ("log_format", ENV_LOG_FORMAT, overrides.log_format),
+        ("log_level", ENV_LOG_LEVEL, overrides.log_level),
+    ):
+        if flag is not None:
+            values[key] = flag
+        elif var in env:
+            values[key] = env[var]
+    if overrides.once_deadline is not None:
+        values["once_deadline"] = overrides.once_deadline
+    return values
+
+
+def _table(data: Mapping[str, Any], name: str, where: str, p: Problems) -> dict[str, Any]:
+    table = data.get(name, {})
+    if not isinstance(table, dict):
+        p.add(f"{where}: '{name}' must be a table of [{name}.NAME] tables")
+        return {}
+    return dict(table)
+
+
+def gather(overrides: Overrides, env: Mapping[str, str], p: Problems) -> Raw:
+    """Apply precedence. Raises ConfigError only when the file itself cannot be read."""
+    path_text = overrides.config or env.get(ENV_CONFIG) or None
+    source = Path(path_text) if path_text else None
+    data: dict[str, Any] = read_toml(source) if source else {}
+    where = str(source) if source else "config"
+    check_keys(data, [*TOP_LEVEL, *TABLES], where, p)
+    tokens = _table(data, "token", where, p)
+    shorthand = {
+        **parse_token_shorthand(
+            [t for t in env.get(ENV_TOKENS, "").split(",") if t.strip()], ENV_TOKENS, p
+        ),
+        **parse_token_shorthand(overrides.tokens, "--token", p),
+    }
+    for name, scope in shorthand.items():
+        existing = tokens.get(name, {})
+        # A non-table [token.NAME] stays as it is, to be reported as "must be a table".
+        tokens[name] = {**existing, "scope": scope} if isinstance(existing, dict) else existing
+    return Raw(
+        source=source,
+        base=source.parent.absolute() if source else Path.cwd(),
+        where=where,
+        values=_top_level(data, overrides, env, p),
+        identities=_table(data, "identity", where, p),
+        tokens=tokens,
+        hook=data.get("hook"),
+        has_hook="hook" in data,
+    )

@@ -1,0 +1,179 @@
+"""Plain data shared by every stage: who authenticates, which tokens, what came back, why it failed.
+
+Nothing here does I/O or imports another module of this package; every other module may import
+it. The pipeline (see the README's "Architecture" section) moves these values one way:
+
+    Identity + TokenSpec ──► exchange ──► AccessToken ──► output (OutputSpec) ──► file
+                                  └──────── Reason (on failure) ──► metrics, logs, scheduler
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import time
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Protocol
+
+
+class Reason(StrEnum):
+    """Why a refresh failed: the ``reason`` label of the failure counter and the log field.
+
+    A closed set, so metric labels stay bounded. Exceptions, metrics and logs all use it.
+    """
+
+    NETWORK = "network"
+    """No answer: connection refused/reset, DNS, TLS handshake failure."""
+    TIMEOUT = "timeout"
+    """No complete answer within ``request_timeout``."""
+    THROTTLED = "throttled"
+    """HTTP 429 (honour Retry-After)."""
+    SERVER_ERROR = "server_error"
+    """HTTP 5xx."""
+    INVALID_RESPONSE = "invalid_response"
+    """An answer that is not a usable token response."""
+    CLIENT_ERROR = "client_error"
+    """HTTP 4xx with an Entra error body (AADSTS code)."""
+    ASSERTION_UNAVAILABLE = "assertion_unavailable"
+    """The projected token is missing, unreadable, malformed or expired."""
+    WRITE_ERROR = "write_error"
+    """The token file could not be written (disk full, read-only, planted directory)."""
+
+
+class Clock(Protocol):
+    """Injectable time source (tests use a fake one and never wait)."""
+
+    def wall(self) -> float:
+        """Unix time, seconds."""
+        ...
+
+    def monotonic(self) -> float:
+        """Monotonic seconds."""
+        ...
+
+
+class SystemClock:
+    """The real clocks."""
+
+    def wall(self) -> float:
+        """Unix time, seconds."""
+        return time.time()
+
+    def monotonic(self) -> float:
+        """Monotonic seconds."""
+        return time.monotonic()
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Refresh and retry tunables; every duration in seconds (see the configuration reference).
+
+    ``refresh_at`` and ``jitter`` are fractions of a token's lifetime. ``config_backoff_max``
+    caps the backoff after a configuration error from Entra (TOML ``config_error_backoff_max``).
+    """
+
+    refresh_at: float = 0.5
+    jitter: float = 0.1
+    min_refresh_interval: float = 5.0
+    backoff_initial: float = 1.0
+    backoff_max: float = 60.0
+    config_error_backoff_max: float = 300.0
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who the daemon authenticates as: an app registration (or managed identity) and the
+    projected service-account token used as its client assertion.
+
+    ``authority_host`` is ``https://host[:port]`` without a trailing slash; ``ca_file`` a PEM
+    bundle replacing the system trust store for this identity's requests.
+    """
+
+    name: str
+    tenant_id: str
+    client_id: str
+    token_file: Path
+    authority_host: str
+    ca_file: Path | None = None
+
+
+@dataclass(frozen=True)
+class Hook:
+    """What to do after a token file is replaced: run a command and/or signal a process.
+
+    ``exec`` is an argv (no shell); ``timeout`` seconds; ``signal`` a signal number.
+    """
+
+    exec: tuple[str, ...] = ()
+    timeout: float = 10.0
+    pid_file: Path | None = None
+    signal: int = int(signal.SIGHUP)
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """Where and how one token is written: an absolute ``path`` inside output_dir, a format
+    name, the file's mode bits and optional owner/group ids."""
+
+    path: Path
+    format: str = "raw"
+    file_mode: int = 0o640
+    file_owner: int | None = None
+    file_group: int | None = None
+
+
+@dataclass(frozen=True)
+class TokenSpec:
+    """One access token to keep fresh. ``name`` is its identity in file names, logs and metrics;
+    ``identity`` names an ``Identity``; ``scope`` is ``<resource>/.default``."""
+
+    name: str
+    scope: str
+    identity: str
+    output: OutputSpec
+    hook: Hook | None = None
+
+    @property
+    def path(self) -> Path:
+        """The token file's absolute path."""
+        return self.output.path
+
+
+@dataclass(frozen=True)
+class AccessToken:
+    """An issued access token and where it came from. ``repr`` never shows the token.
+
+    ``expires_in`` is the lifetime Entra granted (seconds); ``expires_on`` the unix time it
+    ends, measured from when the request was *sent*; ``refresh_in`` Entra's hint (seconds) or
+    None. ``tenant_id``/``client_id`` record the identity that obtained it (provenance).
+    """
+
+    token: str = field(repr=False)
+    token_type: str
+    expires_in: float
+    expires_on: float
+    refresh_in: float | None
+    scope: str
+    request_id: str
+    tenant_id: str = ""
+    client_id: str = ""
+
+
+# ---- names entra-tokend reserves in output_dir (lock, temp files) -------------------------
+
+LOCK_NAME = ".entra-tokend.lock"
+"""The output directory's lock file (see ``lock``)."""
+TEMP_MARKER = ".entra-tokend-"
+_TEMP_RE = re.compile(r"^\..+\.entra-tokend-[0-9a-f]{16}\.tmp$")
+
+
+def is_temp_name(name: str) -> bool:
+    """True for the temp-file names the atomic writer produces (and only those)."""
+    return bool(_TEMP_RE.match(name))
+
+
+def is_reserved_name(name: str) -> bool:
+    """True for a file name a token must not use: the lock file or a temp-file name."""
+    return name == LOCK_NAME or is_temp_name(name)

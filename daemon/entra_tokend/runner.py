@@ -1,0 +1,254 @@
+"""``TokenRunner``: one token's life — wait until due, get an assertion, exchange, deliver.
+
+Each configured token has one runner and one asyncio task (``run``). The runner owns the
+token's state machine and its failure handling (log once per distinct failure, count it by
+``Reason``, back off); it asks its ``TokenSchedule`` *when*, and is handed every collaborator —
+the identity's credential source, an exchange stage, an output, metrics, readiness, a clock and
+the shared concurrency limiter — so it can be driven in process on a fake clock with fakes.
+
+States::
+
+    PENDING ──success──► OK ◄──success── FAILING
+       └─────failure───────────────────────►┘
+    (EXPIRED is reported while the last good token has passed its expiry, whatever the state.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from enum import StrEnum
+from typing import Any, Protocol
+
+from entra_tokend.assertion import Assertion, AssertionUnavailable
+from entra_tokend.credentials import AssertionProvider, iso
+from entra_tokend.exchange.errors import ExchangeError
+from entra_tokend.logging import get_logger
+from entra_tokend.metrics import Metrics
+from entra_tokend.model import AccessToken, Clock, Identity, Reason, TokenSpec
+from entra_tokend.outputs import Output, WriteError
+from entra_tokend.readiness import Readiness
+from entra_tokend.scheduler import TokenSchedule
+
+
+class State(StrEnum):
+    """A token's state as ``/readyz`` and the logs report it."""
+
+    PENDING = "pending"
+    """No token yet and no failed attempt."""
+    OK = "ok"
+    """The last attempt succeeded (or a valid file was adopted)."""
+    FAILING = "failing"
+    """The last attempt failed; a retry is scheduled."""
+    EXPIRED = "expired"
+    """The last good token has expired (derived: see ``TokenRunner.state``)."""
+
+
+class Exchange(Protocol):
+    """An exchange stage: turns an assertion into an access token."""
+
+    async def exchange(self, identity: Identity, scope: str, assertion: str) -> AccessToken:
+        """Raises ``ExchangeError``; its text never holds a secret."""
+        ...
+
+
+class TokenRunner:
+    """Keeps one token fresh. Create, ``adopt`` a file from an earlier run, then ``start``."""
+
+    def __init__(
+        self,
+        spec: TokenSpec,
+        *,
+        schedule: TokenSchedule,
+        source: AssertionProvider,
+        exchange: Exchange,
+        output: Output,
+        metrics: Metrics,
+        readiness: Readiness,
+        clock: Clock,
+        limiter: asyncio.Semaphore,
+        on_attempt: Callable[[TokenRunner], None] | None = None,
+    ) -> None:
+        self.spec = spec
+        self.schedule = schedule
+        self.source = source
+        self._exchange = exchange
+        self._output = output
+        self._metrics = metrics
+        self._readiness = readiness
+        self._clock = clock
+        self._limiter = limiter
+        self._on_attempt = on_attempt
+        self._log = get_logger(token=spec.name, identity=spec.identity)
+        self._state = State.PENDING
+        self._last_failure: tuple[Any, ...] | None = None  # to log repeats quietly
+        self._wake = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+        self.succeeded_once = False
+        self.done = False  # a refresh (and its hook) finished with a success
+        self.fatal: str | None = None  # a configuration error (run --once gives up on it)
+        metrics.token_configured(spec.name, spec.identity)
+
+    # ---- state ---------------------------------------------------------------------------
+
+    @property
+    def state(self) -> State:
+        """The current state; EXPIRED while the last good token has passed its expiry."""
+        if self.schedule.expires is not None and not self.schedule.valid():
+            return State.EXPIRED
+        return self._state
+
+    @property
+    def state_name(self) -> str:
+        """``state`` as text (for ``/readyz``)."""
+        return str(self.state)
+
+    def valid(self) -> bool:
+        """True while the token on disk is unexpired."""
+        return self.schedule.valid()
+
+    # ---- lifecycle -----------------------------------------------------------------------
+
+    def adopt(self) -> None:
+        """Take over a still-valid file an earlier run wrote (refresh on its schedule)."""
+        existing = self._output.existing()
+        if existing and existing.expires_on > self._clock.wall():
+            self.schedule.adopted(existing.issued_at, existing.expires_on)
+            self._state = State.OK
+            self._metrics.token_adopted(self.spec.name, existing.expires_on)
+
+    def start(self) -> None:
+        """Start the token's task (idempotent)."""
+        if self.task is None:
+            self.task = asyncio.create_task(self.run(), name=self.spec.name)
+
+    def stop(self) -> None:
+        """Cancel the task (a reload removed or replaced this token, or the daemon stops)."""
+        if self.task is not None:
+            self.task.cancel()
+
+    def wake(self) -> None:
+        """Re-evaluate the schedule now (a wall-clock jump, a forced refresh)."""
+        self._wake.set()
+
+    def refresh_now(self) -> None:
+        """Make the token due now and wake it (``run --once``)."""
+        self.schedule.retry_now()
+        self._wake.set()
+
+    def on_rotation(self) -> None:
+        """Subscription callback: the identity's assertion changed."""
+        if self.schedule.rotated():
+            self._wake.set()
+
+    # ---- the loop ------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Sleep until due (or until the token expires), refresh; forever."""
+        while True:
+            self._readiness.changed(self.spec.name)
+            wait = self.schedule.wake_in()
+            if wait > 0:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=wait)
+                continue
+            try:
+                await self.refresh()
+            except Exception as exc:  # a bug must not end this token's refreshes for good
+                self._state = State.FAILING
+                delay = self.schedule.failed(Reason.NETWORK)
+                self._log.error(
+                    "unexpected error while refreshing; retrying",
+                    error=type(exc).__name__,
+                    retry_in=round(delay, 2),
+                )
+            finally:
+                if self.succeeded_once and not self.done:
+                    self.done = True
+                if self._on_attempt is not None:
+                    self._on_attempt(self)
+
+    async def refresh(self) -> None:
+        """One attempt: assertion → exchange → output → hook. Failures are handled here."""
+        async with self._limiter:
+            self.schedule.started()
+            try:
+                assertion = self.source.current()
+            except AssertionUnavailable as exc:
+                # A rotation (watcher) retries it; the schedule keeps a slow safety net.
+                self.schedule.failed(Reason.ASSERTION_UNAVAILABLE)
+                self._failed(Reason.ASSERTION_UNAVAILABLE, {"detail": str(exc)})
+                return
+            token = await self._exchange_once(assertion)
+            if token is None:
+                return
+            try:
+                await self._output.deliver(token)
+            except WriteError as exc:
+                self.schedule.failed(Reason.WRITE_ERROR)
+                self._failed(Reason.WRITE_ERROR, {"detail": str(exc)})
+                return
+            self._succeeded(token)
+        if self.spec.hook is not None:
+            from entra_tokend.hooks import run_hook  # noqa: PLC0415 - only when configured
+
+            if not await run_hook(self.spec.hook, self.spec.name, self.spec.path, self._log):
+                self._metrics.hook_failed(self.spec.name)
+
+    async def _exchange_once(self, assertion: Assertion) -> AccessToken | None:
+        started = self._clock.monotonic()
+        try:
+            token = await self._exchange.exchange(
+                self.source.identity, self.spec.scope, assertion.token
+            )
+        except ExchangeError as exc:
+            self._metrics.exchange_observed(self.spec.identity, self._clock.monotonic() - started)
+            self._exchange_failed(exc, assertion)
+            return None
+        self._metrics.exchange_observed(self.spec.identity, self._clock.monotonic() - started)
+        return token
+
+    def _succeeded(self, token: AccessToken) -> None:
+        delay = self.schedule.succeeded(token.expires_on, token.expires_in, token.refresh_in)
+        recovered = self._state is not State.OK and self._last_failure is not None
+        self._state = State.OK
+        self.succeeded_once = True
+        self.fatal = None
+        self._last_failure = None
+        self._metrics.token_written(self.spec.name, token.expires_on, self._clock.wall())
+        self._log.info(
+            "token recovered" if recovered else "token written",
+            path=str(self.spec.path),
+            expires_at=iso(token.expires_on),
+            expires_in=int(token.expires_in),
+            next_refresh_in=round(delay, 1),
+            request_id=token.request_id,
+        )
+
+    def _exchange_failed(self, exc: ExchangeError, assertion: Assertion) -> None:
+        fields: dict[str, Any] = {"request_id": exc.request_id, "detail": exc.message}
+        fields.update(exc.details.fields())
+        if exc.hint:
+            fields["hint"] = exc.hint
+        if exc.needs_assertion_claims:
+            fields["assertion_claims"] = assertion.describe()
+        if exc.configuration:
+            self.fatal = exc.message
+        delay = self.schedule.failed(
+            exc.reason, retry_after=exc.retry_after, configuration_error=exc.configuration
+        )
+        fields["retry_in"] = round(delay, 2)
+        self._failed(exc.reason, fields, error=exc.configuration)
+
+    def _failed(self, reason: Reason, fields: dict[str, Any], *, error: bool = False) -> None:
+        self._state = State.FAILING
+        self._metrics.refresh_failed(self.spec.name, reason)
+        key = (reason, fields.get("aadsts") or fields.get("status") or fields.get("detail"))
+        repeat = self._last_failure == key
+        self._last_failure = key
+        if self.schedule.valid() and self.schedule.expires is not None:
+            fields["current_token_expires_in"] = int(self.schedule.expires.remaining(self._clock))
+        method = self._log.debug if repeat else (self._log.error if error else self._log.warning)
+        method("token refresh failed", reason=str(reason), **fields)

@@ -1,0 +1,59 @@
+"""The module structure: every module imports alone (no hidden cycle), layers point one way."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from testlib import REPO, base_env
+
+PACKAGE = REPO / "daemon" / "entra_tokend"
+
+
+def _modules() -> list[str]:
+    names = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        if parts[-1] == "__main__":
+            continue
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        names.append(".".join(parts))
+    return names
+
+
+def test_every_module_imports_alone_in_a_fresh_interpreter() -> None:
+    """A cycle shows as an ImportError only when its *second* module is imported first, so
+    each module gets an interpreter of its own."""
+    failures = []
+    for name in _modules():
+        result = subprocess.run(
+            [sys.executable, "-c", f"import {name}"],
+            env=base_env(),
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if result.returncode != 0:
+            failures.append(f"{name}: {result.stderr.strip().splitlines()[-1]}")
+    assert not failures, "\n".join(failures)
+
+
+def test_import_layers_contract_holds() -> None:
+    """import-linter's contracts in pyproject.toml (also a CI gate of its own)."""
+    lint = Path(sys.executable).parent / "lint-imports"
+    if not lint.exists():
+        pytest.skip("import-linter is not installed in this environment")
+    result = subprocess.run(
+        [str(lint), "--no-cache"],
+        env=base_env(),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "0 broken" in result.stdout
