@@ -28,6 +28,7 @@ from entra_tokend.model import Clock, SystemClock, TokenSpec
 from entra_tokend.outputs import FileOutput
 from entra_tokend.outputs.writer import make_directories, make_root, remove_stale_temp_files
 from entra_tokend.readiness import Readiness
+from entra_tokend.reaper import REAPER
 from entra_tokend.runner import Exchange, TokenRunner
 from entra_tokend.scheduler import MAX_SLEEP, TokenSchedule
 
@@ -271,6 +272,10 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)
         server = None
+        needs_reaper = any(spec.hook for spec in self.config.tokens.values()) or os.getpid() == 1
+        # Hooks' escaped descendants, and every orphan when we are PID 1, become ours to reap.
+        if needs_reaper and REAPER.enable():
+            loop.add_signal_handler(signal.SIGCHLD, REAPER.on_sigchld)
         if not once:
             loop.add_signal_handler(signal.SIGHUP, self.reload)
             try:
