@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 REPO = Path(__file__).resolve().parent.parent
 DAEMON_SRC = REPO / "daemon"
 T = TypeVar("T")
+STORAGE = "https://storage.azure.com/.default"
 
 
 def wait_until(predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.01) -> T:
