@@ -30,14 +30,12 @@ from entra_tokend.config.schema import (
     HOOK_KEYS,
     IDENTITY_ENV,
     IDENTITY_KEYS,
-    TOKEN_KEYS,
     POLICY_KEYS,
+    TOKEN_KEYS,
     TOP_LEVEL,
 )
 from entra_tokend.model import LOCK_NAME, is_temp_name
-
-STORAGE = "https://storage.azure.com/.default"
-
+from testlib import STORAGE
 
 # ---- a TOML writer for arbitrary values (tomllib only reads) -----------------------------
 
