@@ -1,11 +1,12 @@
 """Packaging: the emulator-extra hint, `healthcheck`, sdist/wheel, the hash lock, the image's steps.
 
-The PyPI-bound tests (marked ``pypi``) install into fresh venvs: they skip, saying so, when PyPI
-cannot be reached. The image's install steps are taken from the Dockerfile's own RUN lines and
-replayed here with /opt/entra-tokend and /src moved to a temporary directory; the daemon they
-install then runs the way the image runs it (UID/GID 65532, every mount read-only but the token
-directory) against the emulator. What a Docker engine would add (the distroless filesystem,
-seccomp, dropped capabilities) cannot be reproduced without one and is not claimed here.
+The PyPI-bound tests (marked ``packaging``: a CI stage of their own) install into fresh venvs;
+they skip, saying so, when PyPI cannot be reached. The image's install steps are taken from the
+Dockerfile's own RUN lines and replayed here with /opt/entra-tokend and /src moved to a
+temporary directory; the daemon they install then runs the way the image runs it (UID/GID
+65532, every mount read-only but the token directory) against the emulator. What a Docker
+engine would add (the distroless filesystem, seccomp, dropped capabilities) cannot be
+reproduced without one and is not claimed here.
 """
 
 from __future__ import annotations
@@ -124,7 +125,14 @@ def _pypi_reachable() -> bool:
         return False
 
 
-pypi = pytest.mark.skipif(not _pypi_reachable(), reason="PyPI (pypi.org:443) is unreachable")
+# `packaging`: deselected from the main suite, run by .ci/run's packaging stage.
+pypi = pytest.mark.packaging
+
+
+@pytest.fixture
+def pypi_reachable() -> None:
+    if not _pypi_reachable():
+        pytest.skip("PyPI (pypi.org:443) is unreachable")
 
 
 def make_venv(path: Path) -> Path:
@@ -152,7 +160,9 @@ def pip(bin_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pypi
-def test_sdist_and_wheel_pass_twine_and_run_from_clean_venvs(tmp_path: Path) -> None:
+def test_sdist_and_wheel_pass_twine_and_run_from_clean_venvs(
+    pypi_reachable: None, tmp_path: Path
+) -> None:
     dist = tmp_path / "dist"
     built = subprocess.run(
         [sys.executable, "-m", "build", "--outdir", str(dist), str(REPO)],
@@ -174,9 +184,22 @@ def test_sdist_and_wheel_pass_twine_and_run_from_clean_venvs(tmp_path: Path) -> 
     )
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert checked.stdout.count("PASSED") == 2
-    for artifact in (sdist, wheel):
-        bin_dir = make_venv(tmp_path / f"venv-{artifact.suffix}")
-        installed = pip(bin_dir, str(artifact))
+    # One clean venv: the locked dependencies (hash-checked) and the build backend, then each
+    # artifact alone on top, so that what is measured is the artifact, not a second resolve.
+    bin_dir = make_venv(tmp_path / "venv")
+    locked = pip(
+        bin_dir,
+        "--require-hashes",
+        "-r",
+        str(REPO / "requirements.lock"),
+        "-r",
+        str(REPO / "requirements-build.lock"),
+    )
+    assert locked.returncode == 0, locked.stderr[-3000:]
+    for artifact in (wheel, sdist):
+        installed = pip(
+            bin_dir, "--no-deps", "--no-build-isolation", "--force-reinstall", str(artifact)
+        )
         assert installed.returncode == 0, installed.stderr[-3000:]
         version = subprocess.run(
             [str(bin_dir / "entra-tokend"), "--version"],
@@ -186,6 +209,14 @@ def test_sdist_and_wheel_pass_twine_and_run_from_clean_venvs(tmp_path: Path) -> 
             check=False,
         )
         assert version.stdout.strip() == f"entra-tokend {VERSION}", version.stderr
+        check = subprocess.run(
+            [str(bin_dir / "python"), "-m", "pip", "check"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert check.returncode == 0, check.stdout  # the lock satisfies the artifact's metadata
 
 
 def lock_pins(path: Path) -> dict[str, str]:
