@@ -62,7 +62,7 @@ def _tokens(raw: Raw, output_dir: Path, defaults: OutputSpec, p: Problems) -> di
         scope, identity = checked
         where = f"token.{name}"
         fmt = table.get("format", "raw")
-        if fmt not in FORMATS:
+        if not isinstance(fmt, str) or fmt not in FORMATS:
             p.add(f"{where}.format: '{fmt}' must be one of {', '.join(FORMATS)}")
         target = validate.token_path(table.get("path", name), name, output_dir, where, p)
         if target in paths:
@@ -131,7 +131,7 @@ def load_config(overrides: Overrides, env: Mapping[str, str]) -> Config:
     )
     tokens = _tokens(raw, output_dir, defaults, p)
     identities = _identities(raw, tokens, env, p)
-    host.output_dir(output_dir, bool(values["allow_world_writable"]), p)
+    host.output_dir(output_dir, p)
     if p.lines:
         raise ConfigError(p.lines)
     return Config(

@@ -58,8 +58,27 @@ def _describe(exc: OSError) -> str:
     if exc.errno == errno.ENOSPC:
         return "disk full"
     if exc.errno == errno.ELOOP:
-        return "a symlink is planted in the path; not following it"
+        return exc.strerror or "a symlink is planted in the path; not following it"
     return exc.strerror or type(exc).__name__
+
+
+def _open_child(fd: int, part: str) -> int:
+    """Open directory ``part`` below ``fd`` without following a symlink there."""
+    try:
+        return os.open(part, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=fd)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTDIR, errno.ELOOP) and _is_symlink(fd, part):
+            raise OSError(
+                errno.ELOOP, f"{part} is a symlink planted in the path; not following it"
+            ) from None
+        raise
+
+
+def _is_symlink(fd: int, name: str) -> bool:
+    try:
+        return stat.S_ISLNK(os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode)
+    except OSError:
+        return False
 
 
 def _open_directory(directory: Path, root: Path | None) -> int:
@@ -73,7 +92,7 @@ def _open_directory(directory: Path, root: Path | None) -> int:
     fd = os.open(root, _DIR_FLAGS)
     for part in parts:
         try:
-            child = os.open(part, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=fd)
+            child = _open_child(fd, part)
         finally:
             os.close(fd)
         fd = child
@@ -140,16 +159,63 @@ def write_atomic(
         os.close(dir_fd)
 
 
-def remove_stale_temp_files(directory: Path) -> list[str]:
+DIR_MODE = 0o750
+"""Mode of every directory entra-tokend creates (output_dir and token subdirectories)."""
+
+
+def make_directories(directory: Path, root: Path, mode: int = DIR_MODE) -> None:
+    """Create ``directory`` (inside ``root``, which must exist) and its missing parents.
+
+    Each component is opened with ``O_NOFOLLOW`` relative to its parent's fd, so a symlink a
+    neighbour planted (``out/sub -> /elsewhere``) is refused, never followed. A directory
+    created here gets exactly ``mode`` (``fchmod`` after ``mkdir``: the umask does not
+    apply); existing directories are left as they are. Raises OSError (ELOOP for a symlink,
+    ENOTDIR for a file in the way).
+    """
+    parts = directory.relative_to(root).parts
+    fd = os.open(root, _DIR_FLAGS)
+    try:
+        for part in parts:
+            try:
+                os.mkdir(part, mode, dir_fd=fd)
+                created = True
+            except FileExistsError:
+                created = False
+            child = _open_child(fd, part)  # on failure the finally below closes fd
+            os.close(fd)
+            fd = child
+            if created:
+                os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
+
+
+def make_root(root: Path, mode: int = DIR_MODE) -> None:
+    """Create output_dir and missing parents, each new one with exactly ``mode``."""
+    missing: list[Path] = []
+    current = root
+    while not current.exists() and current != current.parent:
+        missing.append(current)
+        current = current.parent
+    for path in reversed(missing):
+        try:
+            os.mkdir(path, mode)
+        except FileExistsError:
+            continue
+        os.chmod(path, mode, follow_symlinks=False)
+
+
+def remove_stale_temp_files(directory: Path, root: Path | None = None) -> list[str]:
     """Remove temp files a killed run left in ``directory``: ours by name, regular, our uid.
 
-    Call it only while holding the directory's lock: another live writer's temp files look
-    exactly like stale ones.
+    Below ``root`` no path component may be a symlink (see ``write_atomic``). Call it only
+    while holding the directory's lock: another live writer's temp files look exactly like
+    stale ones.
     """
     removed: list[str] = []
     try:
-        dir_fd = os.open(directory, _DIR_FLAGS)
-    except OSError:
+        dir_fd = _open_directory(directory, root)
+    except (OSError, WriteError):
         return removed
     try:
         uid = os.getuid()
