@@ -30,8 +30,8 @@ from entra_tokend.config.schema import (
     HOOK_KEYS,
     IDENTITY_ENV,
     IDENTITY_KEYS,
-    TOKEN_KEYS,
     POLICY_KEYS,
+    TOKEN_KEYS,
     TOP_LEVEL,
 )
 from entra_tokend.model import LOCK_NAME, is_temp_name
