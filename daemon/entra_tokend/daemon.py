@@ -25,7 +25,8 @@ from entra_tokend.lock import DirectoryLock, LockError, LockHeld
 from entra_tokend.logging import get_logger
 from entra_tokend.metrics import Metrics
 from entra_tokend.model import Clock, SystemClock, TokenSpec
-from entra_tokend.outputs import FileOutput
+from entra_tokend.outputs import FileOutput, ProvenanceStore
+from entra_tokend.outputs.provenance import fingerprint
 from entra_tokend.outputs.writer import make_directories, make_root, remove_stale_temp_files
 from entra_tokend.readiness import Readiness
 from entra_tokend.reaper import REAPER
@@ -69,6 +70,7 @@ class Daemon:
         self._done: set[str] = set()
         self._running = False
         self._lock: DirectoryLock | None = None
+        self._provenance = ProvenanceStore(config.output_dir)
         self.clock_check_interval = MAX_SLEEP
         self._apply(config)
 
@@ -113,7 +115,13 @@ class Daemon:
             schedule=TokenSchedule(config.policy, self.clock),
             source=source,
             exchange=self.exchange,
-            output=FileOutput(spec.output, config.output_dir),
+            output=FileOutput(
+                spec.output,
+                config.output_dir,
+                name=spec.name,
+                print_=fingerprint(spec, source.identity),
+                store=self._provenance,
+            ),
             metrics=self.metrics,
             readiness=self.readiness,
             clock=self.clock,
@@ -201,6 +209,8 @@ class Daemon:
             self._check_output_dir_mode()
             # Lock before cleaning: a live writer's temp files look exactly like stale ones.
             self._lock = DirectoryLock.acquire(self.config.output_dir)
+            self._provenance.prepare()
+            remove_stale_temp_files(self._provenance.directory, self.config.output_dir)
             self._make_token_dirs(clean=True)
         except LockHeld as exc:
             self.log.error(

@@ -9,13 +9,16 @@ output that is not a file (the local token endpoint's cache) plugs in the same w
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
 from entra_tokend.model import AccessToken, OutputSpec
 from entra_tokend.outputs import jsondoc, raw
-from entra_tokend.outputs.writer import ExistingToken, WriteError, read_existing, write_atomic
+from entra_tokend.outputs.provenance import ExistingToken, ProvenanceStore
+from entra_tokend.outputs.writer import WriteError, write_atomic
 
 Renderer = Callable[[AccessToken], bytes]
 """Turns an issued token into a file's complete contents."""
@@ -38,36 +41,53 @@ class Output(Protocol):
         what was delivered before untouched."""
         ...
 
-    def existing(self) -> ExistingToken | None:
-        """A token delivered by an earlier run that may be adopted, or None."""
+    def adoptable(self, now: float) -> ExistingToken | str | None:
+        """A token an earlier run delivered that may be served until it is due (``now`` is
+        unix time), why such a token is not adoptable (str), or None when there is none."""
         ...
 
 
 class FileOutput:
-    """A token file inside ``root`` (the output_dir), written atomically off the event loop."""
+    """A token file inside ``root`` (the output_dir), written atomically off the event loop,
+    with a provenance record so that a restart adopts it only if it is provably this token's.
 
-    def __init__(self, spec: OutputSpec, root: Path) -> None:
+    ``name`` is the token's name; ``print_`` the configuration fingerprint
+    (``provenance.fingerprint``); ``store`` the output_dir's ``ProvenanceStore``.
+    """
+
+    def __init__(
+        self, spec: OutputSpec, root: Path, *, name: str, print_: str, store: ProvenanceStore
+    ) -> None:
         self.spec = spec
         self.root = root
         self._render = renderer_for(spec)
+        self._name = name
+        self._print = print_
+        self._store = store
 
     async def deliver(self, token: AccessToken) -> None:
-        """Render and atomically replace the file. Raises ``WriteError``."""
+        """Render and atomically replace the file, then record its provenance. Raises
+        ``WriteError`` when the file could not be replaced."""
         data = self._render(token)
-        spec = self.spec
-        await asyncio.to_thread(
-            write_atomic,
-            spec.path,
-            data,
-            spec.file_mode,
-            spec.file_owner,
-            spec.file_group,
-            root=self.root,
-        )
+        await asyncio.to_thread(self._write, data, token)
 
-    def existing(self) -> ExistingToken | None:
-        """The expiry of a file an earlier run wrote, when it can be read."""
-        return read_existing(self.spec.path, self.spec.format)
+    def _write(self, data: bytes, token: AccessToken) -> None:
+        spec = self.spec
+        write_atomic(
+            spec.path, data, spec.file_mode, spec.file_owner, spec.file_group, root=self.root
+        )
+        with contextlib.suppress(OSError, WriteError):
+            # Without a record the file is simply not adopted after a restart (one refresh).
+            self._store.record(self._name, self._print, data, token)
+
+    def adoptable(self, now: float) -> ExistingToken | str | None:
+        """The file an earlier run wrote, if its provenance checks out (see ``provenance``)."""
+        if not os.path.lexists(self.spec.path):
+            return None
+        owners = {os.getuid()} | (
+            {self.spec.file_owner} if self.spec.file_owner is not None else set()
+        )
+        return self._store.adoptable(self._name, self._print, self.spec.path, owners, now)
 
 
 __all__ = [
@@ -75,6 +95,7 @@ __all__ = [
     "ExistingToken",
     "FileOutput",
     "Output",
+    "ProvenanceStore",
     "Renderer",
     "WriteError",
     "renderer_for",

@@ -24,22 +24,16 @@ process left behind carry our marker and are removed by ``remove_stale_temp_file
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
 import errno
-import json
-import math
 import os
 import secrets
 import stat
-from dataclasses import dataclass
 from pathlib import Path
 
 from entra_tokend.model import TEMP_MARKER, Reason, is_temp_name
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
-_READ_LIMIT = 64 * 1024
 
 
 class WriteError(Exception):
@@ -235,66 +229,3 @@ def remove_stale_temp_files(directory: Path, root: Path | None = None) -> list[s
     finally:
         os.close(dir_fd)
     return sorted(removed)
-
-
-@dataclass(frozen=True)
-class ExistingToken:
-    """A token found on disk at start-up: when it was issued and when it expires."""
-
-    issued_at: float | None
-    expires_on: float
-
-
-def _read_regular(path: Path) -> bytes | None:
-    """The bytes of a small regular file at ``path``; never follows a symlink or blocks."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_size > _READ_LIMIT:
-            return None
-        return os.read(fd, _READ_LIMIT + 1)[:_READ_LIMIT]
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-
-
-def read_existing(path: Path, fmt: str) -> ExistingToken | None:
-    """Best effort: the expiry of a token file a previous run wrote, or None."""
-    raw = _read_regular(path)
-    if raw is None:
-        return None
-    try:
-        text = raw.decode("ascii").strip()
-    except UnicodeDecodeError:
-        return None
-    token = text
-    expires_on: float | None = None
-    if fmt == "json":
-        try:
-            doc = json.loads(text)
-            token = str(doc["access_token"])
-            expires_on = float(doc["expires_on"])
-        except (ValueError, KeyError, TypeError, OverflowError):
-            return None
-    issued_at: float | None = None
-    parts = token.split(".")
-    if len(parts) == 3:
-        try:
-            claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
-            if isinstance(claims, dict):
-                exp, iat = claims.get("exp"), claims.get("iat")
-                if expires_on is None and isinstance(exp, int | float):
-                    expires_on = float(exp)
-                if isinstance(iat, int | float):
-                    issued_at = float(iat)
-        except (binascii.Error, ValueError, UnicodeDecodeError, OverflowError):
-            pass
-    if expires_on is None or not math.isfinite(expires_on):
-        return None
-    if issued_at is not None and not math.isfinite(issued_at):
-        issued_at = None
-    return ExistingToken(issued_at=issued_at, expires_on=expires_on)
