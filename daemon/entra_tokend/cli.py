@@ -1,4 +1,4 @@
-"""Command line: ``run``, ``run --once``, ``check-config``, ``dev``, ``emulator``.
+"""Command line: ``run``, ``run --once``, ``check-config``, ``dev``, ``emulator``, ``healthcheck``.
 
 Exit codes: 0 success; 1 runtime failure (``run --once`` could not get every token in time);
 2 configuration or usage error, one line per problem on stderr, never a traceback.
@@ -69,6 +69,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dev.add_argument("--log-format", choices=("auto", "json", "console"), default="console")
     sub.add_parser("emulator", help="run the local Entra + kubelet emulator", add_help=False)
+    health = sub.add_parser(
+        "healthcheck",
+        help="GET a running daemon's /healthz; exit 0 if it answers 200, else 1",
+        description="For container HEALTHCHECKs: needs no shell or curl, only this command.",
+    )
+    health.add_argument(
+        "--listen",
+        metavar="HOST:PORT",
+        help="the daemon's listen address (env ENTRA_TOKEND_LISTEN; default 0.0.0.0:9464, "
+        "reached on loopback)",
+    )
+    health.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS", help="default 5")
     return parser
 
 
@@ -127,9 +139,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             from entra_tokend.emulator.cli import main as emulator_main  # noqa: PLC0415
         except ImportError as exc:
+            from entra_tokend.dev import EMULATOR_INSTALL_HINT  # noqa: PLC0415
+
             print(
-                f"entra-tokend: the emulator needs the extra: pip install 'entra-tokend[emulator]' "
-                f"({exc.name} is missing)",
+                f"entra-tokend: the emulator needs the emulator extra ({exc.name} is missing); "
+                f"install it {EMULATOR_INSTALL_HINT}",
                 file=sys.stderr,
             )
             return EXIT_CONFIG
@@ -139,6 +153,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_CONFIG
+    if args.command == "healthcheck":
+        from entra_tokend.healthcheck import healthcheck  # noqa: PLC0415
+
+        status, line = healthcheck(args.listen, os.environ, args.timeout)
+        print(line, file=sys.stderr)
+        return status
     try:
         if args.command == "dev":
             from entra_tokend.dev import run_dev  # noqa: PLC0415

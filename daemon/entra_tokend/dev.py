@@ -18,6 +18,10 @@ from entra_tokend.config import ConfigError, Overrides, load_config, parse_liste
 
 DEV_ENDPOINT_SECRET_ENV = "ENTRA_TOKEND_DEV_IDENTITY_HEADER"  # noqa: S105 - a variable name
 DEV_ENDPOINT_ALLOW = ("https://storage.azure.com", "https://vault.azure.net")
+
+# The package is not on PyPI: the extra installs from a clone (README, "The emulator").
+EMULATOR_INSTALL_HINT = "from a clone of the repository: pip install '.[emulator]'"
+
 DEV_TOKENS = (
     "storage=https://storage.azure.com/.default",
     "graph=https://graph.microsoft.com/.default",
@@ -40,9 +44,10 @@ def run_dev(args: argparse.Namespace) -> int:
     """Start the emulator, point the daemon at it, run until Ctrl-C."""
     try:
         from entra_tokend.emulator import Emulator  # noqa: PLC0415
-    except ImportError:
+    except ImportError as exc:
         print(
-            "entra-tokend: `dev` needs the emulator extra: pip install 'entra-tokend[emulator]'",
+            f"entra-tokend: `dev` needs the emulator extra ({exc.name} is missing); install it "
+            f"{EMULATOR_INSTALL_HINT}",
             file=sys.stderr,
         )
         return 2

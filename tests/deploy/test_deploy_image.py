@@ -127,12 +127,65 @@ def test_image_exposes_the_default_listen_port() -> None:
 def test_image_installs_the_daemon_without_the_emulator_extra() -> None:
     build = stages()[1]
     installs = [r for w, r in build if w == "RUN" and "pip install" in r]
-    assert len(installs) == 1
-    assert re.search(r"pip install --no-cache-dir /src(\s|$)", installs[0])
-    assert "[" not in installs[0].split("pip install", 1)[1].split("&&")[0]
+    assert len(installs) == 2
+    deps, project = installs
+    # Dependencies: only from the hash lock, binary wheels, before any source is copied.
+    assert "--require-hashes" in deps
+    assert "-r /src/requirements.lock" in deps
+    assert "--only-binary=:all:" in deps
+    # The project: no dependency resolution at all, and no extra.
+    assert re.search(
+        r"pip install --no-cache-dir --no-deps --no-build-isolation /src(\s|$)", project
+    )
+    assert "[" not in project.split("pip install", 1)[1].split("&&")[0]
     # The package's own runtime dependencies must not drag the extra in either.
-    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    assert not [d for d in project["dependencies"] if d.lower().startswith("cryptography")]
+    project_meta = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert not [d for d in project_meta["dependencies"] if d.lower().startswith("cryptography")]
+    assert "cryptography" not in (REPO / "requirements.lock").read_text()
+
+
+def test_dependencies_are_a_layer_of_their_own_before_the_source() -> None:
+    build = stages()[1]
+    index = {i: (w, r) for i, (w, r) in enumerate(build)}
+    (lock_copy,) = [i for i, (w, r) in index.items() if w == "COPY" and "requirements.lock" in r]
+    (deps_run,) = [i for i, (w, r) in index.items() if w == "RUN" and "--require-hashes" in r]
+    (source_copy,) = [i for i, (w, r) in index.items() if w == "COPY" and r.startswith("daemon/")]
+    assert lock_copy < deps_run < source_copy
+    assert "pyproject.toml" not in index[lock_copy][1]  # a version bump keeps the layer
+
+
+def test_base_images_are_build_arguments_that_take_a_digest() -> None:
+    args = global_args()
+    for stage in stages()[1:]:
+        _word, rest = stage[0]
+        assert re.fullmatch(r"\$\{(DEBIAN_IMAGE|RUNTIME_IMAGE)\}( AS \w+)?", rest), rest
+    # A digest-pinned reference is still an image reference FROM can take.
+    for name in ("DEBIAN_IMAGE", "RUNTIME_IMAGE"):
+        pinned = f"{args[name]}@sha256:{'0' * 64}"
+        assert re.fullmatch(r"[a-z0-9./-]+(:[\w.-]+)?@sha256:[0-9a-f]{64}", pinned)
+    readme = (REPO / "README.md").read_text()
+    assert "Updating the image's pins" in readme
+    section = readme.split("Updating the image's pins", 1)[1]
+    for needed in ("pip-compile", "--generate-hashes", "DEBIAN_IMAGE", "RUNTIME_IMAGE", "skopeo"):
+        assert needed in section, needed
+
+
+def test_the_version_is_defined_only_in_pyproject() -> None:
+    version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    assert version not in DOCKERFILE.read_text()
+    runtime = stages()[-1]
+    assert ("ARG", 'VERSION=""') in runtime
+    # The build fails when a VERSION build argument disagrees with the installed package.
+    assert any(w == "RUN" and '"entra-tokend ${VERSION}"' in r for w, r in stages()[1])
+
+
+def test_healthcheck_is_the_shell_less_subcommand() -> None:
+    runtime = stages()[-1]
+    (health,) = [r for w, r in runtime if w == "HEALTHCHECK"]
+    options, _, command = health.partition("CMD ")
+    assert json.loads(command)[:2] == ["entra-tokend", "healthcheck"]
+    assert "--timeout=" in options
+    assert "--listen" not in command  # it reads ENTRA_TOKEND_LISTEN, as the daemon does
 
 
 def _pattern_regex(pattern: str) -> re.Pattern[str]:

@@ -22,17 +22,24 @@ def verify_root(root: Path, unit_text: str, exec_start: str) -> None:
     """Lay out the least of a system that `systemd-analyze verify --root` needs.
 
     verify loads the unit's default dependencies (sysinit.target, basic.target, shutdown.target)
-    and insists that ExecStart's binary exists and is executable; the host may have neither
+    and insists that every Exec*= binary exists and is executable; the host may have neither
     those units nor entra-tokend installed, so both come from the test.
     """
     units = root / "usr/lib/systemd/system"
     units.mkdir(parents=True)
     for target in ("sysinit.target", "basic.target", "shutdown.target"):
         (units / target).write_text(f"[Unit]\nDescription={target}\n")
-    binary = root / exec_start.lstrip("/")
-    binary.parent.mkdir(parents=True)
-    binary.write_text("#!/bin/sh\nexit 0\n")
-    binary.chmod(0o755)
+    # ExecStart's binary, and the helpers other Exec*= lines name (ExecReload's /bin/kill).
+    others = [
+        shlex.split(line.partition("=")[2])[0]
+        for line in unit_text.splitlines()
+        if line.startswith("Exec") and not line.startswith("ExecStart=")
+    ]
+    for path in (exec_start, *others):
+        binary = root / path.lstrip("/")
+        binary.parent.mkdir(parents=True, exist_ok=True)
+        binary.write_text("#!/bin/sh\nexit 0\n")
+        binary.chmod(0o755)
     system = root / "etc/systemd/system"
     system.mkdir(parents=True)
     (system / "entra-tokend.service").write_text(unit_text)
@@ -123,6 +130,8 @@ def test_unit_speaks_the_daemons_protocol() -> None:
     argv = shlex.split(s["Service.ExecStart"][0])
     assert argv[1:] == ["run", "--config", "/etc/entra-tokend/entra-tokend.toml"]
     assert s["Service.EnvironmentFile"] == ["-/etc/entra-tokend/env"]
+    # `systemctl reload` sends the daemon's reload signal (SIGHUP) to the daemon only.
+    assert [shlex.split(v) for v in s["Service.ExecReload"]] == [["/bin/kill", "-HUP", "$MAINPID"]]
 
 
 def test_unit_gives_the_default_output_dir_to_one_group() -> None:
