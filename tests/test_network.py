@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from entra_tokend.model import Identity
 from entra_tokend.emulator import Emulator, Fault
 from entra_tokend.exchange import MAX_BODY_BYTES, ClientPool, EntraExchange, InvalidResponse
+from entra_tokend.model import Identity
 from testlib import run_cli
 
 STORAGE = "https://storage.azure.com/.default"

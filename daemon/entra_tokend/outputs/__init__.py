@@ -1,33 +1,64 @@
 """Outputs: how an issued token becomes bytes in a file.
 
 A format is a ``Renderer``: ``AccessToken -> bytes``, one small module per format (``raw``,
-``jsondoc``). ``renderer_for`` picks it from a token's ``OutputSpec``; ``FileOutput`` hands the
-bytes to the atomic writer (``writer``). The runner sees only the ``Output`` protocol, so an
-output that is not a file (the local token endpoint's cache) plugs in the same way.
+``jsondoc``, ``header``, ``envfile``, ``template``, ``dockerconfig``). ``renderer_for`` builds
+it from a token's ``OutputSpec`` (formats with settings — variable names, a template — read
+them there); ``FileOutput`` hands the bytes to the atomic writer (``writer``). The runner
+sees only the ``Output`` protocol, so an output that is not a file (the local token endpoint's
+cache) plugs in the same way.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from entra_tokend.model import AccessToken, OutputSpec
-from entra_tokend.outputs import jsondoc, raw
-from entra_tokend.outputs.writer import ExistingToken, WriteError, read_existing, write_atomic
+from entra_tokend.outputs import dockerconfig, envfile, header, jsondoc, raw, template
+from entra_tokend.outputs.writer import (
+    ExistingToken,
+    WriteError,
+    read_existing,
+    read_regular,
+    write_atomic,
+)
 
 Renderer = Callable[[AccessToken], bytes]
 """Turns an issued token into a file's complete contents."""
 
-FORMATS: dict[str, Renderer] = {"raw": raw.render, "json": jsondoc.render}
-"""Every format name a ``[token.NAME] format`` may use, and its renderer."""
+
+@dataclass(frozen=True)
+class Format:
+    """One output format: ``make`` builds its renderer from an ``OutputSpec``; ``existing``
+    reads the expiry of a file an earlier run wrote (None: such files are never adopted, the
+    token is refreshed at start)."""
+
+    make: Callable[[OutputSpec], Renderer]
+    existing: Callable[[bytes, OutputSpec], ExistingToken | None] | None = None
+
+
+def _fixed(render: Renderer) -> Callable[[OutputSpec], Renderer]:
+    return lambda _spec: render
+
+
+FORMATS: dict[str, Format] = {
+    "raw": Format(_fixed(raw.render)),
+    "json": Format(_fixed(jsondoc.render)),
+    "header": Format(_fixed(header.render), lambda data, _spec: header.existing(data)),
+    "env": Format(envfile.renderer, envfile.existing),
+    "template": Format(template.renderer),
+    "docker-config": Format(_fixed(dockerconfig.render), dockerconfig.existing),
+}
+"""Every format name a ``[token.NAME] format`` may use."""
 
 
 def renderer_for(spec: OutputSpec) -> Renderer:
-    """The renderer of ``spec.format``. Raises KeyError for an unknown format (config rejects
-    those at load time)."""
-    return FORMATS[spec.format]
+    """The renderer of ``spec.format`` with ``spec``'s settings. Raises KeyError for an
+    unknown format (config rejects those at load time)."""
+    return FORMATS[spec.format].make(spec)
 
 
 class Output(Protocol):
@@ -52,8 +83,12 @@ class FileOutput:
         self._render = renderer_for(spec)
 
     async def deliver(self, token: AccessToken) -> None:
-        """Render and atomically replace the file. Raises ``WriteError``."""
-        data = self._render(token)
+        """Render and atomically replace the file. Raises ``WriteError`` (also for a token
+        the format cannot hold, e.g. an ``env`` value that would need quoting)."""
+        try:
+            data = self._render(token)
+        except envfile.UnsafeValue as exc:
+            raise WriteError(str(exc)) from None
         spec = self.spec
         await asyncio.to_thread(
             write_atomic,
@@ -67,13 +102,18 @@ class FileOutput:
 
     def existing(self) -> ExistingToken | None:
         """The expiry of a file an earlier run wrote, when it can be read."""
-        return read_existing(self.spec.path, self.spec.format)
+        if self.spec.format in ("raw", "json"):
+            return read_existing(self.spec.path, self.spec.format)
+        reader = FORMATS[self.spec.format].existing
+        data = read_regular(self.spec.path) if reader is not None else None
+        return reader(data, self.spec) if reader is not None and data is not None else None
 
 
 __all__ = [
     "FORMATS",
     "ExistingToken",
     "FileOutput",
+    "Format",
     "Output",
     "Renderer",
     "WriteError",

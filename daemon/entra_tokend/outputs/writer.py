@@ -196,8 +196,54 @@ def _read_regular(path: Path) -> bytes | None:
         os.close(fd)
 
 
+def read_regular(path: Path) -> bytes | None:
+    """The bytes of a small regular file at ``path`` (None when absent, not a regular file,
+    unreadable or larger than the read limit); never follows a symlink or blocks."""
+    return _read_regular(path)
+
+
+def jwt_times(token: str) -> tuple[float | None, float | None]:
+    """``(iat, exp)`` of a JWT's payload (unix seconds), each None when absent or unreadable.
+
+    The signature is not checked: this only estimates when a credential on disk ends.
+    """
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None, None
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except (binascii.Error, ValueError, UnicodeDecodeError, OverflowError):
+        return None, None
+    if not isinstance(claims, dict):
+        return None, None
+
+    def number(key: str) -> float | None:
+        value = claims.get(key)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return None
+        try:
+            result = float(value)
+        except OverflowError:
+            return None
+        return result if math.isfinite(result) else None
+
+    return number("iat"), number("exp")
+
+
+def existing_from(token: str, expires_on: float | None = None) -> ExistingToken | None:
+    """An ``ExistingToken`` for ``token`` found on disk: ``expires_on`` if the file states it,
+    else the JWT's ``exp``; None when neither is known."""
+    issued_at, exp = jwt_times(token)
+    if expires_on is None:
+        expires_on = exp
+    if expires_on is None or not math.isfinite(expires_on):
+        return None
+    return ExistingToken(issued_at=issued_at, expires_on=expires_on)
+
+
 def read_existing(path: Path, fmt: str) -> ExistingToken | None:
-    """Best effort: the expiry of a token file a previous run wrote, or None."""
+    """Best effort: the expiry of a ``raw`` or ``json`` token file a previous run wrote, or
+    None."""
     raw = _read_regular(path)
     if raw is None:
         return None
@@ -214,21 +260,4 @@ def read_existing(path: Path, fmt: str) -> ExistingToken | None:
             expires_on = float(doc["expires_on"])
         except (ValueError, KeyError, TypeError, OverflowError):
             return None
-    issued_at: float | None = None
-    parts = token.split(".")
-    if len(parts) == 3:
-        try:
-            claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
-            if isinstance(claims, dict):
-                exp, iat = claims.get("exp"), claims.get("iat")
-                if expires_on is None and isinstance(exp, int | float):
-                    expires_on = float(exp)
-                if isinstance(iat, int | float):
-                    issued_at = float(iat)
-        except (binascii.Error, ValueError, UnicodeDecodeError, OverflowError):
-            pass
-    if expires_on is None or not math.isfinite(expires_on):
-        return None
-    if issued_at is not None and not math.isfinite(issued_at):
-        issued_at = None
-    return ExistingToken(issued_at=issued_at, expires_on=expires_on)
+    return existing_from(token, expires_on)
