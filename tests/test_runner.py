@@ -18,7 +18,7 @@ import pytest
 from entra_tokend.assertion import Assertion, AssertionMissing, parse_assertion
 from entra_tokend.config import Overrides, load_config
 from entra_tokend.daemon import Daemon
-from entra_tokend.exchange import ClientError, ErrorDetails, ServerError
+from entra_tokend.exchange import ClientError, ErrorDetails, ServerError, Throttled
 from entra_tokend.metrics import Metrics
 from entra_tokend.model import AccessToken, Identity, OutputSpec, Policy, Reason, TokenSpec
 from entra_tokend.outputs import ExistingToken, WriteError
@@ -152,6 +152,16 @@ def server_error() -> ServerError:
     return ServerError("HTTP 503", request_id="r", details=ErrorDetails(status=503))
 
 
+def assertion_expired() -> ClientError:
+    details = ErrorDetails(status=400, error="invalid_client", aadsts=700024)
+    return ClientError("HTTP 400", request_id="r", details=details, rotation_may_fix=True)
+
+
+def throttled(retry_after: float) -> Throttled:
+    details = ErrorDetails(status=429)
+    return Throttled("HTTP 429", request_id="r", details=details, retry_after=retry_after)
+
+
 def config_error() -> ClientError:
     details = ErrorDetails(status=400, error="unauthorized_client", aadsts=700016)
     return ClientError("HTTP 400", request_id="r", details=details, configuration=True)
@@ -172,7 +182,7 @@ def test_success_delivers_and_schedules_the_refresh_before_expiry() -> None:
 def test_rotation_during_an_in_flight_request_retries_at_once_when_that_request_fails() -> None:
     async def scenario() -> None:
         h = Harness()
-        h.exchange.script = [server_error()]
+        h.exchange.script = [assertion_expired()]
         h.exchange.gate = asyncio.Event()
         attempt = asyncio.create_task(h.runner.refresh())
         await h.exchange.entered.wait()
@@ -181,7 +191,7 @@ def test_rotation_during_an_in_flight_request_retries_at_once_when_that_request_
         h.exchange.gate.set()
         await attempt
         assert h.runner.state is State.FAILING
-        assert h.runner.schedule.due_in() == 0  # not the server-error backoff: retry now
+        assert h.runner.schedule.due_in() == 0  # not the backoff: the new assertion may work
         h.exchange.gate = None
         await h.runner.refresh()
         assert h.exchange.sent[-1] == make_assertion(1).token
@@ -298,5 +308,58 @@ def test_refresh_is_always_scheduled_before_expiry(lifetime: float) -> None:
             due = h.runner.schedule.due_in()
             assert 0 < due < lifetime
             h.clock.advance(due)
+
+    asyncio.run(scenario())
+
+
+def test_rotation_never_undercuts_retry_after_or_a_server_error_backoff() -> None:
+    async def scenario() -> None:
+        h = Harness()
+        h.exchange.script = [throttled(120.0)]
+        await h.runner.refresh()
+        h.source.assertion = make_assertion(1)
+        h.runner.on_rotation()
+        assert h.runner.schedule.due_in() >= 120.0
+        h.exchange.script = [server_error()]
+        h.exchange.gate = asyncio.Event()
+        h.clock.advance(120.0)
+        attempt = asyncio.create_task(h.runner.refresh())
+        await h.exchange.entered.wait()
+        h.source.assertion = make_assertion(2)
+        h.runner.on_rotation()  # mid-flight; a 503 is not the assertion's fault
+        h.exchange.gate.set()
+        await attempt
+        assert h.runner.schedule.due_in() > 0
+        assert len(h.exchange.sent) == 2
+
+    asyncio.run(scenario())
+
+
+def test_write_failure_retries_the_write_with_the_token_it_holds() -> None:
+    async def scenario() -> None:
+        h = Harness()
+        h.output.fail = WriteError("cannot write /out/storage: disk full")
+        await h.runner.refresh()
+        await h.runner.refresh()
+        assert len(h.exchange.sent) == 1  # the second attempt asked Entra for nothing
+        h.output.fail = None
+        await h.runner.refresh()
+        assert h.output.delivered == ["token-1"]
+        assert len(h.exchange.sent) == 1
+        assert h.runner.state is State.OK
+
+    asyncio.run(scenario())
+
+
+def test_unexpected_errors_are_counted_as_internal_and_backed_off() -> None:
+    async def scenario() -> None:
+        h = Harness()
+        h.exchange.script = [RuntimeError("a bug quoting eyJsecret")]
+        task = asyncio.create_task(h.runner.run())
+        while h.failures(Reason.INTERNAL) == 0:
+            await asyncio.sleep(0)
+        task.cancel()
+        assert h.runner.state is State.FAILING
+        assert h.runner.schedule.due_in() > 0
 
     asyncio.run(scenario())

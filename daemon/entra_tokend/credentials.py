@@ -21,7 +21,7 @@ from entra_tokend.assertion import (
     check_unexpired,
     read_assertion,
 )
-from entra_tokend.logging import get_logger
+from entra_tokend.logging import get_logger, remember_secret
 from entra_tokend.metrics import Metrics
 from entra_tokend.model import Clock, Identity
 
@@ -80,6 +80,10 @@ class CredentialSource:
         if self._problem is not None:
             self._problem = None
             self._log.info("projected token usable again")
+            # Same content as before it went missing is no rotation, but the tokens that
+            # failed for want of it can retry now.
+            for callback in list(self._subscribers):
+                callback()
         return assertion
 
     def check(self) -> None:
@@ -93,6 +97,7 @@ class CredentialSource:
             self._log.warning("projected token unavailable", problem=kind, detail=message)
 
     def _rotated(self, assertion: Assertion) -> None:
+        remember_secret(assertion.token)
         first = self.assertion is None
         self.assertion = assertion
         name = self.identity.name

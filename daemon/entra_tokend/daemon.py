@@ -152,6 +152,18 @@ class Daemon:
             for problem in exc.problems:
                 self.log.error("configuration reload rejected", problem=problem)
             return
+        except Exception as exc:  # the loader must never take the daemon down
+            self.log.error(
+                "configuration reload failed; keeping the running one", error=type(exc).__name__
+            )
+            return
+        if config.output_dir != self.config.output_dir:
+            # The lock and the stale-file cleanup belong to the directory we started with.
+            self.log.error(
+                "configuration reload rejected",
+                problem="output_dir cannot change while running; restart to use the new one",
+            )
+            return
         if config.listen != self.config.listen:
             self.log.warning("listen changed; it takes effect at the next restart")
         before = set(self.runners)

@@ -22,9 +22,32 @@ REDACTED = "[REDACTED]"
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
 
+# Every secret the process holds (assertions, issued tokens, registry refresh tokens, endpoint
+# secrets), redacted by value: shape rules miss opaque tokens, JWE and non-`eyJ` assertions.
+# Bounded (oldest dropped) so a long run does not grow without end; current secrets are
+# re-registered each time they are issued or read.
+_MAX_SECRETS = 8192
+_MIN_SECRET_LENGTH = 8  # shorter values would redact ordinary words
+_secrets: dict[str, None] = {}
+
+
+def remember_secret(*values: str) -> None:
+    """Redact each of ``values`` (at least 8 characters) from every log line from now on."""
+    for value in values:
+        if len(value) < _MIN_SECRET_LENGTH:
+            continue
+        _secrets.pop(value, None)
+        _secrets[value] = None
+        if len(_secrets) > _MAX_SECRETS:
+            del _secrets[next(iter(_secrets))]
+
 
 def redact_text(text: str) -> str:
-    """Replace anything shaped like a JWT, a bearer credential or a form assertion."""
+    """Replace every remembered secret, and anything shaped like a JWT, a bearer credential or
+    a form assertion, with ``[REDACTED]``."""
+    for secret in _secrets:
+        if secret in text:
+            text = text.replace(secret, REDACTED)
     text = _JWT_RE.sub(REDACTED, text)
     text = _BEARER_RE.sub(lambda m: m.group(1) + REDACTED, text)
     return _ASSERTION_RE.sub(lambda m: m.group(1) + REDACTED, text)

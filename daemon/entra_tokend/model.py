@@ -41,6 +41,8 @@ class Reason(StrEnum):
     """The projected token is missing, unreadable, malformed or expired."""
     WRITE_ERROR = "write_error"
     """The token file could not be written (disk full, read-only, planted directory)."""
+    INTERNAL = "internal"
+    """An unexpected error inside entra-tokend (a bug): logged with its type, backed off."""
 
 
 class Clock(Protocol):

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 from entra_tokend.assertion import Assertion, AssertionUnavailable
 from entra_tokend.credentials import AssertionProvider, iso
 from entra_tokend.exchange.errors import ExchangeError
-from entra_tokend.logging import get_logger
+from entra_tokend.logging import get_logger, remember_secret
 from entra_tokend.metrics import Metrics
 from entra_tokend.model import AccessToken, Clock, Identity, Reason, TokenSpec
 from entra_tokend.outputs import Output, WriteError
@@ -84,6 +84,9 @@ class TokenRunner:
         self._state = State.PENDING
         self._last_failure: tuple[Any, ...] | None = None  # to log repeats quietly
         self._wake = asyncio.Event()
+        # A token whose delivery failed (disk full): the next attempt writes it again rather
+        # than asking Entra for another, while it has at least half its lifetime left.
+        self._undelivered: AccessToken | None = None
         self.task: asyncio.Task[None] | None = None
         self.succeeded_once = False
         self.done = False  # a refresh (and its hook) finished with a success
@@ -157,12 +160,12 @@ class TokenRunner:
             try:
                 await self.refresh()
             except Exception as exc:  # a bug must not end this token's refreshes for good
-                self._state = State.FAILING
-                delay = self.schedule.failed(Reason.NETWORK)
-                self._log.error(
-                    "unexpected error while refreshing; retrying",
-                    error=type(exc).__name__,
-                    retry_in=round(delay, 2),
+                delay = self.schedule.failed(Reason.INTERNAL)
+                # The type only: an exception's text may quote what it was handling.
+                self._failed(
+                    Reason.INTERNAL,
+                    {"error": type(exc).__name__, "retry_in": round(delay, 2)},
+                    error=True,
                 )
             finally:
                 if self.succeeded_once and not self.done:
@@ -173,29 +176,39 @@ class TokenRunner:
     async def refresh(self) -> None:
         """One attempt: assertion → exchange → output → hook. Failures are handled here."""
         async with self._limiter:
-            self.schedule.started()
             try:
+                # Before `started`: a rotation this read notices is not "during the attempt".
                 assertion = self.source.current()
             except AssertionUnavailable as exc:
                 # A rotation (watcher) retries it; the schedule keeps a slow safety net.
                 self.schedule.failed(Reason.ASSERTION_UNAVAILABLE)
                 self._failed(Reason.ASSERTION_UNAVAILABLE, {"detail": str(exc)})
                 return
-            token = await self._exchange_once(assertion)
+            self.schedule.started()
+            token = self._reusable_undelivered() or await self._exchange_once(assertion)
             if token is None:
                 return
             try:
                 await self._output.deliver(token)
             except WriteError as exc:
-                self.schedule.failed(Reason.WRITE_ERROR)
-                self._failed(Reason.WRITE_ERROR, {"detail": str(exc)})
+                self._undelivered = token
+                delay = self.schedule.failed(Reason.WRITE_ERROR)
+                self._failed(Reason.WRITE_ERROR, {"detail": str(exc), "retry_in": round(delay, 2)})
                 return
+            self._undelivered = None
             self._succeeded(token)
         if self.spec.hook is not None:
             from entra_tokend.hooks import run_hook  # noqa: PLC0415 - only when configured
 
             if not await run_hook(self.spec.hook, self.spec.name, self.spec.path, self._log):
                 self._metrics.hook_failed(self.spec.name)
+
+    def _reusable_undelivered(self) -> AccessToken | None:
+        token = self._undelivered
+        if token is not None and token.expires_on - self._clock.wall() > token.expires_in / 2:
+            return token
+        self._undelivered = None
+        return None
 
     async def _exchange_once(self, assertion: Assertion) -> AccessToken | None:
         started = self._clock.monotonic()
@@ -208,6 +221,7 @@ class TokenRunner:
             self._exchange_failed(exc, assertion)
             return None
         self._metrics.exchange_observed(self.spec.identity, self._clock.monotonic() - started)
+        remember_secret(token.token)
         return token
 
     def _succeeded(self, token: AccessToken) -> None:
@@ -237,7 +251,10 @@ class TokenRunner:
         if exc.configuration:
             self.fatal = exc.message
         delay = self.schedule.failed(
-            exc.reason, retry_after=exc.retry_after, configuration_error=exc.configuration
+            exc.reason,
+            retry_after=exc.retry_after,
+            configuration_error=exc.configuration,
+            rotation_may_fix=exc.rotation_may_fix,
         )
         fields["retry_in"] = round(delay, 2)
         self._failed(exc.reason, fields, error=exc.configuration)

@@ -140,6 +140,7 @@ class TokenSchedule:
         self.last_reason: Reason | None = None
         self.attempting = False
         self._rotated_during_attempt = False
+        self._rotation_may_fix = False
 
     def due_in(self) -> float:
         """Seconds until the next exchange should start (<= 0: now)."""
@@ -163,6 +164,7 @@ class TokenSchedule:
         self.attempting = False
         self.failures = 0
         self.last_reason = None
+        self._rotation_may_fix = False
         first = self.expires is None  # no token before: a fresh start (adopted() sets one)
         self.expires = Deadline.at_wall(self.clock, expires_on)
         # The lifetime left may be shorter than `lifetime` (clock skew); plan on what is left.
@@ -193,15 +195,19 @@ class TokenSchedule:
         *,
         retry_after: float | None = None,
         configuration_error: bool = False,
+        rotation_may_fix: bool = False,
     ) -> float:
         """Record a failed attempt; returns the delay until the retry.
 
         A missing assertion waits for the watcher (a rotation retries at once) with a slow
         safety retry after ``config_error_backoff_max``. Other failures back off (see
-        ``backoff_delay``). A rotation noticed while the attempt was in flight retries at once.
+        ``backoff_delay``). ``rotation_may_fix`` marks failures a new assertion can fix (expired
+        or rejected assertion, federation mismatch): only those retry at once on a rotation —
+        also one noticed while this attempt was in flight. Nothing else undercuts its backoff.
         """
         self.attempting = False
         self.last_reason = reason
+        self._rotation_may_fix = rotation_may_fix or reason is Reason.ASSERTION_UNAVAILABLE
         if reason is Reason.ASSERTION_UNAVAILABLE:
             delay = self.policy.config_error_backoff_max
         else:
@@ -213,20 +219,22 @@ class TokenSchedule:
                 configuration_error=configuration_error,
             )
             self.failures += 1
-        if self._rotated_during_attempt:
+        if self._rotated_during_attempt and self._rotation_may_fix:
             # The attempt used the assertion that was just replaced; the new one may work.
-            self._rotated_during_attempt = False
             delay = 0.0
+        self._rotated_during_attempt = False
         self.due = Deadline.after(self.clock, delay)
         return delay
 
     def rotated(self) -> bool:
-        """The identity's projected token changed. Returns True when this token should retry
-        now (wake the runner): it has no good token yet or its last attempt failed.
+        """The identity's projected token changed (or became readable again). Returns True when
+        this token should retry now (wake the runner): its last attempt failed in a way a new
+        assertion can fix. Throttling, server errors and write errors keep their backoff.
 
-        During an attempt nothing changes now; a failure of that attempt then retries at once.
+        During an attempt nothing changes now; if that attempt fails in a way a new assertion
+        can fix, it retries at once.
         """
-        needs_retry = self.last_reason is not None or self.expires is None
+        needs_retry = self.last_reason is not None and self._rotation_may_fix
         if self.attempting:
             self._rotated_during_attempt = True
             return False

@@ -55,6 +55,9 @@ def read_toml(path: Path) -> dict[str, Any]:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"config file {path}: invalid TOML: {exc}"]) from None
+    except RecursionError:
+        # tomllib recurses per nesting level; thousands of levels are no configuration.
+        raise ConfigError([f"config file {path}: invalid TOML: nested too deeply"]) from None
 
 
 def parse_token_shorthand(items: Sequence[str], where: str, p: Problems) -> dict[str, str]:

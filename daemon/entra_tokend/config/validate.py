@@ -41,6 +41,9 @@ from entra_tokend.outputs import template as template_format
 
 _DNS_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 
+# Longest file name (one path component) Linux filesystems accept, in bytes.
+NAME_MAX = 255
+
 
 class Problems:
     """Collected problem lines."""
@@ -133,8 +136,17 @@ def authority(value: str, where: str, p: Problems) -> str:
     except ValueError:  # e.g. an unclosed '[' of an IPv6 literal
         p.add(f"{where}: '{value}' is not an http(s) URL")
         return url
+    if parts.username is not None or parts.password is not None:
+        # Not echoed: the user information may be a password.
+        p.add(f"{where}: must not contain user information (user:password@); use https://HOST")
+        return url
     if parts.scheme not in ("https", "http") or not hostname:
         p.add(f"{where}: '{value}' is not an http(s) URL")
+    elif parts.path not in ("", "/"):
+        p.add(
+            f"{where}: '{value}' must be https://HOST[:PORT] without a path "
+            "(the tenant belongs in tenant_id)"
+        )
     elif parts.scheme == "http" and not is_loopback_host(hostname):
         p.add(f"{where}: '{value}' uses plain http; only loopback authorities may (use https)")
     elif parts.query or parts.fragment:
@@ -276,7 +288,10 @@ def token_path(rel: Any, name: str, output_dir: Path, where: str, p: Problems) -
     elif has_nul(rel, f"{where}.path", p):
         rel = name
     target = Path(os.path.normpath(output_dir / rel))
-    if Path(rel).is_absolute() or not target.is_relative_to(output_dir) or target == output_dir:
+    too_long = [part for part in Path(rel).parts if len(os.fsencode(part)) > NAME_MAX]
+    if too_long:
+        p.add(f"{where}.path: a path component is longer than {NAME_MAX} bytes")
+    elif Path(rel).is_absolute() or not target.is_relative_to(output_dir) or target == output_dir:
         p.add(f"{where}.path: '{rel}' must be a file name inside output_dir")
     elif is_reserved_name(target.name):
         p.add(f"{where}.path: '{rel}' is a name entra-tokend uses for its lock or temp files")

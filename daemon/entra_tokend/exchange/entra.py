@@ -10,7 +10,10 @@ This module knows nothing of *when* requests happen or where tokens go.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import math
+import ssl
 import uuid
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -31,6 +34,14 @@ from entra_tokend.exchange.transport import ClientPool
 from entra_tokend.model import AccessToken, Clock, Identity, SystemClock
 
 GRANT_TYPE = "client_credentials"
+# Bounds on numbers from the network (issue: "numbers from the network are bounded"). Entra
+# issues tokens of 60-90 minutes (up to 24 h with configurable lifetimes); anything outside
+# [1 s, 7 days] is not a token lifetime we can schedule sanely, so it is an invalid response
+# rather than a hot loop or a refresh planned years ahead.
+MIN_LIFETIME = 1
+MAX_LIFETIME = 7 * 86400
+# Retry-After beyond an hour is capped: a throttled token still retries within the hour.
+MAX_RETRY_AFTER = 3600.0
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 MAX_BODY_BYTES = 1024 * 1024
 
@@ -59,6 +70,9 @@ CONFIG_ERRORS = frozenset(
 )
 FEDERATION_CODES = frozenset({70021, 700211, 700212, 700213})
 ASSERTION_EXPIRED_CODE = 700024
+# Failures a new assertion can fix: expired, not yet valid or unverifiable assertions, and a
+# federation mismatch (a re-issued projected token may carry the corrected claims).
+ROTATION_FIXABLE_CODES = FEDERATION_CODES | {ASSERTION_EXPIRED_CODE, 700025, 700027, 7000215}
 
 HINT_FEDERATION = (
     "compare the federated credential's issuer, subject and audience "
@@ -79,15 +93,17 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
-        return float(value)
+    if value.isascii() and value.isdigit():
+        # Bounded before conversion: "9" * 5000 is digits too.
+        return MAX_RETRY_AFTER if len(value) > 6 else min(float(value), MAX_RETRY_AFTER)
     try:
         when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+        seconds = when.timestamp() - now
+    except (TypeError, ValueError, IndexError, OverflowError, OSError):
         return None
-    if when.tzinfo is None:
+    if when.tzinfo is None or not math.isfinite(seconds):
         return None
-    return max(0.0, when.timestamp() - now)
+    return min(max(0.0, seconds), MAX_RETRY_AFTER)
 
 
 def _aadsts(body: dict[str, Any]) -> int | None:
@@ -123,14 +139,18 @@ def error_details(status: int, body: Any) -> ErrorDetails:
     )
 
 
-def _number(value: Any) -> float | None:
-    # Entra's v2 endpoint sends integers; older endpoints sent numeric strings.
+def _seconds(value: Any) -> int | None:
+    """A whole number of seconds within [MIN_LIFETIME, MAX_LIFETIME], or None.
+
+    Entra's v2 endpoint sends JSON integers; older endpoints and the App Service protocol send
+    strings of ASCII digits. Floats, signs, exponents, Unicode digits, bools are not seconds.
+    """
     if isinstance(value, bool):
         return None
-    if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, str) and value.isdigit():
-        return float(value)
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 9:
+        value = int(value)
+    if isinstance(value, int) and MIN_LIFETIME <= value <= MAX_LIFETIME:
+        return value
     return None
 
 
@@ -154,20 +174,26 @@ def parse_token_response(body: bytes, scope: str, request_id: str, sent_at: floa
     # ' ' is the only character that is both printable and whitespace.
     if not token.isprintable() or " " in token:
         raise invalid("has an access_token with whitespace or control characters")
-    expires_in = _number(data.get("expires_in"))
-    if expires_in is None or expires_in <= 0:
-        raise invalid("has no usable expires_in")
+    expires_in = _seconds(data.get("expires_in"))
+    if expires_in is None:
+        raise invalid(
+            f"has no usable expires_in (whole seconds from {MIN_LIFETIME} to {MAX_LIFETIME})"
+        )
     token_type = data.get("token_type", "Bearer")
-    if not isinstance(token_type, str):
-        raise invalid("has a token_type that is not a string")
-    refresh_in = _number(data.get("refresh_in"))
+    if not isinstance(token_type, str) or not token_type.isascii() or len(token_type) > 64:
+        raise invalid("has a token_type that is not a short ASCII string")
+    refresh_in = None
+    if "refresh_in" in data:
+        refresh_in = _seconds(data["refresh_in"])
+        if refresh_in is None or refresh_in >= expires_in:
+            raise invalid("has a refresh_in that is not whole seconds below expires_in")
     return AccessToken(
         token=token,
         token_type=token_type,
-        expires_in=expires_in,
+        expires_in=float(expires_in),
         # Measured from when the request was sent: the token cannot outlive that estimate.
         expires_on=sent_at + expires_in,
-        refresh_in=refresh_in if refresh_in and 0 < refresh_in < expires_in else None,
+        refresh_in=None if refresh_in is None else float(refresh_in),
         scope=scope,
         request_id=request_id,
     )
@@ -209,6 +235,7 @@ def classify(
             hint=hint,
             configuration=configuration,
             needs_assertion_claims=federation,
+            rotation_may_fix=details.aadsts in ROTATION_FIXABLE_CODES,
         )
     return InvalidResponse(
         f"unexpected HTTP {status} without an Entra error body",
@@ -220,9 +247,15 @@ def classify(
 class EntraExchange:
     """Exchanges a client assertion for an access token at an identity's Entra tenant."""
 
-    def __init__(self, pool: ClientPool, clock: Clock | None = None) -> None:
+    def __init__(
+        self, pool: ClientPool, clock: Clock | None = None, timeout: float | None = None
+    ) -> None:
         self._pool = pool
         self._clock: Clock = clock or SystemClock()
+        # The whole exchange (connect, send, every byte of the answer) ends within this many
+        # seconds; httpx's own timeouts apply per phase, so a body trickling in one byte a
+        # second would otherwise never time out.
+        self._timeout = timeout if timeout is not None else pool.timeout
 
     async def exchange(self, identity: Identity, scope: str, assertion: str) -> AccessToken:
         """Request an access token for ``scope`` with ``assertion`` as the client assertion.
@@ -242,22 +275,24 @@ class EntraExchange:
         sent_at = self._clock.wall()
         client = self._pool.client(identity.ca_file)
         try:
-            async with client.stream(
-                "POST", token_endpoint(identity), data=form, headers=headers
-            ) as response:
-                body = await _read_capped(response, request_id)
-                status = response.status_code
-                retry_after_header = response.headers.get("retry-after")
-        except httpx.TimeoutException as exc:
+            async with asyncio.timeout(self._timeout):
+                async with client.stream(
+                    "POST", token_endpoint(identity), data=form, headers=headers
+                ) as response:
+                    body = await _read_capped(response, request_id)
+                    status = response.status_code
+                    retry_after_header = response.headers.get("retry-after")
+        except (TimeoutError, httpx.TimeoutException) as exc:
             raise RequestTimeout(
-                f"no answer from {identity.authority_host} within the timeout "
-                f"({type(exc).__name__})",
+                f"no complete answer from {identity.authority_host} within "
+                f"{self._timeout:g} s ({type(exc).__name__})",
                 request_id=request_id,
             ) from None
-        except httpx.HTTPError as exc:
-            # httpx's transport messages name the error, never the request body.
+        except (httpx.HTTPError, OSError, ValueError) as exc:
+            # Only the exception's type: the HTTP stack's texts can quote the bytes it read
+            # (a response body holding a token) or sent.
             raise NetworkError(
-                f"cannot reach {identity.authority_host}: {type(exc).__name__}: {exc}",
+                f"cannot reach {identity.authority_host}: {type(exc).__name__} ({_describe(exc)})",
                 request_id=request_id,
             ) from None
         if status != 200:
@@ -274,6 +309,42 @@ class EntraExchange:
             tenant_id=identity.tenant_id,
             client_id=identity.client_id,
         )
+
+
+def _describe(exc: BaseException) -> str:
+    """A fixed description of a transport failure, chosen by type (never the exception text)."""
+    kinds: tuple[tuple[type[BaseException], str], ...] = (
+        (httpx.ConnectError, "connection failed: refused, unreachable, DNS or TLS handshake"),
+        (httpx.ReadError, "connection broken while reading the answer"),
+        (httpx.WriteError, "connection broken while sending the request"),
+        (httpx.RemoteProtocolError, "the server broke the HTTP protocol"),
+        (httpx.ProxyError, "the proxy refused or failed the request"),
+        (httpx.UnsupportedProtocol, "unsupported URL scheme"),
+        (httpx.DecodingError, "the answer could not be decoded"),
+        (OSError, "operating-system error on the connection"),
+    )
+    tls = _tls_reason(exc)
+    if tls is not None:
+        return f"TLS: {tls}"
+    for kind, text in kinds:
+        if isinstance(exc, kind):
+            return text
+    return "transport error"
+
+
+def _tls_reason(exc: BaseException) -> str | None:
+    """OpenSSL's reason code (and verify message) from an SSL error in the cause chain: fixed
+    library texts such as CERTIFICATE_VERIFY_FAILED, never data from the connection."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return None
+        if isinstance(seen, ssl.SSLError):
+            reason = getattr(seen, "reason", None) or type(seen).__name__
+            verify = getattr(seen, "verify_message", None)
+            return f"{reason} ({verify})" if verify else str(reason)
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 async def _read_capped(response: httpx.Response, request_id: str) -> bytes:

@@ -55,6 +55,7 @@ class ExchangeError(Exception):
         hint: str | None = None,
         configuration: bool = False,
         needs_assertion_claims: bool = False,
+        rotation_may_fix: bool = False,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -65,6 +66,8 @@ class ExchangeError(Exception):
         self.configuration = configuration
         # The log should show the assertion's iss/sub/aud (a federation mismatch).
         self.needs_assertion_claims = needs_assertion_claims
+        # A new projected token (kubelet's rotation) may fix it: retry on rotation at once.
+        self.rotation_may_fix = rotation_may_fix
 
 
 class NetworkError(ExchangeError):

@@ -1,0 +1,183 @@
+"""Inputs the daemon does not control: numbers and bytes from the network, hostile config.
+
+Each test feeds one kind of bad input and checks that it ends as a clear, classified error —
+never a hot loop, a crash, a stall or a leaked secret.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from entra_tokend.config import ConfigError, Overrides, load_config
+from entra_tokend.exchange import (
+    ClientPool,
+    EntraExchange,
+    InvalidResponse,
+    NetworkError,
+    RequestTimeout,
+    parse_retry_after,
+    parse_token_response,
+)
+from entra_tokend.exchange.entra import MAX_RETRY_AFTER
+from entra_tokend.logging import configure_logging, get_logger, remember_secret
+from entra_tokend.model import Identity
+
+STORAGE = "https://storage.azure.com/.default"
+NOW = 1_800_000_000.0
+OPAQUE = "opaque0token0value0that0is0no0JWT"
+
+
+@pytest.mark.parametrize(
+    "expires_in",
+    [0.001, 1e12, -1, 0, "１２", "12.5", "1e3", True, None, 8 * 86400, "9" * 400],
+)
+def test_an_unschedulable_expires_in_is_an_invalid_response(expires_in: object) -> None:
+    body = json.dumps({"access_token": "a.b.c", "expires_in": expires_in}).encode()
+    with pytest.raises(InvalidResponse, match="expires_in"):
+        parse_token_response(body, STORAGE, "rid", NOW)
+
+
+@pytest.mark.parametrize("refresh_in", [3600, 7200, 0, 0.5, "x", -5])
+def test_a_refresh_in_outside_the_lifetime_is_an_invalid_response(refresh_in: object) -> None:
+    body = json.dumps({"access_token": "a.b.c", "expires_in": 3600, "refresh_in": refresh_in})
+    with pytest.raises(InvalidResponse, match="refresh_in"):
+        parse_token_response(body.encode(), STORAGE, "rid", NOW)
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        ("9" * 5000, MAX_RETRY_AFTER),
+        ("86400", MAX_RETRY_AFTER),
+        ("Fri, 31 Dec 9999 23:59:59 GMT", MAX_RETRY_AFTER),
+        ("٣٠", None),  # Arabic-Indic digits are digits to str.isdigit, not to HTTP
+        ("30", 30.0),
+    ],
+)
+def test_retry_after_is_bounded(header: str, expected: float | None) -> None:
+    assert parse_retry_after(header, NOW) == expected
+
+
+def _identity(tmp_path: Path, port: int) -> Identity:
+    return Identity("default", "t", "c", tmp_path / "sa", f"http://127.0.0.1:{port}")
+
+
+async def _with_server(
+    handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+    body: Callable[[int], Awaitable[None]],
+) -> None:
+    server = await asyncio.start_server(handler, "127.0.0.1", 0)
+    try:
+        await body(server.sockets[0].getsockname()[1])
+    finally:
+        server.close()
+
+
+def test_request_timeout_bounds_the_whole_exchange_not_each_read(tmp_path: Path) -> None:
+    """A body trickling in one byte at a time never ends a per-read timeout."""
+
+    async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n")
+        try:
+            while True:
+                writer.write(b" ")
+                await writer.drain()
+                await asyncio.sleep(0.2)
+        except (ConnectionError, asyncio.CancelledError):
+            writer.close()
+
+    async def body(port: int) -> None:
+        pool = ClientPool(timeout=1.0)
+        try:
+            with pytest.raises(RequestTimeout, match="within 1 s"):
+                await EntraExchange(pool).exchange(_identity(tmp_path, port), STORAGE, "x")
+        finally:
+            await pool.aclose()
+
+    asyncio.run(_with_server(trickle, body))
+
+
+def test_a_broken_chunked_body_leaks_no_token_into_the_error(tmp_path: Path) -> None:
+    async def broken(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        # The body without its chunk-size line: the HTTP stack reads the token as an illegal
+        # chunk header and quotes it in its exception text.
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        writer.write(f'{{"access_token":"{OPAQUE}","expires_in":3600}}\r\n'.encode())
+        await writer.drain()
+        writer.close()
+
+    async def body(port: int) -> None:
+        pool = ClientPool(timeout=5.0)
+        try:
+            with pytest.raises(NetworkError) as info:
+                await EntraExchange(pool).exchange(_identity(tmp_path, port), STORAGE, "x")
+        finally:
+            await pool.aclose()
+        assert OPAQUE not in str(info.value)
+        assert OPAQUE not in repr(info.value.details)
+        assert info.value.__cause__ is None
+        assert info.value.__suppress_context__
+
+    asyncio.run(_with_server(broken, body))
+
+
+def test_remembered_secrets_are_redacted_by_value_whatever_their_shape() -> None:
+    out = io.StringIO()
+    configure_logging("json", "debug", stream=out)
+    remember_secret(OPAQUE)
+    get_logger().warning("oops", detail=f"the server said {OPAQUE}!", nested={"x": [OPAQUE]})
+    line = out.getvalue()
+    assert OPAQUE not in line
+    assert line.count("[REDACTED]") == 2
+
+
+def _problems(tmp_path: Path, env: dict[str, str], toml: str | None = None) -> list[str]:
+    config = None
+    if toml is not None:
+        config = tmp_path / "c.toml"
+        config.write_text(toml)
+    base = {
+        "AZURE_TENANT_ID": "t",
+        "AZURE_CLIENT_ID": "c",
+        "AZURE_FEDERATED_TOKEN_FILE": str(tmp_path / "sa"),
+        "ENTRA_TOKEND_OUTPUT_DIR": str(tmp_path / "out"),
+    }
+    overrides = Overrides(config=str(config) if config else None, tokens=[f"a={STORAGE}"])
+    with pytest.raises(ConfigError) as info:
+        load_config(overrides, {**base, **env})
+    return info.value.problems
+
+
+def test_authority_with_a_password_is_rejected_without_echoing_it(tmp_path: Path) -> None:
+    problems = _problems(tmp_path, {"AZURE_AUTHORITY_HOST": "https://u:hunter2@login.example"})
+    assert len(problems) == 1
+    assert "user information" in problems[0]
+    assert "hunter2" not in problems[0]
+
+
+def test_authority_with_a_tenant_path_is_rejected_with_a_hint(tmp_path: Path) -> None:
+    url = "https://login.microsoftonline.com/my-tenant"
+    (problem,) = _problems(tmp_path, {"AZURE_AUTHORITY_HOST": url})
+    assert "AZURE_AUTHORITY_HOST" in problem
+    assert "tenant_id" in problem
+
+
+def test_a_path_component_longer_than_name_max_is_a_config_error(tmp_path: Path) -> None:
+    toml = f'[token.a]\npath = "sub/{"x" * 256}"\n'
+    (problem,) = _problems(tmp_path, {}, toml)
+    assert problem.startswith("token.a.path:")
+    assert "255" in problem
+
+
+def test_a_toml_nested_thousands_deep_is_one_config_error(tmp_path: Path) -> None:
+    toml = "x = " + "[" * 5000 + "]" * 5000 + "\n"
+    (problem,) = _problems(tmp_path, {}, toml)
+    assert "nested too deeply" in problem
