@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from entra_tokend.exchange import AcrExchange, ClientError, ClientPool, ServerError, Throttled
+from entra_tokend.logging import redact_text
 from entra_tokend.model import AccessToken, Identity, OutputSpec
 from entra_tokend.outputs import FORMATS, dockerconfig, renderer_for
 
@@ -187,3 +188,10 @@ def test_errors_name_the_registry_and_correlation_id_never_a_token(
     for secret in [ENTRA_TOKEN, *reg.issued.values()]:
         assert secret not in text
         assert secret.rsplit(".", 1)[0] not in text
+
+
+def test_refresh_tokens_are_redacted_by_value_in_logs() -> None:
+    reg = Registry()
+    token = run_exchange(reg, ["a.azurecr.io"])
+    secret = token.extra["a.azurecr.io"]
+    assert secret not in redact_text(f"oops {secret} leaked")

@@ -47,6 +47,7 @@ from entra_tokend.exchange.errors import (
     Throttled,
 )
 from entra_tokend.exchange.transport import ClientPool
+from entra_tokend.logging import remember_secret
 from entra_tokend.model import AccessToken, Clock, Identity, SystemClock, registry_key
 
 CORRELATION_HEADERS = ("x-ms-correlation-request-id", "x-ms-request-id")
@@ -290,6 +291,7 @@ def _refresh_token(body: bytes, name: str, request_id: str, details: ErrorDetail
             request_id=request_id,
             details=details,
         )
+    remember_secret(token)  # the log's redaction by value covers it from now on
     return token
 
 
