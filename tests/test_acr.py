@@ -135,12 +135,13 @@ def test_expiry_is_the_shortest_lived_credential() -> None:
     reg = Registry()
     reg.life["b.azurecr.io"] = 600  # shorter than the Entra token's hour
     token = run_exchange(reg, ["a.azurecr.io", "b.azurecr.io"])
-    assert token.expires_on == NOW + 600
-    assert token.expires_in == 600
+    assert token.expires_on == NOW + 600  # the file ends with its first refresh token
+    assert token.expires_in == 600  # planned on the shortest-lived credential
     assert token.refresh_in is None  # Entra's hint is about the Entra token, not this one
     reg2 = Registry()
-    token2 = run_exchange(reg2, ["a.azurecr.io"])
-    assert token2.expires_on == NOW + 3600
+    token2 = run_exchange(reg2, ["a.azurecr.io"])  # refresh token 3 h, Entra token 1 h
+    assert token2.expires_on == NOW + 10800  # what is on disk lasts 3 h
+    assert token2.expires_in == 3600  # but the refresh is planned on the Entra token's hour
     assert token2.refresh_in == 1800
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import re
 import uuid
 from collections.abc import Sequence
@@ -132,10 +133,12 @@ class AcrExchange:
     async def exchange(self, identity: Identity, scope: str, assertion: str) -> AccessToken:
         """The Entra token for ``scope`` plus one ACR refresh token per registry.
 
-        Returns an ``AccessToken`` whose ``extra`` maps ``host[:port]`` → refresh token and
-        whose ``expires_on`` is the earliest of the Entra token's and every refresh token's
-        ``exp`` (the scheduler then refreshes at a fraction of the shortest-lived credential's
-        life). Raises ``ExchangeError`` when the Entra request or any registry fails.
+        Returns an ``AccessToken`` whose ``extra`` maps ``host[:port]`` → refresh token, whose
+        ``expires_on`` is the earliest refresh token ``exp`` (when the file on disk stops
+        working: the expiry gauge) and whose ``expires_in`` is the shortest lifetime of every
+        credential involved, the Entra token's included (seconds; the scheduler refreshes at
+        ``refresh_at`` of it). ``refresh_in`` is Entra's hint only when the Entra token is the
+        shortest-lived. Raises ``ExchangeError`` when the Entra request or any registry fails.
 
         All or nothing, on purpose: a failed registry fails the whole refresh and the file on
         disk stays as it was, so no registry's still-valid entry is ever removed or replaced
@@ -155,19 +158,25 @@ class AcrExchange:
             if isinstance(result, BaseException):
                 raise result  # an ExchangeError naming the registry (or a bug: the runner's)
             refresh[registry_key(registry)] = result
-        expiries = [entra.expires_on]
-        for token in refresh.values():
+        # On disk are only the refresh tokens: the file ends when the first of them does (the
+        # expiry gauge and EXPIRED state). The refresh is planned on the shortest lifetime of
+        # every credential involved, the Entra token included (the scheduler plans on
+        # min(expires_in, time left)).
+        lifetimes = {"entra": entra.expires_in}
+        file_expires = math.inf
+        for registry, token in refresh.items():
             exp = jwt_exp(token)
             # A refresh token without exp is assumed to last as long as the Entra token.
-            expiries.append(exp if exp is not None else entra.expires_on)
-        expires_on = min(expiries)
-        shortest_is_entra = expires_on >= entra.expires_on
+            exp = exp if exp is not None else entra.expires_on
+            file_expires = min(file_expires, exp)
+            lifetimes[registry] = max(exp - sent_at, 0.0)
+        shortest = min(lifetimes, key=lambda k: lifetimes[k])
         return AccessToken(
             token=entra.token,
             token_type=entra.token_type,
-            expires_in=entra.expires_in if shortest_is_entra else max(expires_on - sent_at, 0.0),
-            expires_on=expires_on,
-            refresh_in=entra.refresh_in if shortest_is_entra else None,
+            expires_in=lifetimes[shortest],
+            expires_on=file_expires if refresh else entra.expires_on,
+            refresh_in=entra.refresh_in if shortest == "entra" else None,
             scope=entra.scope,
             request_id=entra.request_id,
             tenant_id=entra.tenant_id,
