@@ -138,6 +138,7 @@ class Harness:
             limiter=asyncio.Semaphore(1),
         )
         self.readiness.track("storage", self.runner)
+        self.readiness.start()
 
     def failures(self, reason: Reason) -> float:
         value = self.metrics.registry.get_sample_value(

@@ -280,6 +280,7 @@ class Daemon:
             if once:  # `--once` means "acquire now": a still-valid file is replaced
                 runner.schedule.retry_now()
             runner.start()
+        self.readiness.start()
         try:
             if once:
                 return await self._run_once(deadline)

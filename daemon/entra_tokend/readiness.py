@@ -39,7 +39,15 @@ class Readiness:
         self._valid_count = 0
         self._ready = False
         self._ready_notified = False
+        # Nothing is announced before the daemon runs (lock taken, signals handled): a file
+        # adopted at construction must not send READY=1 to systemd that early.
+        self._announcing = False
         metrics.set_ready(False)
+
+    def start(self) -> None:
+        """Begin announcing readiness (the daemon is running); announces the current state."""
+        self._announcing = True
+        self.update()
 
     @property
     def ready(self) -> bool:
@@ -72,6 +80,8 @@ class Readiness:
     def update(self) -> bool:
         """Recompute readiness from the counts; log and notify on a transition."""
         ready = bool(self._tracked) and self._valid_count == len(self._tracked)
+        if not self._announcing:
+            return False
         self._metrics.set_ready(ready)
         if ready == self._ready:
             return ready

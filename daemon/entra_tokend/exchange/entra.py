@@ -273,12 +273,11 @@ class EntraExchange:
         }
         headers = {"x-ms-client-request-id": request_id, "return-client-request-id": "true"}
         sent_at = self._clock.wall()
-        client = self._pool.client(identity.ca_file)
+        url = token_endpoint(identity)
+        client = self._pool.client(identity.ca_file, url)
         try:
             async with asyncio.timeout(self._timeout):
-                async with client.stream(
-                    "POST", token_endpoint(identity), data=form, headers=headers
-                ) as response:
+                async with client.stream("POST", url, data=form, headers=headers) as response:
                     body = await _read_capped(response, request_id)
                     status = response.status_code
                     retry_after_header = response.headers.get("retry-after")
