@@ -191,10 +191,12 @@ class AcrExchange:
             return cached
         base = _base_url(registry)
         url, service = f"{base}/oauth2/exchange", registry_key(registry)
-        client = self._pool.client(identity.ca_file)
+        client = self._pool.client(identity.ca_file, f"{base}/v2/")
         request_id = str(uuid.uuid4())
         try:
-            response = await client.get(f"{base}/v2/")
+            # Only the challenge header matters: the body is never read (no size to bound).
+            async with client.stream("GET", f"{base}/v2/") as response:
+                header = response.headers.get("www-authenticate")
         except httpx.TimeoutException:
             raise RequestTimeout(
                 f"registry {registry_key(registry)}: no answer to /v2/ within the timeout",
@@ -205,7 +207,7 @@ class AcrExchange:
                 f"registry {registry_key(registry)}: cannot reach /v2/: {type(exc).__name__}",
                 request_id=request_id,
             ) from None
-        challenge = parse_challenge(response.headers.get("www-authenticate"))
+        challenge = parse_challenge(header)
         realm = _safe_realm(challenge.get("realm", ""))
         if challenge.get("realm") and realm is None:
             raise ClientError(
@@ -232,7 +234,7 @@ class AcrExchange:
             "tenant": identity.tenant_id,
             "access_token": entra_token,
         }
-        client = self._pool.client(identity.ca_file)
+        client = self._pool.client(identity.ca_file, url)
         try:
             async with client.stream(
                 "POST", url, data=form, headers={"x-ms-client-request-id": request_id}
