@@ -15,8 +15,8 @@ import pytest
 
 from entra_tokend.exchange import AcrExchange, ClientError, ClientPool, ServerError, Throttled
 from entra_tokend.logging import redact_text
-from entra_tokend.model import AccessToken, Identity, OutputSpec
-from entra_tokend.outputs import FORMATS, dockerconfig, renderer_for
+from entra_tokend.model import AccessToken, Identity
+from entra_tokend.outputs import dockerconfig
 
 IDENT = Identity(
     name="default",
@@ -122,13 +122,6 @@ def test_two_registries_form_fields_and_docker_config() -> None:
     assert auth == f"00000000-0000-0000-0000-000000000000:{reg.issued['b.azurecr.cn:8443']}"
     assert "extra" not in repr(token)
     assert reg.issued["a.azurecr.io"] not in repr(token)
-    # The file's expiry as a restart reads it: the earliest refresh token on disk.
-    spec = OutputSpec(path=Path("/x"), format="docker-config", registries=("a.azurecr.io",))
-    existing = FORMATS["docker-config"].existing
-    assert existing is not None
-    found = existing(renderer_for(spec)(token), spec)
-    assert found is not None
-    assert found.expires_on == NOW + 10800
 
 
 def test_expiry_is_the_shortest_lived_credential() -> None:

@@ -5,7 +5,6 @@ the emulator writes each format, and real consumers read them (bash ``set -a; . 
 from __future__ import annotations
 
 import base64
-import dataclasses
 import http.server
 import json
 import os
@@ -22,7 +21,7 @@ import pytest
 
 from entra_tokend.emulator import Emulator
 from entra_tokend.model import AccessToken, OutputSpec
-from entra_tokend.outputs import FileOutput, renderer_for
+from entra_tokend.outputs import renderer_for
 from entra_tokend.outputs import template as template_format
 from testlib import emulator_env, offline_env, run_cli
 
@@ -243,28 +242,6 @@ def test_every_format_end_to_end_with_real_consumers(
     jaas = (out / "kafka").read_text()
     assert "OAuthBearerLoginModule required" in jaas
     assert jaas.split('token="', 1)[1].split('"', 1)[0] in issued
-
-
-@pytest.mark.parametrize("fmt", ["header", "env", "raw", "json"])
-def test_a_restart_reads_the_expiry_of_each_format(tmp_path: Path, fmt: str) -> None:
-    def part(obj: dict[str, int]) -> str:
-        return base64.urlsafe_b64encode(json.dumps(obj).encode()).decode().rstrip("=")
-
-    jwt = f"{part({'typ': 1})}.{part({'exp': 1_800_000_100, 'iat': 1_799_996_500})}.sig"
-    token = dataclasses.replace(TOKEN, token=jwt)
-    spec = OutputSpec(path=tmp_path / "t", format=fmt, env_name="X", env_expires_name="X_EXP")
-    (tmp_path / "t").write_bytes(renderer_for(spec)(token))
-    found = FileOutput(spec, tmp_path).existing()
-    assert found is not None
-    # env and json state expires_on; header and raw carry only the JWT's exp.
-    assert found.expires_on == (1_800_000_000 if fmt in ("env", "json") else 1_800_000_100)
-    assert found.issued_at == 1_799_996_500
-
-
-def test_template_files_are_not_adopted(tmp_path: Path) -> None:
-    spec = OutputSpec(path=tmp_path / "t", format="template", template="$access_token")
-    (tmp_path / "t").write_bytes(renderer_for(spec)(TOKEN))
-    assert FileOutput(spec, tmp_path).existing() is None
 
 
 class _TokenService(http.server.BaseHTTPRequestHandler):

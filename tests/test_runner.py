@@ -25,8 +25,8 @@ from entra_tokend.outputs import ExistingToken, WriteError
 from entra_tokend.readiness import Readiness
 from entra_tokend.runner import State, TokenRunner
 from entra_tokend.scheduler import TokenSchedule
+from testlib import STORAGE
 
-STORAGE = "https://storage.azure.com/.default"
 T0 = 1_800_000_000.0
 POLICY = Policy(jitter=0.0, backoff_initial=1.0, backoff_max=60.0, config_error_backoff_max=300.0)
 
@@ -113,7 +113,7 @@ class FakeOutput:
             raise self.fail
         self.delivered.append(token.token)
 
-    def existing(self) -> ExistingToken | None:
+    def adoptable(self, now: float) -> ExistingToken | str | None:
         return None
 
 

@@ -10,6 +10,8 @@ import base64
 import binascii
 import hashlib
 import json
+import os
+import stat
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -121,18 +123,33 @@ def parse_assertion(content: bytes) -> Assertion:
 
 
 def read_assertion(path: Path) -> Assertion:
-    """Read and parse the projected token at ``path`` (following kubelet's symlinks)."""
+    """Read and parse the projected token at ``path`` (following kubelet's symlinks).
+
+    Only a regular file is read, opened non-blocking: a FIFO or a device planted at the path
+    is reported, never waited on (a blocked read would stall the event loop). Raises
+    ``AssertionUnavailable`` (``AssertionMissing``, ``AssertionMalformed``).
+    """
     try:
-        with open(path, "rb") as f:
-            content = f.read(MAX_ASSERTION_BYTES + 1)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         raise AssertionMissing(f"projected token file {path} does not exist") from None
-    except IsADirectoryError:
-        raise AssertionMalformed(f"projected token path {path} is a directory") from None
     except OSError as exc:
         raise AssertionUnavailable(
             f"cannot read projected token file {path}: {exc.strerror}"
         ) from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise AssertionMalformed(f"projected token path {path} is a directory")
+        if not stat.S_ISREG(mode):
+            raise AssertionMalformed(f"projected token path {path} is not a regular file")
+        content = os.read(fd, MAX_ASSERTION_BYTES + 1)
+    except OSError as exc:
+        raise AssertionUnavailable(
+            f"cannot read projected token file {path}: {exc.strerror}"
+        ) from None
+    finally:
+        os.close(fd)
     return parse_assertion(content)
 
 

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import stat
 from collections.abc import Callable
 
 from entra_tokend import __version__, sdnotify
@@ -24,9 +25,11 @@ from entra_tokend.lock import DirectoryLock, LockError, LockHeld
 from entra_tokend.logging import get_logger
 from entra_tokend.metrics import Metrics
 from entra_tokend.model import Clock, SystemClock, TokenSpec
-from entra_tokend.outputs import FileOutput
-from entra_tokend.outputs.writer import remove_stale_temp_files
+from entra_tokend.outputs import FileOutput, ProvenanceStore
+from entra_tokend.outputs.provenance import fingerprint
+from entra_tokend.outputs.writer import make_directories, make_root, remove_stale_temp_files
 from entra_tokend.readiness import Readiness
+from entra_tokend.reaper import REAPER
 from entra_tokend.runner import Exchange, TokenRunner
 from entra_tokend.scheduler import MAX_SLEEP, TokenSchedule
 
@@ -67,6 +70,7 @@ class Daemon:
         self._done: set[str] = set()
         self._running = False
         self._lock: DirectoryLock | None = None
+        self._provenance = ProvenanceStore(config.output_dir)
         self.clock_check_interval = MAX_SLEEP
         self._apply(config)
 
@@ -115,7 +119,13 @@ class Daemon:
                 if spec.registries
                 else self.exchange
             ),
-            output=FileOutput(spec.output, config.output_dir),
+            output=FileOutput(
+                spec.output,
+                config.output_dir,
+                name=spec.name,
+                print_=fingerprint(spec, source.identity),
+                store=self._provenance,
+            ),
             metrics=self.metrics,
             readiness=self.readiness,
             clock=self.clock,
@@ -179,18 +189,19 @@ class Daemon:
     # ---- start-up and shutdown -----------------------------------------------------------
 
     def _make_token_dirs(self, *, clean: bool) -> None:
+        root = self.config.output_dir
         for directory in {spec.path.parent for spec in self.config.tokens.values()}:
             try:
-                directory.mkdir(mode=0o750, parents=True, exist_ok=True)
+                make_directories(directory, root)
             except OSError as exc:
-                if clean:
-                    raise
+                # Not fatal: the tokens below it fail with write_error (and say why) while the
+                # others are served; a neighbour's symlink must not stop the whole daemon.
                 self.log.error(
                     "cannot create token directory", path=str(directory), detail=exc.strerror
                 )
                 continue
             if clean:
-                removed = remove_stale_temp_files(directory)
+                removed = remove_stale_temp_files(directory, root)
                 if removed:
                     self.log.info("removed temp files of an interrupted run", files=removed)
 
@@ -198,9 +209,12 @@ class Daemon:
         """Lock output_dir and clean it; an exit code when that fails."""
         out = str(self.config.output_dir)
         try:
-            self.config.output_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
+            make_root(self.config.output_dir)
+            self._check_output_dir_mode()
             # Lock before cleaning: a live writer's temp files look exactly like stale ones.
             self._lock = DirectoryLock.acquire(self.config.output_dir)
+            self._provenance.prepare()
+            remove_stale_temp_files(self._provenance.directory, self.config.output_dir)
             self._make_token_dirs(clean=True)
         except LockHeld as exc:
             self.log.error(
@@ -218,6 +232,26 @@ class Daemon:
             self.log.error("cannot prepare output_dir", path=out, detail=exc.strerror)
             return EXIT_CONFIG
         return None
+
+    def _check_output_dir_mode(self) -> None:
+        """Warn (log + metric) about a world-writable output_dir without the sticky bit.
+
+        Kubernetes' default disk-backed emptyDir with fsGroup is exactly that (mode 2777), so
+        refusing it would make the sidecar crash-loop. Every write stays safe anyway (O_EXCL
+        temp files, no symlink followed, rename); what a neighbour can do there is delete or
+        replace files, which the daemon notices and repairs at the next refresh.
+        """
+        mode = os.stat(self.config.output_dir).st_mode
+        insecure = bool(mode & stat.S_IWOTH) and not mode & stat.S_ISVTX
+        self.metrics.set_output_dir_world_writable(insecure)
+        if insecure and not self.config.allow_world_writable:
+            self.log.warning(
+                "output_dir is world-writable without the sticky bit; other users of the volume "
+                "can delete or replace token files (use a volume only this pod writes, or set "
+                "allow_world_writable = true to silence this)",
+                path=str(self.config.output_dir),
+                mode=f"{stat.S_IMODE(mode):04o}",
+            )
 
     async def _listen(self) -> asyncio.AbstractServer | None:
         """Start the HTTP listener if configured. Raises OSError when the address is unusable."""
@@ -252,6 +286,10 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)
         server = None
+        needs_reaper = any(spec.hook for spec in self.config.tokens.values()) or os.getpid() == 1
+        # Hooks' escaped descendants, and every orphan when we are PID 1, become ours to reap.
+        if needs_reaper and REAPER.enable():
+            loop.add_signal_handler(signal.SIGCHLD, REAPER.on_sigchld)
         if not once:
             loop.add_signal_handler(signal.SIGHUP, self.reload)
             try:

@@ -5,7 +5,10 @@ pid file. Hooks never block other tokens (each token's hook runs in that token's
 never fail the daemon: a failure is logged and counted, and the token file stays as written.
 
 The command runs in its own session so that a timeout (or the daemon stopping) kills it and
-every process it started; its output is read with a cap, so a chatty hook cannot exhaust memory.
+every process in its group; a process that left the group (``setsid cmd &``) is re-parented to
+the daemon (a subreaper, see ``reaper``) and killed when the hook ends, and the output pipe is
+the daemon's to close. A hook may not leave processes behind. Its output is read with a cap, so
+a chatty hook cannot exhaust memory.
 It learns which token changed from ``ENTRA_TOKEND_TOKEN`` (the token's name, never the token)
 and ``ENTRA_TOKEND_TOKEN_FILE``.
 """
@@ -15,11 +18,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import secrets
 import signal
 from pathlib import Path
 from typing import Any
 
 from entra_tokend.model import Hook
+from entra_tokend.reaper import MARKER_VARIABLE, REAPER
 
 OUTPUT_LIMIT = 4096  # bytes of a hook's output kept for the log; the rest is read and dropped
 _PID_FILE_LIMIT = 64
@@ -37,36 +42,32 @@ def signal_name(number: int) -> str:
 async def _kill(proc: asyncio.subprocess.Process) -> None:
     """Kill the hook and everything in its process group, and reap it."""
     # The hook is a session (and group) leader; its pid is the group id. Killing only the
-    # leader would leave a child holding the output pipe, and the wait below hanging on it.
+    # leader would leave a child holding the output pipe.
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
-    # Bounded: a descendant that left the group (setsid) may still hold the pipe open.
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(proc.wait(), _REAP_TIMEOUT)
 
 
-async def _collect(proc: asyncio.subprocess.Process) -> tuple[bytes, bool]:
-    """Read the hook's output to EOF keeping the first OUTPUT_LIMIT bytes; wait for its exit."""
-    assert proc.stdout is not None
+async def _read_capped(reader: asyncio.StreamReader) -> tuple[bytes, bool]:
+    """Read to EOF keeping the first OUTPUT_LIMIT bytes; True when some were dropped."""
     kept = bytearray()
     truncated = False
-    while chunk := await proc.stdout.read(65536):
+    while chunk := await reader.read(65536):
         room = OUTPUT_LIMIT - len(kept)
         if len(chunk) > room:
             truncated = True
         kept += chunk[: max(room, 0)]
-    await proc.wait()
     return bytes(kept), truncated
 
 
-async def _exec(hook: Hook, token: str, path: Path, log: Any) -> bool:
-    command = hook.exec[0]
-    env = {**os.environ, "ENTRA_TOKEND_TOKEN": token, "ENTRA_TOKEND_TOKEN_FILE": str(path)}
+async def _spawn(hook: Hook, env: dict[str, str], out_fd: int) -> asyncio.subprocess.Process:
+    REAPER.spawning += 1
     spawn = asyncio.ensure_future(
         asyncio.create_subprocess_exec(
             *hook.exec,
             stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
+            stdout=out_fd,
             stderr=asyncio.subprocess.STDOUT,
             env=env,
             start_new_session=True,
@@ -79,12 +80,46 @@ async def _exec(hook: Hook, token: str, path: Path, log: Any) -> bool:
         with contextlib.suppress(Exception):
             await _kill(await spawn)
         raise
+    finally:
+        REAPER.spawning -= 1
+    REAPER.active.add(proc.pid)
+    return proc
+
+
+async def _exec(hook: Hook, token: str, path: Path, log: Any) -> bool:
+    command = hook.exec[0]
+    marker = secrets.token_hex(8)
+    env = {
+        **os.environ,
+        "ENTRA_TOKEND_TOKEN": token,
+        "ENTRA_TOKEND_TOKEN_FILE": str(path),
+        MARKER_VARIABLE: marker,
+    }
+    # Our own pipe, so that its read end is ours to close: a descendant that escaped the
+    # hook's process group (setsid) may hold the write end open for ever.
+    read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+    try:
+        proc = await _spawn(hook, env, write_fd)
     except (OSError, ValueError) as exc:
+        os.close(read_fd)
         detail = exc.strerror if isinstance(exc, OSError) else "invalid argument"
         log.warning("hook command could not start", command=command, detail=detail)
         return False
+    finally:
+        os.close(write_fd)
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=OUTPUT_LIMIT)
+    transport, _ = await loop.connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(read_fd, "rb", 0)
+    )
     try:
-        output, truncated = await asyncio.wait_for(_collect(proc), timeout=hook.timeout)
+        async with asyncio.timeout(hook.timeout):
+            await proc.wait()
+            # The hook is done; whatever it left behind (re-parented to us) goes now, so the
+            # pipe reaches EOF instead of staying open until the timeout.
+            REAPER.active.discard(proc.pid)
+            REAPER.sweep(kill_marker=marker)
+            output, truncated = await _read_capped(reader)
     except TimeoutError:
         await _kill(proc)
         log.warning("hook command timed out", command=command, timeout=hook.timeout)
@@ -93,6 +128,10 @@ async def _exec(hook: Hook, token: str, path: Path, log: Any) -> bool:
         # The daemon is stopping (or the token was reconfigured): leave no process behind.
         await _kill(proc)
         raise
+    finally:
+        transport.close()
+        REAPER.active.discard(proc.pid)
+        REAPER.sweep(kill_marker=marker)
     fields: dict[str, Any] = {"command": command, "exit_code": proc.returncode}
     text = output.decode("utf-8", "replace").strip()
     if text:

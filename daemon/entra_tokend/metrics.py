@@ -103,6 +103,12 @@ class Metrics:
             "1 when every configured token is on disk and unexpired, else 0.",
             registry=r,
         )
+        self._output_dir_world_writable = Gauge(
+            "entra_tokend_output_dir_world_writable",
+            "1 when output_dir is world-writable without the sticky bit (e.g. an emptyDir with "
+            "fsGroup); tokens are still written safely, but others can delete them.",
+            registry=r,
+        )
         self._build_info = Gauge(
             "entra_tokend_build_info",
             "Always 1; the version label names the running entra-tokend.",
@@ -187,6 +193,10 @@ class Metrics:
     def hook_failed(self, token: str) -> None:
         """Count a failed post-write hook of *token*."""
         self._hook_failures.labels(token=token).inc()
+
+    def set_output_dir_world_writable(self, insecure: bool) -> None:
+        """Set ``entra_tokend_output_dir_world_writable`` to 1 or 0."""
+        self._output_dir_world_writable.set(1 if insecure else 0)
 
     def set_ready(self, ready: bool) -> None:
         """Set ``entra_tokend_ready`` to 1 or 0."""

@@ -193,6 +193,8 @@ class AccessToken:
 
 LOCK_NAME = ".entra-tokend.lock"
 """The output directory's lock file (see ``lock``)."""
+STATE_DIR = ".entra-tokend-state"
+"""The daemon's private directory in output_dir: provenance records (see ``outputs``)."""
 TEMP_MARKER = ".entra-tokend-"
 _TEMP_RE = re.compile(r"^\..+\.entra-tokend-[0-9a-f]{16}\.tmp$")
 
@@ -204,4 +206,4 @@ def is_temp_name(name: str) -> bool:
 
 def is_reserved_name(name: str) -> bool:
     """True for a file name a token must not use: the lock file or a temp-file name."""
-    return name == LOCK_NAME or is_temp_name(name)
+    return name in (LOCK_NAME, STATE_DIR) or is_temp_name(name)

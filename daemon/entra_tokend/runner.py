@@ -114,12 +114,15 @@ class TokenRunner:
     # ---- lifecycle -----------------------------------------------------------------------
 
     def adopt(self) -> None:
-        """Take over a still-valid file an earlier run wrote (refresh on its schedule)."""
-        existing = self._output.existing()
-        if existing and existing.expires_on > self._clock.wall():
-            self.schedule.adopted(existing.issued_at, existing.expires_on)
+        """Take over a still-valid token an earlier run delivered (refresh on its schedule);
+        one that is not provably this token's is refreshed at once, and the reason logged."""
+        found = self._output.adoptable(self._clock.wall())
+        if isinstance(found, str):
+            self._log.info("existing token file not adopted; refreshing now", reason=found)
+        elif found is not None:
+            self.schedule.adopted(found.issued_at, found.expires_on)
             self._state = State.OK
-            self._metrics.token_adopted(self.spec.name, existing.expires_on)
+            self._metrics.token_adopted(self.spec.name, found.expires_on)
 
     def start(self) -> None:
         """Start the token's task (idempotent)."""

@@ -36,15 +36,16 @@ def refresh_delay(
     """Seconds after issue at which to refresh a token that lives ``lifetime`` seconds.
 
     ``refresh_at`` of the lifetime, jittered by ±``jitter`` of itself, earlier if Entra's
-    ``refresh_in`` says so, never sooner than ``min_refresh_interval`` unless the token is so
-    short-lived that waiting that long would reach its expiry margin.
+    ``refresh_in`` says so, and never sooner than ``min_refresh_interval`` — not even for a
+    token so short-lived that this means refreshing after its expiry (a floor on requests).
     """
     fraction = policy.refresh_at * (1.0 + rng.uniform(-policy.jitter, policy.jitter))
     delay = lifetime * fraction
     if refresh_in is not None and 0 < refresh_in < delay:
         delay = refresh_in
     latest = lifetime * policy.refresh_at * (1.0 + policy.jitter)
-    return min(max(delay, policy.min_refresh_interval), latest)
+    # The floor wins even past the margin: no answer from outside makes it a hot loop.
+    return max(min(delay, latest), policy.min_refresh_interval)
 
 
 # The first token a process obtains is refreshed anywhere from this fraction of its lifetime to
@@ -68,7 +69,8 @@ def first_refresh_delay(
     delay = rng.uniform(FIRST_REFRESH_EARLIEST * lifetime, latest)
     if refresh_in is not None and 0 < refresh_in < delay:
         delay = refresh_in
-    return min(max(delay, policy.min_refresh_interval), latest)
+    # The floor wins even past the margin: no answer from outside makes it a hot loop.
+    return max(min(delay, latest), policy.min_refresh_interval)
 
 
 def backoff_delay(

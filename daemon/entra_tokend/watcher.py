@@ -4,14 +4,17 @@ kubelet never rewrites the token file in place. Its AtomicWriter publishes a new
 directory, renames a ``..data_tmp`` symlink over ``..data`` and removes the old directory; the
 user-visible name stays a symlink ``NAME -> ..data/NAME`` throughout. A watch on ``NAME`` (or on
 the file it resolves to) sees none of that, so ``DirectoryWatcher`` watches the directory that
-holds ``NAME`` and decides, after a short debounce, whether what ``NAME`` resolves to changed.
+holds ``NAME`` and decides, as soon as the loop runs, whether what ``NAME`` resolves to changed.
 
 How a change is recognised, cheaply and without reading the token:
 
 1. watchdog's thread sees any create/delete/move/modify/close-after-write in the directory and
    only posts a note to the event loop (``loop.call_soon_threadsafe``).
-2. The first note of a burst arms a ``debounce`` timer on the loop; later notes join the burst.
-3. When the timer fires, the directory watch is re-established if the directory was removed,
+2. The first note of a burst schedules a check on the loop (after ``debounce`` seconds, 0 by
+   default: kubelet's swap of ``..data`` is one atomic rename, so there is no half-written
+   state to wait out, and the content fingerprint already makes a burst of no-op checks cheap);
+   notes arriving before the check runs join it.
+3. When the check runs, the directory watch is re-established if the directory was removed,
    replaced or has only just appeared, and a signature of the file is taken: its resolved path
    and ``stat`` (device, inode, size, mtime, ctime), following symlinks.
 4. The callback runs once if the signature changed, or if an event named the file itself (an
@@ -174,7 +177,7 @@ class DirectoryWatcher:
         *,
         loop: asyncio.AbstractEventLoop,
         poll_interval: float = 60.0,
-        debounce: float = 0.02,
+        debounce: float = 0.0,
         use_inotify: bool = True,
     ) -> None:
         if poll_interval <= 0:
@@ -257,6 +260,7 @@ class DirectoryWatcher:
         if touched:
             self._touched = True
         if self._flush_handle is None:
+            # call_later(0) still runs after the notes already queued: one check per burst.
             self._flush_handle = self._loop.call_later(self._debounce, self._flush)
 
     def _flush(self) -> None:

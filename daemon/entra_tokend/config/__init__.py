@@ -188,7 +188,7 @@ def load_config(overrides: Overrides, env: Mapping[str, str]) -> Config:
     )
     tokens = _tokens(raw, output_dir, defaults, p)
     identities = _identities(raw, tokens, env, p)
-    host.output_dir(output_dir, bool(values["allow_world_writable"]), p)
+    host.output_dir(output_dir, p)
     if p.lines:
         raise ConfigError(p.lines)
     return Config(

@@ -37,8 +37,9 @@ def owner(value: Any, where: str, p: Problems, *, group: bool) -> int | None:
         return None
 
 
-def output_dir(path: Path, allow_world_writable: bool, p: Problems) -> None:
-    """The output directory, if it exists: a directory we can write, not world-writable."""
+def output_dir(path: Path, p: Problems) -> None:
+    """The output directory, if it exists: a directory we can write. (A world-writable one is
+    allowed with a warning at start: Kubernetes' default emptyDir with fsGroup is one.)"""
     if has_nul(str(path), "output_dir", p):
         return
     try:
@@ -52,11 +53,6 @@ def output_dir(path: Path, allow_world_writable: bool, p: Problems) -> None:
         p.add(f"output_dir: {path} exists but is not a directory")
     elif not os.access(path, os.W_OK | os.X_OK):
         p.add(f"output_dir: {path} is not writable by uid {os.getuid()}")
-    elif st.st_mode & stat.S_IWOTH and not st.st_mode & stat.S_ISVTX and not allow_world_writable:
-        p.add(
-            f"output_dir: {path} is world-writable without the sticky bit; anyone could replace "
-            "the tokens (fix its mode, or set allow_world_writable = true)"
-        )
 
 
 def ca_file(path: Path | None, where: str, p: Problems) -> None:

@@ -11,54 +11,43 @@ cache) plugs in the same way.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from entra_tokend.model import AccessToken, OutputSpec
 from entra_tokend.outputs import dockerconfig, envfile, header, jsondoc, raw, template
-from entra_tokend.outputs.writer import (
-    ExistingToken,
-    WriteError,
-    read_existing,
-    read_regular,
-    write_atomic,
-)
+from entra_tokend.outputs.provenance import ExistingToken, ProvenanceStore
+from entra_tokend.outputs.writer import WriteError, write_atomic
 
 Renderer = Callable[[AccessToken], bytes]
 """Turns an issued token into a file's complete contents."""
 
-
-@dataclass(frozen=True)
-class Format:
-    """One output format: ``make`` builds its renderer from an ``OutputSpec``; ``existing``
-    reads the expiry of a file an earlier run wrote (None: such files are never adopted, the
-    token is refreshed at start)."""
-
-    make: Callable[[OutputSpec], Renderer]
-    existing: Callable[[bytes, OutputSpec], ExistingToken | None] | None = None
+RendererFactory = Callable[[OutputSpec], Renderer]
+"""Builds a format's renderer from a token's ``OutputSpec`` (its format settings)."""
 
 
-def _fixed(render: Renderer) -> Callable[[OutputSpec], Renderer]:
+def _fixed(render: Renderer) -> RendererFactory:
     return lambda _spec: render
 
 
-FORMATS: dict[str, Format] = {
-    "raw": Format(_fixed(raw.render)),
-    "json": Format(_fixed(jsondoc.render)),
-    "header": Format(_fixed(header.render), lambda data, _spec: header.existing(data)),
-    "env": Format(envfile.renderer, envfile.existing),
-    "template": Format(template.renderer),
-    "docker-config": Format(_fixed(dockerconfig.render), dockerconfig.existing),
+FORMATS: dict[str, RendererFactory] = {
+    "raw": _fixed(raw.render),
+    "json": _fixed(jsondoc.render),
+    "header": _fixed(header.render),
+    "env": envfile.renderer,
+    "template": template.renderer,
+    "docker-config": _fixed(dockerconfig.render),
 }
-"""Every format name a ``[token.NAME] format`` may use."""
+"""Every format name a ``[token.NAME] format`` may use, and how its renderer is built."""
 
 
 def renderer_for(spec: OutputSpec) -> Renderer:
     """The renderer of ``spec.format`` with ``spec``'s settings. Raises KeyError for an
     unknown format (config rejects those at load time)."""
-    return FORMATS[spec.format].make(spec)
+    return FORMATS[spec.format](spec)
 
 
 class Output(Protocol):
@@ -69,53 +58,67 @@ class Output(Protocol):
         what was delivered before untouched."""
         ...
 
-    def existing(self) -> ExistingToken | None:
-        """A token delivered by an earlier run that may be adopted, or None."""
+    def adoptable(self, now: float) -> ExistingToken | str | None:
+        """A token an earlier run delivered that may be served until it is due (``now`` is
+        unix time), why such a token is not adoptable (str), or None when there is none."""
         ...
 
 
 class FileOutput:
-    """A token file inside ``root`` (the output_dir), written atomically off the event loop."""
+    """A token file inside ``root`` (the output_dir), written atomically off the event loop,
+    with a provenance record so that a restart adopts it only if it is provably this token's.
 
-    def __init__(self, spec: OutputSpec, root: Path) -> None:
+    ``name`` is the token's name; ``print_`` the configuration fingerprint
+    (``provenance.fingerprint``); ``store`` the output_dir's ``ProvenanceStore``.
+    """
+
+    def __init__(
+        self, spec: OutputSpec, root: Path, *, name: str, print_: str, store: ProvenanceStore
+    ) -> None:
         self.spec = spec
         self.root = root
         self._render = renderer_for(spec)
+        self._name = name
+        self._print = print_
+        self._store = store
 
     async def deliver(self, token: AccessToken) -> None:
-        """Render and atomically replace the file. Raises ``WriteError`` (also for a token
-        the format cannot hold, e.g. an ``env`` value that would need quoting)."""
+        """Render and atomically replace the file, then record its provenance. Raises
+        ``WriteError`` when the file could not be replaced (also for a token the format cannot
+        hold, e.g. an ``env`` value that would need quoting)."""
         try:
             data = self._render(token)
         except envfile.UnsafeValue as exc:
             raise WriteError(str(exc)) from None
-        spec = self.spec
-        await asyncio.to_thread(
-            write_atomic,
-            spec.path,
-            data,
-            spec.file_mode,
-            spec.file_owner,
-            spec.file_group,
-            root=self.root,
-        )
+        await asyncio.to_thread(self._write, data, token)
 
-    def existing(self) -> ExistingToken | None:
-        """The expiry of a file an earlier run wrote, when it can be read."""
-        if self.spec.format in ("raw", "json"):
-            return read_existing(self.spec.path, self.spec.format)
-        reader = FORMATS[self.spec.format].existing
-        data = read_regular(self.spec.path) if reader is not None else None
-        return reader(data, self.spec) if reader is not None and data is not None else None
+    def _write(self, data: bytes, token: AccessToken) -> None:
+        spec = self.spec
+        write_atomic(
+            spec.path, data, spec.file_mode, spec.file_owner, spec.file_group, root=self.root
+        )
+        with contextlib.suppress(OSError, WriteError):
+            # Without a record the file is simply not adopted after a restart (one refresh).
+            self._store.record(self._name, self._print, data, token)
+
+    def adoptable(self, now: float) -> ExistingToken | str | None:
+        """The file an earlier run wrote, if its provenance checks out (see ``provenance``)."""
+        if not os.path.lexists(self.spec.path):
+            return None
+        owners = {os.getuid()} | (
+            {self.spec.file_owner} if self.spec.file_owner is not None else set()
+        )
+        return self._store.adoptable(self._name, self._print, self.spec.path, owners, now)
 
 
 __all__ = [
     "FORMATS",
     "ExistingToken",
     "FileOutput",
-    "Format",
     "Output",
+    "ProvenanceStore",
     "Renderer",
+    "RendererFactory",
     "WriteError",
     "renderer_for",
 ]

@@ -14,7 +14,6 @@ import re
 from collections.abc import Callable
 
 from entra_tokend.model import AccessToken, OutputSpec
-from entra_tokend.outputs.writer import ExistingToken, existing_from
 
 NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 """A variable name every consumer accepts (POSIX shell names)."""
@@ -38,17 +37,3 @@ def renderer(spec: OutputSpec) -> Callable[[AccessToken], bytes]:
         ).encode()
 
     return render
-
-
-def existing(data: bytes, spec: OutputSpec) -> ExistingToken | None:
-    """The expiry of an env file an earlier run wrote (its expiry variable), or None."""
-    values: dict[str, str] = {}
-    for line in data.decode("ascii", "replace").splitlines():
-        name, sep, value = line.partition("=")
-        if sep:
-            values[name] = value
-    token = values.get(spec.env_name)
-    expires = values.get(spec.env_expires_name, "")
-    if token is None or not expires.isdigit():
-        return None
-    return existing_from(token, float(expires))

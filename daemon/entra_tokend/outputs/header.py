@@ -7,7 +7,6 @@ a header from a file.
 from __future__ import annotations
 
 from entra_tokend.model import AccessToken
-from entra_tokend.outputs.writer import ExistingToken, existing_from
 
 PREFIX = "Authorization: Bearer "
 
@@ -16,11 +15,3 @@ def render(token: AccessToken) -> bytes:
     """``Authorization: Bearer <token>\\n`` (ASCII). The scheme is always ``Bearer``: Entra's
     ``token_type`` is ``Bearer`` and RFC 6750 §2.1 spells the header this way."""
     return f"{PREFIX}{token.token}\n".encode()
-
-
-def existing(data: bytes) -> ExistingToken | None:
-    """The expiry of a header file an earlier run wrote (the JWT's ``exp``), or None."""
-    text = data.decode("ascii", "replace").strip()
-    if not text.startswith(PREFIX):
-        return None
-    return existing_from(text[len(PREFIX) :])

@@ -24,22 +24,16 @@ process left behind carry our marker and are removed by ``remove_stale_temp_file
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
 import errno
-import json
-import math
 import os
 import secrets
 import stat
-from dataclasses import dataclass
 from pathlib import Path
 
 from entra_tokend.model import TEMP_MARKER, Reason, is_temp_name
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
-_READ_LIMIT = 64 * 1024
 
 
 class WriteError(Exception):
@@ -58,8 +52,27 @@ def _describe(exc: OSError) -> str:
     if exc.errno == errno.ENOSPC:
         return "disk full"
     if exc.errno == errno.ELOOP:
-        return "a symlink is planted in the path; not following it"
+        return exc.strerror or "a symlink is planted in the path; not following it"
     return exc.strerror or type(exc).__name__
+
+
+def _open_child(fd: int, part: str) -> int:
+    """Open directory ``part`` below ``fd`` without following a symlink there."""
+    try:
+        return os.open(part, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=fd)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTDIR, errno.ELOOP) and _is_symlink(fd, part):
+            raise OSError(
+                errno.ELOOP, f"{part} is a symlink planted in the path; not following it"
+            ) from None
+        raise
+
+
+def _is_symlink(fd: int, name: str) -> bool:
+    try:
+        return stat.S_ISLNK(os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode)
+    except OSError:
+        return False
 
 
 def _open_directory(directory: Path, root: Path | None) -> int:
@@ -73,7 +86,7 @@ def _open_directory(directory: Path, root: Path | None) -> int:
     fd = os.open(root, _DIR_FLAGS)
     for part in parts:
         try:
-            child = os.open(part, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=fd)
+            child = _open_child(fd, part)
         finally:
             os.close(fd)
         fd = child
@@ -140,16 +153,63 @@ def write_atomic(
         os.close(dir_fd)
 
 
-def remove_stale_temp_files(directory: Path) -> list[str]:
+DIR_MODE = 0o750
+"""Mode of every directory entra-tokend creates (output_dir and token subdirectories)."""
+
+
+def make_directories(directory: Path, root: Path, mode: int = DIR_MODE) -> None:
+    """Create ``directory`` (inside ``root``, which must exist) and its missing parents.
+
+    Each component is opened with ``O_NOFOLLOW`` relative to its parent's fd, so a symlink a
+    neighbour planted (``out/sub -> /elsewhere``) is refused, never followed. A directory
+    created here gets exactly ``mode`` (``fchmod`` after ``mkdir``: the umask does not
+    apply); existing directories are left as they are. Raises OSError (ELOOP for a symlink,
+    ENOTDIR for a file in the way).
+    """
+    parts = directory.relative_to(root).parts
+    fd = os.open(root, _DIR_FLAGS)
+    try:
+        for part in parts:
+            try:
+                os.mkdir(part, mode, dir_fd=fd)
+                created = True
+            except FileExistsError:
+                created = False
+            child = _open_child(fd, part)  # on failure the finally below closes fd
+            os.close(fd)
+            fd = child
+            if created:
+                os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
+
+
+def make_root(root: Path, mode: int = DIR_MODE) -> None:
+    """Create output_dir and missing parents, each new one with exactly ``mode``."""
+    missing: list[Path] = []
+    current = root
+    while not current.exists() and current != current.parent:
+        missing.append(current)
+        current = current.parent
+    for path in reversed(missing):
+        try:
+            os.mkdir(path, mode)
+        except FileExistsError:
+            continue
+        os.chmod(path, mode, follow_symlinks=False)
+
+
+def remove_stale_temp_files(directory: Path, root: Path | None = None) -> list[str]:
     """Remove temp files a killed run left in ``directory``: ours by name, regular, our uid.
 
-    Call it only while holding the directory's lock: another live writer's temp files look
-    exactly like stale ones.
+    Below ``root`` no path component may be a symlink (see ``write_atomic``). Call it only
+    while holding the directory's lock: another live writer's temp files look exactly like
+    stale ones.
     """
     removed: list[str] = []
     try:
-        dir_fd = os.open(directory, _DIR_FLAGS)
-    except OSError:
+        dir_fd = _open_directory(directory, root)
+    except (OSError, WriteError):
         return removed
     try:
         uid = os.getuid()
@@ -169,95 +229,3 @@ def remove_stale_temp_files(directory: Path) -> list[str]:
     finally:
         os.close(dir_fd)
     return sorted(removed)
-
-
-@dataclass(frozen=True)
-class ExistingToken:
-    """A token found on disk at start-up: when it was issued and when it expires."""
-
-    issued_at: float | None
-    expires_on: float
-
-
-def _read_regular(path: Path) -> bytes | None:
-    """The bytes of a small regular file at ``path``; never follows a symlink or blocks."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_size > _READ_LIMIT:
-            return None
-        return os.read(fd, _READ_LIMIT + 1)[:_READ_LIMIT]
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-
-
-def read_regular(path: Path) -> bytes | None:
-    """The bytes of a small regular file at ``path`` (None when absent, not a regular file,
-    unreadable or larger than the read limit); never follows a symlink or blocks."""
-    return _read_regular(path)
-
-
-def jwt_times(token: str) -> tuple[float | None, float | None]:
-    """``(iat, exp)`` of a JWT's payload (unix seconds), each None when absent or unreadable.
-
-    The signature is not checked: this only estimates when a credential on disk ends.
-    """
-    parts = token.split(".")
-    if len(parts) != 3:
-        return None, None
-    try:
-        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
-    except (binascii.Error, ValueError, UnicodeDecodeError, OverflowError):
-        return None, None
-    if not isinstance(claims, dict):
-        return None, None
-
-    def number(key: str) -> float | None:
-        value = claims.get(key)
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            return None
-        try:
-            result = float(value)
-        except OverflowError:
-            return None
-        return result if math.isfinite(result) else None
-
-    return number("iat"), number("exp")
-
-
-def existing_from(token: str, expires_on: float | None = None) -> ExistingToken | None:
-    """An ``ExistingToken`` for ``token`` found on disk: ``expires_on`` if the file states it,
-    else the JWT's ``exp``; None when neither is known."""
-    issued_at, exp = jwt_times(token)
-    if expires_on is None:
-        expires_on = exp
-    if expires_on is None or not math.isfinite(expires_on):
-        return None
-    return ExistingToken(issued_at=issued_at, expires_on=expires_on)
-
-
-def read_existing(path: Path, fmt: str) -> ExistingToken | None:
-    """Best effort: the expiry of a ``raw`` or ``json`` token file a previous run wrote, or
-    None."""
-    raw = _read_regular(path)
-    if raw is None:
-        return None
-    try:
-        text = raw.decode("ascii").strip()
-    except UnicodeDecodeError:
-        return None
-    token = text
-    expires_on: float | None = None
-    if fmt == "json":
-        try:
-            doc = json.loads(text)
-            token = str(doc["access_token"])
-            expires_on = float(doc["expires_on"])
-        except (ValueError, KeyError, TypeError, OverflowError):
-            return None
-    return existing_from(token, expires_on)

@@ -1,0 +1,167 @@
+"""Provenance: a token file is adopted at start-up only if this daemon wrote it, for exactly
+this token's configuration, and nobody changed it since.
+
+After each successful write the daemon records, in ``output_dir/.entra-tokend-state/`` (mode
+0700, owned by the daemon's uid, written with the same atomic writer), one small JSON record per
+token: a fingerprint of everything that determines the token (tenant, client, authority host,
+scope, format and output options, path), the SHA-256 of the bytes written, the token's issue and
+expiry times. At start-up (and when a reload creates a new runner) ``ProvenanceStore.adoptable``
+re-checks all of it against the file on disk:
+
+1. the state directory and the record are ours (owner uid, no group/other write, no symlink);
+2. the record's fingerprint equals the current configuration's — a changed scope, identity or
+   format means the file holds the wrong token;
+3. the token file is a regular file owned by us (or the configured ``file_owner``), not a
+   symlink, and its SHA-256 equals the recorded one — a file another UID wrote, or edited, is
+   never adopted;
+4. the recorded expiry is still ahead.
+
+Anything else returns a reason, and the token is refreshed at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from entra_tokend.model import STATE_DIR, AccessToken, Identity, TokenSpec
+from entra_tokend.outputs.writer import write_atomic
+
+_RECORD_LIMIT = 4096
+_STATE_MODE = 0o700
+_RECORD_MODE = 0o600
+
+
+@dataclass(frozen=True)
+class ExistingToken:
+    """A token an earlier run wrote and that may be adopted: unix issue and expiry times."""
+
+    issued_at: float | None
+    expires_on: float
+
+
+def fingerprint(spec: TokenSpec, identity: Identity) -> str:
+    """SHA-256 over everything that determines a token file's contents: the identity (tenant,
+    client, authority host), the scope and the whole output spec (path, format, options)."""
+    doc = {
+        "tenant_id": identity.tenant_id,
+        "client_id": identity.client_id,
+        "authority_host": identity.authority_host,
+        "scope": spec.scope,
+        "output": repr(spec.output),
+    }
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
+def _read_small(fd_or_path: Path, *, dir_fd: int | None = None) -> tuple[bytes, os.stat_result]:
+    """A small regular file's bytes and stat, never following a symlink or blocking."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    fd = os.open(fd_or_path, flags, dir_fd=dir_fd)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError("not a regular file")
+        data = os.read(fd, _RECORD_LIMIT + 1) if dir_fd is not None else _read_all(fd)
+        return data, st
+    finally:
+        os.close(fd)
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    while chunk := os.read(fd, 65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+class ProvenanceStore:
+    """The state directory of one output_dir."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.directory = root / STATE_DIR
+
+    def prepare(self) -> None:
+        """Create the state directory (0700, ours). Call while holding the output_dir lock.
+
+        One that is not ours (a neighbour's directory or symlink) is left alone: nothing in
+        it is trusted, so no token is adopted and every start refreshes.
+        """
+        with contextlib.suppress(OSError):
+            os.mkdir(self.directory, _STATE_MODE)
+        with contextlib.suppress(OSError):
+            fd = self._state_fd()
+            try:
+                os.fchmod(fd, _STATE_MODE)
+            finally:
+                os.close(fd)
+
+    def _state_fd(self) -> int:
+        fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        st = os.fstat(fd)
+        if st.st_uid != os.getuid() or st.st_mode & 0o022:
+            os.close(fd)
+            raise OSError("state directory is not ours alone")
+        return fd
+
+    def record(self, name: str, print_: str, data: bytes, token: AccessToken) -> None:
+        """Record that ``data`` for ``token`` was written for token ``name``. Raises OSError
+        or WriteError (the token file itself is already in place)."""
+        doc = {
+            "v": 1,
+            "fingerprint": print_,
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "issued_at": token.expires_on - token.expires_in,
+            "expires_on": token.expires_on,
+        }
+        write_atomic(
+            self.directory / f"{name}.json",
+            json.dumps(doc).encode(),
+            _RECORD_MODE,
+            root=self.root,
+        )
+
+    def adoptable(
+        self, name: str, print_: str, path: Path, owners: set[int], now: float
+    ) -> ExistingToken | str:
+        """The adoptable token of ``name`` at ``path``, or why it is not (see module doc)."""
+        try:
+            fd = self._state_fd()
+        except OSError:
+            return "no provenance record from this daemon"
+        try:
+            raw, st = _read_small(Path(f"{name}.json"), dir_fd=fd)
+        except OSError:
+            return "no provenance record from this daemon"
+        finally:
+            os.close(fd)
+        if st.st_uid != os.getuid() or st.st_mode & 0o022 or len(raw) > _RECORD_LIMIT:
+            return "provenance record not written by this daemon"
+        try:
+            doc = json.loads(raw)
+            recorded, digest = str(doc["fingerprint"]), str(doc["sha256"])
+            expires_on, issued_at = float(doc["expires_on"]), float(doc["issued_at"])
+        except (ValueError, KeyError, TypeError, OverflowError):
+            return "provenance record unreadable"
+        if recorded != print_:
+            return "configuration changed (identity, scope, format or path)"
+        try:
+            data, fst = _read_small(path)
+        except OSError:
+            return "token file missing or not a regular file"
+        if fst.st_uid not in owners:
+            return "token file owned by another user"
+        if hashlib.sha256(data).hexdigest() != digest:
+            return "token file changed since this daemon wrote it"
+        if not (math.isfinite(expires_on) and math.isfinite(issued_at)) or expires_on <= now:
+            return "token expired"
+        return ExistingToken(issued_at=issued_at, expires_on=expires_on)
+
+
+__all__ = ["ExistingToken", "ProvenanceStore", "fingerprint"]

@@ -1,0 +1,98 @@
+"""A token file is adopted at start-up (or on reload) only if it is provably this token's."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+from entra_tokend.emulator import Emulator
+from testlib import DaemonProcess, emulator_env, wait_until
+
+STORAGE = "https://storage.azure.com/.default"
+VAULT = "https://vault.azure.net/.default"
+
+
+def _config(path: Path, scope: str) -> Path:
+    path.write_text(f'[token.x]\nscope = "{scope}"\n')
+    return path
+
+
+def _start(
+    factory: Callable[..., DaemonProcess], emulator: Emulator, out: Path, config: Path
+) -> DaemonProcess:
+    return factory("run", "--config", str(config), env=emulator_env(emulator, out))
+
+
+def test_a_restart_adopts_the_file_it_wrote(
+    emulator: Emulator, tmp_path: Path, daemon_factory: Callable[..., DaemonProcess]
+) -> None:
+    out, config = tmp_path / "out", _config(tmp_path / "c.toml", STORAGE)
+    first = _start(daemon_factory, emulator, out, config)
+    first.wait_event("ready: every token is on disk")
+    assert first.stop() == 0
+    issued = len(emulator.issued_tokens)
+    second = _start(daemon_factory, emulator, out, config)
+    second.wait_event("ready: every token is on disk")
+    assert second.count("token written") == 0
+    assert len(emulator.issued_tokens) == issued
+    assert second.stop() == 0
+
+
+def test_a_changed_scope_is_reissued_at_once_on_reload(
+    emulator: Emulator, tmp_path: Path, daemon_factory: Callable[..., DaemonProcess]
+) -> None:
+    """The example: storage → vault plus SIGHUP used to keep the storage token for hours."""
+    out, config = tmp_path / "out", _config(tmp_path / "c.toml", STORAGE)
+    d = _start(daemon_factory, emulator, out, config)
+    d.wait_event("token written", token="x")
+    storage_token = (out / "x").read_text()
+    _config(config, VAULT)
+    d.signal(signal.SIGHUP)
+    d.wait_event("existing token file not adopted; refreshing now", token="x")
+    wait_until(lambda: d.count("token written", token="x") == 2)
+    assert (out / "x").read_text() != storage_token
+    assert (out / "x").read_text() == emulator.issued_tokens[-1]
+    assert d.stop() == 0
+
+
+def test_a_changed_scope_is_reissued_at_once_on_restart(
+    emulator: Emulator, tmp_path: Path, daemon_factory: Callable[..., DaemonProcess]
+) -> None:
+    out, config = tmp_path / "out", _config(tmp_path / "c.toml", STORAGE)
+    first = _start(daemon_factory, emulator, out, config)
+    first.wait_event("ready: every token is on disk")
+    assert first.stop() == 0
+    _config(config, VAULT)
+    second = _start(daemon_factory, emulator, out, config)
+    event = second.wait_event("existing token file not adopted; refreshing now")
+    assert event["reason"].startswith("configuration changed")
+    second.wait_event("token written", token="x")
+    assert second.stop() == 0
+
+
+def test_a_file_another_user_wrote_or_edited_is_never_adopted(
+    emulator: Emulator, tmp_path: Path, daemon_factory: Callable[..., DaemonProcess]
+) -> None:
+    out, config = tmp_path / "out", _config(tmp_path / "c.toml", STORAGE)
+    first = _start(daemon_factory, emulator, out, config)
+    first.wait_event("ready: every token is on disk")
+    assert first.stop() == 0
+    genuine = (out / "x").read_text()
+    # Same name, a valid-looking JWT with a far expiry, owned by someone else.
+    (out / "x").unlink()
+    (out / "x").write_text(genuine)
+    os.chown(out / "x", 65534, 65534)
+    second = _start(daemon_factory, emulator, out, config)
+    event = second.wait_event("existing token file not adopted; refreshing now")
+    assert event["reason"] == "token file owned by another user"
+    second.wait_event("token written", token="x")
+    assert second.stop() == 0
+    # Ours, but edited since: its bytes no longer match the record.
+    (out / "x").write_text(genuine)
+    third = _start(daemon_factory, emulator, out, config)
+    event = third.wait_event("existing token file not adopted; refreshing now")
+    assert event["reason"] == "token file changed since this daemon wrote it"
+    third.wait_event("token written", token="x")
+    assert third.stop() == 0
