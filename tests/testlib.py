@@ -16,6 +16,10 @@ REPO = Path(__file__).resolve().parent.parent
 DAEMON_SRC = REPO / "daemon"
 T = TypeVar("T")
 
+STORAGE = "https://storage.azure.com/.default"
+VAULT = "https://vault.azure.net/.default"
+GRAPH = "https://graph.microsoft.com/.default"
+
 
 def wait_until(predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.01) -> T:
     """Poll ``predicate`` until it returns something truthy; fail the test at the deadline."""
