@@ -1,13 +1,17 @@
-"""Shared helpers for the benchmark scripts: /proc readings, the emulator and the daemon.
+"""What the benchmarks measure with: /proc readings, the machine, the emulator and daemons.
 
-Nothing here is part of the daemon. Every process started is a child of the bench process and
-is stopped (SIGTERM, then SIGKILL after a bound) before the helper that started it returns.
-Servers bind loopback only. Linux only: figures come from /proc.
+The processes, their environment, config files and waiting are the test suite's
+(``tests/testlib.py``, put on the path here); this module adds only what measuring needs. Every
+process started is a child of the bench process and is stopped (SIGTERM, then SIGKILL after a
+bound) before the helper that started it returns. Servers bind loopback only. Linux only:
+figures come from /proc.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
+import importlib.util
 import json
 import os
 import platform
@@ -16,52 +20,30 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-DAEMON_SRC = REPO / "daemon"
-BENCH_DIR = REPO / "bench"
+BENCH_DIR = Path(__file__).resolve().parent
+sys.path.append(str(BENCH_DIR.parent / "tests"))  # the suite's testlib
+
+from testlib import DAEMON_SRC, DaemonProcess, wait_until, write_config  # noqa: E402
+
+if importlib.util.find_spec("entra_tokend") is None:  # not installed: this checkout's
+    sys.path.append(str(DAEMON_SRC))
+
 SCOPE_FMT = "https://bench{i}.example.com/.default"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-T = TypeVar("T")
 
-# Variables a test machine may carry that would change what the children do.
-_STRIP_PREFIXES = (
-    "AZURE_",
-    "ENTRA_TOKEND_",
-    "SSL_CERT",
-    "REQUESTS_CA_BUNDLE",
-    "NOTIFY_SOCKET",
-    "WATCHDOG_",
-    "HTTPS_PROXY",
-    "https_proxy",
-    "HTTP_PROXY",
-    "http_proxy",
-    "PYTHONDONTWRITEBYTECODE",
-    "PYTHONPYCACHEPREFIX",
-)
+# The daemon source the children run (``run_all.py --daemon-src`` measures another checkout).
+source = DAEMON_SRC
 
 
 class BenchError(Exception):
-    """A benchmark could not produce its figure (timeout, a child died)."""
-
-
-def wait_until(
-    predicate: Callable[[], T | None], timeout: float, what: str, interval: float = 0.001
-) -> T:
-    """Poll ``predicate`` until it returns something truthy; raise BenchError at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise BenchError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(interval)
+    """A benchmark could not produce its figure (a child died, or gave no result)."""
 
 
 # ---------------------------------------------------------------------------------- machine
@@ -72,17 +54,14 @@ def load() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
-def _lscpu_model() -> str:
+def _lscpu() -> dict[str, str]:
     try:
         out = subprocess.run(
             ["lscpu"], capture_output=True, text=True, timeout=10, check=False
         ).stdout
     except OSError:
-        out = ""
-    for line in out.splitlines():
-        if line.startswith("Model name:"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
+        return {}
+    return {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in out.splitlines())}
 
 
 def _meminfo_kib(key: str) -> int:
@@ -104,21 +83,15 @@ def _version(dist: str) -> str | None:
 
 def source_revision(src: Path) -> str:
     """The git commit of the source root, with "+dirty" when it has uncommitted changes."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", "-C", str(src), *args], capture_output=True, text=True, timeout=10, check=False
+        ).stdout.strip()
+
     try:
-        head = subprocess.run(
-            ["git", "-C", str(src), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(src), "status", "--porcelain", "--", "."],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
-        ).stdout.strip()
+        head = git("rev-parse", "--short", "HEAD")
+        dirty = git("status", "--porcelain", "--", ".")
     except OSError:
         return "unknown"
     if not head:
@@ -128,18 +101,11 @@ def source_revision(src: Path) -> str:
 
 def machine() -> dict[str, Any]:
     """What the figures were measured on."""
-    hypervisor = ""
-    with contextlib.suppress(OSError):
-        out = subprocess.run(
-            ["lscpu"], capture_output=True, text=True, timeout=10, check=False
-        ).stdout
-        for line in out.splitlines():
-            if line.startswith("Hypervisor vendor:"):
-                hypervisor = line.split(":", 1)[1].strip()
+    cpu_info = _lscpu()
     return {
-        "cpu_model": _lscpu_model(),
+        "cpu_model": cpu_info.get("Model name") or platform.processor() or "unknown",
         "nproc": os.cpu_count(),
-        "hypervisor": hypervisor or None,
+        "hypervisor": cpu_info.get("Hypervisor vendor") or None,
         "mem_total_mib": round(_meminfo_kib("MemTotal") / 1024),
         "kernel": platform.release(),
         "python": platform.python_version(),
@@ -273,8 +239,6 @@ class PeakSampler:
     """Samples a process tree's RSS every ``interval`` seconds from a thread; keeps the peak."""
 
     def __init__(self, pid: int, interval: float = 0.05) -> None:
-        import threading
-
         self.pid = pid
         self.interval = interval
         self.peak = MemorySample()
@@ -306,51 +270,21 @@ class PeakSampler:
 # -------------------------------------------------------------------------------- processes
 
 
-def child_env(
-    extra: Mapping[str, str] | None = None, pycache: Path | None = None
-) -> dict[str, str]:
-    """A clean environment for a child: the source root on the path, compiled bytecode on.
-
-    The workstation sets PYTHONDONTWRITEBYTECODE, which would make every child compile the
-    daemon from source (slower start, about 2 MiB more RSS). An installed package has its
-    bytecode compiled at install time, so the children get a private bytecode cache instead
-    (PYTHONPYCACHEPREFIX; nothing is written into the source tree).
-    """
-    env = {k: v for k, v in os.environ.items() if not k.startswith(_STRIP_PREFIXES)}
-    env["PYTHONPATH"] = str(DAEMON_SRC)
-    env["NO_PROXY"] = "127.0.0.1,localhost"
-    if pycache is not None:
-        env["PYTHONPYCACHEPREFIX"] = str(pycache)
-    else:
-        env["PYTHONDONTWRITEBYTECODE"] = "1"
-    env.update(extra or {})
-    return env
-
-
-def stop_process(proc: subprocess.Popen[Any], timeout: float = 10.0) -> int:
-    """SIGTERM, wait up to ``timeout``, then SIGKILL. Returns the exit status."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout)
-    return proc.returncode
-
-
 @dataclass
 class EmulatorProcess:
-    """``python -m entra_tokend emulator`` in a subprocess (its own interpreter and GIL)."""
+    """``python -m entra_tokend emulator`` in a subprocess (its own interpreter and GIL).
 
-    proc: subprocess.Popen[str]
-    state_dir: Path
+    ``env`` holds the variables a workload-identity pod would get (its env file); callers may
+    replace it (another trust store) for the daemons they start.
+    """
+
+    process: DaemonProcess
     env: dict[str, str] = field(default_factory=dict)
 
     @property
     def pid(self) -> int:
         """The emulator's process id."""
-        return self.proc.pid
+        return self.process.pid
 
 
 def _read_env_file(path: Path) -> dict[str, str]:
@@ -380,10 +314,7 @@ def emulator(
     """
     state_dir.mkdir(parents=True, exist_ok=True)
     env_file = state_dir / "env"
-    argv = [
-        sys.executable,
-        "-m",
-        "entra_tokend",
+    args = [
         "emulator",
         "--listen",
         "127.0.0.1:0",
@@ -398,34 +329,19 @@ def emulator(
         "--tls" if tls else "--no-tls",
     ]
     if delay > 0 and delay_count > 0:
-        argv += ["--delay", f"{delay}:{delay_count}"]
-    log = open(state_dir / "emulator.log", "w")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        argv, env=child_env(pycache=pycache), stdout=log, stderr=subprocess.STDOUT, text=True
-    )
+        args += ["--delay", f"{delay}:{delay_count}"]
+    proc = DaemonProcess(args, {}, state_dir / "emulator.log", daemon_src=source, pycache=pycache)
     try:
 
-        def started() -> bool:
-            if proc.poll() is not None:
-                raise BenchError(
-                    f"emulator exited {proc.returncode}: {(state_dir / 'emulator.log').read_text()}"
-                )
-            return "listening on" in (state_dir / "emulator.log").read_text()
+        def listening() -> bool:
+            if proc.proc.poll() is not None:
+                raise BenchError(f"emulator exited {proc.proc.returncode}: {proc.log_text()}")
+            return "listening on" in proc.log_text()
 
-        wait_until(started, 60, "the emulator to listen", interval=0.02)
-        yield EmulatorProcess(proc, state_dir, _read_env_file(env_file))
+        wait_until(listening, 60, what="the emulator to listen", interval=0.02)
+        yield EmulatorProcess(proc, _read_env_file(env_file))
     finally:
-        stop_process(proc)
-        log.close()
-
-
-def write_config(path: Path, names: Sequence[str], **top: float | int | str) -> Path:
-    """A TOML config with one [token.NAME] per name, each for its own scope."""
-    lines = [f"{k} = {json.dumps(v)}" for k, v in top.items()]
-    for i, name in enumerate(names):
-        lines += ["", f"[token.{name}]", f'scope = "{SCOPE_FMT.format(i=i)}"']
-    path.write_text("\n".join(lines) + "\n")
-    return path
+        proc.stop()
 
 
 def token_names(n: int) -> list[str]:
@@ -435,19 +351,16 @@ def token_names(n: int) -> list[str]:
 
 @dataclass
 class DaemonRun:
-    """A daemon subprocess and where its files go."""
+    """A daemon subprocess and where its token files go."""
 
-    proc: subprocess.Popen[bytes]
+    process: DaemonProcess
     out_dir: Path
     names: list[str]
-    log_path: Path
-    started: float  # time.monotonic() just before spawn
-    started_wall: float  # time.time() just before spawn
 
     @property
     def pid(self) -> int:
         """The daemon's process id."""
-        return self.proc.pid
+        return self.process.pid
 
     def files_on_disk(self) -> int:
         """How many of the expected token files exist (one directory listing)."""
@@ -460,14 +373,15 @@ class DaemonRun:
     def wait_all(self, timeout: float, interval: float = 0.001) -> float:
         """Seconds from spawn until every token file is on disk."""
         want = len(self.names)
+        proc = self.process.proc
 
         def done() -> bool:
-            if self.proc.poll() is not None:
-                raise BenchError(f"daemon exited {self.proc.returncode}; log: {self.log_path}")
+            if proc.poll() is not None:
+                raise BenchError(f"daemon exited {proc.returncode}: {self.process.log_path}")
             return self.files_on_disk() >= want
 
-        wait_until(done, timeout, f"{want} token files in {self.out_dir}", interval)
-        return time.monotonic() - self.started
+        wait_until(done, timeout, what=f"{want} token files in {self.out_dir}", interval=interval)
+        return time.monotonic() - self.process.spawned
 
 
 @contextlib.contextmanager
@@ -478,37 +392,28 @@ def daemon(
     *,
     pycache: Path | None,
     listen: str = "127.0.0.1:0",
-    extra_config: Mapping[str, float | int | str] | None = None,
-    python_flags: Sequence[str] = (),
-    stderr_path: Path | None = None,
+    extra_config: Mapping[str, Any] | None = None,
 ) -> Iterator[DaemonRun]:
     """Start ``entra-tokend run`` with ``n_tokens`` tokens against ``emu``; stop it at the end."""
     work.mkdir(parents=True, exist_ok=True)
     out_dir = work / "out"
     names = token_names(n_tokens)
-    config = write_config(work / "entra-tokend.toml", names, **dict(extra_config or {}))
-    env = child_env(
-        {
-            **emu.env,
-            "ENTRA_TOKEND_OUTPUT_DIR": str(out_dir),
-            "ENTRA_TOKEND_LOG_FORMAT": "json",
-            "ENTRA_TOKEND_LISTEN": listen,
-        },
+    scopes = {name: SCOPE_FMT.format(i=i) for i, name in enumerate(names)}
+    config = write_config(work / "entra-tokend.toml", scopes, **dict(extra_config or {}))
+    env = {**emu.env, "ENTRA_TOKEND_OUTPUT_DIR": str(out_dir), "ENTRA_TOKEND_LISTEN": listen}
+    proc = DaemonProcess(
+        ["run", "--config", str(config)],
+        env,
+        work / "daemon.log",
+        daemon_src=source,
         pycache=pycache,
     )
-    log_path = stderr_path or work / "daemon.log"
-    log = open(log_path, "wb")  # noqa: SIM115 - closed below
-    argv = [sys.executable, *python_flags, "-m", "entra_tokend", "run", "--config", str(config)]
-    started_wall = time.time()
-    started = time.monotonic()
-    proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
-        yield DaemonRun(proc, out_dir, names, log_path, started, started_wall)
+        yield DaemonRun(proc, out_dir, names)
     finally:
-        code = stop_process(proc)
-        log.close()
+        code = proc.stop()
         if code not in (0, -signal.SIGTERM):
-            print(f"  (daemon exited {code}; log kept at {log_path})", file=sys.stderr)
+            print(f"  (daemon exited {code}; log kept at {proc.log_path})", file=sys.stderr)
 
 
 def log_phases(run: DaemonRun) -> dict[str, float]:
@@ -517,26 +422,18 @@ def log_phases(run: DaemonRun) -> dict[str, float]:
     ``starting``: interpreter, imports and configuration done; ``first_token``/``last_token``:
     the first and last "token written"; ``ready``: "ready: every token is on disk".
     """
-    import datetime as dt
-
     marks: dict[str, float] = {}
     names = {
         "entra-tokend starting": "starting",
         "token written": "token",
         "ready: every token is on disk": "ready",
     }
-    for line in run.log_path.read_text(errors="replace").splitlines():
-        if not line.startswith("{"):
-            continue
-        try:
-            event = json.loads(line)
-            when = dt.datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00"))
-        except (ValueError, KeyError, TypeError):
-            continue
+    for event in run.process.events():
         key = names.get(event.get("event", ""))
         if key is None:
             continue
-        ms = round((when.timestamp() - run.started_wall) * 1000, 1)
+        when = dt.datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00"))
+        ms = round((when.timestamp() - run.process.spawned_wall) * 1000, 1)
         if key == "token":
             marks.setdefault("first_token", ms)
             marks["last_token"] = ms

@@ -3,8 +3,8 @@
 
 No network and no daemon: the daemon's own scheduling code (``entra_tokend.scheduler``:
 ``TokenSchedule.succeeded``, which plans the first token of a schedule with
-``first_refresh_delay`` and every later one with ``refresh_delay``; the defaults from
-``entra_tokend.config``) decides every refresh, driven by a simulated clock.
+``first_refresh_delay`` and every later one with ``refresh_delay``; the default ``Policy`` as
+``entra_tokend.config`` builds it) decides every refresh, driven by a simulated clock.
 
 Model:
 
@@ -30,22 +30,19 @@ of the same mean would show in the same windows: the least any scheduler can get
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import math
 import random
-import sys
+import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-if importlib.util.find_spec("entra_tokend") is None:
-    sys.path.insert(0, str(REPO / "daemon"))
-
-import benchlib  # noqa: E402
-from entra_tokend.config import TOP_LEVEL  # noqa: E402
-from entra_tokend.scheduler import Deadline, Policy, TokenSchedule, refresh_delay  # noqa: E402
+import benchlib
+from entra_tokend.config import Overrides, load_config
+from entra_tokend.model import Policy
+from entra_tokend.scheduler import Deadline, TokenSchedule, refresh_delay
+from testlib import offline_env
 
 DAY = 86_400
 HOUR = 3_600
@@ -54,16 +51,14 @@ TARGET_PEAK_TO_MEAN = 1.5
 
 
 def default_policy() -> Policy:
-    """The policy the daemon runs with when nothing is configured (config.py's defaults)."""
-    d = {k: v[1] for k, v in TOP_LEVEL.items()}
-    return Policy(
-        refresh_at=float(d["refresh_at"]),
-        jitter=float(d["jitter"]),
-        min_interval=float(d["min_refresh_interval"]),
-        backoff_initial=float(d["backoff_initial"]),
-        backoff_max=float(d["backoff_max"]),
-        config_backoff_max=float(d["config_error_backoff_max"]),
-    )
+    """The policy the daemon runs with when nothing is configured.
+
+    ``Config.policy`` of a configuration that sets only what has no default (an identity and
+    one token), so the simulation follows the daemon's defaults wherever they live.
+    """
+    with tempfile.TemporaryDirectory(prefix="fleet-sim-") as tmp:
+        overrides = Overrides(tokens=["sim=https://sim.example/.default"])
+        return load_config(overrides, offline_env(Path(tmp))).policy
 
 
 class SimClock:

@@ -14,8 +14,8 @@ Each round reproduces the workload-identity failure the daemon exists to fix:
 
 Prints p50/p90/p99/max and writes every figure to a JSON file. Target: p99 under 100 ms.
 The daemon measured is the ``entra_tokend`` on ``PYTHONPATH`` (else ``daemon/`` of this
-checkout). Helpers (polling, the child's environment, stopping it) come from ``benchlib``.
-``bench/run_all.py`` runs this script as a subprocess.
+checkout). The daemon process, its config and the polling are the test suite's (``testlib``,
+via ``benchlib``). ``bench/run_all.py`` runs this script as a subprocess.
 
     .venv/bin/python bench/rotation_latency.py --rotations 60 \
         --json rotation_latency.json
@@ -25,29 +25,20 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import math
 import os
 import platform
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import benchlib
+from testlib import DaemonProcess, WaitTimeout, wait_until, write_config
 
 TARGET_P99_MS = 100.0
 POLL_INTERVAL = 0.0005  # seconds: the resolution of every latency measured
-T = TypeVar("T")
-
-
-def wait(predicate: Callable[[], T | None], timeout: float, what: str) -> T:
-    """``benchlib.wait_until`` at this bench's polling interval."""
-    return benchlib.wait_until(predicate, timeout, what, interval=POLL_INTERVAL)
 
 
 def daemon_source() -> Path:
@@ -55,7 +46,7 @@ def daemon_source() -> Path:
     spec = importlib.util.find_spec("entra_tokend")
     if spec is not None and spec.origin is not None:
         return Path(spec.origin).resolve().parent.parent
-    return benchlib.DAEMON_SRC
+    return benchlib.source
 
 
 def file_signature(path: Path) -> tuple[int, int] | None:
@@ -67,33 +58,6 @@ def file_signature(path: Path) -> tuple[int, int] | None:
     return (st.st_ino, st.st_mtime_ns)
 
 
-class LogTail:
-    """Counts the daemon's JSON log events by name, reading only what was appended."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._offset = 0
-        self._partial = b""
-        self.counts: dict[str, int] = {}
-
-    def count(self, event: str) -> int:
-        """How many events named ``event`` the daemon has logged so far."""
-        with open(self.path, "rb") as f:
-            f.seek(self._offset)
-            chunk = f.read()
-        self._offset += len(chunk)
-        lines = (self._partial + chunk).split(b"\n")
-        self._partial = lines.pop()
-        for line in lines:
-            try:
-                name = json.loads(line).get("event")
-            except ValueError:
-                continue
-            if isinstance(name, str):
-                self.counts[name] = self.counts.get(name, 0) + 1
-        return self.counts.get(event, 0)
-
-
 def percentile(sorted_values: list[float], p: float) -> float:
     """Nearest-rank percentile of an ascending list."""
     rank = max(1, math.ceil(p / 100 * len(sorted_values)))
@@ -102,13 +66,13 @@ def percentile(sorted_values: list[float], p: float) -> float:
 
 def run(rotations: int, access_token_lifetime: float, json_path: Path) -> int:
     """Run the benchmark; return the process exit code (1 when the p99 target is missed)."""
-    benchlib.DAEMON_SRC = daemon_source()  # the children's PYTHONPATH (benchlib.child_env)
-    if str(benchlib.DAEMON_SRC) not in sys.path:
-        sys.path.insert(0, str(benchlib.DAEMON_SRC))
+    source = daemon_source()
     import watchdog.version
 
     from entra_tokend.emulator import Emulator
 
+    # Under run_all: its private bytecode cache, as for every other daemon.
+    pycache = os.environ.get("PYTHONPYCACHEPREFIX")
     latencies: list[float] = []
     with tempfile.TemporaryDirectory(prefix="rotation-latency-") as tmp_name:
         tmp = Path(tmp_name)
@@ -116,58 +80,49 @@ def run(rotations: int, access_token_lifetime: float, json_path: Path) -> int:
         token_file = out / "bench"
         # The backoff is far longer than any latency measured: only the rotation can fix
         # the failing token in time.
-        config = benchlib.write_config(
+        config = write_config(
             tmp / "entra-tokend.toml",
-            ["bench"],
+            {"bench": benchlib.SCOPE_FMT.format(i=0)},
             listen="",
             min_refresh_interval=0,
             backoff_initial=30,
             backoff_max=60,
             request_timeout=5,
         )
-        log_path = tmp / "daemon.log"
-        with (
-            Emulator(tmp / "emulator", access_token_lifetime=access_token_lifetime) as emu,
-            open(log_path, "wb") as log_file,
-        ):
-            env = benchlib.child_env(
-                {
-                    **emu.env(),
-                    "ENTRA_TOKEND_OUTPUT_DIR": str(out),
-                    "ENTRA_TOKEND_LOG_FORMAT": "json",
-                },
-                # Under run_all: its private bytecode cache, as for every other daemon.
-                pycache=Path(os.environ["PYTHONPYCACHEPREFIX"])
-                if os.environ.get("PYTHONPYCACHEPREFIX")
-                else None,
-            )
-            daemon = subprocess.Popen(
-                [sys.executable, "-m", "entra_tokend", "run", "--config", str(config)],
-                env=env,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
+        with Emulator(tmp / "emulator", access_token_lifetime=access_token_lifetime) as emu:
+            daemon = DaemonProcess(
+                ["run", "--config", str(config)],
+                {**emu.env(), "ENTRA_TOKEND_OUTPUT_DIR": str(out)},
+                tmp / "daemon.log",
+                daemon_src=source,
+                pycache=Path(pycache) if pycache else None,
             )
             try:
-                log = LogTail(log_path)
-                wait(lambda: file_signature(token_file), 30, "the first token file")
+                wait_until(
+                    lambda: file_signature(token_file),
+                    30,
+                    what="the first token file",
+                    interval=POLL_INTERVAL,
+                )
                 for i in range(rotations):
-                    if daemon.poll() is not None:
-                        raise SystemExit(f"daemon exited {daemon.returncode}; log: {log_path}")
-                    failed = log.count("token refresh failed")
+                    if daemon.proc.poll() is not None:
+                        raise SystemExit(f"daemon exited {daemon.proc.returncode}")
+                    failed = daemon.count("token refresh failed")
                     emu.reject_current_assertion_as_expired()
-                    wait(
-                        lambda f=failed: log.count("token refresh failed") > f,  # type: ignore[misc]
+                    wait_until(
+                        lambda f=failed: daemon.count("token refresh failed") > f,  # type: ignore[misc]
                         30,
-                        f"round {i}: the daemon's refresh to fail with the rejected assertion",
+                        what=f"round {i}: the daemon's refresh to fail with the rejected assertion",
                     )
                     before = file_signature(token_file)
                     assertion = emu.issue_assertion()
                     start = time.monotonic()
                     emu.volume.write(assertion)
-                    wait(
+                    wait_until(
                         lambda b=before: file_signature(token_file) != b,  # type: ignore[misc]
                         10,
-                        f"round {i}: a new token file after the rotation",
+                        what=f"round {i}: a new token file after the rotation",
+                        interval=POLL_INTERVAL,
                     )
                     latencies.append(time.monotonic() - start)
                     answered = [r for r in emu.token_requests() if r.status == 200]
@@ -176,7 +131,7 @@ def run(rotations: int, access_token_lifetime: float, json_path: Path) -> int:
                     if token_file.read_text() not in emu.issued_tokens:
                         raise SystemExit(f"round {i}: the token file holds an unknown token")
             finally:
-                benchlib.stop_process(daemon)
+                daemon.stop()
 
     ordered = sorted(latencies)
     ms = [round(v * 1000, 3) for v in latencies]
@@ -228,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--rotations must be at least 1")
     try:
         return run(args.rotations, args.access_token_lifetime, args.json)
-    except benchlib.BenchError as e:
+    except (benchlib.BenchError, WaitTimeout) as e:
         raise SystemExit(f"rotation_latency: {e}") from None
 
 

@@ -1,16 +1,20 @@
-"""Configuration errors through the real CLI: one line per problem, exit 2, no traceback."""
+"""Configuration: every problem named on its own line; the CLI exits 2 with them on stderr.
+
+The rules are checked in process through ``load_config`` (flags as ``Overrides``, the
+environment as a mapping); a few tests run the real ``check-config`` for the exit codes and the
+shape of what an operator sees.
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from entra_tokend.config import ConfigError, Overrides, load_config
-from testlib import run_cli
-
-SCOPE = "https://storage.azure.com/.default"
+from entra_tokend.config import Config, ConfigError, Overrides, load_config, render_config
+from testlib import STORAGE, VAULT, run_cli
 
 
 @pytest.fixture
@@ -25,79 +29,88 @@ def azure_env(tmp_path: Path) -> dict[str, str]:
     }
 
 
-def check(env: dict[str, str], *args: str, toml: str | None = None, tmp: Path | None = None):
+def load(
+    env: dict[str, str], *, toml: str | None = None, tmp: Path | None = None, **flags: Any
+) -> Config:
+    """``load_config`` as ``check-config`` calls it; ``flags`` are ``Overrides`` fields."""
     if toml is not None:
         assert tmp is not None
         path = tmp / "config.toml"
         path.write_text(toml)
-        args = ("--config", str(path), *args)
-    return run_cli("check-config", *args, env=env)
+        flags["config"] = str(path)
+    return load_config(Overrides(**flags), env)
 
 
-def assert_config_error(result, *needles: str) -> list[str]:
-    assert result.returncode == 2, result.stderr
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.strip().splitlines()
+def problems(env: dict[str, str], *needles: str, **kwargs: Any) -> list[str]:
+    """The problem lines of a configuration ``load`` rejects; each needle is in one of them."""
+    with pytest.raises(ConfigError) as info:
+        load(env, **kwargs)
+    lines = info.value.problems
     for needle in needles:
         assert any(needle in line for line in lines), (needle, lines)
     return lines
 
 
-def test_valid_shorthand_prints_effective_config(azure_env: dict[str, str]) -> None:
-    result = check(azure_env, "--token", f"storage={SCOPE}", "--listen", "127.0.0.1:9999")
-    assert result.returncode == 0, result.stderr
-    assert "[token.storage]" in result.stdout
-    assert f'scope = "{SCOPE}"' in result.stdout
-    assert 'listen = "127.0.0.1:9999"' in result.stdout
-    assert azure_env["AZURE_CLIENT_ID"] in result.stdout
+def test_valid_shorthand_renders_the_effective_config(azure_env: dict[str, str]) -> None:
+    text = render_config(load(azure_env, tokens=[f"storage={STORAGE}"], listen="127.0.0.1:9999"))
+    assert "[token.storage]" in text
+    assert f'scope = "{STORAGE}"' in text
+    assert 'listen = "127.0.0.1:9999"' in text
+    assert azure_env["AZURE_CLIENT_ID"] in text
 
 
 def test_precedence_flags_over_env_over_file(azure_env: dict[str, str], tmp_path: Path) -> None:
     toml = (
         f'output_dir = "{tmp_path}/from-file"\nlisten = "127.0.0.1:1"\n'
-        f'[token.a]\nscope = "{SCOPE}"\n'
+        f'[token.a]\nscope = "{STORAGE}"\n'
     )
     env = {**azure_env, "ENTRA_TOKEND_LISTEN": "127.0.0.1:2"}
     env.pop("ENTRA_TOKEND_OUTPUT_DIR")
-    result = check(env, "--listen", "127.0.0.1:3", toml=toml, tmp=tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert 'listen = "127.0.0.1:3"' in result.stdout
-    assert f'output_dir = "{tmp_path}/from-file"' in result.stdout
-    result = check(env, toml=toml, tmp=tmp_path)
-    assert 'listen = "127.0.0.1:2"' in result.stdout
+    text = render_config(load(env, toml=toml, tmp=tmp_path, listen="127.0.0.1:3"))
+    assert 'listen = "127.0.0.1:3"' in text
+    assert f'output_dir = "{tmp_path}/from-file"' in text
+    text = render_config(load(env, toml=toml, tmp=tmp_path))
+    assert 'listen = "127.0.0.1:2"' in text
 
 
 def test_env_tokens_and_identity_table_override(azure_env: dict[str, str], tmp_path: Path) -> None:
     toml = '[identity.default]\nclient_id = "from-file"\nauthority_host = "https://login.example.com/"\n'
-    env = {**azure_env, "ENTRA_TOKEND_TOKENS": f"a={SCOPE}, b=https://vault.azure.net/.default"}
-    result = check(env, toml=toml, tmp=tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert 'client_id = "from-file"' in result.stdout
+    env = {**azure_env, "ENTRA_TOKEND_TOKENS": f"a={STORAGE}, b={VAULT}"}
+    text = render_config(load(env, toml=toml, tmp=tmp_path))
+    assert 'client_id = "from-file"' in text
     # a trailing slash on the authority is tolerated
-    assert 'authority_host = "https://login.example.com"' in result.stdout
-    assert "[token.a]" in result.stdout
-    assert "[token.b]" in result.stdout
+    assert 'authority_host = "https://login.example.com"' in text
+    assert "[token.a]" in text
+    assert "[token.b]" in text
 
 
 def test_unknown_key_is_named_with_a_suggestion(azure_env: dict[str, str], tmp_path: Path) -> None:
-    result = check(azure_env, toml='[token.a]\nscop = "x"\n', tmp=tmp_path)
-    assert_config_error(result, "token.a: unknown key 'scop' (did you mean 'scope'?)")
+    problems(
+        azure_env,
+        "token.a: unknown key 'scop' (did you mean 'scope'?)",
+        toml='[token.a]\nscop = "x"\n',
+        tmp=tmp_path,
+    )
 
 
 def test_unknown_top_level_key(azure_env: dict[str, str], tmp_path: Path) -> None:
-    result = check(azure_env, "--token", f"a={SCOPE}", toml="ouput_dir = '/x'\n", tmp=tmp_path)
-    assert_config_error(result, "unknown key 'ouput_dir' (did you mean 'output_dir'?)")
+    problems(
+        azure_env,
+        "unknown key 'ouput_dir' (did you mean 'output_dir'?)",
+        toml="ouput_dir = '/x'\n",
+        tmp=tmp_path,
+        tokens=[f"a={STORAGE}"],
+    )
 
 
 def test_malformed_toml_names_file_and_line(azure_env: dict[str, str], tmp_path: Path) -> None:
-    result = check(azure_env, toml='[token.a]\nscope = "x"\n[token.b\n', tmp=tmp_path)
-    lines = assert_config_error(result, "config.toml", "line 3")
+    toml = '[token.a]\nscope = "x"\n[token.b\n'
+    lines = problems(azure_env, "config.toml", "line 3", toml=toml, tmp=tmp_path)
     assert len(lines) == 1
 
 
 def test_missing_config_file(azure_env: dict[str, str], tmp_path: Path) -> None:
-    result = run_cli("check-config", "--config", str(tmp_path / "nope.toml"), env=azure_env)
-    assert_config_error(result, "nope.toml: does not exist")
+    problems(azure_env, "nope.toml: does not exist", config=str(tmp_path / "nope.toml"))
 
 
 @pytest.mark.parametrize(
@@ -113,52 +126,54 @@ def test_missing_identity_setting_names_variable_and_key(
 ) -> None:
     env = dict(azure_env)
     env.pop(variable)
-    result = check(env, "--token", f"a={SCOPE}")
-    assert_config_error(result, f"{key} is not set (set {variable} or identity.default.{key})")
+    needle = f"{key} is not set (set {variable} or identity.default.{key})"
+    problems(env, needle, tokens=[f"a={STORAGE}"])
 
 
 def test_every_problem_reported_at_once(tmp_path: Path) -> None:
-    result = check({"ENTRA_TOKEND_OUTPUT_DIR": str(tmp_path)}, "--token", "a=https://x/read")
-    lines = assert_config_error(
-        result, "AZURE_TENANT_ID", "AZURE_CLIENT_ID", "AZURE_FEDERATED_TOKEN_FILE", "/.default"
-    )
+    env = {"ENTRA_TOKEND_OUTPUT_DIR": str(tmp_path)}
+    needles = ("AZURE_TENANT_ID", "AZURE_CLIENT_ID", "AZURE_FEDERATED_TOKEN_FILE", "/.default")
+    lines = problems(env, *needles, tokens=["a=https://x/read"])
     assert len(lines) == 4
 
 
 def test_scope_without_default_is_rejected_with_reason(azure_env: dict[str, str]) -> None:
-    result = check(azure_env, "--token", "a=https://graph.microsoft.com/User.Read")
-    assert_config_error(
-        result, "token.a.scope", "client-credential flows need '<resource>/.default'"
+    problems(
+        azure_env,
+        "token.a.scope",
+        "client-credential flows need '<resource>/.default'",
+        tokens=["a=https://graph.microsoft.com/User.Read"],
     )
 
 
 def test_two_scopes_in_one_token_rejected(azure_env: dict[str, str], tmp_path: Path) -> None:
-    toml = f'[token.a]\nscope = "{SCOPE} https://vault.azure.net/.default"\n'
-    result = check(azure_env, toml=toml, tmp=tmp_path)
-    assert_config_error(result, "token.a.scope", "exactly one scope")
+    toml = f'[token.a]\nscope = "{STORAGE} {VAULT}"\n'
+    problems(azure_env, "token.a.scope", "exactly one scope", toml=toml, tmp=tmp_path)
 
 
 def test_duplicate_output_path_rejected(azure_env: dict[str, str], tmp_path: Path) -> None:
     toml = (
-        f'[token.a]\nscope = "{SCOPE}"\npath = "same"\n'
-        f'[token.b]\nscope = "{SCOPE}"\npath = "same"\n'
+        f'[token.a]\nscope = "{STORAGE}"\npath = "same"\n'
+        f'[token.b]\nscope = "{STORAGE}"\npath = "same"\n'
     )
-    result = check(azure_env, toml=toml, tmp=tmp_path)
-    assert_config_error(result, "token.b.path: token.a already writes to")
+    problems(azure_env, "token.b.path: token.a already writes to", toml=toml, tmp=tmp_path)
 
 
 def test_path_escaping_output_dir_rejected(azure_env: dict[str, str], tmp_path: Path) -> None:
-    toml = f'[token.a]\nscope = "{SCOPE}"\npath = "../etc/passwd"\n'
-    result = check(azure_env, toml=toml, tmp=tmp_path)
-    assert_config_error(
-        result, "token.a.path: '../etc/passwd' must be a file name inside output_dir"
-    )
+    toml = f'[token.a]\nscope = "{STORAGE}"\npath = "../etc/passwd"\n'
+    needle = "token.a.path: '../etc/passwd' must be a file name inside output_dir"
+    problems(azure_env, needle, toml=toml, tmp=tmp_path)
 
 
 def test_output_dir_that_is_a_file(azure_env: dict[str, str], tmp_path: Path) -> None:
     (tmp_path / "file").write_text("")
-    result = check(azure_env, "--token", f"a={SCOPE}", "--output-dir", str(tmp_path / "file"))
-    assert_config_error(result, "output_dir:", "exists but is not a directory")
+    problems(
+        azure_env,
+        "output_dir:",
+        "exists but is not a directory",
+        tokens=[f"a={STORAGE}"],
+        output_dir=str(tmp_path / "file"),
+    )
 
 
 def test_output_dir_not_writable(azure_env: dict[str, str], tmp_path: Path) -> None:
@@ -169,8 +184,9 @@ def test_output_dir_not_writable(azure_env: dict[str, str], tmp_path: Path) -> N
         ro = tmp_path / "ro"
         ro.mkdir(mode=0o500)
         target = str(ro)
-    result = check(azure_env, "--token", f"a={SCOPE}", "--output-dir", target)
-    assert_config_error(result, "output_dir:", "is not writable")
+    problems(
+        azure_env, "output_dir:", "is not writable", tokens=[f"a={STORAGE}"], output_dir=target
+    )
 
 
 def test_world_writable_output_dir_is_no_config_error(
@@ -180,17 +196,16 @@ def test_world_writable_output_dir_is_no_config_error(
     d = tmp_path / "open"
     d.mkdir()
     d.chmod(0o2777)
-    assert check(azure_env, "--token", f"a={SCOPE}", "--output-dir", str(d)).returncode == 0
+    load(azure_env, tokens=[f"a={STORAGE}"], output_dir=str(d))
     d.chmod(0o1777)
-    assert check(azure_env, "--token", f"a={SCOPE}", "--output-dir", str(d)).returncode == 0
+    load(azure_env, tokens=[f"a={STORAGE}"], output_dir=str(d))
 
 
 def test_plain_http_authority_refused_unless_loopback(azure_env: dict[str, str]) -> None:
     env = {**azure_env, "AZURE_AUTHORITY_HOST": "http://login.example.com"}
-    result = check(env, "--token", f"a={SCOPE}")
-    assert_config_error(result, "AZURE_AUTHORITY_HOST", "plain http")
+    problems(env, "AZURE_AUTHORITY_HOST", "plain http", tokens=[f"a={STORAGE}"])
     env["AZURE_AUTHORITY_HOST"] = "http://127.0.0.1:8080/"
-    assert check(env, "--token", f"a={SCOPE}").returncode == 0
+    load(env, tokens=[f"a={STORAGE}"])
 
 
 @pytest.mark.parametrize(
@@ -212,18 +227,51 @@ def test_plain_http_authority_refused_unless_loopback(azure_env: dict[str, str])
 def test_value_errors_name_the_key(
     azure_env: dict[str, str], tmp_path: Path, toml: str, needle: str
 ) -> None:
-    toml = toml if "[token." in toml else toml + f'[token.a]\nscope = "{SCOPE}"\n'
-    assert_config_error(check(azure_env, toml=toml, tmp=tmp_path), needle)
+    toml = toml if "[token." in toml else toml + f'[token.a]\nscope = "{STORAGE}"\n'
+    problems(azure_env, needle, toml=toml, tmp=tmp_path)
 
 
 def test_bad_token_shorthand(azure_env: dict[str, str]) -> None:
-    assert_config_error(
-        check(azure_env, "--token", "justaname"), "--token: 'justaname' is not NAME=SCOPE"
-    )
+    problems(azure_env, "--token: 'justaname' is not NAME=SCOPE", tokens=["justaname"])
 
 
 def test_no_tokens(azure_env: dict[str, str]) -> None:
-    assert_config_error(check(azure_env), "no tokens configured")
+    problems(azure_env, "no tokens configured")
+
+
+def test_load_config_collects_all(tmp_path: Path) -> None:
+    lines = problems({"ENTRA_TOKEND_OUTPUT_DIR": str(tmp_path)}, tokens=["a=b", "c"])
+    assert len(lines) >= 3
+
+
+# ---- the real CLI: exit codes and what the operator reads ---------------------------------
+
+
+def test_check_config_exits_2_with_one_stderr_line_per_problem(tmp_path: Path) -> None:
+    env = {"ENTRA_TOKEND_OUTPUT_DIR": str(tmp_path)}
+    expected = problems(env, tokens=["a=https://x/read"])
+    result = run_cli("check-config", "--token", "a=https://x/read", env=env)
+    assert result.returncode == 2, result.stderr
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [f"entra-tokend: config: {line}" for line in expected]
+
+
+def test_run_exits_2_on_a_config_error_before_doing_anything(
+    azure_env: dict[str, str], tmp_path: Path
+) -> None:
+    expected = problems(azure_env, toml='[token.a]\nscop = "x"\n', tmp=tmp_path)
+    result = run_cli("run", "--once", "--config", str(tmp_path / "config.toml"), env=azure_env)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines() == [f"entra-tokend: config: {line}" for line in expected]
+    assert not (tmp_path / "out").exists()
+
+
+def test_check_config_prints_the_effective_config_and_exits_0(azure_env: dict[str, str]) -> None:
+    args = ("--token", f"storage={STORAGE}", "--listen", "127.0.0.1:9999")
+    result = run_cli("check-config", *args, env=azure_env)
+    assert result.returncode == 0, result.stderr
+    expected = load(azure_env, tokens=[f"storage={STORAGE}"], listen="127.0.0.1:9999")
+    assert result.stdout == render_config(expected)
 
 
 def test_usage_error_exits_2() -> None:
@@ -231,9 +279,3 @@ def test_usage_error_exits_2() -> None:
     assert result.returncode == 2
     assert "--no-such-flag" in result.stderr
     assert "Traceback" not in result.stderr
-
-
-def test_load_config_in_process_collects_all(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError) as info:
-        load_config(Overrides(tokens=["a=b", "c"]), {"ENTRA_TOKEND_OUTPUT_DIR": str(tmp_path)})
-    assert len(info.value.problems) >= 3

@@ -12,24 +12,20 @@ from typing import Any
 import pytest
 
 from entra_tokend.emulator import Emulator, Fault
-from testlib import emulator_env, wait_until
+from testlib import STORAGE, VAULT, emulator_env, wait_until, write_config
 
-STORAGE = "https://storage.azure.com/.default"
-VAULT = "https://vault.azure.net/.default"
-FAST = (
-    "backoff_initial = 0.05\nbackoff_max = 0.2\nmin_refresh_interval = 0\n"
-    "request_timeout = 1.0\nlisten = ''\n"
-)
+# Fast retries, no refresh floor, no HTTP port (settings for write_config).
+FAST: dict[str, Any] = {
+    "backoff_initial": 0.05,
+    "backoff_max": 0.2,
+    "min_refresh_interval": 0,
+    "request_timeout": 1.0,
+    "listen": "",
+}
 
 
 def digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def write_config(path: Path, tokens: dict[str, str], extra: str = FAST) -> Path:
-    body = extra + "".join(f'[token.{n}]\nscope = "{s}"\n' for n, s in tokens.items())
-    path.write_text(body)
-    return path
 
 
 @pytest.mark.parametrize(
@@ -50,7 +46,7 @@ def test_fault_keeps_good_file_and_recovers(
 ) -> None:
     out = tmp_path / "out"
     emulator.access_token_lifetime = 2
-    config = write_config(tmp_path / "c.toml", {"a": STORAGE})
+    config = write_config(tmp_path / "c.toml", {"a": STORAGE}, **FAST)
     d = daemon_factory("run", "--config", str(config), env=emulator_env(emulator, out))
     d.wait_event("token written", token="a")
     before = len(emulator.token_requests())
@@ -85,7 +81,7 @@ def test_expired_token_file_stays_while_refresh_keeps_failing(
 ) -> None:
     out = tmp_path / "out"
     emulator.access_token_lifetime = 1
-    config = write_config(tmp_path / "c.toml", {"a": STORAGE})
+    config = write_config(tmp_path / "c.toml", {"a": STORAGE}, **FAST)
     d = daemon_factory("run", "--config", str(config), env=emulator_env(emulator, out))
     d.wait_event("token written", token="a")
     emulator.inject(Fault("status", status=500, count=100_000))
@@ -106,7 +102,7 @@ def test_configuration_error_backs_off_longer_and_explains_federation(
     emulator: Emulator, tmp_path: Path, daemon_factory: Any
 ) -> None:
     out = tmp_path / "out"
-    config = write_config(tmp_path / "c.toml", {"a": STORAGE})
+    config = write_config(tmp_path / "c.toml", {"a": STORAGE}, **FAST)
     emulator.inject(Fault("status", status=400, aadsts=700213, count=100))
     d = daemon_factory("run", "--config", str(config), env=emulator_env(emulator, out))
     failure = d.wait_event("token refresh failed", token="a", aadsts=700213)
@@ -123,13 +119,13 @@ def test_one_identity_failing_does_not_affect_another(
 ) -> None:
     out = tmp_path / "out"
     other = tmp_path / "missing-token"  # this identity's projected token never appears
-    extra = FAST + (
+    extra = (
         f'[identity.other]\ntenant_id = "{emulator.tenant_id}"\n'
         f'client_id = "{emulator.client_id}"\ntoken_file = "{other}"\n'
         f'authority_host = "{emulator.authority_host}"\n'
         f'[token.b]\nscope = "{VAULT}"\nidentity = "other"\n'
     )
-    config = write_config(tmp_path / "c.toml", {"a": STORAGE}, extra)
+    config = write_config(tmp_path / "c.toml", {"a": STORAGE}, body=extra, **FAST)
     d = daemon_factory("run", "--config", str(config), env=emulator_env(emulator, out))
     d.wait_event("token written", token="a")
     failure = d.wait_event("token refresh failed", token="b", reason="assertion_unavailable")
@@ -145,14 +141,15 @@ def test_sighup_reload_adds_removes_and_keeps(
     emulator: Emulator, tmp_path: Path, daemon_factory: Any
 ) -> None:
     out = tmp_path / "out"
-    config = write_config(tmp_path / "c.toml", {"a": STORAGE, "b": VAULT})
+    config = write_config(tmp_path / "c.toml", {"a": STORAGE, "b": VAULT}, **FAST)
     d = daemon_factory("run", "--config", str(config), env=emulator_env(emulator, out))
     d.wait_event("ready: every token is on disk")
     a_before = (out / "a").read_bytes()
     write_config(
         config,
         {"a": STORAGE, "c": "https://graph.microsoft.com/.default"},
-        FAST + '[token.d]\nscope = "https://d.example/.default"\npath = "sub/dir/d"\n',
+        body='[token.d]\nscope = "https://d.example/.default"\npath = "sub/dir/d"\n',
+        **FAST,
     )
     d.signal(signal.SIGHUP)
     reloaded = d.wait_event("configuration reloaded")
@@ -183,13 +180,13 @@ def test_reload_that_removes_the_failing_token_makes_the_daemon_ready(
         f'authority_host = "{emulator.authority_host}"\n'
         f'[token.b]\nscope = "{VAULT}"\nidentity = "other"\n'
     )
-    config = write_config(tmp_path / "c.toml", {"a": STORAGE}, FAST + other)
+    config = write_config(tmp_path / "c.toml", {"a": STORAGE}, body=other, **FAST)
     d = daemon_factory("run", "--config", str(config), env=emulator_env(emulator, out))
     d.wait_event("token written", token="a")
     d.wait_event("token refresh failed", token="b", reason="assertion_unavailable")
     assert d.count("ready: every token is on disk") == 0
     # a's format changes (its runner is replaced and re-acquired); b goes away
-    write_config(config, {}, FAST + f'[token.a]\nscope = "{STORAGE}"\nformat = "json"\n')
+    write_config(config, body=f'[token.a]\nscope = "{STORAGE}"\nformat = "json"\n', **FAST)
     d.signal(signal.SIGHUP)
     d.wait_event("configuration reloaded", removed=["b"])
     d.wait_event("ready: every token is on disk")

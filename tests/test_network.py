@@ -15,9 +15,7 @@ import pytest
 from entra_tokend.emulator import Emulator, Fault
 from entra_tokend.exchange import MAX_BODY_BYTES, ClientPool, EntraExchange, InvalidResponse
 from entra_tokend.model import Identity
-from testlib import run_cli
-
-STORAGE = "https://storage.azure.com/.default"
+from testlib import STORAGE, run_cli, write_config
 
 
 class ConnectProxy:
@@ -106,17 +104,12 @@ def test_https_proxy_and_no_proxy_are_honoured(tmp_path: Path, proxy: ConnectPro
         assert len(proxy.tunnels) == 1  # bypassed
 
 
-def _config(tmp_path: Path, tokens: int, extra: str) -> Path:
-    path = tmp_path / "c.toml"
-    path.write_text(
-        extra
-        + "".join(f'[token.t{i}]\nscope = "https://r{i}.example/.default"\n' for i in range(tokens))
-    )
-    return path
+def _scopes(tokens: int) -> dict[str, str]:
+    return {f"t{i}": f"https://r{i}.example/.default" for i in range(tokens)}
 
 
 def test_one_client_reuses_its_connection(emulator: Emulator, tmp_path: Path) -> None:
-    config = _config(tmp_path, 5, "concurrency = 1\n")
+    config = write_config(tmp_path / "c.toml", _scopes(5), concurrency=1)
     env = {**emulator.env(), "ENTRA_TOKEND_OUTPUT_DIR": str(tmp_path / "out")}
     result = run_cli("run", "--once", "--config", str(config), env=env)
     assert result.returncode == 0, result.stderr
@@ -127,7 +120,7 @@ def test_one_client_reuses_its_connection(emulator: Emulator, tmp_path: Path) ->
 
 def test_concurrency_is_bounded(emulator: Emulator, tmp_path: Path) -> None:
     emulator.inject(Fault("delay", delay=0.2, count=12))
-    config = _config(tmp_path, 12, "concurrency = 3\n")
+    config = write_config(tmp_path / "c.toml", _scopes(12), concurrency=3)
     env = {**emulator.env(), "ENTRA_TOKEND_OUTPUT_DIR": str(tmp_path / "out")}
     result = run_cli("run", "--once", "--config", str(config), env=env)
     assert result.returncode == 0, result.stderr

@@ -10,9 +10,8 @@ import pytest
 from entra_tokend.emulator import Emulator
 from entra_tokend.exchange.proxy import ProxySettings
 from test_network import ConnectProxy
-from testlib import run_cli
+from testlib import STORAGE, run_cli
 
-STORAGE = "https://storage.azure.com/.default"
 PROXY = "http://proxy.internal:3128"
 
 

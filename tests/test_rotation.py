@@ -8,15 +8,24 @@ from typing import Any
 
 from entra_tokend.emulator import Emulator, Fault
 from entra_tokend.emulator.kubelet import ProjectedVolume
-from testlib import wait_until
+from testlib import (
+    STORAGE,
+    VAULT,
+    DaemonProcess,
+    emulator_env,
+    jwt_claims,
+    sample_value,
+    wait_until,
+    write_config,
+)
 
-STORAGE = "https://storage.azure.com/.default"
-VAULT = "https://vault.azure.net/.default"
 # Backoff of at least 60 s (a tenth of 600 s): a recovery sooner than that came from the
 # rotation, and the 20 s deadlines below still leave a loaded machine plenty of time.
-SLOW_BACKOFF = (
-    "backoff_initial = 600\nbackoff_max = 600\nconfig_error_backoff_max = 600\nlisten = ''\n"
-)
+SLOW_BACKOFF: dict[str, Any] = {
+    "backoff_initial": 600,
+    "backoff_max": 600,
+    "config_error_backoff_max": 600,
+}
 
 
 def start(
@@ -25,15 +34,15 @@ def start(
     daemon_factory: Any,
     tokens: dict[str, str],
     *,
-    extra: str = SLOW_BACKOFF,
     token_file: Path | None = None,
-) -> Any:
-    config = tmp_path / "c.toml"
-    config.write_text(extra + "".join(f'[token.{n}]\nscope = "{s}"\n' for n, s in tokens.items()))
-    env = {**emulator.env(), "ENTRA_TOKEND_OUTPUT_DIR": str(tmp_path / "out")}
+    listen: str = "",
+) -> DaemonProcess:
+    config = write_config(tmp_path / "c.toml", tokens, **SLOW_BACKOFF)
+    env = emulator_env(emulator, tmp_path / "out", ENTRA_TOKEND_LISTEN=listen)
     if token_file is not None:
         env["AZURE_FEDERATED_TOKEN_FILE"] = str(token_file)
-    return daemon_factory("run", "--config", str(config), env=env)
+    daemon: DaemonProcess = daemon_factory("run", "--config", str(config), env=env)
+    return daemon
 
 
 def test_rotation_fixes_a_failing_token_without_waiting_out_the_backoff(
@@ -73,29 +82,48 @@ def test_rotation_during_an_in_flight_exchange_retries_at_once(
 def test_healthy_tokens_keep_their_schedule_on_rotation(
     emulator: Emulator, tmp_path: Path, daemon_factory: Any
 ) -> None:
-    d = start(emulator, tmp_path, daemon_factory, {"a": STORAGE})
-    d.wait_event("token written", token="a")
+    # The first token request is refused as if its assertion had expired (whether a or b sends
+    # it first is up to the daemon): that token fails, the other is healthy. Rotations must
+    # retry the failing token, and only it.
+    emulator.inject(Fault("status", status=400, aadsts=700024))
+    scopes = {"a": STORAGE, "b": VAULT}
+    d = start(emulator, tmp_path, daemon_factory, scopes)
+    failing = d.wait_event("token refresh failed", aadsts=700024)["token"]
+    healthy = "b" if failing == "a" else "a"
+    d.wait_event("token written", token=healthy)
+    # The failing token's retry is answered a second late, and both rotations land while it is
+    # in flight: a refresh of the healthy token started by either rotation, even some hundreds
+    # of milliseconds later, reaches the emulator before the retry's answer, the event after
+    # which the requests are counted.
+    emulator.inject(Fault("delay", delay=1.0))
     emulator.rotate()
     d.wait_event("projected token rotated")
+    emulator.wait_for_requests(3, timeout=10)  # the two first requests, then the retry
     emulator.rotate()
     wait_until(lambda: d.count("projected token rotated") == 2)
-    assert len(emulator.token_requests()) == 1
+    d.wait_event("token recovered", token=failing, timeout=20)
+    assert [r.form["scope"] for r in emulator.token_requests()].count(scopes[healthy]) == 1
     assert d.stop() == 0
 
 
 def test_many_rotations_in_a_row(emulator: Emulator, tmp_path: Path, daemon_factory: Any) -> None:
     emulator.reject_current_assertion_as_expired()
-    d = start(emulator, tmp_path, daemon_factory, {"a": STORAGE})
+    d = start(emulator, tmp_path, daemon_factory, {"a": STORAGE}, listen="127.0.0.1:0")
     d.wait_event("token refresh failed", token="a", aadsts=700024)
-    last = ""
-    for _ in range(30):
-        last = emulator.rotate()
+    # Each assertion expires a second after the one before, so the daemon's assertion expiry
+    # metric tells which one it holds.
+    assertions = [emulator.rotate(ttl=3600 + i) for i in range(30)]
     d.wait_event("token recovered", token="a", timeout=20)
+    # However the watcher coalesced the burst, the daemon ends on the last assertion.
+    last_exp = jwt_claims(assertions[-1])["exp"]
     wait_until(
         lambda: (
-            emulator.token_requests()[-1].form["client_assertion"] == last
-            or d.count("projected token rotated") >= 1
-        )
+            sample_value(
+                d.scrape(), "entra_tokend_assertion_expiry_timestamp_seconds", identity="default"
+            )
+            == last_exp
+        ),
+        what="the assertion expiry metric to name the last assertion",
     )
     assert d.proc.poll() is None
     assert d.stop() == 0
@@ -161,13 +189,8 @@ def test_once_waits_for_the_token_file_up_to_its_deadline(
     emulator: Emulator, tmp_path: Path, daemon_factory: Any
 ) -> None:
     volume = ProjectedVolume(tmp_path / "later")
-    config = tmp_path / "c.toml"
-    config.write_text(f'[token.a]\nscope = "{STORAGE}"\n')
-    env = {
-        **emulator.env(),
-        "ENTRA_TOKEND_OUTPUT_DIR": str(tmp_path / "out"),
-        "AZURE_FEDERATED_TOKEN_FILE": str(volume.path),
-    }
+    config = write_config(tmp_path / "c.toml", {"a": STORAGE})
+    env = emulator_env(emulator, tmp_path / "out", AZURE_FEDERATED_TOKEN_FILE=str(volume.path))
     d = daemon_factory("run", "--once", "--deadline", "30", "--config", str(config), env=env)
     d.wait_event("projected token unavailable", problem="missing")
     volume.write(emulator.issue_assertion())

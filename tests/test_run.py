@@ -12,10 +12,7 @@ from typing import Any
 
 from entra_tokend import __version__
 from entra_tokend.emulator import Emulator, Fault
-from testlib import emulator_env, run_cli, wait_until
-
-STORAGE = "https://storage.azure.com/.default"
-VAULT = "https://vault.azure.net/.default"
+from testlib import STORAGE, VAULT, emulator_env, run_cli, wait_until
 
 
 def test_once_writes_raw_token_with_mode_and_no_newline(emulator: Emulator, tmp_path: Path) -> None:

@@ -1,22 +1,19 @@
-"""Helpers for the deployment tests: repository paths, the real CLI, unit-file and TOML parsing."""
+"""Helpers for the deployment tests: repository paths, unit-file, TOML and manifest parsing.
+
+The real CLI, its environment and the tool lookup are the shared ones (testlib).
+"""
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from testlib import base_env
-from testlib import run_cli as testlib_run_cli
+from testlib import REPO
 
-REPO = Path(__file__).resolve().parents[2]
-DAEMON_SRC = REPO / "daemon"
 DOCKERFILE = REPO / "Dockerfile"
 DOCKERIGNORE = REPO / ".dockerignore"
 UNIT = REPO / "systemd" / "entra-tokend.service"
@@ -24,7 +21,6 @@ SYSUSERS = REPO / "systemd" / "entra-tokend.sysusers.conf"
 ENV_EXAMPLE = REPO / "systemd" / "entra-tokend.env.example"
 TOML_EXAMPLE = REPO / "config" / "entra-tokend.toml"
 K8S_DIR = REPO / "config" / "kubernetes"
-VENV_BIN = Path(sys.executable).parent
 
 # The configuration reference (README / issue 2): every key a config file may contain.
 TOP_LEVEL_KEYS = frozenset(
@@ -53,27 +49,6 @@ TABLE_KEYS = frozenset({"identity", "token", "hook"})
 IDENTITY_KEYS = frozenset({"tenant_id", "client_id", "token_file", "authority_host", "ca_file"})
 TOKEN_KEYS = frozenset({"scope", "identity", "path", "format", "hook"})
 HOOK_KEYS = frozenset({"exec", "timeout", "pid_file", "signal"})
-
-
-def tool(name: str) -> str:
-    """Path of a required external tool: the venv's copy first, then PATH. Fails, never skips."""
-    candidate = VENV_BIN / name
-    if candidate.is_file() and os.access(candidate, os.X_OK):
-        return str(candidate)
-    for directory in os.environ.get("PATH", "").split(os.pathsep):
-        path = Path(directory) / name
-        if directory and path.is_file() and os.access(path, os.X_OK):
-            return str(path)
-    raise AssertionError(f"{name} is not installed; .ci/run installs it (see tests/deploy)")
-
-
-# The CLI's clean environment and runner are the suite's shared ones.
-cli_env = base_env
-
-
-def run_cli(*args: str, env: Mapping[str, str]) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m entra_tokend ARGS`` to completion with exactly ``env`` added."""
-    return testlib_run_cli(*args, env=env)
 
 
 def unit_settings(path: Path) -> dict[str, list[str]]:

@@ -14,13 +14,13 @@ from deploy_helpers import (
     TOML_EXAMPLE,
     TOP_LEVEL_KEYS,
     env_file,
-    run_cli,
     uncomment_settings,
     unknown_keys,
 )
 
 from entra_tokend.config import schema as config_module
 from entra_tokend.outputs import FORMATS
+from testlib import run_cli
 
 
 def active() -> dict[str, Any]:

@@ -14,9 +14,10 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from deploy_helpers import DOCKERFILE, DOCKERIGNORE, REPO, cli_env, tool
+from deploy_helpers import DOCKERFILE, DOCKERIGNORE
 
 from entra_tokend.config import schema as config_module
+from testlib import REPO, base_env, tool
 
 OCI_LABELS = {
     "org.opencontainers.image.title": "text",
@@ -226,7 +227,7 @@ def test_the_daemon_works_without_the_emulator_extra(emulator: Any, tmp_path: Pa
             "--token",
             "arm=https://management.azure.com/.default",
         ],
-        env=cli_env(emulator.env()),
+        env=base_env(emulator.env()),
         capture_output=True,
         text=True,
         timeout=60,

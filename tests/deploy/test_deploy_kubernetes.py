@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from deploy_helpers import K8S_DIR, k8s_documents, k8s_kind, run_cli, tool, unknown_keys
+from deploy_helpers import K8S_DIR, k8s_documents, k8s_kind, unknown_keys
+
+from testlib import run_cli, tool
 
 SIDECAR = "deployment-sidecar.yaml"
 INIT_ONLY = "deployment-init.yaml"

@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from deploy_helpers import SYSUSERS, UNIT, cli_env, tool, unit_settings
+from deploy_helpers import SYSUSERS, UNIT, unit_settings
+
+from testlib import base_env, tool
 
 MAX_EXPOSURE = 2.0
 
@@ -211,7 +213,7 @@ def test_daemon_runs_under_memory_deny_write_execute(emulator: Any, tmp_path: Pa
             "--token",
             "arm=https://management.azure.com/.default",
         ],
-        env=cli_env(emulator.env()),
+        env=base_env(emulator.env()),
         capture_output=True,
         text=True,
         timeout=60,

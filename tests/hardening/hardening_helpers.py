@@ -1,47 +1,26 @@
-"""Helpers for the hardening tests: configs, metrics, processes, mounts."""
+"""Helpers for the hardening tests: fast settings, temp files, processes, mounts."""
 
 from __future__ import annotations
 
 import hashlib
 import os
-import re
 import subprocess
-import urllib.request
 from pathlib import Path
 from typing import Any
 
-STORAGE = "https://storage.azure.com/.default"
-VAULT = "https://vault.azure.net/.default"
-# Fast retries and no refresh floor.
-FAST = (
-    "backoff_initial = 0.05\nbackoff_max = 0.2\nmin_refresh_interval = 0\nrequest_timeout = 2.0\n"
-)
+# Fast retries and no refresh floor (settings for testlib.write_config).
+FAST: dict[str, Any] = {
+    "backoff_initial": 0.05,
+    "backoff_max": 0.2,
+    "min_refresh_interval": 0,
+    "request_timeout": 2.0,
+}
 READER = Path(__file__).with_name("token_reader.py")
-
-
-def write_config(path: Path, body: str, *, listen: str = "") -> Path:
-    """Write a TOML config: the fast defaults, ``listen`` (none by default), then ``body``."""
-    path.write_text(f"{FAST}listen = '{listen}'\n{body}")
-    return path
 
 
 def sha(text: str) -> str:
     """sha256 hex of a token, as the reader reports them."""
     return hashlib.sha256(text.encode()).hexdigest()
-
-
-def metrics(daemon: Any) -> dict[str, float]:
-    """Scrape the daemon's /metrics (its 'listening' log line names the port)."""
-    port = int(daemon.wait_event("listening")["listen"].rpartition(":")[2])
-    url = f"http://127.0.0.1:{port}/metrics"
-    with urllib.request.urlopen(url, timeout=5) as resp:
-        text = resp.read().decode()
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        m = re.match(r"^([a-zA-Z_:][^ ]*) ([0-9.eE+-]+|NaN|[+-]Inf)$", line)
-        if m:
-            out[m.group(1)] = float(m.group(2))
-    return out
 
 
 def pid_alive(pid: int) -> bool:

@@ -35,9 +35,7 @@ from entra_tokend.config.schema import (
     TOP_LEVEL,
 )
 from entra_tokend.model import LOCK_NAME, is_temp_name
-
-STORAGE = "https://storage.azure.com/.default"
-
+from testlib import STORAGE
 
 # ---- a TOML writer for arbitrary values (tomllib only reads) -----------------------------
 

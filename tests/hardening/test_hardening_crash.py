@@ -15,11 +15,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from hardening_helpers import READER, STORAGE, VAULT, sha, temp_files, write_config
+from hardening_helpers import FAST, READER, sha, temp_files
 from token_reader import classify
 
 from entra_tokend.emulator import Emulator
-from testlib import base_env, wait_until
+from testlib import STORAGE, VAULT, base_env, wait_until, write_config
 
 KILLS = 15
 READERS = 3
@@ -49,9 +49,11 @@ def test_sigkill_during_rapid_refresh_never_exposes_a_partial_file(
     emulator.access_token_lifetime = 1  # refreshed every ~0.1 s with refresh_at = 0.1
     config = write_config(
         tmp_path / "c.toml",
-        "refresh_at = 0.1\njitter = 0\n"
+        body="refresh_at = 0.1\njitter = 0\n"
         f'[token.a]\nscope = "{STORAGE}"\n'
         f'[token.j]\nscope = "{VAULT}"\nformat = "json"\npath = "j.json"\n',
+        listen="",
+        **FAST,
     )
     env = {**emulator.env(), "ENTRA_TOKEND_OUTPUT_DIR": str(out)}
 

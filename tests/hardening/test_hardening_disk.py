@@ -10,18 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hardening_helpers import (
-    STORAGE,
-    metrics,
-    remount,
-    temp_files,
-    try_mount_tmpfs,
-    umount,
-    write_config,
-)
+from hardening_helpers import FAST, remount, temp_files, try_mount_tmpfs, umount
 
 from entra_tokend.emulator import Emulator
-from testlib import offline_env, run_cli, wait_until
+from testlib import STORAGE, offline_env, run_cli, sample_value, wait_until, write_config
 
 NOBODY = 65534
 
@@ -84,7 +76,10 @@ def test_write_failure_keeps_old_file_logs_once_and_recovers(
     out = tmpfs / "out"
     emulator.access_token_lifetime = 2
     config = write_config(
-        tmp_path / "c.toml", f'[token.a]\nscope = "{STORAGE}"\n', listen="127.0.0.1:0"
+        tmp_path / "c.toml",
+        body=f'[token.a]\nscope = "{STORAGE}"\n',
+        listen="127.0.0.1:0",
+        **FAST,
     )
     env = {
         **emulator.env(),
@@ -98,9 +93,12 @@ def test_write_failure_keeps_old_file_logs_once_and_recovers(
     assert detail in failure["detail"]
     current = (out / "a").read_bytes()  # no write can succeed from here on
     assert current.decode() in emulator.issued_tokens
-    series = 'entra_tokend_token_refresh_failures_total{reason="write_error",token="a"}'
+    series = "entra_tokend_token_refresh_failures_total"
     # Retried on the backoff (each retry a fresh exchange); logged once, repeats quietly.
-    wait_until(lambda: metrics(d).get(series, 0) >= 3, timeout=15)
+    wait_until(
+        lambda: (sample_value(d.scrape(), series, reason="write_error", token="a") or 0) >= 3,
+        timeout=15,
+    )
     failures = [
         e for e in d.events() if e.get("event") == "token refresh failed" and e["token"] == "a"
     ]

@@ -13,9 +13,7 @@ from pathlib import Path
 import pytest
 
 from entra_tokend.emulator import Emulator
-from testlib import DaemonProcess, emulator_env, run_cli, wait_until
-
-STORAGE = "https://storage.azure.com/.default"
+from testlib import STORAGE, DaemonProcess, emulator_env, run_cli, wait_until
 
 
 @contextmanager

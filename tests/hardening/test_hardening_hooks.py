@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import signal
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-from hardening_helpers import STORAGE, VAULT, metrics, pid_alive, write_config
+import pytest
+from hardening_helpers import FAST, pid_alive
 
 from entra_tokend.emulator import Emulator
-from testlib import base_env, run_cli, wait_until
+from testlib import STORAGE, VAULT, base_env, cli, run_cli, sample_value, wait_until, write_config
 
 QUICK = "refresh_at = 0.1\njitter = 0\n"  # with 1 s tokens: a refresh every ~0.1 s
 
@@ -36,9 +39,11 @@ def test_blocked_hook_never_delays_other_tokens_and_its_output_is_logged(
     )
     config = write_config(
         tmp_path / "c.toml",
-        QUICK
+        body=QUICK
         + f'[token.slow]\nscope = "{STORAGE}"\n[token.slow.hook]\n{sh_hook(script, 60)}'
         + f'[token.fast]\nscope = "{VAULT}"\n',
+        listen="",
+        **FAST,
     )
     d = daemon_factory(
         "run", "--config", str(config), env={**emulator.env(), "ENTRA_TOKEND_OUTPUT_DIR": str(out)}
@@ -66,10 +71,11 @@ def test_hook_timeout_kills_the_hook_and_its_children_and_is_not_fatal(
     script = f"sleep 60 & echo $! >> {pids}; echo $$ >> {pids}; wait"
     config = write_config(
         tmp_path / "c.toml",
-        QUICK
+        body=QUICK
         + f'[token.a]\nscope = "{STORAGE}"\n[token.a.hook]\n{sh_hook(script, 1)}'
         + f'[token.b]\nscope = "{VAULT}"\n[token.b.hook]\nexec = ["/nonexistent/hook"]\n',
         listen="127.0.0.1:0",
+        **FAST,
     )
     d = daemon_factory(
         "run", "--config", str(config), env={**emulator.env(), "ENTRA_TOKEND_OUTPUT_DIR": str(out)}
@@ -81,8 +87,8 @@ def test_hook_timeout_kills_the_hook_and_its_children_and_is_not_fatal(
     d.wait_event("hook command could not start", token="b", command="/nonexistent/hook")
     wait_until(
         lambda: (
-            metrics(d).get('entra_tokend_hook_failures_total{token="a"}', 0) >= 1
-            and metrics(d).get('entra_tokend_hook_failures_total{token="b"}', 0) >= 1
+            (sample_value(d.scrape(), "entra_tokend_hook_failures_total", token="a") or 0) >= 1
+            and (sample_value(d.scrape(), "entra_tokend_hook_failures_total", token="b") or 0) >= 1
         )
     )
     # Not fatal: the tokens keep being refreshed after failed hooks.
@@ -125,12 +131,13 @@ def test_signal_hook_tells_a_reader_after_the_file_is_replaced(
         wait_until(lambda: pid_file.exists() and pid_file.read_text().endswith("\n"))
         config = write_config(
             tmp_path / "c.toml",
-            QUICK
+            body=QUICK
             + f'[hook]\npid_file = "{pid_file}"\nsignal = "HUP"\n'
             + f'[token.a]\nscope = "{STORAGE}"\n'
             + f'[token.b]\nscope = "{VAULT}"\n'
             + f'[token.b.hook]\npid_file = "{tmp_path / "no-such.pid"}"\n',
             listen="127.0.0.1:0",
+            **FAST,
         )
         d = daemon_factory(
             "run",
@@ -146,7 +153,11 @@ def test_signal_hook_tells_a_reader_after_the_file_is_replaced(
         assert all(line in emulator.issued_tokens for line in seen.read_text().splitlines())
         # A broken pid file is logged and counted, never fatal.
         d.wait_event("hook pid file unusable", token="b")
-        wait_until(lambda: metrics(d).get('entra_tokend_hook_failures_total{token="b"}', 0) >= 1)
+        wait_until(
+            lambda: (
+                (sample_value(d.scrape(), "entra_tokend_hook_failures_total", token="b") or 0) >= 1
+            )
+        )
         assert d.proc.poll() is None
         assert d.stop() == 0
     finally:
@@ -162,12 +173,120 @@ def test_run_once_waits_for_hooks_to_finish(emulator: Emulator, tmp_path: Path) 
     # take "every token written" for "done" and kill a's hook.
     config = write_config(
         tmp_path / "c.toml",
-        f'[token.a]\nscope = "{STORAGE}"\n[token.a.hook]\n'
+        body=f'[token.a]\nscope = "{STORAGE}"\n[token.a.hook]\n'
         + sh_hook(f"sleep 1; echo $ENTRA_TOKEND_TOKEN >> {done}", 30)
         + f'[token.b]\nscope = "{VAULT}"\n[token.b.hook]\n'
         + sh_hook(f"sleep 0.1; echo $ENTRA_TOKEND_TOKEN >> {done}", 30),
+        listen="",
+        **FAST,
     )
     env = {**emulator.env(), "ENTRA_TOKEND_OUTPUT_DIR": str(out)}
     result = run_cli("run", "--once", "--config", str(config), env=env)
     assert result.returncode == 0, result.stderr
     assert done.read_text() == "b\na\n"
+
+
+def _processes_with(marker: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker.encode() in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def test_a_hook_child_that_escapes_with_setsid_is_killed_and_leaks_no_descriptor(
+    emulator: Emulator, tmp_path: Path, daemon_factory: Any
+) -> None:
+    """The example: `setsid sleep 888 & exit 0` used to leak a process and a pipe per run."""
+    out = tmp_path / "out"
+    emulator.access_token_lifetime = 1
+    duration = "888.123"  # a unique command line to find the escapees by
+    config = write_config(
+        tmp_path / "c.toml",
+        body=QUICK
+        + f'[token.a]\nscope = "{STORAGE}"\n[token.a.hook]\n'
+        + sh_hook(f"setsid sleep {duration} & exit 0", 1),
+        listen="",
+        **FAST,
+    )
+    d = daemon_factory(
+        "run", "--config", str(config), env={**emulator.env(), "ENTRA_TOKEND_OUTPUT_DIR": str(out)}
+    )
+    fds = Path(f"/proc/{d.proc.pid}/fd")
+    wait_until(lambda: d.count("hook command ran", token="a") >= 3, timeout=30)
+    baseline = len(list(fds.iterdir()))
+    runs = d.count("hook command ran", token="a")
+    wait_until(lambda: d.count("hook command ran", token="a") >= runs + 5, timeout=30)
+    assert len(list(fds.iterdir())) <= baseline
+    assert d.stop() == 0
+    # Every escapee was killed (and reaped: no zombie either).
+    wait_until(lambda: _processes_with(f"sleep {duration}") == [])
+
+
+def test_as_pid_1_the_daemon_reaps_orphans(emulator: Emulator, tmp_path: Path) -> None:
+    """In a container without an init the daemon is PID 1: orphans must not stay zombies."""
+    if shutil.which("unshare") is None or shutil.which("nsenter") is None:
+        pytest.skip("util-linux unshare/nsenter are not installed")
+    out = tmp_path / "out"
+    marker = tmp_path / "orphans-done"
+    # A hook-free daemon in its own PID namespace; a process there leaves an orphan.
+    env = base_env(
+        {**emulator.env(), "ENTRA_TOKEND_OUTPUT_DIR": str(out), "ENTRA_TOKEND_LISTEN": ""}
+    )
+    daemon = subprocess.Popen(
+        # --mount-proc: the namespace's own /proc, as in a container.
+        [
+            "unshare",
+            "--pid",
+            "--fork",
+            "--mount-proc",
+            "--kill-child",
+            *cli("run", "--token", f"a={STORAGE}"),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_until((out / "a").exists, timeout=30)
+        inner = wait_until(lambda: _ns_pid1(daemon.pid), timeout=10)
+        # Enter the namespace and leave an orphan behind: `sh -c 'true & exit 0'`.
+        subprocess.run(
+            ["nsenter", "-t", str(inner), "-p", "--", "/bin/sh", "-c",
+             f"/bin/sh -c 'true & exit 0'; touch {marker}"],
+            check=True, timeout=30,
+        )  # fmt: skip
+        assert marker.exists()
+        wait_until(lambda: _zombies_of(inner) == [], timeout=10)
+        os.kill(inner, signal.SIGTERM)  # unshare itself ignores SIGTERM while it waits
+        assert daemon.wait(30) == 0
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait(30)
+
+
+def _ns_pid1(unshare_pid: int) -> int | None:
+    """The host pid of the daemon that runs as PID 1 below ``unshare --fork``."""
+    from entra_tokend.reaper import children
+
+    kids = children(unshare_pid)
+    return next(iter(kids)) if kids else None
+
+
+def _zombies_of(pid: int) -> list[int]:
+    from entra_tokend.reaper import children
+
+    zombies = []
+    for child in children(pid):
+        try:
+            state = Path(f"/proc/{child}/stat").read_text().rpartition(")")[2].split()[0]
+        except OSError:
+            continue
+        if state == "Z":
+            zombies.append(child)
+    return zombies

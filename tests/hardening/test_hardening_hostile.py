@@ -8,12 +8,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hardening_helpers import STORAGE, VAULT, metrics, temp_files, write_config
+from hardening_helpers import FAST, temp_files
 
 from entra_tokend.emulator import Emulator
 from entra_tokend.model import LOCK_NAME, is_temp_name
 from entra_tokend.outputs.writer import WriteError, remove_stale_temp_files, write_atomic
-from testlib import emulator_env, offline_env, run_cli, wait_until
+from testlib import (
+    STORAGE,
+    VAULT,
+    emulator_env,
+    offline_env,
+    run_cli,
+    sample_value,
+    wait_until,
+    write_config,
+)
 
 NOBODY = 65534
 
@@ -57,8 +66,9 @@ def test_directory_planted_at_token_path_is_reported_not_deleted(
     emulator.access_token_lifetime = 2
     config = write_config(
         tmp_path / "c.toml",
-        f'[token.a]\nscope = "{STORAGE}"\n[token.b]\nscope = "{VAULT}"\n',
+        body=f'[token.a]\nscope = "{STORAGE}"\n[token.b]\nscope = "{VAULT}"\n',
         listen="127.0.0.1:0",
+        **FAST,
     )
     d = daemon_factory(
         "run",
@@ -73,9 +83,11 @@ def test_directory_planted_at_token_path_is_reported_not_deleted(
     failure = d.wait_event("token refresh failed", token="b", reason="write_error")
     assert "is a directory" in failure["detail"]
     d.wait_event("token written", token="a")
-    series = 'entra_tokend_token_refresh_failures_total{reason="write_error",token="b"}'
+    series = "entra_tokend_token_refresh_failures_total"
     # retried on the backoff, logged as a warning once, then quietly until the state changes
-    wait_until(lambda: metrics(d).get(series, 0) >= 3)
+    wait_until(
+        lambda: (sample_value(d.scrape(), series, reason="write_error", token="b") or 0) >= 3
+    )
     warnings = [
         e for e in d.events() if e.get("event") == "token refresh failed" and e.get("token") == "b"
     ]

@@ -7,11 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hardening_helpers import STORAGE
 
 from entra_tokend.emulator import Emulator
 from entra_tokend.lock import LOCK_NAME, DirectoryLock, LockError, LockHeld
-from testlib import emulator_env, run_cli
+from testlib import STORAGE, emulator_env, run_cli
 
 
 def test_second_daemon_on_the_same_directory_exits_2_naming_the_holder(

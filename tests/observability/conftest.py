@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from obs_helpers import LiveServer, live_server, promtool_path
+
+from observability.obs_helpers import LiveServer, live_server
+from testlib import tool
 
 
 @pytest.fixture
@@ -17,5 +19,8 @@ def live() -> Iterator[LiveServer]:
 
 @pytest.fixture
 def promtool() -> str:
-    """promtool's path (the tests fail, not skip, without it)."""
-    return promtool_path()
+    """promtool's path, from $PROMTOOL or PATH (Debian package 'prometheus'; see .ci/run).
+
+    The observability checks fail, not skip, without it.
+    """
+    return tool("promtool", env_var="PROMTOOL")

@@ -1,36 +1,31 @@
-"""Helpers for the observability tests: a live metrics server on loopback, HTTP, scrape parsing."""
+"""Helpers for the observability tests: a live metrics server on loopback, HTTP, the rules.
+
+Scrape parsing, JWT claims and waiting are the shared ones (testlib).
+"""
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import http.client
 import json
-import os
 import re
-import shutil
 import socket
 import subprocess
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-import pytest
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
 from entra_tokend.metrics import Metrics
 from entra_tokend.model import Reason
 from entra_tokend.server import bound_port, start_server, stop_server
+from testlib import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 PROMETHEUS_DIR = REPO / "config" / "prometheus"
 GRAFANA_DIR = REPO / "config" / "grafana"
-T = TypeVar("T")
 
 
 @dataclass
@@ -136,20 +131,6 @@ def request(
         conn.close()
 
 
-def sample_names(scrape: str) -> set[str]:
-    """Every sample name (e.g. ``x_bucket``, ``y_total``) in a text-format scrape."""
-    return {s.name for fam in text_string_to_metric_families(scrape) for s in fam.samples}
-
-
-def samples(scrape: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    """``{(name, labels): value}`` for a text-format scrape."""
-    return {
-        (s.name, frozenset(s.labels.items())): s.value
-        for fam in text_string_to_metric_families(scrape)
-        for s in fam.samples
-    }
-
-
 def populate(metrics: Metrics) -> None:
     """Give every metric family at least one sample, as a daemon in steady state would."""
     metrics.token_configured("graph", "default")
@@ -219,27 +200,6 @@ def free_port() -> int:
         return port
 
 
-def wait_for(predicate: Callable[[], T | None], what: str, timeout: float = 30.0) -> T:
-    """Poll *predicate* until it returns neither None nor False; fail at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value is not None and value is not False:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
-
-
-def jwt_claims(token: str) -> dict[str, Any]:
-    """The unverified payload of a JWT (for comparing exp with the metrics)."""
-    payload = token.split(".")[1]
-    claims: dict[str, Any] = json.loads(
-        base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
-    )
-    return claims
-
-
 @contextmanager
 def live_server() -> Iterator[LiveServer]:
     """A running server with fresh Metrics and a not-ready readiness function."""
@@ -249,14 +209,3 @@ def live_server() -> Iterator[LiveServer]:
         yield server
     finally:
         server.stop()
-
-
-def promtool_path() -> str:
-    """promtool from $PROMTOOL or PATH; the observability checks fail (not skip) without it."""
-    path = os.environ.get("PROMTOOL") or shutil.which("promtool")
-    if not path or not os.access(path, os.X_OK):
-        pytest.fail(
-            "promtool not found: install it (Debian package 'prometheus', see .ci/run) "
-            "or set PROMTOOL to its path"
-        )
-    return path

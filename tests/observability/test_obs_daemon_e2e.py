@@ -9,22 +9,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from obs_helpers import (
-    Reply,
-    free_port,
-    jwt_claims,
-    queried_metric_names,
-    request,
-    run_promtool,
-    sample_names,
-    samples,
-    wait_for,
-)
-
 from entra_tokend.emulator import Fault
 from entra_tokend.metrics import REASONS
+from observability.obs_helpers import Reply, free_port, queried_metric_names, request, run_promtool
+from testlib import GRAPH, jwt_claims, sample_names, sample_value, wait_until, write_config
 
-SCOPE = "https://graph.microsoft.com/.default"
 # One fault per reason the exchange can produce, consumed in order by successive token requests.
 FAULTS_BY_REASON = {
     "throttled": Fault("status", status=429, retry_after="0"),
@@ -38,19 +27,17 @@ FAULTS_BY_REASON = {
 
 def _config(tmp_path: Path, port: int) -> Path:
     # Short backoffs and request timeout keep the fault sequence to a few seconds.
-    path = tmp_path / "entra-tokend.toml"
-    path.write_text(
-        f'output_dir = "{tmp_path / "tokens"}"\n'
-        f'listen = "127.0.0.1:{port}"\n'
-        "backoff_initial = 0.05\n"
-        "backoff_max = 0.2\n"
-        "config_error_backoff_max = 0.2\n"
-        "min_refresh_interval = 0\n"
-        "request_timeout = 1.0\n"
-        "[token.graph]\n"
-        f'scope = "{SCOPE}"\n'
+    return write_config(
+        tmp_path / "entra-tokend.toml",
+        {"graph": GRAPH},
+        output_dir=tmp_path / "tokens",
+        listen=f"127.0.0.1:{port}",
+        backoff_initial=0.05,
+        backoff_max=0.2,
+        config_error_backoff_max=0.2,
+        min_refresh_interval=0,
+        request_timeout=1.0,
     )
-    return path
 
 
 def _get(port: int, path: str, headers: dict[str, str] | None = None) -> Reply | None:
@@ -58,10 +45,6 @@ def _get(port: int, path: str, headers: dict[str, str] | None = None) -> Reply |
         return request(port, path, headers=headers)
     except (ConnectionError, http.client.HTTPException):
         return None
-
-
-def _value(scrape: str, name: str, **labels: str) -> float | None:
-    return samples(scrape).get((name, frozenset(labels.items())))
 
 
 def test_daemon_metrics_readiness_and_failure_reasons(
@@ -77,7 +60,7 @@ def test_daemon_metrics_readiness_and_failure_reasons(
     daemon = daemon_factory("run", "--config", str(_config(tmp_path, port)), env=emulator.env())
 
     # Not ready while the projected token is expired: 503 naming the token.
-    reply = wait_for(lambda: _get(port, "/readyz"), "the daemon's /readyz to answer")
+    reply = wait_until(lambda: _get(port, "/readyz"), 30, what="the daemon's /readyz to answer")
     assert reply.status == 503
     body = json.loads(reply.body)
     assert body["ready"] is False
@@ -92,18 +75,21 @@ def test_daemon_metrics_readiness_and_failure_reasons(
             return None
         scrape = text.body.decode()
         reason = "entra_tokend_token_refresh_failures_total"
-        count = _value(scrape, reason, token="graph", reason="assertion_unavailable")
+        count = sample_value(scrape, reason, token="graph", reason="assertion_unavailable")
         return scrape if count else None
 
-    scrape = wait_for(unavailable_counted, "an assertion_unavailable failure")
-    assert _value(scrape, "entra_tokend_ready") == 0
-    assert _value(scrape, "entra_tokend_token_expiry_timestamp_seconds", token="graph") is None
+    scrape = wait_until(unavailable_counted, 30, what="an assertion_unavailable failure")
+    assert sample_value(scrape, "entra_tokend_ready") == 0
+    assert (
+        sample_value(scrape, "entra_tokend_token_expiry_timestamp_seconds", token="graph") is None
+    )
 
     # kubelet rotates: the daemon retries at once and works through one fault per reason.
     fresh = emulator.rotate()
-    wait_for(
+    wait_until(
         lambda: (r := _get(port, "/readyz")) is not None and r.status == 200,
-        "readiness to flip to 200",
+        30,
+        what="readiness to flip to 200",
     )
     reply = request(port, "/readyz")
     assert json.loads(reply.body) == {"ready": True, "tokens": {"graph": "ok"}}
@@ -112,18 +98,18 @@ def test_daemon_metrics_readiness_and_failure_reasons(
     scrape = request(port, "/metrics").body.decode()
     written = (tmp_path / "tokens" / "graph").read_text()
     exp = jwt_claims(written)["exp"]
-    expiry = _value(scrape, "entra_tokend_token_expiry_timestamp_seconds", token="graph")
+    expiry = sample_value(scrape, "entra_tokend_token_expiry_timestamp_seconds", token="graph")
     assert expiry is not None
     # The daemon computes expiry as send time + expires_in; Entra's exp is the whole second of
     # issue + the same lifetime, so they agree to within that second.
     assert exp - 1 < expiry < exp + 1
     assert started + 3600 <= expiry <= finished + 3600
-    last = _value(scrape, "entra_tokend_token_last_success_timestamp_seconds", token="graph")
+    last = sample_value(scrape, "entra_tokend_token_last_success_timestamp_seconds", token="graph")
     assert last is not None
     assert started <= last <= finished
 
     failures = {
-        reason: _value(
+        reason: sample_value(
             scrape, "entra_tokend_token_refresh_failures_total", token="graph", reason=reason
         )
         for reason in REASONS
@@ -133,20 +119,20 @@ def test_daemon_metrics_readiness_and_failure_reasons(
     assert (failures["assertion_unavailable"] or 0) >= 1
     assert failures["write_error"] == 0
     refreshes = "entra_tokend_token_refreshes_total"
-    assert _value(scrape, refreshes, token="graph", result="success") == 1
-    assert _value(scrape, refreshes, token="graph", result="failure") == sum(
+    assert sample_value(scrape, refreshes, token="graph", result="success") == 1
+    assert sample_value(scrape, refreshes, token="graph", result="failure") == sum(
         v or 0 for v in failures.values()
     )
 
-    assert _value(scrape, "entra_tokend_ready") == 1
+    assert sample_value(scrape, "entra_tokend_ready") == 1
     assertion_exp = jwt_claims(fresh)["exp"]
     assert (
-        _value(scrape, "entra_tokend_assertion_expiry_timestamp_seconds", identity="default")
+        sample_value(scrape, "entra_tokend_assertion_expiry_timestamp_seconds", identity="default")
         == assertion_exp
     )
-    assert _value(scrape, "entra_tokend_assertion_rotations_total", identity="default") == 1
+    assert sample_value(scrape, "entra_tokend_assertion_rotations_total", identity="default") == 1
     # Every exchange attempt that reached the endpoint is timed (assertion failures are not).
-    count = _value(scrape, "entra_tokend_exchange_duration_seconds_count", identity="default")
+    count = sample_value(scrape, "entra_tokend_exchange_duration_seconds_count", identity="default")
     assert count == len(FAULTS_BY_REASON) + 1
 
     # The shipped alerts and dashboard query only what the real daemon serves; promtool agrees.

@@ -3,21 +3,13 @@
 from __future__ import annotations
 
 import pytest
-from obs_helpers import (
-    LiveServer,
-    populate,
-    run_promtool,
-    sample_names,
-    samples,
-)
 
 import entra_tokend
 from entra_tokend.metrics import EXCHANGE_BUCKETS, REASONS, Metrics
 from entra_tokend.model import Reason
-
-
-def _value(scrape: str, name: str, **labels: str) -> float | None:
-    return samples(scrape).get((name, frozenset(labels.items())))
+from observability.obs_helpers import LiveServer, populate, run_promtool
+from testlib import sample_names, samples
+from testlib import sample_value as _value
 
 
 def test_promtool_check_metrics_is_clean_on_a_live_scrape(live: LiveServer, promtool: str) -> None:

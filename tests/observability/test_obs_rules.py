@@ -6,9 +6,9 @@ import re
 from pathlib import Path
 
 import yaml
-from obs_helpers import (
+
+from observability.obs_helpers import (
     PROMETHEUS_DIR,
-    REPO,
     LiveServer,
     alert_rules,
     dashboard,
@@ -17,8 +17,8 @@ from obs_helpers import (
     populate,
     queried_metric_names,
     run_promtool,
-    sample_names,
 )
+from testlib import REPO, sample_names
 
 REQUIRED_ALERTS = {
     "EntraTokendTokenExpiringSoon",

@@ -6,12 +6,12 @@ import contextlib
 import http.client
 import json
 import socket
-import time
 
 import pytest
-from obs_helpers import LiveServer, populate, request, sample_names
 
 from entra_tokend import server as server_module
+from observability.obs_helpers import LiveServer, Reply, populate, request
+from testlib import sample_names, wait_until
 
 METRIC_FAMILIES = (
     "entra_tokend_token_expiry_timestamp_seconds",
@@ -184,15 +184,14 @@ def test_connections_beyond_the_limit_are_refused_then_served_again(
         for conn in held:
             conn.close()
     # The server notices the closed connections asynchronously: poll with a deadline.
-    deadline = time.monotonic() + 30
-    while True:
+
+    def answer() -> Reply | None:
         try:
-            assert request(live.port, "/healthz").status == 200
-            break
+            return request(live.port, "/healthz")
         except (http.client.RemoteDisconnected, ConnectionError):
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
+            return None
+
+    assert wait_until(answer, 30, what="a connection to be served again").status == 200
 
 
 def test_no_endpoint_echoes_request_secrets(live: LiveServer) -> None:

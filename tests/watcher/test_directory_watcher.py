@@ -13,7 +13,7 @@ import contextlib
 import os
 import shutil
 import threading
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ import pytest
 from entra_tokend import watcher as watcher_module
 from entra_tokend.emulator.kubelet import ProjectedVolume
 from entra_tokend.watcher import DirectoryWatcher
+from testlib import wait_until_async
 
 DEADLINE = 10.0
 HOUR = 3600.0
@@ -54,16 +55,6 @@ class Recorder:
             self._called.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._called.wait(), remaining)
-
-
-async def wait_until(predicate: Callable[[], bool], what: str) -> None:
-    """Poll ``predicate`` with a deadline (for state that has no event to wait on)."""
-    loop = asyncio.get_running_loop()
-    end = loop.time() + DEADLINE
-    while not predicate():
-        if loop.time() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 @contextlib.asynccontextmanager
@@ -277,7 +268,9 @@ def test_directory_swapped_by_rename_is_caught_by_the_poll(tmp_path: Path) -> No
             # The old directory is no longer watched: writing there calls nothing back.
             (tmp_path / "tokens.old" / "token").write_text("stale")
             polls = watcher.poll_count
-            await wait_until(lambda: watcher.poll_count >= polls + 3, "three polls")
+            await wait_until_async(
+                lambda: watcher.poll_count >= polls + 3, DEADLINE, what="three polls"
+            )
             replace_file(directory / "token", "token-2")
             await recorder.wait_for("token-2")
             assert recorder.seen == ["token-1", "token-2"]
@@ -316,7 +309,9 @@ def test_reading_the_token_and_idle_polls_do_not_call_back(tmp_path: Path) -> No
             for _ in range(5):
                 path.read_text()
             polls = watcher.poll_count
-            await wait_until(lambda: watcher.poll_count >= polls + 10, "ten idle polls")
+            await wait_until_async(
+                lambda: watcher.poll_count >= polls + 10, DEADLINE, what="ten idle polls"
+            )
             assert recorder.seen == ["b"]
 
     run(scenario())
@@ -332,12 +327,16 @@ def test_polling_only_mode_calls_back_on_change_and_never_when_idle(tmp_path: Pa
             recorder,
         ):
             assert not watcher.using_inotify
-            await wait_until(lambda: watcher.poll_count >= 5, "five idle polls")
+            await wait_until_async(
+                lambda: watcher.poll_count >= 5, DEADLINE, what="five idle polls"
+            )
             assert recorder.seen == []
             volume.write("token-1")
             await recorder.wait_for("token-1")
             polls = watcher.poll_count
-            await wait_until(lambda: watcher.poll_count >= polls + 5, "five more idle polls")
+            await wait_until_async(
+                lambda: watcher.poll_count >= polls + 5, DEADLINE, what="five more idle polls"
+            )
             assert recorder.seen == ["token-1"]
             volume.path.unlink()
             await recorder.wait_for(None)
