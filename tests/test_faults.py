@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import os
 import signal
 from pathlib import Path
 from typing import Any
@@ -12,7 +11,7 @@ from typing import Any
 import pytest
 
 from entra_tokend.emulator import Emulator, Fault
-from testlib import STORAGE, VAULT, emulator_env, wait_until, write_config
+from testlib import STORAGE, VAULT, emulator_env, output_files, wait_until, write_config
 
 # Fast retries, no refresh floor, no HTTP port (settings for write_config).
 FAST: dict[str, Any] = {
@@ -73,7 +72,7 @@ def test_fault_keeps_good_file_and_recovers(
         assert gaps
         assert min(gaps) >= float(fault.retry_after)
     assert d.stop() == 0
-    assert sorted(os.listdir(out)) == ["a"]
+    assert output_files(out) == ["a"]
 
 
 def test_expired_token_file_stays_while_refresh_keeps_failing(

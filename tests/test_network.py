@@ -15,7 +15,7 @@ import pytest
 from entra_tokend.emulator import Emulator, Fault
 from entra_tokend.exchange import MAX_BODY_BYTES, ClientPool, EntraExchange, InvalidResponse
 from entra_tokend.model import Identity
-from testlib import STORAGE, run_cli, write_config
+from testlib import STORAGE, output_files, run_cli, write_config
 
 
 class ConnectProxy:
@@ -126,7 +126,7 @@ def test_concurrency_is_bounded(emulator: Emulator, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     peers = {r.peer for r in emulator.token_requests()}
     assert 1 < len(peers) <= 3  # concurrent, but never more than 3 connections
-    assert len(list((tmp_path / "out").iterdir())) == 12
+    assert len(output_files(tmp_path / "out")) == 12
 
 
 async def _serve_once(body: bytes) -> tuple[asyncio.AbstractServer, int]:

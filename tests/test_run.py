@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import stat
 import uuid
@@ -12,7 +11,7 @@ from typing import Any
 
 from entra_tokend import __version__
 from entra_tokend.emulator import Emulator, Fault
-from testlib import STORAGE, VAULT, emulator_env, run_cli, wait_until
+from testlib import STORAGE, VAULT, emulator_env, output_files, run_cli, wait_until
 
 
 def test_once_writes_raw_token_with_mode_and_no_newline(emulator: Emulator, tmp_path: Path) -> None:
@@ -27,7 +26,7 @@ def test_once_writes_raw_token_with_mode_and_no_newline(emulator: Emulator, tmp_
     assert not data.endswith(b"\n")
     assert stat.S_IMODE(target.stat().st_mode) == 0o640
     assert stat.S_IMODE(out.stat().st_mode) == 0o750  # created when missing
-    assert sorted(os.listdir(out)) == ["storage"]  # no temp files left
+    assert output_files(out) == ["storage"]  # no temp files left
 
 
 def test_once_json_format_and_custom_mode(emulator: Emulator, tmp_path: Path) -> None:
@@ -159,7 +158,7 @@ def test_run_until_sigterm_leaves_no_temp_files(
     wait_until(lambda: (out / "a").exists() and (out / "b").exists())
     d.wait_event("ready: every token is on disk")
     assert d.stop() == 0
-    assert sorted(os.listdir(out)) == ["a", "b"]
+    assert output_files(out) == ["a", "b"]
     d.wait_event("entra-tokend stopping")
 
 

@@ -211,6 +211,15 @@ def write_config(
 # --------------------------------------------------------------------------------- processes
 
 
+STATE_DIR = ".entra-tokend-state"
+
+
+def output_files(directory: Path) -> list[str]:
+    """The names in an output_dir, sorted, without the daemon's own state directory (its
+    provenance records): what a consumer of the volume sees besides that."""
+    return sorted(name for name in os.listdir(directory) if name != STATE_DIR)
+
+
 def cli(*args: str) -> list[str]:
     """argv for the real CLI."""
     return [sys.executable, "-m", "entra_tokend", *args]

@@ -1,10 +1,13 @@
-"""Helpers for the emulator's own tests: token requests, JWT decoding, JWKS verification."""
+"""Helpers for the emulator's own tests: token requests, JWT decoding, JWKS verification,
+the environment of a clean subprocess and what a real shell exports from an env file."""
 
 from __future__ import annotations
 
 import base64
 import json
+import os
 import ssl
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,6 +37,7 @@ def tls_emulator_fixture(tmp_path: Path) -> Iterator[Emulator]:
         yield emu
 
 
+REPO = Path(__file__).resolve().parents[2]
 JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 SCOPE = "https://vault.azure.net/.default"
 
@@ -112,3 +116,29 @@ def assert_entra_error(resp: httpx.Response, status: int, error: str, code: int)
     assert len(body["trace_id"]) == 36
     assert len(body["correlation_id"]) == 36
     return body
+
+
+def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """This process's environment without Azure/TLS/proxy settings, with daemon/ importable."""
+    drop = ("AZURE_", "SSL_CERT", "REQUESTS_CA", "HTTPS_PROXY", "HTTP_PROXY", "https_", "http_")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
+    env["PYTHONPATH"] = str(REPO / "daemon")
+    env.update(extra or {})
+    return env
+
+
+def sourced(env_file: Path) -> dict[str, str]:
+    """What ``set -a; . FILE`` exports, read back from a real bash."""
+    script = (
+        'set -a; . "$1"; set +a; python3 -c "import json,os; print(json.dumps(dict(os.environ)))"'
+    )
+    out = subprocess.run(
+        ["bash", "-c", script, "bash", str(env_file)],
+        env={"PATH": os.environ["PATH"]},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    ).stdout
+    loaded: dict[str, str] = json.loads(out)
+    return loaded

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 import re
 import signal
 import ssl
@@ -20,45 +18,20 @@ from emu_helpers import (
     JWT_BEARER,
     SCOPE,
     assert_entra_error,
+    clean_env,
+    sourced,
     tls_emulator_fixture,  # noqa: F401 - pytest fixtures
 )
 
 from entra_tokend.emulator import Emulator
 from entra_tokend.emulator.server import is_loopback_peer
 
-REPO = Path(__file__).resolve().parents[2]
 ENV_KEYS = {
     "AZURE_TENANT_ID",
     "AZURE_CLIENT_ID",
     "AZURE_FEDERATED_TOKEN_FILE",
     "AZURE_AUTHORITY_HOST",
 }
-
-
-def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """This process's environment without Azure/TLS/proxy settings, with daemon/ importable."""
-    drop = ("AZURE_", "SSL_CERT", "REQUESTS_CA", "HTTPS_PROXY", "HTTP_PROXY", "https_", "http_")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
-    env["PYTHONPATH"] = str(REPO / "daemon")
-    env.update(extra or {})
-    return env
-
-
-def sourced(env_file: Path) -> dict[str, str]:
-    """What ``set -a; . FILE`` exports, read back from a real bash."""
-    script = (
-        'set -a; . "$1"; set +a; python3 -c "import json,os; print(json.dumps(dict(os.environ)))"'
-    )
-    out = subprocess.run(
-        ["bash", "-c", script, "bash", str(env_file)],
-        env={"PATH": os.environ["PATH"]},
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=30,
-    ).stdout
-    loaded: dict[str, str] = json.loads(out)
-    return loaded
 
 
 def test_env_plain_http(emulator: Emulator) -> None:
@@ -289,3 +262,26 @@ def test_cli_rejects_a_bad_listen_address(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert "HOST:PORT" in proc.stderr
+
+
+def test_cli_identity_binding_and_registry_flags(cli_emulator: StartCli) -> None:
+    cli = cli_emulator(
+        "--identity-binding", "--sni-name", "proxy.test.local", "--registry", "127.0.0.1:5999"
+    )
+    url = cli.wait_ready()
+    loaded = sourced(cli.env_file)
+    proxy = loaded["AZURE_KUBERNETES_TOKEN_PROXY"]
+    assert proxy.startswith("https://127.0.0.1:")
+    assert loaded["AZURE_KUBERNETES_SNI_NAME"] == "proxy.test.local"
+    ca = ssl.create_default_context(cafile=loaded["AZURE_KUBERNETES_CA_FILE"])
+    endpoint = f"{proxy}/{loaded['AZURE_TENANT_ID']}/oauth2/v2.0/token"
+    with httpx.Client(verify=ca, trust_env=False, timeout=10) as c:
+        ok = c.post(
+            endpoint, data=env_form(loaded), extensions={"sni_hostname": "proxy.test.local"}
+        )
+    assert ok.status_code == 200, ok.text
+    output = cli.out.read_text()
+    assert "identity-binding proxy: " + proxy in output
+    assert "registry 127.0.0.1:5999: realm " + url + "/oauth2/token" in output
+    cli.proc.send_signal(signal.SIGTERM)
+    assert cli.proc.wait(timeout=15) == 0

@@ -6,6 +6,7 @@ import json
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from urllib.parse import urlsplit
 
 import httpx
@@ -178,3 +179,37 @@ def test_fault_from_dict_rejects_unknown_input() -> None:
     assert Fault.from_dict({"kind": "status", "status": 429, "retry_after": 5}) == Fault(
         "status", status=429, retry_after="5"
     )
+
+
+def test_malformed_chunked_body_gets_400_and_a_closed_connection(emulator: Emulator) -> None:
+    url = urlsplit(emulator.token_endpoint)
+    with socket.create_connection((url.hostname or "", url.port or 80), timeout=10) as sock:
+        sock.sendall(
+            f"POST {url.path} HTTP/1.1\r\nHost: {url.netloc}\r\n"
+            "Transfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n".encode()
+        )
+        answer = b""
+        while data := sock.recv(65536):  # the server closes: framing is lost
+            answer += data
+    assert answer.startswith(b"HTTP/1.1 400")
+    assert b"malformed chunk size" in answer
+    assert [r.status for r in emulator.requests] == [400]
+
+
+def test_chunked_token_request_is_decoded(emulator: Emulator) -> None:
+    body = str(httpx.QueryParams(token_form(emulator))).encode()
+
+    def chunks() -> Iterator[bytes]:
+        yield body[:10]
+        yield body[10:]
+
+    with httpx.Client(trust_env=False, timeout=10) as c:
+        resp = c.post(
+            emulator.token_endpoint,
+            content=chunks(),
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        )
+    assert resp.status_code == 200, resp.text
+    (rec,) = emulator.token_requests()
+    assert rec.headers["transfer-encoding"] == "chunked"
+    assert "content-length" not in rec.headers

@@ -8,7 +8,6 @@ and restarted again and again. Then a clean start removes whatever temp files th
 from __future__ import annotations
 
 import json
-import os
 import random
 import subprocess
 import sys
@@ -19,7 +18,7 @@ from hardening_helpers import FAST, READER, sha, temp_files
 from token_reader import classify
 
 from entra_tokend.emulator import Emulator
-from testlib import STORAGE, VAULT, base_env, wait_until, write_config
+from testlib import STORAGE, VAULT, base_env, output_files, wait_until, write_config
 
 KILLS = 15
 READERS = 3
@@ -111,7 +110,7 @@ def test_sigkill_during_rapid_refresh_never_exposes_a_partial_file(
         for reader in readers:
             reader.wait(timeout=30)
     assert final.stop() == 0
-    assert sorted(os.listdir(out)) == ["a", "j.json"]  # no temp files, no lock file
+    assert output_files(out) == ["a", "j.json"]  # no temp files, no lock file
 
     issued = {sha(t) for t in emulator.issued_tokens}
     for result in results:

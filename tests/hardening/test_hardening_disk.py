@@ -13,7 +13,15 @@ import pytest
 from hardening_helpers import FAST, remount, temp_files, try_mount_tmpfs, umount
 
 from entra_tokend.emulator import Emulator
-from testlib import STORAGE, offline_env, run_cli, sample_value, wait_until, write_config
+from testlib import (
+    STORAGE,
+    offline_env,
+    output_files,
+    run_cli,
+    sample_value,
+    wait_until,
+    write_config,
+)
 
 NOBODY = 65534
 
@@ -112,7 +120,7 @@ def test_write_failure_keeps_old_file_logs_once_and_recovers(
     d.wait_event("token recovered", token="a", timeout=15)
     wait_until(lambda: (out / "a").read_bytes().decode() in emulator.issued_tokens[-3:])
     assert d.stop() == 0
-    assert sorted(os.listdir(out)) == ["a"]
+    assert output_files(out) == ["a"]
 
 
 def test_file_owner_and_group_are_applied(emulator: Emulator, tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from entra_tokend.emulator import Emulator
-from testlib import STORAGE, DaemonProcess, emulator_env, run_cli, wait_until
+from testlib import STORAGE, DaemonProcess, emulator_env, output_files, run_cli, wait_until
 
 
 @contextmanager
@@ -92,7 +92,7 @@ def test_a_world_writable_emptydir_with_fsgroup_starts_with_a_warning(
     env = emulator_env(emulator, out, ENTRA_TOKEND_LOG_FORMAT="json")
     result = run_cli("run", "--once", "--token", f"a={STORAGE}", env=env)
     assert result.returncode == 0, result.stderr
-    assert os.listdir(out) == ["a"]
+    assert output_files(out) == ["a"]
     assert "world-writable without the sticky bit" in result.stderr
     assert '"mode": "2777"' in result.stderr
     wait_until(lambda: (out / "a").stat().st_size > 0)

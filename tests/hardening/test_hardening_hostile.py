@@ -18,6 +18,7 @@ from testlib import (
     VAULT,
     emulator_env,
     offline_env,
+    output_files,
     run_cli,
     sample_value,
     wait_until,
@@ -143,7 +144,7 @@ def test_world_writable_output_dir(
         env=emulator_env(emulator, out),
     )  # fmt: skip
     assert result.returncode == code, result.stderr
-    assert os.listdir(out) == ["a"]
+    assert output_files(out) == ["a"]
     # Started (an emptyDir with fsGroup is exactly this), with a warning unless allowed.
     warned = "world-writable without the sticky bit" in result.stderr
     assert warned == (mode == 0o777 and not allow)

@@ -10,7 +10,7 @@ import pytest
 
 from entra_tokend.emulator import Emulator
 from entra_tokend.lock import LOCK_NAME, DirectoryLock, LockError, LockHeld
-from testlib import STORAGE, emulator_env, run_cli
+from testlib import STORAGE, emulator_env, output_files, run_cli
 
 
 def test_second_daemon_on_the_same_directory_exits_2_naming_the_holder(
@@ -46,7 +46,7 @@ def test_second_daemon_on_the_same_directory_exits_2_naming_the_holder(
     assert lock.read_text() == f"{again.proc.pid}\n"
     # A clean exit removes the lock file: nothing but tokens stays in the directory.
     assert again.stop() == 0
-    assert sorted(os.listdir(out)) == ["a"]
+    assert output_files(out) == ["a"]
 
 
 def test_lock_excludes_a_second_holder_until_released(tmp_path: Path) -> None:

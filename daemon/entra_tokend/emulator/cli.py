@@ -12,7 +12,8 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from entra_tokend.emulator.server import Emulator, Fault
+from entra_tokend.emulator.proxy import DEFAULT_SNI_NAME
+from entra_tokend.emulator.server import Emulator, Fault, RegistrySetup
 
 DEFAULT_STATE_DIR = ".entra-tokend-emulator"
 
@@ -103,6 +104,26 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="where to write the env file (default STATE_DIR/env)",
     )
+    _add_token_args(p)
+    p.add_argument(
+        "--tls",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="serve HTTPS with a CA generated into the state dir (default on; "
+        "azure-identity accepts only https authorities)",
+    )
+    p.add_argument("--tenant-id", help="tenant GUID (default: random, kept in the state dir)")
+    p.add_argument("--client-id", help="client GUID (default: random, kept in the state dir)")
+    p.add_argument("--namespace", default="default", help="service account namespace")
+    p.add_argument("--service-account", default="workload", help="service account name")
+    _add_fault_args(p)
+    _add_feature_args(p)
+    p.add_argument("--verbose", action="store_true", help="log each request (never bodies)")
+    return p
+
+
+def _add_token_args(p: argparse.ArgumentParser) -> None:
+    """Flags for the projected token and the issued access tokens."""
     p.add_argument(
         "--token-ttl",
         type=_positive,
@@ -124,17 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="expires_in of issued access tokens (default 3600)",
     )
-    p.add_argument(
-        "--tls",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="serve HTTPS with a CA generated into the state dir (default on; "
-        "azure-identity accepts only https authorities)",
-    )
-    p.add_argument("--tenant-id", help="tenant GUID (default: random, kept in the state dir)")
-    p.add_argument("--client-id", help="client GUID (default: random, kept in the state dir)")
-    p.add_argument("--namespace", default="default", help="service account namespace")
-    p.add_argument("--service-account", default="workload", help="service account name")
+
+
+def _add_fault_args(p: argparse.ArgumentParser) -> None:
+    """Flags queueing faults at start (the admin endpoint queues more later)."""
     p.add_argument(
         "--fail-next",
         type=_fail_next,
@@ -167,8 +181,38 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="answer the next N token requests with bad JSON",
     )
-    p.add_argument("--verbose", action="store_true", help="log each request (never bodies)")
-    return p
+
+
+def _add_feature_args(p: argparse.ArgumentParser) -> None:
+    """Flags for the identity-binding proxy and the registry token service."""
+    p.add_argument(
+        "--identity-binding",
+        action="store_true",
+        help="AKS identity-binding mode: start the token proxy (own CA, SNI name), give the "
+        "projected token the api://AKSIdentityBinding audience, and add "
+        "AZURE_KUBERNETES_TOKEN_PROXY/_SNI_NAME/_CA_FILE to the env file",
+    )
+    p.add_argument(
+        "--sni-name",
+        default=DEFAULT_SNI_NAME,
+        metavar="NAME",
+        help=f"TLS server name of the identity-binding proxy (default {DEFAULT_SNI_NAME})",
+    )
+    p.add_argument(
+        "--registry",
+        action="append",
+        default=[],
+        metavar="HOST:PORT",
+        help="serve Azure Container Registry's token service for this registry name "
+        "(repeatable); its docker-registry TLS files are written to the state dir",
+    )
+    p.add_argument(
+        "--acr-refresh-token-lifetime",
+        type=_positive,
+        default=10800.0,
+        metavar="SECONDS",
+        help="lifetime of ACR refresh tokens from /oauth2/exchange (default 10800, ~3 h)",
+    )
 
 
 def _identity(state_dir: Path, tenant: str | None, client: str | None) -> tuple[str, str]:
@@ -187,6 +231,41 @@ def _identity(state_dir: Path, tenant: str | None, client: str | None) -> tuple[
     state_dir.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"tenant_id": tenant, "client_id": client}) + "\n")
     return tenant, client
+
+
+def _banner(
+    emu: Emulator, env_file: Path, rotate_every: float | None, setups: list[RegistrySetup]
+) -> list[str]:
+    lines = [
+        f"entra-tokend emulator listening on {emu.authority_host}",
+        f"  tenant id:      {emu.tenant_id}",
+        f"  client id:      {emu.client_id}",
+        f"  token endpoint: {emu.token_endpoint}",
+        f"  projected token: {emu.token_file}"
+        + (f" (rotated every {rotate_every:g}s)" if rotate_every else ""),
+    ]
+    if emu.ca_file is not None:
+        lines.append(f"  CA certificate: {emu.ca_file}")
+    if emu.proxy is not None:
+        lines += [
+            f"  identity-binding proxy: {emu.proxy.url} (SNI {emu.proxy.sni_name})",
+            f"  proxy CA bundle: {emu.proxy.ca_file}",
+        ]
+    for setup in setups:
+        lines += [
+            f"  registry {setup.service}: realm {setup.realm}, issuer {setup.issuer!r}",
+            f"    rootcertbundle {setup.rootcertbundle}",
+            f"    TLS {setup.tls_cert} / {setup.tls_key}",
+        ]
+    if setups:
+        lines.append(f"  ACR exchange:   POST {emu.acr_exchange_url}")
+    lines += [
+        f"  env file:       {env_file}",
+        f"  use it with:    set -a; . {env_file}; set +a",
+        f"  admin (loopback only): POST {emu.authority_host}/_admin/"
+        "{faults,clear-faults,expire-assertion,rotate,lifetime,acr-lifetime,rotate-proxy-ca}",
+    ]
+    return lines
 
 
 def main(argv: list[str]) -> int:
@@ -214,6 +293,9 @@ def main(argv: list[str]) -> int:
             namespace=args.namespace,
             service_account=args.service_account,
             verbose=args.verbose,
+            identity_binding=args.identity_binding,
+            sni_name=args.sni_name,
+            acr_refresh_token_lifetime=args.acr_refresh_token_lifetime,
         )
         emu.start()
     except OSError as exc:
@@ -229,23 +311,9 @@ def main(argv: list[str]) -> int:
         faults = [*args.fail_next, *args.delay, *args.reset_next, *args.malformed_next]
         if faults:
             emu.inject(*faults)
+        setups = [emu.add_registry(name) for name in args.registry]
         env_file = emu.write_env_file(args.env_file or state_dir / "env")
-        lines = [
-            f"entra-tokend emulator listening on {emu.authority_host}",
-            f"  tenant id:      {emu.tenant_id}",
-            f"  client id:      {emu.client_id}",
-            f"  token endpoint: {emu.token_endpoint}",
-            f"  projected token: {emu.token_file}"
-            + (f" (rotated every {rotate_every:g}s)" if rotate_every else ""),
-        ]
-        if emu.ca_file is not None:
-            lines.append(f"  CA certificate: {emu.ca_file}")
-        lines += [
-            f"  env file:       {env_file}",
-            f"  use it with:    set -a; . {env_file}; set +a",
-            f"  admin (loopback only): POST {emu.authority_host}/_admin/"
-            "{faults,clear-faults,expire-assertion,rotate,lifetime}",
-        ]
+        lines = _banner(emu, env_file, rotate_every, setups)
         if faults:
             lines.append(f"  queued faults:  {emu.pending_faults()} request(s) affected")
         print("\n".join(lines), flush=True)
