@@ -11,15 +11,13 @@ import os
 import stat
 import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
-from urllib.parse import parse_qs
 
 import pytest
 
-from entra_tokend.emulator import Emulator
+from entra_tokend.emulator import Emulator, Fault
 from entra_tokend.model import AccessToken, OutputSpec
 from entra_tokend.outputs import renderer_for
 from entra_tokend.outputs import template as template_format
@@ -244,93 +242,48 @@ def test_every_format_end_to_end_with_real_consumers(
     assert jaas.split('token="', 1)[1].split('"', 1)[0] in issued
 
 
-class _TokenService(http.server.BaseHTTPRequestHandler):
-    """A loopback stand-in for a registry's token service until the emulator plays one:
-    ``GET /v2/`` challenges, ``POST /oauth2/exchange`` answers a refresh-token JWT."""
-
-    status: ClassVar[int] = 200
-    forms: ClassVar[list[dict[str, list[str]]]] = []
-    issued: ClassVar[list[str]] = []
-
-    def do_GET(self) -> None:
-        host = self.headers["Host"]
-        self.send_response(401)
-        self.send_header(
-            "WWW-Authenticate", f'Bearer realm="http://{host}/oauth2/token",service="{host}"'
-        )
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def do_POST(self) -> None:
-        length = int(self.headers["Content-Length"])
-        form = parse_qs(self.rfile.read(length).decode())
-        type(self).forms.append(form)
-        if type(self).status != 200:
-            self.send_response(type(self).status)
-            self.send_header("x-ms-correlation-request-id", "corr-e2e")
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return
-        claims = {"exp": int(time.time()) + 7200, "iat": int(time.time()), "n": len(self.forms)}
-        payload = base64.urlsafe_b64encode(json.dumps(claims).encode()).decode().rstrip("=")
-        token = f"eyJhbGciOiJub25lIn0.{payload}.refreshsig{len(self.forms)}"
-        type(self).issued.append(token)
-        body = json.dumps({"refresh_token": token}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-@pytest.fixture
-def token_service() -> Iterator[str]:
-    _TokenService.status, _TokenService.forms, _TokenService.issued = 200, [], []
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _TokenService)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
-def test_docker_config_end_to_end_and_no_secret_in_logs(
-    emulator: Emulator, tmp_path: Path, token_service: str
+def test_docker_config_through_the_emulator_and_no_secret_in_logs(
+    emulator: Emulator, tmp_path: Path
 ) -> None:
+    # The emulator plays the registry too: its /v2/ challenges with itself as the realm.
+    name = emulator.authority_host.removeprefix("http://")
+    emulator.add_registry(name)
     out = tmp_path / "out"
     config = write_config(
         tmp_path / "c.toml",
-        f'[token.acr]\nformat="docker-config"\nregistry=["http://{token_service}"]\n'
+        f'[token.acr]\nformat="docker-config"\nregistry=["http://{name}"]\n'
         'path="docker/config.json"\nfile_mode="0600"\n',
     )
     env = emulator_env(emulator, out, ENTRA_TOKEND_LOG_LEVEL="debug")
     result = run_cli("run", "--once", "--config", str(config), env=env)
     assert result.returncode == 0, result.stderr
-    (form,) = _TokenService.forms
-    assert form["grant_type"] == ["access_token"]
-    assert form["service"] == [token_service]
-    assert form["access_token"][0] in emulator.issued_tokens
+    exchanges = [r for r in emulator.acr_requests() if r.endpoint == "acr_exchange"]
+    assert len(exchanges) == 1
+    assert exchanges[0].form["service"] == name
+    assert exchanges[0].form["tenant"] == emulator.tenant_id
+    (refresh,) = emulator.issued_acr_refresh_tokens
     doc = json.loads((out / "docker" / "config.json").read_text())
-    auth = base64.b64decode(doc["auths"][token_service]["auth"]).decode()
-    assert auth == f"00000000-0000-0000-0000-000000000000:{_TokenService.issued[0]}"
+    auth = base64.b64decode(doc["auths"][name]["auth"]).decode()
+    assert auth == f"00000000-0000-0000-0000-000000000000:{refresh}"
     assert stat.S_IMODE((out / "docker" / "config.json").stat().st_mode) == 0o600
 
-    # A registry refusing the identity: a configuration error naming the registry, its
-    # correlation id and the role to grant; no token of any kind in the log.
-    _TokenService.status = 403
+    # Throttled once (transient: retried), then the role assignment removed: a configuration
+    # error naming the registry, ACR's correlation id and the role to grant.
+    emulator.inject(Fault("status", status=429, retry_after="0", target="acr_exchange"))
+    emulator.grant_registry_access(name, "*", None)  # no app holds a role any more
     failed = run_cli("run", "--once", "--deadline", "20", "--config", str(config), env=env)
     assert failed.returncode != 0
+    events = [json.loads(line) for line in failed.stderr.splitlines() if line.startswith("{")]
+    reasons = [e.get("reason") for e in events if e.get("event") == "token refresh failed"]
+    assert reasons == ["throttled", "client_error"]
+    denied = next(e for e in events if e.get("reason") == "client_error")
+    assert name in denied["detail"]
+    assert denied["status"] == 403
+    assert denied["correlation_id"]
+    assert "AcrPull" in denied["hint"]
     text = failed.stderr + failed.stdout + result.stderr + result.stdout
-    assert token_service in failed.stderr
-    assert "corr-e2e" in failed.stderr
-    assert "AcrPull" in failed.stderr
-    for secret in [*emulator.issued_tokens, *_TokenService.issued]:
+    for secret in [*emulator.issued_tokens, *emulator.issued_acr_refresh_tokens]:
         assert secret not in text
         assert secret.rsplit(".", 1)[-1] not in text
-    # The failed refresh left the file from the first run as it was.
+    # The failed refreshes left the file from the first run as it was.
     assert json.loads((out / "docker" / "config.json").read_text()) == doc
