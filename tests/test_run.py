@@ -197,11 +197,18 @@ def test_logs_never_contain_tokens_or_the_assertion(
         Fault("html"),
         Fault("no_expires_in"),
         Fault("status", status=429, retry_after="0"),
+        Fault("status", status=503, target="acr_exchange"),
+        Fault("status", status=401, target="acr_exchange"),
     )
+    registry = emulator.authority_host.removeprefix("http://")
+    emulator.add_registry(registry)  # the emulator's ACR token service for a docker config
     config = tmp_path / "c.toml"
     config.write_text(
-        "backoff_initial = 0.05\nbackoff_max = 0.1\nmin_refresh_interval = 0\n"
+        "backoff_initial = 0.05\nbackoff_max = 0.1\nconfig_error_backoff_max = 0.1\n"
+        "min_refresh_interval = 0\n"
         f'[token.a]\nscope = "{STORAGE}"\n[token.b]\nscope = "{VAULT}"\nformat = "json"\n'
+        f'[token.c]\nscope = "{STORAGE}"\nformat = "template"\ntemplate = "X-Key: $access_token"\n'
+        f'[token.acr]\nformat = "docker-config"\nregistry = "http://{registry}"\n'
     )
     emulator.access_token_lifetime = 2
     d = daemon_factory(
@@ -210,13 +217,23 @@ def test_logs_never_contain_tokens_or_the_assertion(
         str(config),
         env=emulator_env(emulator, out, ENTRA_TOKEND_LOG_LEVEL="debug"),
     )
-    wait_until(lambda: len(emulator.issued_tokens) >= 6, timeout=20)
+    rendered: set[str] = set()
+
+    def issued_enough(n: int) -> bool:
+        if (out / "c").exists():
+            rendered.add((out / "c").read_text())
+        return len(emulator.issued_tokens) >= n and len(emulator.issued_acr_refresh_tokens) >= 2
+
+    wait_until(lambda: issued_enough(8), timeout=20)
     emulator.rotate()
-    wait_until(lambda: len(emulator.issued_tokens) >= 8, timeout=20)
+    wait_until(lambda: issued_enough(12), timeout=20)
     assert d.stop() == 0
     text = d.log_text()
     assert "token refresh failed" in text
+    assert '"server_error"' in text  # the ACR faults were met and logged
+    assert rendered
     secrets = [*emulator.issued_tokens, emulator.token_file.read_text().strip()]
+    secrets += [*emulator.issued_acr_refresh_tokens, *rendered]
     secrets += [r.form["client_assertion"] for r in emulator.token_requests()]
     for secret in secrets:
         assert secret not in text

@@ -29,6 +29,9 @@ if ! command -v curl >/dev/null 2>&1; then
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends curl >/dev/null
 fi
 
+# docker-registry and skopeo: the real registry tools of the ACR tests.
+"$(dirname "$0")/emulator/registry_tools.sh"
+
 promtool --version 2>&1 | head -n 1
 systemd-analyze --version | head -n 1
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from entra_tokend import __version__, sdnotify
 from entra_tokend.config import Config, ConfigError
 from entra_tokend.credentials import CredentialSource
-from entra_tokend.exchange import ClientPool, EntraExchange
+from entra_tokend.exchange import AcrExchange, ClientPool, EntraExchange
 from entra_tokend.lock import DirectoryLock, LockError, LockHeld
 from entra_tokend.logging import get_logger
 from entra_tokend.metrics import Metrics
@@ -138,7 +138,11 @@ class Daemon:
             spec,
             schedule=TokenSchedule(config.policy, self.clock),
             source=source,
-            exchange=self.exchange,
+            exchange=(
+                AcrExchange(self.exchange, spec.registries, self._pool, self.clock)
+                if spec.registries
+                else self.exchange
+            ),
             output=output,
             metrics=self.metrics,
             readiness=self.readiness,

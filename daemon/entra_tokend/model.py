@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import signal
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -117,13 +118,26 @@ class Hook:
 @dataclass(frozen=True)
 class OutputSpec:
     """Where and how one token is written: an absolute ``path`` inside output_dir, a format
-    name, the file's mode bits and optional owner/group ids."""
+    name, the file's mode bits and optional owner/group ids.
+
+    Format settings: ``name`` is the token's name (the ``template`` field ``token_name``);
+    ``env_name``/``env_expires_name`` are the variable names of ``format = "env"``;
+    ``template`` is the ``string.Template`` text of ``format = "template"`` (already read from
+    ``template_file`` and checked at load time); ``registries`` the Azure Container Registries
+    of ``format = "docker-config"`` (``host[:port]``, or ``http://host[:port]`` for a loopback
+    registry), each an entry of the file.
+    """
 
     path: Path
     format: str = "raw"
     file_mode: int = 0o640
     file_owner: int | None = None
     file_group: int | None = None
+    name: str = ""
+    env_name: str = "ACCESS_TOKEN"
+    env_expires_name: str = "ACCESS_TOKEN_EXPIRES_ON"
+    template: str | None = None
+    registries: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -141,6 +155,17 @@ class TokenSpec:
     def path(self) -> Path:
         """The token file's absolute path."""
         return self.output.path
+
+    @property
+    def registries(self) -> tuple[str, ...]:
+        """Azure Container Registries this token is exchanged at (empty: a plain Entra
+        token)."""
+        return self.output.registries
+
+
+def registry_key(registry: str) -> str:
+    """The ``host[:port]`` a registry is known by in a docker config (scheme removed)."""
+    return registry.removeprefix("http://").removeprefix("https://")
 
 
 @dataclass(frozen=True)
@@ -161,6 +186,7 @@ class AccessToken:
     request_id: str
     tenant_id: str = ""
     client_id: str = ""
+    extra: Mapping[str, str] = field(default_factory=dict, repr=False)
 
 
 def resource_key(resource: str) -> str:

@@ -120,7 +120,7 @@ class TokenRunner:
         if isinstance(found, str):
             self._log.info("existing token file not adopted; refreshing now", reason=found)
         elif found is not None:
-            self.schedule.adopted(found.issued_at, found.expires_on)
+            self.schedule.adopted(found.issued_at, found.expires_on, found.lifetime)
             self._state = State.OK
             self._metrics.token_adopted(self.spec.name, found.expires_on)
 

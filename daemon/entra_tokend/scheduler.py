@@ -176,14 +176,20 @@ class TokenSchedule:
         self.due = Deadline.after(self.clock, delay)
         return delay
 
-    def adopted(self, issued_at: float | None, expires_on: float) -> float:
-        """Adopt a token found on disk at start-up (a restart): refresh on its own schedule."""
+    def adopted(
+        self, issued_at: float | None, expires_on: float, lifetime: float | None = None
+    ) -> float:
+        """Adopt a token found on disk at start-up (a restart): refresh on its own schedule.
+
+        ``lifetime`` (seconds), when known, is what the refresh was planned on — shorter than
+        ``expires_on - issued_at`` for a docker config whose Entra token lives less.
+        """
         self.expires = Deadline.at_wall(self.clock, expires_on)
         now = self.clock.wall()
         if issued_at is None or issued_at >= expires_on:
             self.due = Deadline.after(self.clock, 0.0)
             return 0.0
-        lifetime = expires_on - issued_at
+        lifetime = min(expires_on - issued_at, lifetime or float("inf"))
         at = issued_at + lifetime * self.policy.refresh_at * (
             1.0 + self.rng.uniform(-self.policy.jitter, self.policy.jitter)
         )

@@ -116,8 +116,23 @@ TOKEN_FIELDS: dict[str, st.SearchStrategy[Any]] = {
     "scope": maybe(st.sampled_from([STORAGE, "/.default", "a b/.default", ""])),
     "identity": maybe(names),
     "path": maybe(path_texts),
-    "format": maybe(st.sampled_from(["raw", "json", "xml"])),
+    "format": maybe(
+        st.sampled_from(["raw", "json", "xml", "header", "env", "template", "docker-config"])
+    ),
     "hook": maybe(hook_tables),
+    "file_mode": maybe(st.sampled_from(["0600", "0666", "0200", "x", 0o640, 1 << 70])),
+    "file_owner": maybe(st.sampled_from(["root", "no-such-user", "a\x00b", 0, -1, 2**40])),
+    "file_group": maybe(st.sampled_from(["root", "no-such-group", "", 0, 2**32 - 1])),
+    "env_name": maybe(st.sampled_from(["PGPASSWORD", "1X", "A-B", "", "ok_1"])),
+    "env_expires_name": maybe(st.sampled_from(["EXP", "PGPASSWORD", "$X"])),
+    "template": maybe(st.sampled_from(["$access_token", "${nope}", "$", "$$ ${scope}", "a\x00"])),
+    "template_file": maybe(path_texts),
+    "registry": maybe(
+        st.one_of(
+            st.sampled_from(["r.azurecr.io", "http://127.0.0.1:5000", "http://r.io", "a/b", ""]),
+            st.lists(st.sampled_from(["r.azurecr.io", "x.azurecr.cn:443", "[::1]:1"])),
+        )
+    ),
 }
 token_tables = st.fixed_dictionaries({}, optional=TOKEN_FIELDS)
 IDENTITY_FIELDS: dict[str, st.SearchStrategy[Any]] = {

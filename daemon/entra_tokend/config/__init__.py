@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from entra_tokend.config import host, validate
 from entra_tokend.config.render import render_config
@@ -64,6 +65,7 @@ def _tokens(raw: Raw, output_dir: Path, defaults: OutputSpec, p: Problems) -> di
         fmt = table.get("format", "raw")
         if not isinstance(fmt, str) or fmt not in FORMATS:
             p.add(f"{where}.format: '{fmt}' must be one of {', '.join(FORMATS)}")
+        validate.format_keys(table, str(fmt), where, p)
         target = validate.token_path(table.get("path", name), name, output_dir, where, p)
         if target in paths:
             p.add(f"{where}.path: token.{paths[target]} already writes to {target}")
@@ -73,12 +75,8 @@ def _tokens(raw: Raw, output_dir: Path, defaults: OutputSpec, p: Problems) -> di
             if "hook" in table
             else global_hook
         )
-        output = OutputSpec(
-            path=target,
-            format=str(fmt),
-            file_mode=defaults.file_mode,
-            file_owner=defaults.file_owner,
-            file_group=defaults.file_group,
+        output = _output(
+            name, table, fmt=str(fmt), target=target, defaults=defaults, base=raw.base, p=p
         )
         tokens[name] = TokenSpec(
             name=name, scope=scope, identity=identity, output=output, hook=hook
@@ -103,6 +101,65 @@ def _endpoint(raw: Raw, env: Mapping[str, str], p: Problems) -> EndpointSpec | N
         return None
     return EndpointSpec(
         listen=address, secret=secret, secret_source=source, grants=grants, idle_timeout=idle
+    )
+
+
+def _output(
+    name: str,
+    table: dict[str, Any],
+    *,
+    fmt: str,
+    target: Path,
+    defaults: OutputSpec,
+    base: Path,
+    p: Problems,
+) -> OutputSpec:
+    """A token's ``OutputSpec``: its path and format, the file settings (per token, else the
+    top-level ones) and the format's own settings."""
+    where = f"token.{name}"
+    mode = defaults.file_mode
+    owner, group = defaults.file_owner, defaults.file_group
+    for key in ("file_mode", "file_owner", "file_group"):
+        if key in table and not validate.typed(table[key], (str, int)):
+            p.add(f"{where}.{key}: must be a string or an integer")
+        elif key == "file_mode" and key in table:
+            mode = validate.file_mode(table[key], f"{where}.{key}", p)
+        elif key in table:
+            found = host.owner(table[key], f"{where}.{key}", p, group=key == "file_group")
+            owner, group = (found, group) if key == "file_owner" else (owner, found)
+    env_name = validate.env_name(table.get("env_name"), "ACCESS_TOKEN", f"{where}.env_name", p)
+    env_expires = validate.env_name(
+        table.get("env_expires_name"),
+        f"{env_name}_EXPIRES_ON",
+        f"{where}.env_expires_name",
+        p,
+    )
+    if fmt == "env" and env_name == env_expires:
+        p.add(f"{where}.env_expires_name: must differ from env_name ('{env_name}')")
+    text: str | None = None
+    if fmt == "template":
+        if ("template" in table) == ("template_file" in table):
+            p.add(f'{where}.template: give exactly one of template = "..." or template_file')
+        elif "template" in table:
+            text = validate.template_text(table["template"], f"{where}.template", p)
+        else:
+            text = host.template_file(table["template_file"], base, f"{where}.template_file", p)
+            if text is not None:
+                text = validate.template_text(text, f"{where}.template_file", p)
+    registries: tuple[str, ...] = ()
+    if "registry" in table:
+        registries = validate.registries(table["registry"], f"{where}.registry", p)
+    return OutputSpec(
+        path=target,
+        format=fmt,
+        file_mode=mode,
+        file_owner=owner,
+        file_group=group,
+        name=name,
+        env_name=env_name,
+        env_expires_name=env_expires,
+        template=text,
+        registries=registries,
     )
 
 

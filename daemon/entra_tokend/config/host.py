@@ -96,3 +96,31 @@ def secret_file(path: Path, where: str, p: Problems) -> str | None:
         )
         return None
     return text
+
+
+TEMPLATE_LIMIT = 64 * 1024
+"""The largest ``template_file`` read (bytes): templates are a few lines."""
+
+
+def template_file(value: Any, base: Path, where: str, p: Problems) -> str | None:
+    """The UTF-8 text of a ``template_file`` (relative to the config file's directory)."""
+    if not isinstance(value, str) or not value:
+        p.add(f"{where}: must be a path string")
+        return None
+    if has_nul(value, where, p):
+        return None
+    path = base / value
+    try:
+        with path.open("rb") as f:
+            data = f.read(TEMPLATE_LIMIT + 1)
+    except OSError as exc:
+        p.add(f"{where}: cannot read {path}: {exc.strerror or exc}")
+        return None
+    if len(data) > TEMPLATE_LIMIT:
+        p.add(f"{where}: {path} is larger than {TEMPLATE_LIMIT} bytes")
+        return None
+    try:
+        return data.decode()
+    except UnicodeDecodeError:
+        p.add(f"{where}: {path} is not UTF-8 text")
+        return None

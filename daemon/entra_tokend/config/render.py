@@ -3,10 +3,12 @@ client ids are identifiers, not credentials)."""
 
 from __future__ import annotations
 
+import json
 import signal
 from typing import Any
 
 from entra_tokend.config.schema import IDENTITY_KEYS, POLICY_KEYS, TOP_LEVEL, Config
+from entra_tokend.model import OutputSpec
 
 
 def _toml_value(value: Any) -> str:
@@ -16,7 +18,28 @@ def _toml_value(value: Any) -> str:
         return repr(value)
     if isinstance(value, list | tuple):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+    # A JSON string is a TOML basic string (control characters escaped, e.g. a template's
+    # newlines).
+    return json.dumps(str(value), ensure_ascii=False)
+
+
+def _output_lines(config: Config, out: OutputSpec) -> list[str]:
+    """A token's file settings where they differ from the top level, and its format's."""
+    lines = []
+    if out.file_mode != config.file_mode:
+        lines.append(f'file_mode = "{out.file_mode:04o}"')
+    if out.file_owner != config.file_owner and out.file_owner is not None:
+        lines.append(f"file_owner = {out.file_owner}")
+    if out.file_group != config.file_group and out.file_group is not None:
+        lines.append(f"file_group = {out.file_group}")
+    if out.format == "env":
+        lines.append(f"env_name = {_toml_value(out.env_name)}")
+        lines.append(f"env_expires_name = {_toml_value(out.env_expires_name)}")
+    if out.format == "template" and out.template is not None:
+        lines.append(f"template = {_toml_value(out.template)}")
+    if out.registries:
+        lines.append(f"registry = {_toml_value(list(out.registries))}")
+    return lines
 
 
 def render_config(config: Config) -> str:
@@ -49,6 +72,7 @@ def render_config(config: Config) -> str:
             f"path = {_toml_value(str(tok.path.relative_to(config.output_dir)))}",
             f"format = {_toml_value(tok.output.format)}",
         ]
+        lines += _output_lines(config, tok.output)
         if tok.hook:
             lines.append(f"[token.{tok.name}.hook]")
             if tok.hook.exec:

@@ -70,7 +70,31 @@ POLICY_KEYS = (
 """Top-level keys that form the scheduler ``Policy`` (same names on both sides)."""
 TABLES = ("identity", "token", "hook", "endpoint")
 IDENTITY_KEYS = ("tenant_id", "client_id", "token_file", "authority_host", "ca_file")
-TOKEN_KEYS = ("scope", "identity", "path", "format", "hook")
+TOKEN_KEYS = (
+    "scope",
+    "identity",
+    "path",
+    "format",
+    "hook",
+    "file_mode",
+    "file_owner",
+    "file_group",
+    "env_name",
+    "env_expires_name",
+    "template",
+    "template_file",
+    "registry",
+)
+FORMAT_KEYS = {
+    "env_name": ("env",),
+    "env_expires_name": ("env",),
+    "template": ("template",),
+    "template_file": ("template",),
+    "registry": ("docker-config",),
+}
+"""Token keys that only mean something with certain formats."""
+ACR_SCOPE = "https://containerregistry.azure.net/.default"
+"""The Entra scope an ACR exchange needs by default (Azure Container Registry's AAD audience)."""
 HOOK_KEYS = ("exec", "timeout", "pid_file", "signal")
 ENDPOINT_KEYS = ("listen", "secret_file", "secret_env", "allow", "idle_timeout")
 ENDPOINT_IDLE_TIMEOUT = 900.0

@@ -6,6 +6,7 @@
 AccessToken`` raising ``ExchangeError`` (the runner's ``Exchange`` protocol).
 """
 
+from entra_tokend.exchange.acr import AcrExchange
 from entra_tokend.exchange.entra import (
     MAX_BODY_BYTES,
     EntraExchange,
@@ -28,6 +29,7 @@ from entra_tokend.exchange.transport import ClientPool
 
 __all__ = [
     "MAX_BODY_BYTES",
+    "AcrExchange",
     "ClientError",
     "ClientPool",
     "EntraExchange",

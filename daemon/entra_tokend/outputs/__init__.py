@@ -1,9 +1,11 @@
 """Outputs: how an issued token becomes bytes in a file.
 
 A format is a ``Renderer``: ``AccessToken -> bytes``, one small module per format (``raw``,
-``jsondoc``). ``renderer_for`` picks it from a token's ``OutputSpec``; ``FileOutput`` hands the
-bytes to the atomic writer (``writer``). The runner sees only the ``Output`` protocol, so an
-output that is not a file (the local token endpoint's cache) plugs in the same way.
+``jsondoc``, ``header``, ``envfile``, ``template``, ``dockerconfig``). ``renderer_for`` builds
+it from a token's ``OutputSpec`` (formats with settings — variable names, a template — read
+them there); ``FileOutput`` hands the bytes to the atomic writer (``writer``). The runner
+sees only the ``Output`` protocol, so an output that is not a file (the local token endpoint's
+cache) plugs in the same way.
 """
 
 from __future__ import annotations
@@ -16,21 +18,36 @@ from pathlib import Path
 from typing import Protocol
 
 from entra_tokend.model import AccessToken, OutputSpec
-from entra_tokend.outputs import jsondoc, raw
+from entra_tokend.outputs import dockerconfig, envfile, header, jsondoc, raw, template
 from entra_tokend.outputs.provenance import ExistingToken, ProvenanceStore
 from entra_tokend.outputs.writer import WriteError, write_atomic
 
 Renderer = Callable[[AccessToken], bytes]
 """Turns an issued token into a file's complete contents."""
 
-FORMATS: dict[str, Renderer] = {"raw": raw.render, "json": jsondoc.render}
-"""Every format name a ``[token.NAME] format`` may use, and its renderer."""
+RendererFactory = Callable[[OutputSpec], Renderer]
+"""Builds a format's renderer from a token's ``OutputSpec`` (its format settings)."""
+
+
+def _fixed(render: Renderer) -> RendererFactory:
+    return lambda _spec: render
+
+
+FORMATS: dict[str, RendererFactory] = {
+    "raw": _fixed(raw.render),
+    "json": _fixed(jsondoc.render),
+    "header": _fixed(header.render),
+    "env": envfile.renderer,
+    "template": template.renderer,
+    "docker-config": _fixed(dockerconfig.render),
+}
+"""Every format name a ``[token.NAME] format`` may use, and how its renderer is built."""
 
 
 def renderer_for(spec: OutputSpec) -> Renderer:
-    """The renderer of ``spec.format``. Raises KeyError for an unknown format (config rejects
-    those at load time)."""
-    return FORMATS[spec.format]
+    """The renderer of ``spec.format`` with ``spec``'s settings. Raises KeyError for an
+    unknown format (config rejects those at load time)."""
+    return FORMATS[spec.format](spec)
 
 
 class Output(Protocol):
@@ -67,8 +84,12 @@ class FileOutput:
 
     async def deliver(self, token: AccessToken) -> None:
         """Render and atomically replace the file, then record its provenance. Raises
-        ``WriteError`` when the file could not be replaced."""
-        data = self._render(token)
+        ``WriteError`` when the file could not be replaced (also for a token the format cannot
+        hold, e.g. an ``env`` value that would need quoting)."""
+        try:
+            data = self._render(token)
+        except envfile.UnsafeValue as exc:
+            raise WriteError(str(exc)) from None
         await asyncio.to_thread(self._write, data, token)
 
     def _write(self, data: bytes, token: AccessToken) -> None:
@@ -97,6 +118,7 @@ __all__ = [
     "Output",
     "ProvenanceStore",
     "Renderer",
+    "RendererFactory",
     "WriteError",
     "renderer_for",
 ]

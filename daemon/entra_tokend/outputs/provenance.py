@@ -27,6 +27,7 @@ import json
 import math
 import os
 import stat
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +45,8 @@ class ExistingToken:
 
     issued_at: float | None
     expires_on: float
+    lifetime: float | None = None
+    """The lifetime the refresh was planned on (the shortest credential involved)."""
 
 
 def fingerprint(spec: TokenSpec, identity: Identity) -> str:
@@ -117,7 +120,10 @@ class ProvenanceStore:
             "v": 1,
             "fingerprint": print_,
             "sha256": hashlib.sha256(data).hexdigest(),
-            "issued_at": token.expires_on - token.expires_in,
+            # When it was written (≈ issued), and the lifetime its refresh is planned on: for
+            # a docker config the shortest credential involved, not the file's own expiry.
+            "issued_at": time.time(),
+            "lifetime": token.expires_in,
             "expires_on": token.expires_on,
         }
         write_atomic(
@@ -147,6 +153,7 @@ class ProvenanceStore:
             doc = json.loads(raw)
             recorded, digest = str(doc["fingerprint"]), str(doc["sha256"])
             expires_on, issued_at = float(doc["expires_on"]), float(doc["issued_at"])
+            lifetime = float(doc["lifetime"])
         except (ValueError, KeyError, TypeError, OverflowError):
             return "provenance record unreadable"
         if recorded != print_:
@@ -159,9 +166,9 @@ class ProvenanceStore:
             return "token file owned by another user"
         if hashlib.sha256(data).hexdigest() != digest:
             return "token file changed since this daemon wrote it"
-        if not (math.isfinite(expires_on) and math.isfinite(issued_at)) or expires_on <= now:
+        if not all(map(math.isfinite, (expires_on, issued_at, lifetime))) or expires_on <= now:
             return "token expired"
-        return ExistingToken(issued_at=issued_at, expires_on=expires_on)
+        return ExistingToken(issued_at=issued_at, expires_on=expires_on, lifetime=lifetime)
 
 
 __all__ = ["ExistingToken", "ProvenanceStore", "fingerprint"]

@@ -1,0 +1,78 @@
+"""``format = "template"``: a user template rendered with the token's fields.
+
+The engine is the standard library's ``string.Template`` (PEP 292): ``$name`` / ``${name}``
+substitution and ``$$`` for a dollar sign, nothing else — no expressions, attribute access or
+code, so a template cannot run anything. Fields (``FIELDS``): ``access_token``, ``expires_on``
+(unix seconds), ``expires_on_rfc3339`` (UTC), ``token_type``, ``scope``, ``resource`` (the
+scope without ``/.default``), ``tenant_id``, ``client_id``, ``token_name``.
+
+``check`` runs at configuration load: a syntax error or an unknown field is a configuration
+error there, so rendering cannot fail at run time.
+"""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from entra_tokend.model import AccessToken, OutputSpec
+
+FIELDS = (
+    "access_token",
+    "expires_on",
+    "expires_on_rfc3339",
+    "token_type",
+    "scope",
+    "resource",
+    "tenant_id",
+    "client_id",
+    "token_name",
+)
+
+
+def check(text: str) -> list[str]:
+    """Problems with a template (empty when usable): one text per syntax error or unknown
+    field, naming the field, e.g. ``unknown field 'acess_token'``."""
+    template = string.Template(text)
+    if not template.is_valid():
+        # substitute() reports the position of the first bad '$'.
+        try:
+            template.substitute(dict.fromkeys(template.get_identifiers(), ""))
+        except ValueError as exc:
+            return [f"template syntax error: {exc} (write $$ for a literal '$')"]
+        except KeyError:  # pragma: no cover - identifiers were all supplied
+            pass
+    return [
+        f"unknown field '{name}' (fields: {', '.join(FIELDS)})"
+        for name in template.get_identifiers()
+        if name not in FIELDS
+    ]
+
+
+def fields(token: AccessToken, token_name: str) -> dict[str, str]:
+    """The values a template may use."""
+    return {
+        "access_token": token.token,
+        "expires_on": str(int(token.expires_on)),
+        "expires_on_rfc3339": datetime.fromtimestamp(int(token.expires_on), UTC).strftime(
+            "%Y-%m-%dT%H:%M:%SZ"
+        ),
+        "token_type": token.token_type,
+        "scope": token.scope,
+        "resource": token.scope.removesuffix("/.default"),
+        "tenant_id": token.tenant_id,
+        "client_id": token.client_id,
+        "token_name": token_name,
+    }
+
+
+def renderer(spec: OutputSpec) -> Callable[[AccessToken], bytes]:
+    """The renderer of ``spec.template`` (checked at load time with ``check``)."""
+    template = string.Template(spec.template or "")
+
+    def render(token: AccessToken) -> bytes:
+        """The rendered template, UTF-8."""
+        return template.substitute(fields(token, spec.name)).encode()
+
+    return render
