@@ -25,10 +25,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from deploy_helpers import REPO, cli_env, run_cli, tool
 from test_deploy_image import stages
 
-from testlib import wait_until
+from testlib import REPO, base_env, run_cli, tool, wait_until
 
 VERSION = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
 IMAGE_UID = 65532
@@ -52,7 +51,7 @@ def free_port() -> int:
 def test_without_the_extra_the_hint_is_an_install_that_works(command: list[str]) -> None:
     result = subprocess.run(
         [sys.executable, "-c", BLOCK_CRYPTOGRAPHY, *command],
-        env=cli_env(),
+        env=base_env(),
         capture_output=True,
         text=True,
         timeout=60,

@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 import yaml
-from obs_helpers import dashboard, run_promtool
+
+from observability.obs_helpers import dashboard, run_promtool
 
 # What a shared Prometheus scrapes: two live daemons, a job whose only target is down (so it
 # exports no entra_tokend_* series at all), and jobs that are none of the dashboard's business.
@@ -34,6 +35,7 @@ ENTRA_JOBS = ["ns/entra-tokend", "ns/entra-tokend-canary"]
 
 def variable(name: str) -> dict[str, Any]:
     (var,) = [v for v in dashboard()["templating"]["list"] if v["name"] == name]
+    assert isinstance(var, dict)
     return var
 
 
