@@ -39,5 +39,5 @@ systemd-analyze --version | head -n 1
 # into a git-ignored cache next to the probe; skipped when node/npm are missing.
 SDK_NPM="$(dirname "$0")/sdk/.npm"
 if command -v npm >/dev/null 2>&1 && [ ! -d "$SDK_NPM/node_modules/@azure/identity" ]; then
-  npm install --silent --no-audit --no-fund --prefix "$SDK_NPM" @azure/identity >/dev/null
+  npm install --silent --no-audit --no-fund --prefix "$SDK_NPM" "@azure/identity@^4" >/dev/null
 fi

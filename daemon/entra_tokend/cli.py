@@ -139,10 +139,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             from entra_tokend.emulator.cli import main as emulator_main  # noqa: PLC0415
         except ImportError as exc:
+            missing = (exc.name or "a module").split(".")[0]  # the package to install
             from entra_tokend.dev import EMULATOR_INSTALL_HINT  # noqa: PLC0415
 
             print(
-                f"entra-tokend: the emulator needs the emulator extra ({exc.name} is missing); "
+                f"entra-tokend: the emulator needs the emulator extra ({missing} is missing); "
                 f"install it {EMULATOR_INSTALL_HINT}",
                 file=sys.stderr,
             )

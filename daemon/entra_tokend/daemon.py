@@ -15,22 +15,22 @@ import contextlib
 import dataclasses
 import os
 import signal
-import stat
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from entra_tokend import __version__, sdnotify
 from entra_tokend.config import Config, ConfigError
 from entra_tokend.credentials import CredentialSource
 from entra_tokend.exchange import AcrExchange, ClientPool, EntraExchange
-from entra_tokend.lock import DirectoryLock, LockError, LockHeld
+from entra_tokend.lock import LockError, LockHeld
 from entra_tokend.logging import get_logger
 from entra_tokend.metrics import Metrics
 from entra_tokend.model import Clock, SystemClock, TokenSpec
-from entra_tokend.outputs import FileOutput, ProvenanceStore
+from entra_tokend.outputdir import OutputDirectory
+from entra_tokend.outputs import FileOutput
 from entra_tokend.outputs.memory import MemoryOutput
 from entra_tokend.outputs.provenance import fingerprint
-from entra_tokend.outputs.writer import make_directories, make_root, remove_stale_temp_files
 from entra_tokend.readiness import Readiness
 from entra_tokend.reaper import REAPER
 from entra_tokend.runner import Exchange, TokenRunner
@@ -78,8 +78,9 @@ class Daemon:
         self._progress = asyncio.Event()  # a refresh attempt finished (run --once re-checks)
         self._done: set[str] = set()
         self._running = False
-        self._lock: DirectoryLock | None = None
-        self._provenance = ProvenanceStore(config.output_dir)
+        self._output_dir = OutputDirectory(
+            config.output_dir, self.metrics, allow_world_writable=config.allow_world_writable
+        )
         self.clock_check_interval = MAX_SLEEP
         self._apply(config)
 
@@ -125,7 +126,7 @@ class Daemon:
                 config.output_dir,
                 name=spec.name,
                 print_=fingerprint(spec, source.identity),
-                store=self._provenance,
+                store=self._output_dir.provenance,
             ),
             monotonic=self.clock.monotonic,
         )
@@ -203,7 +204,7 @@ class Daemon:
         self._apply(config)
         if self.endpoint is not None:
             self.endpoint.provider.drop_stale_sources()
-        self._make_token_dirs(clean=False)
+        self._output_dir.make_token_dirs(self._token_dirs(), clean=False)
         self._watch()
         self.log.info(
             "configuration reloaded",
@@ -213,34 +214,14 @@ class Daemon:
 
     # ---- start-up and shutdown -----------------------------------------------------------
 
-    def _make_token_dirs(self, *, clean: bool) -> None:
-        root = self.config.output_dir
-        for directory in {spec.path.parent for spec in self.config.tokens.values()}:
-            try:
-                make_directories(directory, root)
-            except OSError as exc:
-                # Not fatal: the tokens below it fail with write_error (and say why) while the
-                # others are served; a neighbour's symlink must not stop the whole daemon.
-                self.log.error(
-                    "cannot create token directory", path=str(directory), detail=exc.strerror
-                )
-                continue
-            if clean:
-                removed = remove_stale_temp_files(directory, root)
-                if removed:
-                    self.log.info("removed temp files of an interrupted run", files=removed)
+    def _token_dirs(self) -> set[Path]:
+        return {spec.path.parent for spec in self.config.tokens.values()}
 
     def _prepare_output(self) -> int | None:
         """Lock output_dir and clean it; an exit code when that fails."""
         out = str(self.config.output_dir)
         try:
-            make_root(self.config.output_dir)
-            self._check_output_dir_mode()
-            # Lock before cleaning: a live writer's temp files look exactly like stale ones.
-            self._lock = DirectoryLock.acquire(self.config.output_dir)
-            self._provenance.prepare()
-            remove_stale_temp_files(self._provenance.directory, self.config.output_dir)
-            self._make_token_dirs(clean=True)
+            self._output_dir.acquire(self._token_dirs())
         except LockHeld as exc:
             self.log.error(
                 "output_dir is in use by another entra-tokend",
@@ -253,30 +234,9 @@ class Daemon:
             self.log.error("cannot lock output_dir", detail=str(exc))
             return EXIT_CONFIG
         except OSError as exc:
-            self._release_lock()
             self.log.error("cannot prepare output_dir", path=out, detail=exc.strerror)
             return EXIT_CONFIG
         return None
-
-    def _check_output_dir_mode(self) -> None:
-        """Warn (log + metric) about a world-writable output_dir without the sticky bit.
-
-        Kubernetes' default disk-backed emptyDir with fsGroup is exactly that (mode 2777), so
-        refusing it would make the sidecar crash-loop. Every write stays safe anyway (O_EXCL
-        temp files, no symlink followed, rename); what a neighbour can do there is delete or
-        replace files, which the daemon notices and repairs at the next refresh.
-        """
-        mode = os.stat(self.config.output_dir).st_mode
-        insecure = bool(mode & stat.S_IWOTH) and not mode & stat.S_ISVTX
-        self.metrics.set_output_dir_world_writable(insecure)
-        if insecure and not self.config.allow_world_writable:
-            self.log.warning(
-                "output_dir is world-writable without the sticky bit; other users of the volume "
-                "can delete or replace token files (use a volume only this pod writes, or set "
-                "allow_world_writable = true to silence this)",
-                path=str(self.config.output_dir),
-                mode=f"{stat.S_IMODE(mode):04o}",
-            )
 
     async def _listen(self) -> asyncio.AbstractServer | None:
         """Start the HTTP listener if configured. Raises OSError when the address is unusable."""
@@ -340,6 +300,7 @@ class Daemon:
         if code is not None:
             return code
         loop = asyncio.get_running_loop()
+        loop.set_exception_handler(self._loop_exception)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)
         server = None
@@ -419,10 +380,18 @@ class Daemon:
         await self._pool.aclose()
         self._release_lock()
 
+    def _loop_exception(self, _loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """asyncio's unhandled-error reports as one structured log line (JSON in json mode),
+        with the exception's type only: its text or a traceback may quote what it handled."""
+        exc = context.get("exception")
+        self.log.error(
+            "unexpected error in the event loop",
+            detail=str(context.get("message", ""))[:200],
+            error=type(exc).__name__ if exc is not None else None,
+        )
+
     def _release_lock(self) -> None:
-        if self._lock is not None:
-            self._lock.release()
-            self._lock = None
+        self._output_dir.release()
 
     # ---- run --once ----------------------------------------------------------------------
 

@@ -45,8 +45,9 @@ def run_dev(args: argparse.Namespace) -> int:
     try:
         from entra_tokend.emulator import Emulator  # noqa: PLC0415
     except ImportError as exc:
+        missing = (exc.name or "a module").split(".")[0]  # the package to install
         print(
-            f"entra-tokend: `dev` needs the emulator extra ({exc.name} is missing); install it "
+            f"entra-tokend: `dev` needs the emulator extra ({missing} is missing); install it "
             f"{EMULATOR_INSTALL_HINT}",
             file=sys.stderr,
         )

@@ -10,10 +10,10 @@ How a change is recognised, cheaply and without reading the token:
 
 1. watchdog's thread sees any create/delete/move/modify/close-after-write in the directory and
    only posts a note to the event loop (``loop.call_soon_threadsafe``).
-2. The first note of a burst schedules a check on the loop (after ``debounce`` seconds, 0 by
-   default: kubelet's swap of ``..data`` is one atomic rename, so there is no half-written
-   state to wait out, and the content fingerprint already makes a burst of no-op checks cheap);
-   notes arriving before the check runs join it.
+2. The first note of a burst schedules a check on the loop after ``debounce`` seconds (2 ms by
+   default: kubelet's swap of ``..data`` is one atomic rename, so there is no half-written state
+   to wait out — the few milliseconds only gather one writer's burst of events, so that one
+   change makes one callback); notes arriving before the check runs join it.
 3. When the check runs, the directory watch is re-established if the directory was removed,
    replaced or has only just appeared, and a signature of the file is taken: its resolved path
    and ``stat`` (device, inode, size, mtime, ctime), following symlinks.
@@ -177,7 +177,7 @@ class DirectoryWatcher:
         *,
         loop: asyncio.AbstractEventLoop,
         poll_interval: float = 60.0,
-        debounce: float = 0.0,
+        debounce: float = 0.002,
         use_inotify: bool = True,
     ) -> None:
         if poll_interval <= 0:
@@ -260,7 +260,6 @@ class DirectoryWatcher:
         if touched:
             self._touched = True
         if self._flush_handle is None:
-            # call_later(0) still runs after the notes already queued: one check per burst.
             self._flush_handle = self._loop.call_later(self._debounce, self._flush)
 
     def _flush(self) -> None:

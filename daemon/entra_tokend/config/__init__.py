@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from entra_tokend.config import host, validate
+from entra_tokend.config import host, validate, validate_endpoint, validate_outputs
 from entra_tokend.config.render import render_config
 from entra_tokend.config.schema import (
     DEFAULT_IDENTITY,
@@ -65,7 +65,7 @@ def _tokens(raw: Raw, output_dir: Path, defaults: OutputSpec, p: Problems) -> di
         fmt = table.get("format", "raw")
         if not isinstance(fmt, str) or fmt not in FORMATS:
             p.add(f"{where}.format: '{fmt}' must be one of {', '.join(FORMATS)}")
-        validate.format_keys(table, str(fmt), where, p)
+        validate_outputs.format_keys(table, str(fmt), where, p)
         target = validate.token_path(table.get("path", name), name, output_dir, where, p)
         if target in paths:
             p.add(f"{where}.path: token.{paths[target]} already writes to {target}")
@@ -87,7 +87,7 @@ def _tokens(raw: Raw, output_dir: Path, defaults: OutputSpec, p: Problems) -> di
 def _endpoint(raw: Raw, env: Mapping[str, str], p: Problems) -> EndpointSpec | None:
     if raw.endpoint is None:
         return None
-    checked = validate.endpoint(raw.endpoint, env, raw.base, p)
+    checked = validate_endpoint.endpoint(raw.endpoint, env, raw.base, p)
     if checked is None:
         return None
     address, grants, idle, env_secret, file_path = checked
@@ -127,8 +127,10 @@ def _output(
         elif key in table:
             found = host.owner(table[key], f"{where}.{key}", p, group=key == "file_group")
             owner, group = (found, group) if key == "file_owner" else (owner, found)
-    env_name = validate.env_name(table.get("env_name"), "ACCESS_TOKEN", f"{where}.env_name", p)
-    env_expires = validate.env_name(
+    env_name = validate_outputs.env_name(
+        table.get("env_name"), "ACCESS_TOKEN", f"{where}.env_name", p
+    )
+    env_expires = validate_outputs.env_name(
         table.get("env_expires_name"),
         f"{env_name}_EXPIRES_ON",
         f"{where}.env_expires_name",
@@ -141,14 +143,14 @@ def _output(
         if ("template" in table) == ("template_file" in table):
             p.add(f'{where}.template: give exactly one of template = "..." or template_file')
         elif "template" in table:
-            text = validate.template_text(table["template"], f"{where}.template", p)
+            text = validate_outputs.template_text(table["template"], f"{where}.template", p)
         else:
             text = host.template_file(table["template_file"], base, f"{where}.template_file", p)
             if text is not None:
-                text = validate.template_text(text, f"{where}.template_file", p)
+                text = validate_outputs.template_text(text, f"{where}.template_file", p)
     registries: tuple[str, ...] = ()
     if "registry" in table:
-        registries = validate.registries(table["registry"], f"{where}.registry", p)
+        registries = validate_outputs.registries(table["registry"], f"{where}.registry", p)
     return OutputSpec(
         path=target,
         format=fmt,

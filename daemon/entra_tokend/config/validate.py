@@ -10,7 +10,6 @@ from __future__ import annotations
 import ipaddress
 import math
 import os
-import re
 import signal
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -21,10 +20,7 @@ from entra_tokend.config.schema import (
     ACR_SCOPE,
     DEFAULT_AUTHORITY,
     DEFAULT_IDENTITY,
-    ENDPOINT_IDLE_TIMEOUT,
-    ENDPOINT_KEYS,
     ENV_LISTEN,
-    FORMAT_KEYS,
     HOOK_KEYS,
     IDENTITY_ENV,
     IDENTITY_KEYS,
@@ -38,18 +34,11 @@ from entra_tokend.config.schema import (
     Types,
 )
 from entra_tokend.model import (
-    Grant,
     Hook,
     Identity,
     Policy,
     is_reserved_name,
-    registry_key,
-    resource_key,
 )
-from entra_tokend.outputs import envfile
-from entra_tokend.outputs import template as template_format
-
-_DNS_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 
 # Longest file name (one path component) Linux filesystems accept, in bytes.
 NAME_MAX = 255
@@ -385,204 +374,3 @@ def token_table(name: str, table: Any, p: Problems) -> tuple[str, str] | None:
         p.add(f"{where}.identity: must be a string")
         ident = DEFAULT_IDENTITY
     return scope, ident
-
-
-def endpoint(
-    table: Any, env: Mapping[str, str], base: Path, p: Problems
-) -> tuple[tuple[str, int], tuple[Grant, ...], float, str | None, Path | None] | None:
-    """The ``[endpoint]`` table's pure part: (listen, grants, idle_timeout, secret_env value,
-    secret_file path). Reading ``secret_file`` is a host check (``host.secret_file``).
-
-    ``listen`` must be a loopback address (``127.0.0.1:PORT``, ``[::1]:PORT``): anyone who can
-    reach the endpoint gets tokens. Exactly one of ``secret_file``/``secret_env`` names the
-    header secret; the secret itself is never accepted in the TOML (a ``secret`` key is an
-    unknown key). ``allow`` entries are a resource string (the default identity) or a table
-    ``{resource = "...", identity = "NAME"}``.
-    """
-    where = "endpoint"
-    if not isinstance(table, dict):
-        p.add(f"{where}: must be a table")
-        return None
-    check_keys(table, ENDPOINT_KEYS, where, p)
-    if "secret" in table:
-        p.add(f"{where}.secret: never put the secret in the TOML; use secret_file or secret_env")
-    listen_value = table.get("listen", "127.0.0.1:8081")
-    address: tuple[str, int] | None = None
-    if not isinstance(listen_value, str):
-        p.add(f'{where}.listen: must be a string such as "127.0.0.1:8081"')
-    else:
-        try:
-            address = parse_listen(listen_value)
-        except ValueError as exc:
-            p.add(f"{where}.listen: '{listen_value}': {exc}")
-        else:
-            host_text = address[0]
-            try:
-                loopback = ipaddress.ip_address(host_text).is_loopback
-            except ValueError:
-                loopback = False
-            if not loopback:
-                p.add(
-                    f"{where}.listen: '{listen_value}' is not a loopback address; anyone who can "
-                    "reach the endpoint gets tokens (use 127.0.0.1:PORT or [::1]:PORT)"
-                )
-                address = None
-    secret_env, secret_file = table.get("secret_env"), table.get("secret_file")
-    env_value: str | None = None
-    file_path: Path | None = None
-    if (secret_env is None) == (secret_file is None):
-        p.add(
-            f"{where}: set exactly one of secret_file (a file holding the X-IDENTITY-HEADER "
-            "secret) or secret_env (the name of an environment variable holding it)"
-        )
-    elif secret_env is not None:
-        if not isinstance(secret_env, str) or not secret_env or has_nul(secret_env, where, p):
-            p.add(f"{where}.secret_env: must be the name of an environment variable")
-        elif not env.get(secret_env, "").strip():
-            p.add(f"{where}.secret_env: environment variable {secret_env} is not set or empty")
-        else:
-            env_value = env[secret_env].strip()
-    elif not isinstance(secret_file, str) or not secret_file:
-        p.add(f"{where}.secret_file: must be a path string")
-    elif not has_nul(secret_file, f"{where}.secret_file", p):
-        file_path = base / secret_file
-    idle = table.get("idle_timeout", ENDPOINT_IDLE_TIMEOUT)
-    if not typed(idle, (int, float)) or not finite(idle) or not 10 <= idle <= 86400:
-        p.add(f"{where}.idle_timeout: must be a number of seconds between 10 and 86400")
-        idle = ENDPOINT_IDLE_TIMEOUT
-    grants = endpoint_grants(table.get("allow", []), p)
-    if address is None:
-        return None
-    return address, grants, float(idle), env_value, file_path
-
-
-def endpoint_grants(allow: Any, p: Problems) -> tuple[Grant, ...]:
-    """``[endpoint] allow`` → grants, in order; duplicates reported."""
-    where = "endpoint.allow"
-    if not isinstance(allow, list):
-        p.add(f'{where}: must be a list such as ["https://storage.azure.com"]')
-        return ()
-    grants: list[Grant] = []
-    for index, entry in enumerate(allow):
-        at = f"{where}[{index}]"
-        ident: Any = DEFAULT_IDENTITY
-        if isinstance(entry, dict):
-            check_keys(entry, ("resource", "identity"), at, p)
-            resource, ident = entry.get("resource"), entry.get("identity", DEFAULT_IDENTITY)
-        else:
-            resource = entry
-        if not isinstance(resource, str) or not resource.strip():
-            p.add(f'{at}: a resource string or {{resource = "...", identity = "NAME"}}')
-            continue
-        if not isinstance(ident, str) or not NAME_RE.match(ident):
-            p.add(f"{at}.identity: must be an identity name")
-            continue
-        key = resource_key(resource)
-        why = check_scope(key + "/.default")
-        if why or not key.isascii() or any(c.isspace() or c in "?#" for c in key):
-            p.add(f"{at}: '{resource}' is not a resource such as 'https://storage.azure.com'")
-            continue
-        grant = Grant(resource=key, identity=ident)
-        if grant in grants:
-            p.add(f"{at}: '{resource}' for identity '{ident}' is listed twice")
-            continue
-        grants.append(grant)
-    return tuple(grants)
-
-
-def format_keys(table: Mapping[str, Any], fmt: str, where: str, p: Problems) -> None:
-    """Report format settings given for a format that does not use them."""
-    for key, formats in FORMAT_KEYS.items():
-        if key in table and fmt not in formats:
-            p.add(f"{where}.{key}: only used with format = \"{formats[0]}\" (format is '{fmt}')")
-    if fmt == "docker-config" and "registry" not in table:
-        p.add(f'{where}.registry: format = "docker-config" needs registry = "NAME.azurecr.io"')
-
-
-def env_name(value: Any, default: str, where: str, p: Problems) -> str:
-    """A variable name of ``format = "env"``: letters, digits and '_', not starting with a
-    digit (what a shell, systemd and docker all accept)."""
-    if value is None:
-        return default
-    if not isinstance(value, str) or not envfile.NAME_RE.match(value):
-        p.add(
-            f"{where}: {value!r} is not a variable name "
-            "(letters, digits and '_', not starting with a digit; e.g. \"PGPASSWORD\")"
-        )
-        return default
-    return value
-
-
-def template_text(text: Any, where: str, p: Problems) -> str | None:
-    """A template's text: a string whose fields are all known and whose syntax is valid."""
-    if not isinstance(text, str):
-        p.add(f"{where}: must be a string")
-        return None
-    if has_nul(text, where, p):
-        return None
-    problems = template_format.check(text)
-    for problem in problems:
-        p.add(f"{where}: {problem}")
-    return None if problems else text
-
-
-def registry_host(value: Any, where: str, p: Problems) -> str | None:
-    """One registry: ``host[:port]`` (https), or ``http://host[:port]`` for a loopback registry
-    only (the rule of ``authority_host``); returned lower-cased, without a trailing slash."""
-    if not isinstance(value, str) or not value:
-        p.add(f'{where}: must be a registry name such as "myregistry.azurecr.io"')
-        return None
-    text = value.strip().rstrip("/").lower()
-    scheme = "https"
-    if "://" in text:
-        scheme, _, text = text.partition("://")
-    try:
-        parts = urlsplit(f"//{text}")
-        host, port = parts.hostname, parts.port
-    except ValueError:
-        host, port = None, None
-        parts = urlsplit("")
-    ip = None
-    if host:
-        try:
-            ip = ipaddress.ip_address(host)
-        except ValueError:
-            ip = None
-    good_host = bool(host) and (
-        ip is not None or all(_DNS_LABEL.match(label) for label in (host or "").split("."))
-    )
-    if (
-        scheme not in ("http", "https")
-        or not good_host
-        or parts.path
-        or parts.query
-        or parts.fragment
-        or parts.username is not None
-        or port == 0
-    ):
-        p.add(
-            f"{where}: '{value}' is not a registry host[:port] "
-            '(e.g. "myregistry.azurecr.io"; no path)'
-        )
-        return None
-    if scheme == "http" and not is_loopback_host(host or ""):
-        p.add(f"{where}: '{value}' uses plain http; only loopback registries may (drop http://)")
-        return None
-    return f"http://{text}" if scheme == "http" else text
-
-
-def registries(value: Any, where: str, p: Problems) -> tuple[str, ...]:
-    """``registry``: one registry or a non-empty list of distinct ones."""
-    items = value if isinstance(value, list) else [value]
-    if not items:
-        p.add(f"{where}: must name at least one registry")
-    found: list[str] = []
-    for item in items:
-        host = registry_host(item, where, p)
-        if host is None:
-            continue
-        if registry_key(host) in {registry_key(h) for h in found}:
-            p.add(f"{where}: '{item}' is listed twice")
-            continue
-        found.append(host)
-    return tuple(found)
