@@ -41,6 +41,18 @@ def test_dev_writes_tokens_serves_readiness_and_stops_on_ctrl_c(tmp_path: Path) 
             env_file = (tmp_path / ".entra-tokend-dev" / "env").read_text()
             assert "AZURE_AUTHORITY_HOST='https://127.0.0.1:" in env_file
             assert "SSL_CERT_FILE=" in env_file
+            # The printed IDENTITY_ENDPOINT/IDENTITY_HEADER are enough for an SDK app.
+            endpoint = re.search(r"export IDENTITY_ENDPOINT=(\S+)", text)
+            header = re.search(r"export IDENTITY_HEADER=(\S+)", text)
+            assert endpoint
+            assert header
+            query = "?api-version=2019-08-01&resource=https://storage.azure.com"
+            request = urllib.request.Request(
+                endpoint.group(1) + query, headers={"X-IDENTITY-HEADER": header.group(1)}
+            )
+            with urllib.request.urlopen(request, timeout=10) as resp:
+                served = json.loads(resp.read())
+            assert served["access_token"] == (tmp_path / "tokens" / "storage").read_text()
             proc.send_signal(signal.SIGINT)
             assert proc.wait(15) == 0
         finally:

@@ -31,3 +31,10 @@ fi
 
 promtool --version 2>&1 | head -n 1
 systemd-analyze --version | head -n 1
+
+# @azure/identity for the JavaScript managed-identity endpoint test (tests/sdk/mi_probe.mjs),
+# into a git-ignored cache next to the probe; skipped when node/npm are missing.
+SDK_NPM="$(dirname "$0")/sdk/.npm"
+if command -v npm >/dev/null 2>&1 && [ ! -d "$SDK_NPM/node_modules/@azure/identity" ]; then
+  npm install --silent --no-audit --no-fund --prefix "$SDK_NPM" @azure/identity >/dev/null
+fi

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import signal
 import stat
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from entra_tokend import __version__, sdnotify
 from entra_tokend.config import Config, ConfigError
@@ -26,12 +28,16 @@ from entra_tokend.logging import get_logger
 from entra_tokend.metrics import Metrics
 from entra_tokend.model import Clock, SystemClock, TokenSpec
 from entra_tokend.outputs import FileOutput, ProvenanceStore
+from entra_tokend.outputs.memory import MemoryOutput
 from entra_tokend.outputs.provenance import fingerprint
 from entra_tokend.outputs.writer import make_directories, make_root, remove_stale_temp_files
 from entra_tokend.readiness import Readiness
 from entra_tokend.reaper import REAPER
 from entra_tokend.runner import Exchange, TokenRunner
 from entra_tokend.scheduler import MAX_SLEEP, TokenSchedule
+
+if TYPE_CHECKING:
+    from entra_tokend.ondemand import EndpointService
 
 ReloadFn = Callable[[], Config]
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
@@ -58,12 +64,15 @@ class Daemon:
         self._reload = reload
         self.log = get_logger()
         self.metrics = metrics or Metrics()
-        self.readiness = Readiness(self.metrics)
+        self.readiness = Readiness(self.metrics, allow_empty=config.endpoint is not None)
         self._pool = ClientPool(config.request_timeout, max_connections=config.concurrency)
         self.exchange: Exchange = exchange or EntraExchange(self._pool, self.clock)
         self._limiter = asyncio.Semaphore(config.concurrency)
         self.sources: dict[str, CredentialSource] = {}
         self.runners: dict[str, TokenRunner] = {}
+        # Each file token's latest token, so the managed-identity endpoint can share it.
+        self.latest: dict[str, MemoryOutput] = {}
+        self.endpoint: EndpointService | None = None
         self._unsubscribe: dict[str, Callable[[], None]] = {}
         self._stopping = asyncio.Event()
         self._progress = asyncio.Event()  # a refresh attempt finished (run --once re-checks)
@@ -110,24 +119,34 @@ class Daemon:
 
     def _new_runner(self, spec: TokenSpec, config: Config) -> TokenRunner:
         source = self.sources[spec.identity]
-        runner = TokenRunner(
-            spec,
-            schedule=TokenSchedule(config.policy, self.clock),
-            source=source,
-            exchange=self.exchange,
-            output=FileOutput(
+        output = MemoryOutput(
+            FileOutput(
                 spec.output,
                 config.output_dir,
                 name=spec.name,
                 print_=fingerprint(spec, source.identity),
                 store=self._provenance,
             ),
+            monotonic=self.clock.monotonic,
+        )
+
+        def attempted(runner: TokenRunner) -> None:
+            self._attempted(runner)
+            output.attempt_finished()
+
+        runner = TokenRunner(
+            spec,
+            schedule=TokenSchedule(config.policy, self.clock),
+            source=source,
+            exchange=self.exchange,
+            output=output,
             metrics=self.metrics,
             readiness=self.readiness,
             clock=self.clock,
             limiter=self._limiter,
-            on_attempt=self._attempted,
+            on_attempt=attempted,
         )
+        self.latest[spec.name] = output
         runner.adopt()
         self._unsubscribe[spec.name] = source.subscribe(runner.on_rotation)
         self.readiness.track(spec.name, runner)
@@ -137,6 +156,7 @@ class Daemon:
         """Stop a token's task and take it out of readiness, subscriptions and counts."""
         runner.stop()
         name = runner.spec.name
+        self.latest.pop(name, None)
         unsubscribe = self._unsubscribe.pop(name, None)
         if unsubscribe is not None:
             unsubscribe()
@@ -172,8 +192,13 @@ class Daemon:
             return
         if config.listen != self.config.listen:
             self.log.warning("listen changed; it takes effect at the next restart")
+        if config.endpoint != self.config.endpoint:
+            self.log.warning("[endpoint] changed; it takes effect at the next restart")
+            config = dataclasses.replace(config, endpoint=self.config.endpoint)
         before = set(self.runners)
         self._apply(config)
+        if self.endpoint is not None:
+            self.endpoint.provider.drop_stale_sources()
         self._make_token_dirs(clean=False)
         self._watch()
         self.log.info(
@@ -260,6 +285,38 @@ class Daemon:
         self.log.info("listening", listen=f"{host}:{bound_port(server)}")
         return server
 
+    def _shared(self, identity: str, scope: str) -> tuple[TokenRunner, MemoryOutput] | None:
+        """A file token's runner and latest token for (identity, scope), if one is configured."""
+        for name, runner in self.runners.items():
+            if runner.spec.identity == identity and runner.spec.scope == scope:
+                return runner, self.latest[name]
+        return None
+
+    async def _start_endpoint(self) -> None:
+        """Start the managed-identity endpoint if configured. Raises OSError."""
+        spec = self.config.endpoint
+        if spec is None:
+            return
+        from entra_tokend.ondemand import OnDemandTokens, start_endpoint  # noqa: PLC0415
+
+        provider = OnDemandTokens(
+            idle_timeout=spec.idle_timeout,
+            policy=lambda: self.config.policy,
+            clock=self.clock,
+            exchange=self.exchange,
+            metrics=self.metrics,
+            readiness=self.readiness,
+            limiter=self._limiter,
+            source_for=self.sources.get,
+            shared=self._shared,
+        )
+        self.endpoint = await start_endpoint(
+            spec, lambda: self.config.identities, provider, self.metrics
+        )
+        host, _ = spec.listen
+        shown = f"[{host}]" if ":" in host else host
+        self.log.info("managed-identity endpoint listening", listen=f"{shown}:{self.endpoint.port}")
+
     def _watch(self) -> None:
         for source in self.sources.values():
             source.watch(self.config.poll_interval)
@@ -296,6 +353,20 @@ class Daemon:
                 self.log.error("cannot listen", listen=f"{host}:{port}", detail=exc.strerror)
                 self._release_lock()
                 return EXIT_CONFIG
+            try:
+                await self._start_endpoint()
+            except OSError as exc:
+                assert self.config.endpoint is not None
+                host, port = self.config.endpoint.listen
+                self.log.error(
+                    "cannot listen", key="endpoint.listen", port=port, detail=exc.strerror
+                )
+                if server is not None:
+                    from entra_tokend.server import stop_server  # noqa: PLC0415
+
+                    await stop_server(server)
+                self._release_lock()
+                return EXIT_CONFIG
         self.log.info(
             "entra-tokend starting",
             version=__version__,
@@ -327,6 +398,9 @@ class Daemon:
         self._running = False
         sdnotify.notify("STOPPING=1")
         self.log.info("entra-tokend stopping")
+        if self.endpoint is not None:
+            await self.endpoint.stop()
+            self.endpoint = None
         tasks = [*helpers, *(r.task for r in self.runners.values() if r.task)]
         for task in tasks:
             task.cancel()

@@ -11,12 +11,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import secrets
 import socket
 import sys
 from pathlib import Path
 
 from entra_tokend.config import ConfigError, Overrides, load_config, parse_listen
 
+DEV_ENDPOINT_SECRET_ENV = "ENTRA_TOKEND_DEV_IDENTITY_HEADER"  # noqa: S105 - a variable name
+DEV_ENDPOINT_ALLOW = ("https://storage.azure.com", "https://vault.azure.net")
 DEV_TOKENS = (
     "storage=https://storage.azure.com/.default",
     "graph=https://graph.microsoft.com/.default",
@@ -67,7 +70,17 @@ def run_dev(args: argparse.Namespace) -> int:
         for var in ("TOKEN_PROXY", "SNI_NAME", "CA_FILE", "CA_DATA"):
             os.environ.pop(f"AZURE_KUBERNETES_{var}", None)
         os.environ.update(emu.env())
+        # The managed-identity endpoint, with a secret generated for this run only.
+        endpoint_listen = _free_listen("127.0.0.1:8081")
+        os.environ[DEV_ENDPOINT_SECRET_ENV] = secrets.token_urlsafe(32)
+        dev_config = state_dir / "entra-tokend.toml"
+        allow = ", ".join(f'"{r}"' for r in DEV_ENDPOINT_ALLOW)
+        dev_config.write_text(
+            f'[endpoint]\nlisten = "{endpoint_listen}"\n'
+            f'secret_env = "{DEV_ENDPOINT_SECRET_ENV}"\nallow = [{allow}]\n'
+        )
         overrides = Overrides(
+            config=str(dev_config),
             tokens=list(DEV_TOKENS),
             output_dir=str(output_dir),
             listen=listen,
@@ -95,6 +108,9 @@ entra-tokend dev — a local Entra tenant and kubelet at {emu.authority_host}
             (each lives {args.access_token_lifetime:.0f} s and is refreshed well before it expires)
   metrics:  http://{listen}/metrics   readiness: http://{listen}/readyz
   your app: set -a; . {env_file}; set +a   (azure-identity works against the emulator too)
+  SDK apps (managed-identity endpoint; allowed: {", ".join(DEV_ENDPOINT_ALLOW)}):
+            export IDENTITY_ENDPOINT=http://{endpoint_listen}/msi/token
+            export IDENTITY_HEADER={os.environ[DEV_ENDPOINT_SECRET_ENV]}
   Ctrl-C stops.
 """,
             file=sys.stderr,

@@ -26,6 +26,25 @@ REASONS: tuple[str, ...] = tuple(str(reason) for reason in Reason)
 
 RESULTS: tuple[str, ...] = ("success", "failure")
 
+ENDPOINT_RESULTS: tuple[str, ...] = ("ok", "unauthorized", "forbidden", "bad_request", "error")
+"""The ``result`` label of endpoint requests."""
+OTHER_RESOURCE = "other"
+"""The ``resource`` label of a request for a resource outside the allow list."""
+# A cached token is served in well under a millisecond; a first request waits for Entra.
+ENDPOINT_BUCKETS: tuple[float, ...] = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.05,
+    0.1,
+    0.5,
+    1.0,
+    5.0,
+    15.0,
+)
+
 # Entra usually answers in 50-500 ms; the tail covers retries inside httpx and slow networks up
 # to the request timeout.
 EXCHANGE_BUCKETS: tuple[float, ...] = (
@@ -115,6 +134,20 @@ class Metrics:
             ["version"],
             registry=r,
         )
+        self._endpoint_requests = Counter(
+            "entra_tokend_endpoint_requests",
+            "Managed-identity endpoint requests by result and allowed resource.",
+            ["result", "resource"],
+            registry=r,
+        )
+        self._endpoint_duration = Histogram(
+            "entra_tokend_endpoint_request_duration_seconds",
+            "Latency of managed-identity endpoint requests (time in the handler).",
+            ["result"],
+            buckets=ENDPOINT_BUCKETS,
+            registry=r,
+        )
+        self._endpoint_resources: set[str] = set()
         self._build_info.labels(version=entra_tokend.__version__).set(1)
         self._ready.set(0)
         # token -> identity, so an identity's series go away with its last token.
@@ -197,6 +230,24 @@ class Metrics:
     def set_output_dir_world_writable(self, insecure: bool) -> None:
         """Set ``entra_tokend_output_dir_world_writable`` to 1 or 0."""
         self._output_dir_world_writable.set(1 if insecure else 0)
+
+    def endpoint_configured(self, resources: list[str]) -> None:
+        """Create the endpoint's series at zero for each allowed resource (and ``other``)."""
+        self._endpoint_resources = {*resources, OTHER_RESOURCE}
+        for result in ENDPOINT_RESULTS:
+            self._endpoint_duration.labels(result=result)
+            for resource in self._endpoint_resources:
+                self._endpoint_requests.labels(result=result, resource=resource)
+
+    def endpoint_request(self, result: str, resource: str, seconds: float) -> None:
+        """Count one endpoint request. ``resource`` outside the configured set counts as
+        ``other`` and an unknown ``result`` raises ValueError (labels stay bounded)."""
+        if result not in ENDPOINT_RESULTS:
+            raise ValueError(f"unknown endpoint result {result!r}")
+        if resource not in self._endpoint_resources:
+            resource = OTHER_RESOURCE
+        self._endpoint_requests.labels(result=result, resource=resource).inc()
+        self._endpoint_duration.labels(result=result).observe(seconds)
 
     def set_ready(self, ready: bool) -> None:
         """Set ``entra_tokend_ready`` to 1 or 0."""

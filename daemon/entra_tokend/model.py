@@ -173,6 +173,49 @@ class AccessToken:
     client_id: str = ""
 
 
+def resource_key(resource: str) -> str:
+    """A resource (or ``<resource>/.default`` scope) in the one form the endpoint compares:
+    without ``/.default`` and without trailing slashes (``https://vault.azure.net/`` and
+    ``https://vault.azure.net/.default`` are ``https://vault.azure.net``)."""
+    key = resource.strip()
+    if key.endswith("/.default"):
+        key = key[: -len("/.default")]
+    return key.rstrip("/")
+
+
+def scope_of(resource: str) -> str:
+    """The client-credential scope of a resource: ``resource_key(resource) + "/.default"``."""
+    return resource_key(resource) + "/.default"
+
+
+@dataclass(frozen=True)
+class Grant:
+    """One entry of ``[endpoint] allow``: apps may get tokens for ``resource`` (its
+    ``resource_key`` form) as the identity named ``identity``."""
+
+    resource: str
+    identity: str
+
+
+@dataclass(frozen=True)
+class EndpointSpec:
+    """The local managed-identity endpoint (``[endpoint]``).
+
+    ``listen`` is a loopback ``(host, port)``; ``secret`` the value apps must send in
+    ``X-IDENTITY-HEADER`` (``repr`` never shows it); ``secret_source`` says where it came from
+    (``secret_file = PATH`` or ``secret_env = NAME``, for ``check-config``); ``grants`` in
+    configuration order (the first grant of a resource is used when a request names no
+    client_id); ``idle_timeout`` seconds without a request before an on-demand token's runner
+    retires.
+    """
+
+    listen: tuple[str, int]
+    secret: str = field(repr=False)
+    secret_source: str
+    grants: tuple[Grant, ...]
+    idle_timeout: float = 900.0
+
+
 # ---- names entra-tokend reserves in output_dir (lock, temp files) -------------------------
 
 LOCK_NAME = ".entra-tokend.lock"

@@ -29,10 +29,12 @@ class Tracked(Protocol):
 
 
 class Readiness:
-    """Ready when every tracked token is valid (and at least one is tracked)."""
+    """Ready when every tracked token is valid (and at least one is tracked, unless
+    ``allow_empty``: a daemon that only serves the managed-identity endpoint has no files)."""
 
-    def __init__(self, metrics: Metrics) -> None:
+    def __init__(self, metrics: Metrics, *, allow_empty: bool = False) -> None:
         self._metrics = metrics
+        self._allow_empty = allow_empty
         self._log = get_logger()
         self._tracked: dict[str, Tracked] = {}
         self._valid: dict[str, bool] = {}
@@ -79,7 +81,9 @@ class Readiness:
 
     def update(self) -> bool:
         """Recompute readiness from the counts; log and notify on a transition."""
-        ready = bool(self._tracked) and self._valid_count == len(self._tracked)
+        ready = (self._allow_empty or bool(self._tracked)) and self._valid_count == len(
+            self._tracked
+        )
         if not self._announcing:
             return False
         self._metrics.set_ready(ready)
@@ -105,5 +109,7 @@ class Readiness:
     def snapshot(self) -> tuple[bool, dict[str, str]]:
         """(ready, {token: state}) computed now, for ``/readyz``."""
         states = {name: token.state_name for name, token in self._tracked.items()}
-        ready = bool(states) and all(t.valid() for t in self._tracked.values())
+        ready = (self._allow_empty or bool(states)) and all(
+            t.valid() for t in self._tracked.values()
+        )
         return ready, states

@@ -18,11 +18,12 @@ from testlib import run_cli, tool
 
 SIDECAR = "deployment-sidecar.yaml"
 INIT_ONLY = "deployment-init.yaml"
+ENDPOINT = "deployment-endpoint.yaml"
 GUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 
 def deployment(file_name: str) -> dict[str, Any]:
-    (doc,) = k8s_documents()[file_name]
+    (doc,) = [d for d in k8s_documents()[file_name] if d["kind"] == "Deployment"]
     assert doc["kind"] == "Deployment"
     return doc
 
@@ -41,8 +42,8 @@ def by_name(containers: list[dict[str, Any]], name: str) -> dict[str, Any]:
     return found
 
 
-def configmap() -> dict[str, Any]:
-    ((_, doc),) = k8s_kind("ConfigMap")
+def configmap(file_name: str = "configmap.yaml") -> dict[str, Any]:
+    (doc,) = [d for name, d in k8s_kind("ConfigMap") if name == file_name]
     return doc
 
 
@@ -64,7 +65,15 @@ def port_number(container: dict[str, Any], port: int | str) -> int:
 
 def test_every_manifest_has_the_expected_kinds() -> None:
     kinds = sorted(d["kind"] for docs in k8s_documents().values() for d in docs)
-    assert kinds == ["ConfigMap", "Deployment", "Deployment", "PodMonitor", "ServiceAccount"]
+    assert kinds == [
+        "ConfigMap",
+        "ConfigMap",
+        "Deployment",
+        "Deployment",
+        "Deployment",
+        "PodMonitor",
+        "ServiceAccount",
+    ]
     for docs in k8s_documents().values():
         for doc in docs:
             assert doc["metadata"]["name"]
@@ -75,6 +84,7 @@ def test_every_manifest_has_the_expected_kinds() -> None:
     [
         # Native sidecars (initContainers[].restartPolicy) need 1.29.
         ((SIDECAR, "serviceaccount.yaml", "configmap.yaml"), "1.29"),
+        ((ENDPOINT, "serviceaccount.yaml"), "1.29"),
         # The init-only variant is for older clusters.
         ((INIT_ONLY, "serviceaccount.yaml", "configmap.yaml"), "1.25"),
     ],
@@ -98,7 +108,8 @@ def test_manifests_validate_against_the_kubernetes_schema(
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.count("passed") == len(files), result.stdout
+    documents = sum(len(k8s_documents()[f]) for f in files)
+    assert result.stdout.count("passed") == documents, result.stdout
 
 
 def test_service_account_names_the_client_id() -> None:
@@ -288,3 +299,36 @@ def test_configmap_toml_passes_check_config(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     effective = tomllib.loads(result.stdout)
     assert set(effective["token"]) == set(doc["token"])
+
+
+def test_endpoint_variant_gives_the_app_only_the_endpoint() -> None:
+    spec = pod_spec(ENDPOINT)
+    meta = deployment(ENDPOINT)["spec"]["template"]["metadata"]
+    app = by_name(spec["containers"], "app")
+    sidecar = by_name(spec["initContainers"], "entra-tokend")
+    assert meta["annotations"]["azure.workload.identity/skip-containers"] == "app"
+    env = {e["name"]: e for e in app["env"]}
+    assert set(env) == {"IDENTITY_ENDPOINT", "IDENTITY_HEADER"}  # no AZURE_*, no thumbprint
+    assert not app.get("volumeMounts")  # no projected token, no token files
+    toml = tomllib.loads(configmap(ENDPOINT)["data"]["entra-tokend.toml"])
+    host, port = toml["endpoint"]["listen"].rsplit(":", 1)
+    assert env["IDENTITY_ENDPOINT"]["value"] == f"http://{host}:{port}/msi/token"
+    secret_env = toml["endpoint"]["secret_env"]
+    (sidecar_secret,) = [e for e in sidecar["env"] if e["name"] == secret_env]
+    assert sidecar_secret["valueFrom"] == env["IDENTITY_HEADER"]["valueFrom"]
+    assert "secretKeyRef" in sidecar_secret["valueFrom"]
+
+
+def test_endpoint_configmap_passes_check_config(tmp_path: Path) -> None:
+    config = tmp_path / "entra-tokend.toml"
+    config.write_text(
+        configmap(ENDPOINT)["data"]["entra-tokend.toml"].replace("/tokens", str(tmp_path / "t"))
+    )
+    env = {
+        "AZURE_TENANT_ID": "t",
+        "AZURE_CLIENT_ID": "c",
+        "AZURE_FEDERATED_TOKEN_FILE": str(tmp_path / "sa"),
+        "IDENTITY_HEADER": "a-generated-secret",
+    }
+    result = run_cli("check-config", "--config", str(config), env=env)
+    assert result.returncode == 0, result.stderr

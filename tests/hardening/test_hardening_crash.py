@@ -87,7 +87,11 @@ def test_sigkill_during_rapid_refresh_never_exposes_a_partial_file(
         for _ in range(KILLS):
             # Kill right after Entra answered: the write is about to happen or happening.
             target = len(emulator.issued_tokens) + rng.randint(1, 4)
-            wait_until(lambda t=target: len(emulator.issued_tokens) >= t, timeout=30)
+
+            def enough(t: int = target) -> bool:
+                return len(emulator.issued_tokens) >= t
+
+            wait_until(enough, timeout=30)
             daemon.proc.kill()
             daemon.proc.wait()
             leftovers += len(temp_files(out))

@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from entra_tokend.emulator import Emulator
-from entra_tokend.lock import LOCK_NAME, DirectoryLock, LockError, LockHeld
+from entra_tokend.lock import DirectoryLock, LockError, LockHeld
+from entra_tokend.model import LOCK_NAME
 from testlib import STORAGE, emulator_env, output_files, run_cli
 
 

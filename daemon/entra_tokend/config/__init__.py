@@ -29,7 +29,7 @@ from entra_tokend.config.validate import (
     is_loopback_host,
     parse_listen,
 )
-from entra_tokend.model import Hook, Identity, OutputSpec, TokenSpec
+from entra_tokend.model import EndpointSpec, Hook, Identity, OutputSpec, TokenSpec
 from entra_tokend.outputs import FORMATS
 
 __all__ = [
@@ -50,7 +50,7 @@ def _tokens(raw: Raw, output_dir: Path, defaults: OutputSpec, p: Problems) -> di
     global_hook = validate.hook(raw.hook, "hook", raw.base, p) if raw.has_hook else None
     tokens: dict[str, TokenSpec] = {}
     paths: dict[Path, str] = {}
-    if not raw.tokens:
+    if not raw.tokens and raw.endpoint is None:
         p.add(
             "no tokens configured: add a [token.NAME] table with a scope, "
             "--token NAME=SCOPE, or ENTRA_TOKEND_TOKENS=NAME=SCOPE"
@@ -86,11 +86,37 @@ def _tokens(raw: Raw, output_dir: Path, defaults: OutputSpec, p: Problems) -> di
     return tokens
 
 
+def _endpoint(raw: Raw, env: Mapping[str, str], p: Problems) -> EndpointSpec | None:
+    if raw.endpoint is None:
+        return None
+    checked = validate.endpoint(raw.endpoint, env, raw.base, p)
+    if checked is None:
+        return None
+    address, grants, idle, env_secret, file_path = checked
+    if file_path is not None:
+        secret = host.secret_file(file_path, "endpoint.secret_file", p)
+        source = f"secret_file = {file_path}"
+    else:
+        secret = env_secret
+        source = f"secret_env = {raw.endpoint.get('secret_env')}"
+    if secret is None:
+        return None
+    return EndpointSpec(
+        listen=address, secret=secret, secret_source=source, grants=grants, idle_timeout=idle
+    )
+
+
 def _identities(
-    raw: Raw, tokens: Mapping[str, TokenSpec], env: Mapping[str, str], p: Problems
+    raw: Raw,
+    tokens: Mapping[str, TokenSpec],
+    env: Mapping[str, str],
+    p: Problems,
+    endpoint: EndpointSpec | None = None,
 ) -> dict[str, Identity]:
     identities: dict[str, Identity] = {}
     used = {spec.identity for spec in tokens.values()}
+    if endpoint is not None:
+        used |= {grant.identity for grant in endpoint.grants}
     for name in sorted(set(raw.identities) | used):
         table = raw.identities.get(name, {})
         where = f"identity.{name}"
@@ -101,8 +127,9 @@ def _identities(
             p.add(f"{where}: must be a table")
             continue
         if name not in raw.identities and name != DEFAULT_IDENTITY:
-            users = sorted(t for t, s in tokens.items() if s.identity == name)
-            p.add(f"token.{users[0]}.identity: '{name}' is not defined (add [identity.{name}])")
+            users = sorted(f"token.{t}" for t, s in tokens.items() if s.identity == name)
+            users = users or ["endpoint.allow"]
+            p.add(f"{users[0]}.identity: '{name}' is not defined (add [identity.{name}])")
             continue
         ident = validate.identity(name, table, env, raw.base, p)
         if ident is not None:
@@ -134,7 +161,8 @@ def load_config(overrides: Overrides, env: Mapping[str, str]) -> Config:
         file_group=host.owner(values["file_group"], "file_group", p, group=True),
     )
     tokens = _tokens(raw, output_dir, defaults, p)
-    identities = _identities(raw, tokens, env, p)
+    endpoint = _endpoint(raw, env, p)
+    identities = _identities(raw, tokens, env, p, endpoint)
     host.output_dir(output_dir, p)
     if p.lines:
         raise ConfigError(p.lines)
@@ -155,4 +183,5 @@ def load_config(overrides: Overrides, env: Mapping[str, str]) -> Config:
         identities=identities,
         tokens=tokens,
         source=raw.source,
+        endpoint=endpoint,
     )

@@ -79,3 +79,40 @@ def token_proxy_ca_file(path: Path | None, where: str, p: Problems) -> None:
     why = pem_problem(data.decode("utf-8", errors="replace"))
     if why:
         p.add(f"{where}: {path} {why}")
+
+
+MAX_SECRET_BYTES = 4096
+
+
+def secret_file(path: Path, where: str, p: Problems) -> str | None:
+    """Read the endpoint's header secret from ``path`` (surrounding whitespace stripped).
+
+    Problems name the file, never its content. A secret file must be a regular file of at most
+    ``MAX_SECRET_BYTES`` bytes of UTF-8 text, readable by the daemon.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+    except OSError as exc:
+        p.add(f"{where}: cannot read {path}: {exc.strerror}")
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            p.add(f"{where}: {path} is not a regular file")
+            return None
+        data = os.read(fd, MAX_SECRET_BYTES + 1)
+    except OSError as exc:
+        p.add(f"{where}: cannot read {path}: {exc.strerror}")
+        return None
+    finally:
+        os.close(fd)
+    try:
+        text = data.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        text = ""
+    if len(data) > MAX_SECRET_BYTES or not text or any(c.isspace() for c in text):
+        p.add(
+            f"{where}: {path} must hold one secret (non-empty UTF-8 text without spaces, "
+            f"at most {MAX_SECRET_BYTES} bytes)"
+        )
+        return None
+    return text

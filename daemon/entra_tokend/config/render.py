@@ -94,4 +94,21 @@ def render_config(config: Config) -> str:
             if tok.hook.pid_file:
                 lines.append(f"pid_file = {_toml_value(str(tok.hook.pid_file))}")
             lines.append(f"signal = {_toml_value(signal.Signals(tok.hook.signal).name)}")
+    if config.endpoint is not None:
+        ep = config.endpoint
+        host, port = ep.listen
+        listen = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        allow = ", ".join(
+            f"{{resource = {_toml_value(g.resource)}, identity = {_toml_value(g.identity)}}}"
+            for g in ep.grants
+        )
+        name, _, value = ep.secret_source.partition(" = ")
+        lines += [
+            "",
+            "[endpoint]  # the secret itself is never printed",
+            f"listen = {_toml_value(listen)}",
+            f"{name} = {_toml_value(value)}",
+            f"allow = [{allow}]",
+            f"idle_timeout = {ep.idle_timeout!r}",
+        ]
     return "\n".join(lines) + "\n"

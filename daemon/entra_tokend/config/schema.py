@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from entra_tokend.model import Identity, Policy, TokenSpec
+from entra_tokend.model import EndpointSpec, Identity, Policy, TokenSpec
 
 DEFAULT_AUTHORITY = "https://login.microsoftonline.com"
 DEFAULT_IDENTITY = "default"
@@ -75,7 +75,7 @@ POLICY_KEYS = (
     "config_error_backoff_max",
 )
 """Top-level keys that form the scheduler ``Policy`` (same names on both sides)."""
-TABLES = ("identity", "token", "hook")
+TABLES = ("identity", "token", "hook", "endpoint")
 IDENTITY_KEYS = (
     "tenant_id",
     "client_id",
@@ -91,6 +91,9 @@ TOKEN_PROXY_KEYS = IDENTITY_KEYS[5:]
 """The identity-binding keys: any of them but ``token_proxy`` needs ``token_proxy``."""
 TOKEN_KEYS = ("scope", "identity", "path", "format", "hook")
 HOOK_KEYS = ("exec", "timeout", "pid_file", "signal")
+ENDPOINT_KEYS = ("listen", "secret_file", "secret_env", "allow", "idle_timeout")
+ENDPOINT_IDLE_TIMEOUT = 900.0
+"""Default seconds without a request before an on-demand token's runner retires."""
 
 
 class ConfigError(Exception):
@@ -140,3 +143,5 @@ class Config:
     identities: Mapping[str, Identity]
     tokens: Mapping[str, TokenSpec]
     source: Path | None = None
+    endpoint: EndpointSpec | None = None
+    """The managed-identity endpoint, or None when ``[endpoint]`` is absent."""

@@ -38,6 +38,7 @@ class Raw:
     tokens: dict[str, Any] = field(default_factory=dict)
     hook: Any = None
     has_hook: bool = False
+    endpoint: Any = None
 
 
 def read_toml(path: Path) -> dict[str, Any]:
@@ -132,4 +133,5 @@ def gather(overrides: Overrides, env: Mapping[str, str], p: Problems) -> Raw:
         tokens=tokens,
         hook=data.get("hook"),
         has_hook="hook" in data,
+        endpoint=data.get("endpoint"),
     )

@@ -20,6 +20,8 @@ from urllib.parse import urlsplit
 from entra_tokend.config.schema import (
     DEFAULT_AUTHORITY,
     DEFAULT_IDENTITY,
+    ENDPOINT_IDLE_TIMEOUT,
+    ENDPOINT_KEYS,
     ENV_LISTEN,
     HOOK_KEYS,
     IDENTITY_ENV,
@@ -35,7 +37,7 @@ from entra_tokend.config.schema import (
     Types,
 )
 from entra_tokend.exchange.tokenproxy import pem_problem
-from entra_tokend.model import Hook, Identity, Policy, is_reserved_name
+from entra_tokend.model import Grant, Hook, Identity, Policy, is_reserved_name, resource_key
 
 # Longest file name (one path component) Linux filesystems accept, in bytes.
 NAME_MAX = 255
@@ -449,3 +451,106 @@ def token_table(name: str, table: Any, p: Problems) -> tuple[str, str] | None:
         p.add(f"{where}.identity: must be a string")
         ident = DEFAULT_IDENTITY
     return scope, ident
+
+
+def endpoint(
+    table: Any, env: Mapping[str, str], base: Path, p: Problems
+) -> tuple[tuple[str, int], tuple[Grant, ...], float, str | None, Path | None] | None:
+    """The ``[endpoint]`` table's pure part: (listen, grants, idle_timeout, secret_env value,
+    secret_file path). Reading ``secret_file`` is a host check (``host.secret_file``).
+
+    ``listen`` must be a loopback address (``127.0.0.1:PORT``, ``[::1]:PORT``): anyone who can
+    reach the endpoint gets tokens. Exactly one of ``secret_file``/``secret_env`` names the
+    header secret; the secret itself is never accepted in the TOML (a ``secret`` key is an
+    unknown key). ``allow`` entries are a resource string (the default identity) or a table
+    ``{resource = "...", identity = "NAME"}``.
+    """
+    where = "endpoint"
+    if not isinstance(table, dict):
+        p.add(f"{where}: must be a table")
+        return None
+    check_keys(table, ENDPOINT_KEYS, where, p)
+    if "secret" in table:
+        p.add(f"{where}.secret: never put the secret in the TOML; use secret_file or secret_env")
+    listen_value = table.get("listen", "127.0.0.1:8081")
+    address: tuple[str, int] | None = None
+    if not isinstance(listen_value, str):
+        p.add(f'{where}.listen: must be a string such as "127.0.0.1:8081"')
+    else:
+        try:
+            address = parse_listen(listen_value)
+        except ValueError as exc:
+            p.add(f"{where}.listen: '{listen_value}': {exc}")
+        else:
+            host_text = address[0]
+            try:
+                loopback = ipaddress.ip_address(host_text).is_loopback
+            except ValueError:
+                loopback = False
+            if not loopback:
+                p.add(
+                    f"{where}.listen: '{listen_value}' is not a loopback address; anyone who can "
+                    "reach the endpoint gets tokens (use 127.0.0.1:PORT or [::1]:PORT)"
+                )
+                address = None
+    secret_env, secret_file = table.get("secret_env"), table.get("secret_file")
+    env_value: str | None = None
+    file_path: Path | None = None
+    if (secret_env is None) == (secret_file is None):
+        p.add(
+            f"{where}: set exactly one of secret_file (a file holding the X-IDENTITY-HEADER "
+            "secret) or secret_env (the name of an environment variable holding it)"
+        )
+    elif secret_env is not None:
+        if not isinstance(secret_env, str) or not secret_env or has_nul(secret_env, where, p):
+            p.add(f"{where}.secret_env: must be the name of an environment variable")
+        elif not env.get(secret_env, "").strip():
+            p.add(f"{where}.secret_env: environment variable {secret_env} is not set or empty")
+        else:
+            env_value = env[secret_env].strip()
+    elif not isinstance(secret_file, str) or not secret_file:
+        p.add(f"{where}.secret_file: must be a path string")
+    elif not has_nul(secret_file, f"{where}.secret_file", p):
+        file_path = base / secret_file
+    idle = table.get("idle_timeout", ENDPOINT_IDLE_TIMEOUT)
+    if not typed(idle, (int, float)) or not finite(idle) or not 10 <= idle <= 86400:
+        p.add(f"{where}.idle_timeout: must be a number of seconds between 10 and 86400")
+        idle = ENDPOINT_IDLE_TIMEOUT
+    grants = endpoint_grants(table.get("allow", []), p)
+    if address is None:
+        return None
+    return address, grants, float(idle), env_value, file_path
+
+
+def endpoint_grants(allow: Any, p: Problems) -> tuple[Grant, ...]:
+    """``[endpoint] allow`` → grants, in order; duplicates reported."""
+    where = "endpoint.allow"
+    if not isinstance(allow, list):
+        p.add(f'{where}: must be a list such as ["https://storage.azure.com"]')
+        return ()
+    grants: list[Grant] = []
+    for index, entry in enumerate(allow):
+        at = f"{where}[{index}]"
+        ident: Any = DEFAULT_IDENTITY
+        if isinstance(entry, dict):
+            check_keys(entry, ("resource", "identity"), at, p)
+            resource, ident = entry.get("resource"), entry.get("identity", DEFAULT_IDENTITY)
+        else:
+            resource = entry
+        if not isinstance(resource, str) or not resource.strip():
+            p.add(f'{at}: a resource string or {{resource = "...", identity = "NAME"}}')
+            continue
+        if not isinstance(ident, str) or not NAME_RE.match(ident):
+            p.add(f"{at}.identity: must be an identity name")
+            continue
+        key = resource_key(resource)
+        why = check_scope(key + "/.default")
+        if why or not key.isascii() or any(c.isspace() or c in "?#" for c in key):
+            p.add(f"{at}: '{resource}' is not a resource such as 'https://storage.azure.com'")
+            continue
+        grant = Grant(resource=key, identity=ident)
+        if grant in grants:
+            p.add(f"{at}: '{resource}' for identity '{ident}' is listed twice")
+            continue
+        grants.append(grant)
+    return tuple(grants)

@@ -1,0 +1,138 @@
+"""On-demand tokens in process: single-flight, the served-lifetime rule, idle retirement.
+
+A fake clock and a fake exchange (tests/test_runner.py's) stand in for time and Entra; the
+runners, the in-memory output and the provider are the real ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import pytest
+
+from entra_tokend.endpoint import TokenUnavailable
+from entra_tokend.exchange import ServerError
+from entra_tokend.metrics import Metrics
+from entra_tokend.ondemand import MIN_SERVED_LIFETIME, OnDemandTokens
+from entra_tokend.readiness import Readiness
+from test_runner import POLICY, FakeClock, FakeExchange, FakeSource
+
+VAULT = "https://vault.azure.net/.default"
+Scenario = Callable[[], Coroutine[Any, Any, None]]
+
+
+def in_loop(scenario: Scenario) -> Callable[[], None]:
+    """Run an async scenario as a plain test (no asyncio plugin here)."""
+
+    @functools.wraps(scenario)
+    def test() -> None:
+        asyncio.run(scenario())
+
+    return test
+
+
+def provider(clock: FakeClock, exchange: FakeExchange, **kw: Any) -> OnDemandTokens:
+    source = FakeSource()
+    metrics = Metrics()
+    return OnDemandTokens(
+        idle_timeout=kw.get("idle_timeout", 60.0),
+        policy=lambda: POLICY,
+        clock=clock,
+        exchange=exchange,
+        metrics=metrics,
+        readiness=Readiness(metrics),
+        limiter=asyncio.Semaphore(4),
+        source_for=lambda name: source if name == "default" else None,
+        shared=lambda identity, scope: None,
+    )
+
+
+@in_loop
+async def test_hundred_concurrent_first_requests_make_one_exchange() -> None:
+    clock = FakeClock()
+    exchange = FakeExchange(clock)
+    exchange.gate = asyncio.Event()  # hold the exchange until every request is waiting
+    tokens = provider(clock, exchange)
+    requests = [asyncio.create_task(tokens.get("default", VAULT)) for _ in range(100)]
+    await exchange.entered.wait()
+    await asyncio.sleep(0)
+    exchange.gate.set()
+    served = await asyncio.gather(*requests)
+    assert len(exchange.sent) == 1
+    assert {t.token for t in served} == {"token-1"}
+    tokens.close()
+
+
+@in_loop
+async def test_token_too_close_to_expiry_is_refreshed_before_serving() -> None:
+    clock = FakeClock()
+    exchange = FakeExchange(clock)
+    tokens = provider(clock, exchange)
+    first = await tokens.get("default", VAULT)
+    clock.advance(first.expires_on - clock.wall() - MIN_SERVED_LIFETIME + 1)  # 329 s left
+    again = await asyncio.gather(*(tokens.get("default", VAULT) for _ in range(10)))
+    assert {t.token for t in again} == {"token-2"}  # one forced refresh for ten requests
+    assert len(exchange.sent) == 2
+    assert again[0].expires_on - clock.wall() > MIN_SERVED_LIFETIME
+    tokens.close()
+
+
+@in_loop
+async def test_a_short_lived_token_is_never_a_refresh_loop() -> None:
+    clock = FakeClock()
+    exchange = FakeExchange(clock)
+    exchange.script = [200.0, 200.0, 200.0]  # shorter than any SDK offset (an emulator)
+    tokens = provider(clock, exchange)
+    first = await tokens.get("default", VAULT)  # half its lifetime left is enough then
+    for _ in range(5):
+        assert (await tokens.get("default", VAULT)).token == first.token
+    assert len(exchange.sent) == 1
+    clock.advance(101)  # 99 s left: less than half of 200 s, refreshed before serving
+    assert (await tokens.get("default", VAULT)).token != first.token
+    assert len(exchange.sent) == 2
+    tokens.close()
+
+
+@in_loop
+async def test_failed_first_exchange_answers_with_an_error() -> None:
+    clock = FakeClock()
+    exchange = FakeExchange(clock)
+    exchange.script = [ServerError("HTTP 503", request_id="r1")]
+    tokens = provider(clock, exchange)
+    with pytest.raises(TokenUnavailable) as info:
+        await tokens.get("default", VAULT)
+    assert "token-" not in str(info.value)
+    tokens.close()
+
+
+@in_loop
+async def test_idle_runner_retires_and_restarts_on_demand() -> None:
+    clock = FakeClock()
+    exchange = FakeExchange(clock)
+    tokens = provider(clock, exchange, idle_timeout=60.0)
+    await tokens.get("default", VAULT)
+    clock.advance(59)
+    tokens.sweep()
+    assert tokens.entries  # used 59 s ago: kept
+    await tokens.get("default", VAULT)  # a use resets the idle time (cached: no exchange)
+    clock.advance(59)
+    tokens.sweep()
+    assert tokens.entries
+    assert len(exchange.sent) == 1
+    clock.advance(1)
+    tokens.sweep()
+    assert not tokens.entries
+    await tokens.get("default", VAULT)
+    assert len(exchange.sent) == 2
+    tokens.close()
+
+
+@in_loop
+async def test_unknown_identity_is_unavailable() -> None:
+    clock = FakeClock()
+    tokens = provider(clock, FakeExchange(clock))
+    with pytest.raises(TokenUnavailable):
+        await tokens.get("nobody", VAULT)
