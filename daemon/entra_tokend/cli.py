@@ -68,6 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="short, so refreshes show within minutes",
     )
     dev.add_argument("--log-format", choices=("auto", "json", "console"), default="console")
+    dev.add_argument(
+        "--identity-binding",
+        action="store_true",
+        help="AKS identity bindings: token requests go through the emulator's token proxy "
+        "(the env file gains AZURE_KUBERNETES_TOKEN_PROXY, _SNI_NAME and _CA_FILE)",
+    )
     sub.add_parser("emulator", help="run the local Entra + kubelet emulator", add_help=False)
     health = sub.add_parser(
         "healthcheck",

@@ -2,6 +2,8 @@
 
 Everything runs in one process: the emulator (an Entra tenant and a kubelet rotating a
 projected token, over HTTPS with its own CA) in threads, the daemon on the event loop.
+``--identity-binding`` adds the emulator's AKS identity-binding token proxy (its own CA, an SNI
+name that is not its address); the daemon then reaches Entra only through it.
 """
 
 from __future__ import annotations
@@ -64,11 +66,15 @@ def run_dev(args: argparse.Namespace) -> int:
         token_ttl=600.0,
         rotate_every=120.0,
         access_token_lifetime=args.access_token_lifetime,
+        identity_binding=args.identity_binding,
     )
     emu.start()
     try:
         env_file = emu.write_env_file(state_dir / "env")
-        # The daemon (and anything started from this shell) trusts the emulator's CA.
+        # The daemon (and anything started from this shell) trusts the emulator's CA; token
+        # proxy settings from the caller's shell would point the daemon elsewhere.
+        for var in ("TOKEN_PROXY", "SNI_NAME", "CA_FILE", "CA_DATA"):
+            os.environ.pop(f"AZURE_KUBERNETES_{var}", None)
         os.environ.update(emu.env())
         # The managed-identity endpoint, with a secret generated for this run only.
         endpoint_listen = _free_listen("127.0.0.1:8081")
@@ -93,10 +99,18 @@ def run_dev(args: argparse.Namespace) -> int:
                 print(f"entra-tokend: config: {line}", file=sys.stderr)
             return 2
         configure_logging(config.log_format, config.log_level)
+        binding = ""
+        if emu.proxy is not None:
+            binding = (
+                f"  identity binding: token proxy {emu.proxy.url} "
+                f"(SNI {emu.proxy.sni_name}, CA {emu.proxy.ca_file});\n"
+                "            azure-identity needs "
+                "WorkloadIdentityCredential(enable_azure_proxy=True)\n"
+            )
         print(
             f"""
 entra-tokend dev — a local Entra tenant and kubelet at {emu.authority_host}
-  tokens:   {output_dir}/storage, {output_dir}/graph
+{binding}  tokens:   {output_dir}/storage, {output_dir}/graph
             (each lives {args.access_token_lifetime:.0f} s and is refreshed well before it expires)
   metrics:  http://{listen}/metrics   readiness: http://{listen}/readyz
   your app: set -a; . {env_file}; set +a   (azure-identity works against the emulator too)

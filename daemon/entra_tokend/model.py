@@ -91,7 +91,13 @@ class Identity:
     projected service-account token used as its client assertion.
 
     ``authority_host`` is ``https://host[:port]`` without a trailing slash; ``ca_file`` a PEM
-    bundle replacing the system trust store for this identity's requests.
+    bundle replacing the system trust store for this identity's requests to Entra.
+
+    AKS identity bindings: with ``token_proxy`` (an ``https://`` URL, optionally with a base
+    path) the token request goes to that proxy instead of ``authority_host``;
+    ``token_proxy_sni_name`` is the TLS server name sent to it and checked against its
+    certificate; ``token_proxy_ca_file`` (re-read when it changes) or ``token_proxy_ca_data``
+    (PEM text) is the only trust for it. Without a CA the default trust store applies.
     """
 
     name: str
@@ -100,6 +106,10 @@ class Identity:
     token_file: Path
     authority_host: str
     ca_file: Path | None = None
+    token_proxy: str | None = None
+    token_proxy_sni_name: str | None = None
+    token_proxy_ca_file: Path | None = None
+    token_proxy_ca_data: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,19 @@ TOP_LEVEL_KEYS = frozenset(
     }
 )
 TABLE_KEYS = frozenset({"identity", "token", "hook"})
-IDENTITY_KEYS = frozenset({"tenant_id", "client_id", "token_file", "authority_host", "ca_file"})
+IDENTITY_KEYS = frozenset(
+    {
+        "tenant_id",
+        "client_id",
+        "token_file",
+        "authority_host",
+        "ca_file",
+        "token_proxy",
+        "token_proxy_sni_name",
+        "token_proxy_ca_file",
+        "token_proxy_ca_data",
+    }
+)
 TOKEN_KEYS = frozenset({"scope", "identity", "path", "format", "hook"})
 HOOK_KEYS = frozenset({"exec", "timeout", "pid_file", "signal"})
 

@@ -145,6 +145,14 @@ IDENTITY_FIELDS: dict[str, st.SearchStrategy[Any]] = {
         )
     ),
     "ca_file": maybe(path_texts),
+    "token_proxy": maybe(
+        st.sampled_from(
+            ["https://10.0.0.1/ib", "http://10.0.0.1", "https://u:p@x", "https://x/?q", "x"]
+        )
+    ),
+    "token_proxy_sni_name": maybe(st.sampled_from(["ib.aks.local", "a b", ""])),
+    "token_proxy_ca_file": maybe(path_texts),
+    "token_proxy_ca_data": maybe(st.sampled_from(["", "x", "-----BEGIN CERTIFICATE-----\n"])),
 }
 identity_tables = st.fixed_dictionaries({}, optional=IDENTITY_FIELDS)
 owners = st.one_of(

@@ -193,6 +193,10 @@ def _identities(
         ident = validate.identity(name, table, env, raw.base, p)
         if ident is not None:
             host.ca_file(ident.ca_file, f"{where}.ca_file", p)
+            var = " (AZURE_KUBERNETES_CA_FILE)" if name == DEFAULT_IDENTITY else ""
+            host.token_proxy_ca_file(
+                ident.token_proxy_ca_file, f"{where}.token_proxy_ca_file{var}", p
+            )
             identities[name] = ident
     return identities
 

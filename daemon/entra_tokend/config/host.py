@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from entra_tokend.config.validate import Problems, has_nul
+from entra_tokend.exchange.tokenproxy import pem_problem
 
 
 def owner(value: Any, where: str, p: Problems, *, group: bool) -> int | None:
@@ -59,6 +60,25 @@ def ca_file(path: Path | None, where: str, p: Problems) -> None:
     """A CA bundle must be a readable file."""
     if path is not None and not path.is_file():
         p.add(f"{where}: {path} is not a readable file")
+
+
+def token_proxy_ca_file(path: Path | None, where: str, p: Problems) -> None:
+    """The identity-binding proxy's CA bundle at start: a readable, non-empty PEM file.
+
+    An empty file is an error here, as in azure-identity 1.27
+    (``_internal/token_binding_transport_mixin.py`` ``_load_ca_file_to_data``: "CA file ... is
+    empty" on the first read); later, mid-rotation, an empty file keeps the previous trust.
+    """
+    if path is None:
+        return
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        p.add(f"{where}: {path} cannot be read: {exc.strerror}")
+        return
+    why = pem_problem(data.decode("utf-8", errors="replace"))
+    if why:
+        p.add(f"{where}: {path} {why}")
 
 
 MAX_SECRET_BYTES = 4096

@@ -3,12 +3,45 @@ client ids are identifiers, not credentials)."""
 
 from __future__ import annotations
 
-import json
 import signal
 from typing import Any
 
 from entra_tokend.config.schema import IDENTITY_KEYS, POLICY_KEYS, TOP_LEVEL, Config
-from entra_tokend.model import OutputSpec
+from entra_tokend.model import Identity, OutputSpec
+
+
+def _toml_string(text: str) -> str:
+    """A TOML basic string: backslash, quote and control characters escaped (PEM text has
+    newlines)."""
+    out = []
+    for char in text:
+        if char in '"\\':
+            out.append("\\" + char)
+        elif char == "\n":
+            out.append("\\n")
+        elif ord(char) < 0x20 or ord(char) == 0x7F:
+            out.append(f"\\u{ord(char):04x}")
+        else:
+            out.append(char)
+    return '"' + "".join(out) + '"'
+
+
+def exchange_mode(ident: Identity) -> str:
+    """One line saying where ``ident``'s token requests go and whom they trust."""
+    if ident.token_proxy is None:
+        trust = f"trusting {ident.ca_file}" if ident.ca_file else "default trust store"
+        return f"direct to {ident.authority_host} ({trust})"
+    name = ident.token_proxy_sni_name or "the URL's host"
+    if ident.token_proxy_ca_file is not None:
+        trust = f"trusting only {ident.token_proxy_ca_file}, re-read when it changes"
+    elif ident.token_proxy_ca_data is not None:
+        trust = "trusting only token_proxy_ca_data"
+    else:
+        trust = "default trust store"
+    return (
+        f"through the identity-binding token proxy {ident.token_proxy} "
+        f"(TLS server name {name}; {trust})"
+    )
 
 
 def _toml_value(value: Any) -> str:
@@ -18,9 +51,7 @@ def _toml_value(value: Any) -> str:
         return repr(value)
     if isinstance(value, list | tuple):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    # A JSON string is a TOML basic string (control characters escaped, e.g. a template's
-    # newlines).
-    return json.dumps(str(value), ensure_ascii=False)
+    return _toml_string(str(value))
 
 
 def _output_lines(config: Config, out: OutputSpec) -> list[str]:
@@ -58,7 +89,9 @@ def render_config(config: Config) -> str:
                 top[key] = value
     lines += [f"{k} = {_toml_value(v)}" for k, v in top.items()]
     for ident in config.identities.values():
-        lines += ["", f"[identity.{ident.name}]"]
+        # Printable characters only: a comment ends at a newline (a path may hold one).
+        mode = "".join(c if c.isprintable() else "?" for c in exchange_mode(ident))
+        lines += ["", f"[identity.{ident.name}]", f"# token requests: {mode}"]
         for key in IDENTITY_KEYS:
             value = getattr(ident, key)
             if value is not None:

@@ -34,6 +34,13 @@ IDENTITY_ENV = {
     "client_id": "AZURE_CLIENT_ID",
     "token_file": "AZURE_FEDERATED_TOKEN_FILE",
     "authority_host": "AZURE_AUTHORITY_HOST",
+    # AKS identity bindings (azure-identity 1.27 azure/identity/_constants.py
+    # EnvironmentVariables; injected by the workload-identity webhook when the pod carries
+    # azure.workload.identity/use-identity-binding: "true").
+    "token_proxy": "AZURE_KUBERNETES_TOKEN_PROXY",
+    "token_proxy_sni_name": "AZURE_KUBERNETES_SNI_NAME",
+    "token_proxy_ca_file": "AZURE_KUBERNETES_CA_FILE",
+    "token_proxy_ca_data": "AZURE_KUBERNETES_CA_DATA",
 }
 
 Types = type | tuple[type, ...]
@@ -69,7 +76,19 @@ POLICY_KEYS = (
 )
 """Top-level keys that form the scheduler ``Policy`` (same names on both sides)."""
 TABLES = ("identity", "token", "hook", "endpoint")
-IDENTITY_KEYS = ("tenant_id", "client_id", "token_file", "authority_host", "ca_file")
+IDENTITY_KEYS = (
+    "tenant_id",
+    "client_id",
+    "token_file",
+    "authority_host",
+    "ca_file",
+    "token_proxy",
+    "token_proxy_sni_name",
+    "token_proxy_ca_file",
+    "token_proxy_ca_data",
+)
+TOKEN_PROXY_KEYS = IDENTITY_KEYS[5:]
+"""The identity-binding keys: any of them but ``token_proxy`` needs ``token_proxy``."""
 TOKEN_KEYS = (
     "scope",
     "identity",

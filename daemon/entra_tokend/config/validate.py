@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import os
+import re
 import signal
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -30,18 +31,19 @@ from entra_tokend.config.schema import (
     POLICY_KEYS,
     TENANT_RE,
     TOKEN_KEYS,
+    TOKEN_PROXY_KEYS,
     TOP_LEVEL,
     Types,
 )
-from entra_tokend.model import (
-    Hook,
-    Identity,
-    Policy,
-    is_reserved_name,
-)
+from entra_tokend.exchange.tokenproxy import pem_problem
+from entra_tokend.model import Hook, Identity, Policy, is_reserved_name
 
 # Longest file name (one path component) Linux filesystems accept, in bytes.
 NAME_MAX = 255
+# A DNS name usable as a TLS server name (RFC 1123 labels; '_' tolerated as resolvers do).
+_SERVER_NAME_RE = re.compile(
+    r"^(?=.{1,253}\.?$)[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,62})(?:\.[A-Za-z0-9_][A-Za-z0-9_-]{0,62})*\.?$"
+)
 
 
 class Problems:
@@ -339,6 +341,7 @@ def identity(
     url = authority(
         resolved.get("authority_host", DEFAULT_AUTHORITY), f"{where}.authority_host{var_hint}", p
     )
+    proxy_file = resolved.get("token_proxy_ca_file")
     return Identity(
         name=name,
         tenant_id=resolved["tenant_id"],
@@ -346,7 +349,80 @@ def identity(
         token_file=Path(resolved["token_file"]),
         authority_host=url,
         ca_file=base / resolved["ca_file"] if "ca_file" in resolved else None,
+        **token_proxy(name, resolved, where, p),
+        token_proxy_ca_file=base / proxy_file if proxy_file else None,
     )
+
+
+def token_proxy(name: str, resolved: Mapping[str, str], where: str, p: Problems) -> dict[str, Any]:
+    """Check an identity's AKS identity-binding settings; returns the ``token_proxy``,
+    ``token_proxy_sni_name`` and ``token_proxy_ca_data`` fields of its ``Identity``.
+
+    The rules are azure-identity 1.27's (``_credentials/workload_identity.py``: CA file and CA
+    data together, or an SNI name/CA without ``AZURE_KUBERNETES_TOKEN_PROXY``, raise
+    ValueError; ``_internal/token_binding_transport_mixin.py`` ``_validate_url``: the proxy URL
+    must be https without user name, password, fragment or query). An unset or empty variable
+    counts as not given, as ``os.environ.get(...)`` followed by a truth test does there.
+    """
+
+    def label(key: str) -> str:
+        var = f" ({IDENTITY_ENV[key]})" if name == DEFAULT_IDENTITY else ""
+        return f"{where}.{key}{var}"
+
+    proxy = resolved.get("token_proxy")
+    sni = resolved.get("token_proxy_sni_name")
+    ca_data = resolved.get("token_proxy_ca_data")
+    if proxy is None:
+        for key in TOKEN_PROXY_KEYS[1:]:
+            if key in resolved:
+                p.add(
+                    f"{label(key)}: set without {label('token_proxy')}; "
+                    "give the identity-binding token proxy URL or remove this setting"
+                )
+        return {}
+    if "token_proxy_ca_file" in resolved and ca_data is not None:
+        p.add(
+            f"{label('token_proxy_ca_file')}, {label('token_proxy_ca_data')}: "
+            "both are set; give the token proxy's CA as a file or as PEM text, not both"
+        )
+    proxy_url(proxy, label("token_proxy"), p)
+    if sni is not None and not _usable_server_name(sni):
+        p.add(f"{label('token_proxy_sni_name')}: '{sni}' is not a DNS name or IP address")
+    if ca_data is not None and (why := pem_problem(ca_data)):
+        p.add(f"{label('token_proxy_ca_data')}: {why}")
+    return {"token_proxy": proxy, "token_proxy_sni_name": sni, "token_proxy_ca_data": ca_data}
+
+
+def proxy_url(value: str, where: str, p: Problems) -> None:
+    """The identity-binding token proxy URL: ``https://HOST[:PORT][/BASE/PATH]`` and nothing
+    more (no user information, query or fragment; azure-identity ``_validate_url``)."""
+    try:
+        parts = urlsplit(value)
+        hostname = parts.hostname
+        parts.port  # noqa: B018 - raises ValueError for a port out of range
+    except ValueError:
+        p.add(f"{where}: '{value}' is not an https URL")
+        return
+    if parts.username is not None or parts.password is not None:
+        # Not echoed: the user information may be a password.
+        p.add(f"{where}: must not contain user information (user:password@)")
+    elif parts.scheme != "https" or not hostname:
+        p.add(
+            f"{where}: '{value}' must be an https URL such as https://10.0.0.10/base "
+            "(the token proxy is reached over TLS only)"
+        )
+    elif parts.query:
+        p.add(f"{where}: '{value}' must not have a query")
+    elif parts.fragment:
+        p.add(f"{where}: '{value}' must not have a fragment")
+
+
+def _usable_server_name(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return bool(_SERVER_NAME_RE.match(name))
+    return True
 
 
 def token_table(name: str, table: Any, p: Problems) -> tuple[str, str] | None:

@@ -17,6 +17,7 @@ import ssl
 import uuid
 from email.utils import parsedate_to_datetime
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
@@ -30,6 +31,7 @@ from entra_tokend.exchange.errors import (
     ServerError,
     Throttled,
 )
+from entra_tokend.exchange.tokenproxy import TrustUnavailable
 from entra_tokend.exchange.transport import ClientPool
 from entra_tokend.model import AccessToken, Clock, Identity, SystemClock
 
@@ -80,11 +82,48 @@ HINT_FEDERATION = (
 )
 HINT_ASSERTION_EXPIRED = "the projected token expired; waiting for kubelet to rotate it"
 HINT_CONFIGURATION = "check the client id, tenant id and scope in the configuration"
+HINT_PROXY_FORBIDDEN = (
+    "the identity-binding token proxy refused the request: check that the pod is annotated "
+    'azure.workload.identity/use-identity-binding: "true", that an identity binding exists '
+    "for this managed identity and cluster, and that the service account is bound to a "
+    "ClusterRole granting use-managed-identity on this client id"
+)
+HINT_PROXY_UNAUTHORIZED = (
+    "the identity-binding token proxy rejected the service-account token; waiting for kubelet "
+    "to rotate it"
+)
+HINT_PROXY_TLS = (
+    "check token_proxy_sni_name (AZURE_KUBERNETES_SNI_NAME) and the token proxy CA "
+    "(AZURE_KUBERNETES_CA_FILE / AZURE_KUBERNETES_CA_DATA)"
+)
 
 
 def token_endpoint(identity: Identity) -> str:
     """The Entra v2 token endpoint URL of ``identity``'s tenant."""
     return f"{identity.authority_host}/{identity.tenant_id}/oauth2/v2.0/token"
+
+
+def proxied_url(proxy: str, url: str) -> str:
+    """``url`` sent through an AKS identity-binding token proxy at ``proxy``.
+
+    The rule of azure-identity 1.27 (``_internal/token_binding_transport_mixin.py``
+    ``_update_request_url``): scheme and ``host[:port]`` of the proxy; path = the proxy's path
+    without trailing slashes + ``/`` + the request's path without leading slashes; the
+    request's own query and fragment kept (the proxy URL has none: validation forbids them).
+    ``https://10.0.0.1/base/`` and ``https://login.example/t/oauth2/v2.0/token?x=1`` give
+    ``https://10.0.0.1/base/t/oauth2/v2.0/token?x=1``.
+    """
+    req = urlsplit(url)
+    base = urlsplit(proxy)
+    path = base.path.rstrip("/") + "/" + req.path.lstrip("/")
+    return urlunsplit((base.scheme, base.netloc, path, req.query, req.fragment))
+
+
+def request_url(identity: Identity) -> str:
+    """Where ``identity``'s token request goes: its tenant's token endpoint, through its
+    ``token_proxy`` when it has one."""
+    url = token_endpoint(identity)
+    return proxied_url(identity.token_proxy, url) if identity.token_proxy else url
 
 
 def parse_retry_after(value: str | None, now: float) -> float | None:
@@ -200,15 +239,28 @@ def parse_token_response(body: bytes, scope: str, request_id: str, sent_at: floa
 
 
 def classify(
-    status: int, body: bytes, retry_after_header: str | None, request_id: str, now: float
+    status: int,
+    body: bytes,
+    retry_after_header: str | None,
+    request_id: str,
+    now: float,
+    *,
+    proxy: str | None = None,
 ) -> ExchangeError:
-    """The ``ExchangeError`` for a non-200 answer, with its hint and configuration flag."""
+    """The ``ExchangeError`` for a non-200 answer, with its hint and configuration flag.
+
+    ``proxy`` is the identity-binding token proxy the request went through, if any: it passes
+    Entra's answers through unchanged (classified as Entra's), and an answer without Entra's
+    error fields is the proxy's own failure (``proxy_failure``).
+    """
     retry_after = parse_retry_after(retry_after_header, now)
     try:
         parsed: Any = json.loads(body)
     except (ValueError, UnicodeDecodeError):
         parsed = None
     details = error_details(status, parsed)
+    if proxy is not None and status >= 400 and not (details.error or details.aadsts):
+        return proxy_failure(proxy, details, request_id, retry_after)
     summary = f"HTTP {status}"
     if details.error:
         summary += f" {details.error}"
@@ -244,6 +296,35 @@ def classify(
     )
 
 
+def proxy_failure(
+    proxy: str, details: ErrorDetails, request_id: str, retry_after: float | None
+) -> ExchangeError:
+    """The identity-binding token proxy failed on its own (an answer without Entra's error
+    fields): ``server_error`` naming the proxy — with the RBAC hint on 403 (not retried soon:
+    a configuration error), the rotation hint on 401 — or ``throttled`` on 429. The body is
+    never quoted."""
+    summary = f"token proxy {proxy} answered HTTP {details.status} itself (not an Entra error)"
+    if details.status == 429:
+        return Throttled(summary, request_id=request_id, details=details, retry_after=retry_after)
+    if details.status == 403:
+        return ServerError(
+            summary,
+            request_id=request_id,
+            details=details,
+            hint=HINT_PROXY_FORBIDDEN,
+            configuration=True,
+        )
+    if details.status == 401:
+        return ServerError(
+            summary,
+            request_id=request_id,
+            details=details,
+            hint=HINT_PROXY_UNAUTHORIZED,
+            rotation_may_fix=True,
+        )
+    return ServerError(summary, request_id=request_id, details=details, retry_after=retry_after)
+
+
 class EntraExchange:
     """Exchanges a client assertion for an access token at an identity's Entra tenant."""
 
@@ -273,29 +354,38 @@ class EntraExchange:
         }
         headers = {"x-ms-client-request-id": request_id, "return-client-request-id": "true"}
         sent_at = self._clock.wall()
-        url = token_endpoint(identity)
-        client = self._pool.client(identity.ca_file, url)
+        url = request_url(identity)
+        proxy = identity.token_proxy
+        peer = f"token proxy {proxy}" if proxy else identity.authority_host
         try:
-            async with asyncio.timeout(self._timeout):
-                async with client.stream("POST", url, data=form, headers=headers) as response:
-                    body = await _read_capped(response, request_id)
-                    status = response.status_code
-                    retry_after_header = response.headers.get("retry-after")
+            async with (
+                asyncio.timeout(self._timeout),
+                self._pool.lease(identity, url) as client,
+                client.stream("POST", url, data=form, headers=headers) as response,
+            ):
+                body = await _read_capped(response, request_id)
+                status = response.status_code
+                retry_after_header = response.headers.get("retry-after")
+        except TrustUnavailable as exc:
+            raise NetworkError(str(exc), request_id=request_id, hint=HINT_PROXY_TLS) from None
         except (TimeoutError, httpx.TimeoutException) as exc:
             raise RequestTimeout(
-                f"no complete answer from {identity.authority_host} within "
-                f"{self._timeout:g} s ({type(exc).__name__})",
+                f"no complete answer from {peer} within {self._timeout:g} s ({type(exc).__name__})",
                 request_id=request_id,
             ) from None
         except (httpx.HTTPError, OSError, ValueError) as exc:
             # Only the exception's type: the HTTP stack's texts can quote the bytes it read
             # (a response body holding a token) or sent.
+            tls = proxy is not None and _tls_reason(exc) is not None
             raise NetworkError(
-                f"cannot reach {identity.authority_host}: {type(exc).__name__} ({_describe(exc)})",
+                f"cannot reach {peer}: {type(exc).__name__} ({_describe(exc)})",
                 request_id=request_id,
+                hint=HINT_PROXY_TLS if tls else None,
             ) from None
         if status != 200:
-            raise classify(status, body, retry_after_header, request_id, self._clock.wall())
+            raise classify(
+                status, body, retry_after_header, request_id, self._clock.wall(), proxy=proxy
+            )
         token = parse_token_response(body, scope, request_id, sent_at)
         return AccessToken(
             token=token.token,

@@ -6,33 +6,52 @@ redirects. The proxy for a destination is chosen by ``proxy.ProxySettings`` (cur
 CIDR ``NO_PROXY`` included); httpx's own environment handling (``trust_env``: proxies, .netrc)
 is off. Tests pass an ``httpx.AsyncBaseTransport`` (e.g. ``httpx.MockTransport``) to run
 without a network.
+
+An identity with a ``token_proxy`` (AKS identity bindings) gets clients of its own, keyed by
+its TLS server name and the CA bundle's fingerprint (``tokenproxy.ProxyTrust``): when the CA
+file rotates, the next request gets a new client, and the old one is closed once no request
+is using it. Its connections go through ``HTTPS_PROXY`` like any other, unless ``NO_PROXY``
+excludes the token proxy's address.
 """
 
 from __future__ import annotations
 
 import os
 import ssl
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
 
 from entra_tokend import __version__
 from entra_tokend.exchange.proxy import ProxySettings
+from entra_tokend.exchange.tokenproxy import ProxyTrust
 from entra_tokend.logging import get_logger
+from entra_tokend.model import Identity
 
 USER_AGENT = f"entra-tokend/{__version__}"
 
 
-def ssl_context(ca_file: str | None) -> ssl.SSLContext:
-    """A verifying TLS context trusting ``ca_file`` (or the environment's/certifi's bundle)."""
-    cafile = ca_file or os.environ.get("SSL_CERT_FILE") or None
-    capath = os.environ.get("SSL_CERT_DIR") or None
-    if cafile is None and capath is None:
+def default_cafile() -> str | None:
+    """The default trust: ``SSL_CERT_FILE``, else None when ``SSL_CERT_DIR`` is set, else
+    certifi's bundle."""
+    cafile = os.environ.get("SSL_CERT_FILE") or None
+    if cafile is None and not os.environ.get("SSL_CERT_DIR"):
         import certifi  # noqa: PLC0415 - httpx's own dependency; only needed for the default
 
         cafile = certifi.where()
+    return cafile
+
+
+def ssl_context(ca_file: str | None) -> ssl.SSLContext:
+    """A verifying TLS context trusting ``ca_file`` (or the environment's/certifi's bundle)."""
+    cafile = ca_file or default_cafile()
+    capath = os.environ.get("SSL_CERT_DIR") or None
     return ssl.create_default_context(cafile=cafile, capath=capath)
+
+
+ClientKey = tuple[object, ...]
 
 
 class ClientPool:
@@ -58,20 +77,21 @@ class ClientPool:
                 "NO_PROXY entry ignored: not a host, domain, IP address or CIDR range",
                 entry=entry,
             )
-        self._clients: dict[tuple[str | None, str | None], httpx.AsyncClient] = {}
+        self._clients: dict[ClientKey, httpx.AsyncClient] = {}
+        self._trusts: dict[ClientKey, ProxyTrust] = {}
+        self._leases: dict[ClientKey, int] = {}
+        self._retired: set[ClientKey] = set()
 
-    def client(self, ca_file: Path | None, url: str) -> httpx.AsyncClient:
-        """The client for a request to ``url`` trusting ``ca_file`` (None: the default trust
-        store), through the proxy the environment chooses for ``url``."""
-        proxy = None if self._transport is not None else self.proxies.proxy_for(url)
-        key = (str(ca_file) if ca_file else None, proxy)
+    def _client(
+        self, key: ClientKey, verify: ssl.SSLContext | None, proxy: str | None
+    ) -> httpx.AsyncClient:
         client = self._clients.get(key)
         if client is None:
             client = httpx.AsyncClient(
-                verify=ssl_context(key[0]) if self._transport is None else True,
+                verify=verify if self._transport is None and verify is not None else True,
                 timeout=self._timeout,
                 limits=self._limits,
-                trust_env=False,  # proxies are chosen above; no .netrc
+                trust_env=False,  # proxies are chosen by ProxySettings; no .netrc
                 proxy=proxy,
                 follow_redirects=False,
                 headers={"User-Agent": USER_AGENT},
@@ -80,8 +100,71 @@ class ClientPool:
             self._clients[key] = client
         return client
 
+    def client(self, ca_file: Path | None, url: str) -> httpx.AsyncClient:
+        """The client for a request to ``url`` trusting ``ca_file`` (None: the default trust
+        store), through the proxy the environment chooses for ``url``."""
+        proxy = None if self._transport is not None else self.proxies.proxy_for(url)
+        ca = str(ca_file) if ca_file else None
+        key: ClientKey = (ca, proxy)
+        if key in self._clients:
+            return self._clients[key]
+        return self._client(key, ssl_context(ca) if self._transport is None else None, proxy)
+
+    @asynccontextmanager
+    async def lease(self, identity: Identity, url: str) -> AsyncIterator[httpx.AsyncClient]:
+        """The client for ``identity``'s token request to ``url``, held for one request.
+
+        Direct identities share ``client(identity.ca_file, url)``. An identity with a
+        ``token_proxy`` gets a client trusting its proxy CA and presenting its SNI name; a
+        changed CA file is picked up here (``ProxyTrust.current``), and a client left behind
+        by a rotation is closed when its last request ends. Raises
+        ``tokenproxy.TrustUnavailable`` when the proxy CA file never held a usable bundle.
+        """
+        if identity.token_proxy is None:
+            yield self.client(identity.ca_file, url)
+            return
+        settings: ClientKey = (
+            identity.token_proxy,
+            identity.token_proxy_sni_name,
+            identity.token_proxy_ca_file,
+            identity.token_proxy_ca_data,
+        )
+        trust = self._trusts.get(settings)
+        if trust is None:
+            trust = ProxyTrust(
+                identity.token_proxy_sni_name,
+                identity.token_proxy_ca_file,
+                identity.token_proxy_ca_data,
+                default_cafile(),
+            )
+            self._trusts[settings] = trust
+        context = trust.current()
+        proxy = None if self._transport is not None else self.proxies.proxy_for(url)
+        key: ClientKey = ("token-proxy", settings, trust.fingerprint, proxy)
+        for other in list(self._clients):
+            if len(other) == 4 and other[:2] == key[:2] and other != key:
+                self._retired.add(other)  # left behind by a CA rotation
+                await self._close_if_idle(other)
+        client = self._client(key, context, proxy)
+        self._leases[key] = self._leases.get(key, 0) + 1
+        try:
+            yield client
+        finally:
+            self._leases[key] -= 1
+            await self._close_if_idle(key)
+
+    async def _close_if_idle(self, key: ClientKey) -> None:
+        if key in self._retired and not self._leases.get(key):
+            self._retired.discard(key)
+            self._leases.pop(key, None)
+            client = self._clients.pop(key, None)
+            if client is not None:
+                await client.aclose()
+
     async def aclose(self) -> None:
         """Close every client (idle connections included)."""
         for client in self._clients.values():
             await client.aclose()
         self._clients.clear()
+        self._leases.clear()
+        self._retired.clear()
