@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import signal
@@ -37,7 +38,14 @@ def test_dev_writes_tokens_serves_readiness_and_stops_on_ctrl_c(tmp_path: Path) 
             )
             url = f"http://127.0.0.1:{listen.group(1)}/readyz"
             body = wait_until(lambda: _ready(url), timeout=10)
-            assert body == {"ready": True, "tokens": {"graph": "ok", "storage": "ok"}}
+            tokens = {"graph": "ok", "registry": "ok", "storage": "ok"}
+            assert body == {"ready": True, "tokens": tokens}
+            # The registry token is a docker config for the emulator's own registry service.
+            docker = json.loads((tmp_path / "tokens" / "docker" / "config.json").read_text())
+            (entry,) = docker["auths"].values()
+            user, _, refresh_token = base64.b64decode(entry["auth"]).decode().partition(":")
+            assert user == "00000000-0000-0000-0000-000000000000"
+            assert refresh_token.count(".") == 2
             env_file = (tmp_path / ".entra-tokend-dev" / "env").read_text()
             assert "AZURE_AUTHORITY_HOST='https://127.0.0.1:" in env_file
             assert "SSL_CERT_FILE=" in env_file

@@ -81,7 +81,12 @@ def run_dev(args: argparse.Namespace) -> int:
         os.environ[DEV_ENDPOINT_SECRET_ENV] = secrets.token_urlsafe(32)
         dev_config = state_dir / "entra-tokend.toml"
         allow = ", ".join(f'"{r}"' for r in DEV_ENDPOINT_ALLOW)
+        # A registry served by the emulator itself: the docker config for skopeo/crane/helm.
+        registry = emu.authority_host.removeprefix("https://")
+        emu.add_registry(registry)
         dev_config.write_text(
+            f'[token.registry]\nregistry = "{registry}"\nformat = "docker-config"\n'
+            'path = "docker/config.json"\n'
             f'[endpoint]\nlisten = "{endpoint_listen}"\n'
             f'secret_env = "{DEV_ENDPOINT_SECRET_ENV}"\nallow = [{allow}]\n'
         )
@@ -112,6 +117,8 @@ def run_dev(args: argparse.Namespace) -> int:
 entra-tokend dev — a local Entra tenant and kubelet at {emu.authority_host}
 {binding}  tokens:   {output_dir}/storage, {output_dir}/graph
             (each lives {args.access_token_lifetime:.0f} s and is refreshed well before it expires)
+  registry: {output_dir}/docker/config.json — a docker config for {registry}
+            (skopeo --authfile, DOCKER_CONFIG={output_dir}/docker, crane, oras, helm)
   metrics:  http://{listen}/metrics   readiness: http://{listen}/readyz
   your app: set -a; . {env_file}; set +a   (azure-identity works against the emulator too)
   SDK apps (managed-identity endpoint; allowed: {", ".join(DEV_ENDPOINT_ALLOW)}):
