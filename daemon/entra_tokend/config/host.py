@@ -58,8 +58,16 @@ def output_dir(path: Path, p: Problems) -> None:
 
 def ca_file(path: Path | None, where: str, p: Problems) -> None:
     """A CA bundle must be a readable file."""
-    if path is not None and not path.is_file():
+    if path is None:
+        return
+    if not path.is_file():
         p.add(f"{where}: {path} is not a readable file")
+        return
+    try:
+        with path.open("rb"):
+            pass
+    except OSError as exc:
+        p.add(f"{where}: {path} cannot be read: {exc.strerror}")
 
 
 def token_proxy_ca_file(path: Path | None, where: str, p: Problems) -> None:
