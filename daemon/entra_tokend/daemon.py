@@ -360,6 +360,7 @@ class Daemon:
         for runner in self.runners.values():
             if once:  # `--once` means "acquire now": a still-valid file is replaced
                 runner.schedule.retry_now()
+                runner.once = True
             runner.start()
         self.readiness.start()
         try:
@@ -431,10 +432,17 @@ class Daemon:
                 self.log.error("configuration error from Entra; giving up", token=name, detail=why)
             return EXIT_FAILURE
         if self.clock.monotonic() >= deadline:
-            missing = sorted(r.spec.name for r in runners if not r.succeeded_once)
+            missing = {
+                r.spec.name: r.last_failure or "no attempt finished"
+                for r in runners
+                if not r.succeeded_once
+            }
+            # Repeated failures are logged once (at warning), so the cause may be far up: each
+            # missing token's last failure is repeated here.
             self.log.error(
                 "deadline reached before every token was on disk",
-                missing=missing,
+                missing=sorted(missing),
+                last_failure=missing,
                 deadline_seconds=self.config.once_deadline,
             )
             return EXIT_FAILURE
