@@ -304,7 +304,7 @@ def test_listen_falls_back_to_ipv4_without_ipv6(monkeypatch: pytest.MonkeyPatch)
             raise OSError(97, "Address family not supported by protocol")
         return real(family, *args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(listener.socket, "socket", no_ipv6)
+    monkeypatch.setattr("entra_tokend.listener.socket.socket", no_ipv6)
     with listener.bind_listener("::", 0) as sock:
         assert sock.family == socket.AF_INET
         assert listener.listening_text(sock).startswith("0.0.0.0:")

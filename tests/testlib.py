@@ -155,8 +155,8 @@ def write_projected_token(
     """Write an (unsigned) projected service-account token with these claims to ``path``;
     ``exp`` defaults to an hour from now. Enough for the daemon's checks, which read claims
     and never verify the signature (Entra does)."""
-    import base64  # noqa: PLC0415
-    import time  # noqa: PLC0415
+    import base64
+    import time
 
     def part(obj: object) -> str:
         return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
