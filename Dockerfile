@@ -77,7 +77,7 @@ ENV PATH=/opt/entra-tokend/bin:/usr/local/bin:/usr/bin:/bin \
 USER 65532:65532
 EXPOSE 9464
 # GET /healthz with the standard library (no shell, no curl here). It asks ENTRA_TOKEND_LISTEN
-# (default 0.0.0.0:9464, reached on loopback): set the listen address there, not with --listen.
+# (default [::]:9464, reached on loopback): set the listen address there, not with --listen.
 HEALTHCHECK --interval=30s --timeout=10s --start-period=30s --retries=3 \
   CMD ["entra-tokend", "healthcheck", "--timeout", "5"]
 ENTRYPOINT ["entra-tokend"]

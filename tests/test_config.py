@@ -14,13 +14,12 @@ from typing import Any
 import pytest
 
 from entra_tokend.config import Config, ConfigError, Overrides, load_config, render_config
-from testlib import STORAGE, VAULT, run_cli
+from testlib import STORAGE, VAULT, run_cli, write_projected_token
 
 
 @pytest.fixture
 def azure_env(tmp_path: Path) -> dict[str, str]:
-    token_file = tmp_path / "sa-token"
-    token_file.write_text("x.y.z")
+    token_file = write_projected_token(tmp_path / "sa-token")
     return {
         "AZURE_TENANT_ID": "11111111-2222-3333-4444-555555555555",
         "AZURE_CLIENT_ID": "66666666-7777-8888-9999-000000000000",
@@ -267,11 +266,11 @@ def test_run_exits_2_on_a_config_error_before_doing_anything(
 
 
 def test_check_config_prints_the_effective_config_and_exits_0(azure_env: dict[str, str]) -> None:
-    args = ("--token", f"storage={STORAGE}", "--listen", "127.0.0.1:9999")
+    args = ("--offline", "--token", f"storage={STORAGE}", "--listen", "127.0.0.1:9999")
     result = run_cli("check-config", *args, env=azure_env)
     assert result.returncode == 0, result.stderr
     expected = load(azure_env, tokens=[f"storage={STORAGE}"], listen="127.0.0.1:9999")
-    assert result.stdout == render_config(expected)
+    assert result.stdout == render_config(expected, offline=True)
 
 
 def test_usage_error_exits_2() -> None:

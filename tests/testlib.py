@@ -144,13 +144,37 @@ def emulator_env(emu: _HasEnv, out: Path, **extra: str) -> dict[str, str]:
     return {**emu.env(), "ENTRA_TOKEND_OUTPUT_DIR": str(out), "ENTRA_TOKEND_LISTEN": "", **extra}
 
 
+def write_projected_token(
+    path: Path,
+    *,
+    exp: float | None = None,
+    iss: str = "https://issuer.example/cluster",
+    sub: str = "system:serviceaccount:default:app",
+    aud: str = "api://AzureADTokenExchange",
+) -> Path:
+    """Write an (unsigned) projected service-account token with these claims to ``path``;
+    ``exp`` defaults to an hour from now. Enough for the daemon's checks, which read claims
+    and never verify the signature (Entra does)."""
+    import base64
+    import time
+
+    def part(obj: object) -> str:
+        return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
+
+    claims = {"iss": iss, "sub": sub, "aud": [aud], "exp": exp or time.time() + 3600}
+    path.write_text(f"{part({'alg': 'RS256'})}.{part(claims)}.c2ln")
+    return path
+
+
 def offline_env(tmp_path: Path) -> dict[str, str]:
     """Identity settings that validate but reach nothing: enough for ``check-config``."""
     return {
         "AZURE_TENANT_ID": "t",
         "AZURE_CLIENT_ID": "c",
-        "AZURE_FEDERATED_TOKEN_FILE": str(tmp_path / "sa"),
+        "AZURE_FEDERATED_TOKEN_FILE": str(write_projected_token(tmp_path / "sa")),
         "ENTRA_TOKEND_OUTPUT_DIR": str(tmp_path / "out"),
+        # check-config binds the listen address; the default port may be taken on this host.
+        "ENTRA_TOKEND_LISTEN": "127.0.0.1:0",
     }
 
 

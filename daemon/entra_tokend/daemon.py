@@ -23,6 +23,7 @@ from entra_tokend import __version__, sdnotify
 from entra_tokend.config import Config, ConfigError
 from entra_tokend.credentials import CredentialSource
 from entra_tokend.exchange import AcrExchange, ClientPool, EntraExchange
+from entra_tokend.listener import address_text, server_address
 from entra_tokend.lock import LockError, LockHeld
 from entra_tokend.logging import get_logger
 from entra_tokend.metrics import Metrics
@@ -31,6 +32,7 @@ from entra_tokend.outputdir import OutputDirectory
 from entra_tokend.outputs import FileOutput
 from entra_tokend.outputs.memory import MemoryOutput
 from entra_tokend.outputs.provenance import fingerprint
+from entra_tokend.preflight import listen_problem, output_dir_problem, print_problems
 from entra_tokend.readiness import Readiness
 from entra_tokend.reaper import REAPER
 from entra_tokend.runner import Exchange, TokenRunner
@@ -218,7 +220,8 @@ class Daemon:
         return {spec.path.parent for spec in self.config.tokens.values()}
 
     def _prepare_output(self) -> int | None:
-        """Lock output_dir and clean it; an exit code when that fails."""
+        """Lock output_dir and clean it; an exit code when that fails (the problem is printed
+        as a configuration error naming the flag and variable that fix it)."""
         out = str(self.config.output_dir)
         try:
             self._output_dir.acquire(self._token_dirs())
@@ -229,12 +232,15 @@ class Daemon:
                 holder_pid=exc.pid,
                 detail=str(exc),
             )
+            print_problems([output_dir_problem(self.config.output_dir, exc)])
             return EXIT_CONFIG
         except LockError as exc:
             self.log.error("cannot lock output_dir", detail=str(exc))
+            print_problems([output_dir_problem(self.config.output_dir, exc)])
             return EXIT_CONFIG
         except OSError as exc:
             self.log.error("cannot prepare output_dir", path=out, detail=exc.strerror)
+            print_problems([output_dir_problem(self.config.output_dir, exc)])
             return EXIT_CONFIG
         return None
 
@@ -242,11 +248,11 @@ class Daemon:
         """Start the HTTP listener if configured. Raises OSError when the address is unusable."""
         if not self.config.listen:
             return None
-        from entra_tokend.server import bound_port, start_server  # noqa: PLC0415
+        from entra_tokend.server import start_server  # noqa: PLC0415
 
         host, port = self.config.listen
         server = await start_server(host, port, self.metrics, self.readiness.snapshot)
-        self.log.info("listening", listen=f"{host}:{bound_port(server)}")
+        self.log.info("listening", listen=server_address(server))
         return server
 
     def _shared(self, identity: str, scope: str) -> tuple[TokenRunner, MemoryOutput] | None:
@@ -277,9 +283,10 @@ class Daemon:
         self.endpoint = await start_endpoint(
             spec, lambda: self.config.identities, provider, self.metrics
         )
-        host, _ = spec.listen
-        shown = f"[{host}]" if ":" in host else host
-        self.log.info("managed-identity endpoint listening", listen=f"{shown}:{self.endpoint.port}")
+        self.log.info(
+            "managed-identity endpoint listening",
+            listen=address_text(spec.listen[0], self.endpoint.port),
+        )
 
     def _watch(self) -> None:
         for source in self.sources.values():
@@ -315,7 +322,10 @@ class Daemon:
             except OSError as exc:
                 assert self.config.listen is not None
                 host, port = self.config.listen
-                self.log.error("cannot listen", listen=f"{host}:{port}", detail=exc.strerror)
+                self.log.error(
+                    "cannot listen", listen=address_text(host, port), detail=exc.strerror
+                )
+                print_problems([listen_problem("listen", host, port, exc)])
                 self._release_lock()
                 return EXIT_CONFIG
             try:
@@ -326,6 +336,7 @@ class Daemon:
                 self.log.error(
                     "cannot listen", key="endpoint.listen", port=port, detail=exc.strerror
                 )
+                print_problems([listen_problem("endpoint.listen", host, port, exc)])
                 if server is not None:
                     from entra_tokend.server import stop_server  # noqa: PLC0415
 
@@ -349,6 +360,7 @@ class Daemon:
         for runner in self.runners.values():
             if once:  # `--once` means "acquire now": a still-valid file is replaced
                 runner.schedule.retry_now()
+                runner.once = True
             runner.start()
         self.readiness.start()
         try:
@@ -420,10 +432,17 @@ class Daemon:
                 self.log.error("configuration error from Entra; giving up", token=name, detail=why)
             return EXIT_FAILURE
         if self.clock.monotonic() >= deadline:
-            missing = sorted(r.spec.name for r in runners if not r.succeeded_once)
+            missing = {
+                r.spec.name: r.last_failure or "no attempt finished"
+                for r in runners
+                if not r.succeeded_once
+            }
+            # Repeated failures are logged once (at warning), so the cause may be far up: each
+            # missing token's last failure is repeated here.
             self.log.error(
                 "deadline reached before every token was on disk",
-                missing=missing,
+                missing=sorted(missing),
+                last_failure=missing,
                 deadline_seconds=self.config.once_deadline,
             )
             return EXIT_FAILURE

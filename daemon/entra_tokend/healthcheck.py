@@ -35,7 +35,9 @@ def probe_address(listen: str) -> tuple[str, int]:
     except ValueError:
         return host, port  # a host name, e.g. localhost
     if address.is_unspecified:
-        return ("::1" if address.version == 6 else "127.0.0.1"), port
+        # `::` is dual-stack, or 0.0.0.0 on a host without IPv6 (listener.py): either way
+        # IPv4 loopback reaches it.
+        return "127.0.0.1", port
     return host, port
 
 

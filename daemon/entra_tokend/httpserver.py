@@ -36,6 +36,7 @@ from urllib.parse import parse_qsl
 
 import h11
 
+from entra_tokend.listener import bind_listener
 from entra_tokend.logging import get_logger
 
 __all__ = [
@@ -121,8 +122,9 @@ class HttpServer:
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self, host: str, port: int) -> asyncio.AbstractServer:
-        """Listen on *host*:*port* (0 picks a free port). Raises OSError."""
-        self._server = await asyncio.start_server(self._accept, host, port)
+        """Listen on *host*:*port* (0 picks a free port; ``::`` is dual-stack, see
+        ``listener``). Raises OSError."""
+        self._server = await asyncio.start_server(self._accept, sock=bind_listener(host, port))
         return self._server
 
     async def stop(self) -> None:

@@ -70,13 +70,14 @@ class Metrics:
         r = self.registry
         self._token_expiry = Gauge(
             "entra_tokend_token_expiry_timestamp_seconds",
-            "Expiry of the access token currently on disk, as a unix timestamp.",
+            "Expiry of the access token currently on disk, as a unix timestamp; 0: none yet.",
             ["token"],
             registry=r,
         )
         self._token_last_success = Gauge(
             "entra_tokend_token_last_success_timestamp_seconds",
-            "Time of the last successful refresh (token exchanged and written), unix seconds.",
+            "Time of the last successful refresh (token exchanged and written), unix seconds; "
+            "0: never.",
             ["token"],
             registry=r,
         )
@@ -165,6 +166,9 @@ class Metrics:
         for reason in REASONS:
             self._failures.labels(token=token, reason=reason)
         self._hook_failures.labels(token=token)
+        # 0 means "never" (README): no token on disk yet, no successful refresh yet.
+        self._token_expiry.labels(token=token)
+        self._token_last_success.labels(token=token)
         self._exchange_duration.labels(identity=identity)
         self._assertion_rotations.labels(identity=identity)
 

@@ -91,6 +91,8 @@ class TokenRunner:
         self.succeeded_once = False
         self.done = False  # a refresh (and its hook) finished with a success
         self.fatal: str | None = None  # a configuration error (run --once gives up on it)
+        self.last_failure: str | None = None  # "reason: detail" of the latest failed attempt
+        self.once = False  # run --once: no refresh follows a success, so none is announced
         metrics.token_configured(spec.name, spec.identity)
 
     # ---- state ---------------------------------------------------------------------------
@@ -234,14 +236,16 @@ class TokenRunner:
         self.succeeded_once = True
         self.fatal = None
         self._last_failure = None
+        self.last_failure = None
         self._metrics.token_written(self.spec.name, token.expires_on, self._clock.wall())
+        fields: dict[str, Any] = {} if self.once else {"next_refresh_in": round(delay, 1)}
         self._log.info(
             "token recovered" if recovered else "token written",
             path=str(self.spec.path),
             expires_at=iso(token.expires_on),
             expires_in=int(token.expires_in),
-            next_refresh_in=round(delay, 1),
             request_id=token.request_id,
+            **fields,
         )
 
     def _exchange_failed(self, exc: ExchangeError, assertion: Assertion) -> None:
@@ -268,6 +272,8 @@ class TokenRunner:
         key = (reason, fields.get("aadsts") or fields.get("status") or fields.get("detail"))
         repeat = self._last_failure == key
         self._last_failure = key
+        cause = fields.get("detail") or fields.get("error")
+        self.last_failure = f"{reason}: {cause}" if cause else str(reason)
         if self.schedule.valid() and self.schedule.expires is not None:
             fields["current_token_expires_in"] = int(self.schedule.expires.remaining(self._clock))
         method = self._log.debug if repeat else (self._log.error if error else self._log.warning)

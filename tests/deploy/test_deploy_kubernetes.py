@@ -294,7 +294,13 @@ def test_configmap_toml_passes_check_config(tmp_path: Path) -> None:
         "AZURE_AUTHORITY_HOST": "https://login.microsoftonline.com/",
     }
     result = run_cli(
-        "check-config", "--config", str(config_file), "--output-dir", str(tmp_path), env=env
+        "check-config",
+        "--offline",
+        "--config",
+        str(config_file),
+        "--output-dir",
+        str(tmp_path),
+        env=env,
     )
     assert result.returncode == 0, result.stderr
     effective = tomllib.loads(result.stdout)
@@ -330,5 +336,5 @@ def test_endpoint_configmap_passes_check_config(tmp_path: Path) -> None:
         "AZURE_FEDERATED_TOKEN_FILE": str(tmp_path / "sa"),
         "IDENTITY_HEADER": "a-generated-secret",
     }
-    result = run_cli("check-config", "--config", str(config), env=env)
+    result = run_cli("check-config", "--offline", "--config", str(config), env=env)
     assert result.returncode == 0, result.stderr

@@ -129,7 +129,7 @@ def test_no_secret_or_token_in_the_log(ep: EndpointDaemon) -> None:
 def _config(tmp_path: Path, endpoint: str) -> list[str]:
     path = tmp_path / "c.toml"
     path.write_text(f'output_dir = "{tmp_path / "out"}"\n[endpoint]\n{endpoint}\n')
-    return ["check-config", "--config", str(path)]
+    return ["check-config", "--offline", "--config", str(path)]
 
 
 @pytest.mark.parametrize(

@@ -80,9 +80,8 @@ def test_daemon_metrics_readiness_and_failure_reasons(
 
     scrape = wait_until(unavailable_counted, 30, what="an assertion_unavailable failure")
     assert sample_value(scrape, "entra_tokend_ready") == 0
-    assert (
-        sample_value(scrape, "entra_tokend_token_expiry_timestamp_seconds", token="graph") is None
-    )
+    # Never acquired: 0 ("never"), from start-up.
+    assert sample_value(scrape, "entra_tokend_token_expiry_timestamp_seconds", token="graph") == 0
 
     # kubelet rotates: the daemon retries at once and works through one fault per reason.
     fresh = emulator.rotate()

@@ -48,8 +48,10 @@ def test_configured_token_has_zero_series_for_every_result_and_reason(live: Live
     assert _value(body, "entra_tokend_hook_failures_total", token="graph") == 0
     assert _value(body, "entra_tokend_assertion_rotations_total", identity="wi") == 0
     assert _value(body, "entra_tokend_exchange_duration_seconds_count", identity="wi") == 0
-    # No expiry before a token was written: a made-up value would hide a missing token.
-    assert _value(body, "entra_tokend_token_expiry_timestamp_seconds", token="graph") is None
+    # Before the first success both timestamps are 0, which means "never" (README): the series
+    # exist from start-up, and the expiry alert fires for a token that never arrived.
+    assert _value(body, "entra_tokend_token_expiry_timestamp_seconds", token="graph") == 0
+    assert _value(body, "entra_tokend_token_last_success_timestamp_seconds", token="graph") == 0
 
 
 def test_token_written_sets_expiry_and_counts_success(live: LiveServer) -> None:
@@ -184,7 +186,7 @@ def test_token_adopted_sets_expiry_without_counting_a_refresh(live: LiveServer) 
         1_750_003_600.0
     )
     assert _value(body, "entra_tokend_token_refreshes_total", token="graph", result="success") == 0
-    assert _value(body, "entra_tokend_token_last_success_timestamp_seconds", token="graph") is None
+    assert _value(body, "entra_tokend_token_last_success_timestamp_seconds", token="graph") == 0
 
 
 def test_token_moving_to_another_identity_drops_the_orphaned_identity(live: LiveServer) -> None:

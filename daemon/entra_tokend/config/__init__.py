@@ -171,6 +171,8 @@ def _identities(
     env: Mapping[str, str],
     p: Problems,
     endpoint: EndpointSpec | None = None,
+    *,
+    host_checks: bool = True,
 ) -> dict[str, Identity]:
     identities: dict[str, Identity] = {}
     used = {spec.identity for spec in tokens.values()}
@@ -191,19 +193,24 @@ def _identities(
             p.add(f"{users[0]}.identity: '{name}' is not defined (add [identity.{name}])")
             continue
         ident = validate.identity(name, table, env, raw.base, p)
-        if ident is not None:
+        if ident is not None and host_checks:
             host.ca_file(ident.ca_file, f"{where}.ca_file", p)
             var = " (AZURE_KUBERNETES_CA_FILE)" if name == DEFAULT_IDENTITY else ""
             host.token_proxy_ca_file(
                 ident.token_proxy_ca_file, f"{where}.token_proxy_ca_file{var}", p
             )
+        if ident is not None:
             identities[name] = ident
     return identities
 
 
-def load_config(overrides: Overrides, env: Mapping[str, str]) -> Config:
+def load_config(
+    overrides: Overrides, env: Mapping[str, str], *, host_checks: bool = True
+) -> Config:
     """Build and validate the configuration from flags, ``env`` and the TOML file.
 
+    ``host_checks=False`` (``check-config --offline``) leaves out what depends on the machine
+    the daemon will run on: output_dir and the CA files (``ca_file``, ``token_proxy_ca_file``).
     Raises ConfigError listing every problem (one line each).
     """
     p = Problems()
@@ -221,8 +228,9 @@ def load_config(overrides: Overrides, env: Mapping[str, str]) -> Config:
     )
     tokens = _tokens(raw, output_dir, defaults, p)
     endpoint = _endpoint(raw, env, p)
-    identities = _identities(raw, tokens, env, p, endpoint)
-    host.output_dir(output_dir, p)
+    identities = _identities(raw, tokens, env, p, endpoint, host_checks=host_checks)
+    if host_checks:
+        host.output_dir(output_dir, p)
     if p.lines:
         raise ConfigError(p.lines)
     return Config(

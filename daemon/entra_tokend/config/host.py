@@ -13,6 +13,7 @@ import stat
 from pathlib import Path
 from typing import Any
 
+from entra_tokend.config.schema import ENV_OUTPUT_DIR
 from entra_tokend.config.validate import Problems, has_nul
 from entra_tokend.exchange.tokenproxy import pem_problem
 
@@ -43,23 +44,35 @@ def output_dir(path: Path, p: Problems) -> None:
     allowed with a warning at start: Kubernetes' default emptyDir with fsGroup is one.)"""
     if has_nul(str(path), "output_dir", p):
         return
+    fix = f"(choose another with --output-dir or {ENV_OUTPUT_DIR})"
     try:
         st = path.stat()
     except FileNotFoundError:
         return  # created at start-up
+    except NotADirectoryError:
+        p.add(f"output_dir: {path} cannot be created: a parent is not a directory {fix}")
+        return
     except OSError as exc:
-        p.add(f"output_dir: {path} cannot be examined: {exc.strerror}")
+        p.add(f"output_dir: {path} cannot be examined: {exc.strerror} {fix}")
         return
     if not stat.S_ISDIR(st.st_mode):
-        p.add(f"output_dir: {path} exists but is not a directory")
+        p.add(f"output_dir: {path} exists but is not a directory {fix}")
     elif not os.access(path, os.W_OK | os.X_OK):
-        p.add(f"output_dir: {path} is not writable by uid {os.getuid()}")
+        p.add(f"output_dir: {path} is not writable by uid {os.getuid()} {fix}")
 
 
 def ca_file(path: Path | None, where: str, p: Problems) -> None:
     """A CA bundle must be a readable file."""
-    if path is not None and not path.is_file():
+    if path is None:
+        return
+    if not path.is_file():
         p.add(f"{where}: {path} is not a readable file")
+        return
+    try:
+        with path.open("rb"):
+            pass
+    except OSError as exc:
+        p.add(f"{where}: {path} cannot be read: {exc.strerror}")
 
 
 def token_proxy_ca_file(path: Path | None, where: str, p: Problems) -> None:

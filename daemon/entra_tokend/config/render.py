@@ -4,9 +4,11 @@ client ids are identifiers, not credentials)."""
 from __future__ import annotations
 
 import signal
+from collections.abc import Sequence
 from typing import Any
 
 from entra_tokend.config.schema import IDENTITY_KEYS, POLICY_KEYS, TOP_LEVEL, Config
+from entra_tokend.listener import address_text
 from entra_tokend.model import Identity, OutputSpec
 
 
@@ -73,12 +75,26 @@ def _output_lines(config: Config, out: OutputSpec) -> list[str]:
     return lines
 
 
-def render_config(config: Config) -> str:
-    """The effective configuration as TOML text that ``load_config`` accepts again."""
+def _comment(text: str) -> str:
+    # Printable characters only: a comment ends at a newline (a path may hold one).
+    return "".join(c if c.isprintable() else "?" for c in text)
+
+
+def render_config(config: Config, notes: Sequence[str] = (), *, offline: bool = False) -> str:
+    """The effective configuration as TOML text that ``load_config`` accepts again.
+
+    ``notes`` (what the host checks found: output_dir, listeners, projected tokens) become
+    comments at the top; ``offline`` says they were not made.
+    """
     lines = [f"# effective configuration{f' (from {config.source})' if config.source else ''}"]
+    if offline:
+        lines.append("# offline: output_dir, listen, projected tokens and CA files not checked")
+    elif notes:
+        lines.append("# host checks:")
+        lines += [f"#   {_comment(note)}" for note in notes]
     top: dict[str, Any] = {
         "output_dir": str(config.output_dir),
-        "listen": f"{config.listen[0]}:{config.listen[1]}" if config.listen else "",
+        "listen": address_text(*config.listen) if config.listen else "",
         "file_mode": f"{config.file_mode:04o}",
     }
     for key in TOP_LEVEL:
@@ -89,8 +105,7 @@ def render_config(config: Config) -> str:
                 top[key] = value
     lines += [f"{k} = {_toml_value(v)}" for k, v in top.items()]
     for ident in config.identities.values():
-        # Printable characters only: a comment ends at a newline (a path may hold one).
-        mode = "".join(c if c.isprintable() else "?" for c in exchange_mode(ident))
+        mode = _comment(exchange_mode(ident))
         lines += ["", f"[identity.{ident.name}]", f"# token requests: {mode}"]
         for key in IDENTITY_KEYS:
             value = getattr(ident, key)

@@ -48,7 +48,7 @@ Types = type | tuple[type, ...]
 # key -> (type, default). Types are checked before values.
 TOP_LEVEL: dict[str, tuple[Types, Any]] = {
     "output_dir": (str, "/run/entra-tokend"),
-    "listen": (str, "0.0.0.0:9464"),
+    "listen": (str, "[::]:9464"),  # dual-stack; 0.0.0.0 without IPv6 (listener.py)
     "file_mode": ((str, int), "0640"),
     "log_format": (str, "auto"),
     "log_level": (str, "info"),

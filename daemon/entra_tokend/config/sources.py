@@ -6,6 +6,7 @@ raw, not yet validated values. Type problems found on the way are added to ``Pro
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,10 +56,32 @@ def read_toml(path: Path) -> dict[str, Any]:
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError([f"config file {path}: invalid TOML: {exc}"]) from None
+        hint = _leading_zero_hint(text, str(exc))
+        raise ConfigError([f"config file {path}: invalid TOML: {exc}{hint}"]) from None
     except RecursionError:
         # tomllib recurses per nesting level; thousands of levels are no configuration.
         raise ConfigError([f"config file {path}: invalid TOML: nested too deeply"]) from None
+
+
+_POSITION_RE = re.compile(r"\(at line (\d+), column \d+\)")
+_LEADING_ZERO_RE = re.compile(r"^\s*([A-Za-z0-9_.\"-]+)\s*=\s*(0[0-7]+)\s*(#.*)?$")
+
+
+def _leading_zero_hint(text: str, message: str) -> str:
+    """A hint for ``file_mode = 0640``: TOML forbids leading zeros in integers (TOML 1.0,
+    "Integer"), and tomllib's message only gives the position."""
+    position = _POSITION_RE.search(message)
+    lines = text.splitlines()
+    if position is None or not 0 < int(position[1]) <= len(lines):
+        return ""
+    match = _LEADING_ZERO_RE.match(lines[int(position[1]) - 1])
+    if match is None:
+        return ""
+    key, digits = match[1], match[2]
+    return (
+        f" — TOML integers cannot start with 0; write the mode as a string: "
+        f'{key} = "{digits}" (or 0o{digits.lstrip("0") or "0"})'
+    )
 
 
 def parse_token_shorthand(items: Sequence[str], where: str, p: Problems) -> dict[str, str]:

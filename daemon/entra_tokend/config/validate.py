@@ -109,13 +109,13 @@ def parse_listen(value: str) -> tuple[str, int]:
     """Parse ``host:port`` (``[v6]:port`` for IPv6). Raises ValueError with the reason."""
     host, sep, port_text = value.rpartition(":")
     if not sep or not (port_text.isascii() and port_text.isdigit()):
-        raise ValueError("expected HOST:PORT, e.g. 0.0.0.0:9464")
+        raise ValueError("expected HOST:PORT, e.g. 127.0.0.1:9464 or [::]:9464")
     port = int(port_text)
     if not 0 <= port <= 65535:
         raise ValueError("port must be 0-65535")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
-    return host or "0.0.0.0", port
+    return host or "::", port  # no host: every address, IPv6 and IPv4 (listener.py)
 
 
 def is_loopback_host(host: str) -> bool:
@@ -155,15 +155,35 @@ def authority(value: str, where: str, p: Problems) -> str:
     return url
 
 
+def default_scope_for(scope: str) -> str | None:
+    """The ``/.default`` scope of the resource ``scope`` names, or None when it names none.
+
+    ``https://graph.microsoft.com/User.Read`` (a delegated permission) →
+    ``https://graph.microsoft.com/.default``; a bare resource (``https://vault.azure.net``,
+    ``api://APP-ID``) → itself + ``/.default``. The client-credentials flow takes only a
+    resource's ``/.default`` scope (Microsoft identity platform documentation, "The /.default
+    scope").
+    """
+    scheme, sep, rest = scope.partition("://")
+    if not sep or not scheme or not rest.strip("/"):
+        return None
+    host, _, path = rest.partition("/")
+    parts = [part for part in path.split("/") if part]
+    # The last path segment of a non-default scope is the permission's name.
+    resource = "/".join([host, *parts[:-1]])
+    return f"{scheme}://{resource}/.default" if host else None
+
+
 def check_scope(scope: str) -> str | None:
     """Return why ``scope`` is unusable for client credentials, or None when it is fine."""
     if not scope or any(c.isspace() for c in scope):
         return "must be exactly one scope with no spaces (one resource per token)"
     if not scope.endswith("/.default") or scope == "/.default":
-        return (
-            "client-credential flows need '<resource>/.default' "
-            "(e.g. 'https://storage.azure.com/.default')"
-        )
+        need = "client-credential flows need '<resource>/.default'"
+        own = default_scope_for(scope)
+        if own is not None:
+            return f"{need} (did you mean '{own}'?)"
+        return f"{need} (e.g. 'https://storage.azure.com/.default')"
     return None
 
 
