@@ -39,7 +39,7 @@ from collections.abc import Callable, Mapping
 from typing import Protocol
 
 from entra_tokend.httpserver import Handler, Request, Response
-from entra_tokend.logging import get_logger
+from entra_tokend.logging import get_logger, remember_secret
 from entra_tokend.metrics import Metrics
 from entra_tokend.model import AccessToken, EndpointSpec, Identity, resource_key, scope_of
 
@@ -84,6 +84,7 @@ class Endpoint:
         self._provider = provider
         self._metrics = metrics
         self._secret = spec.secret.encode()
+        remember_secret(spec.secret)  # redacted by value from every log line
         self._log = get_logger()
         metrics.endpoint_configured([g.resource for g in spec.grants])
 

@@ -148,6 +148,7 @@ class AcrExchange:
         a token per registry keeps registries independent.
         """
         entra = await self._inner.exchange(identity, scope, assertion)
+        remember_secret(entra.token)  # it never reaches a file, but may reach a log
         sent_at = self._clock.wall()
         results = await asyncio.gather(
             *(self._one(identity, r, entra.token) for r in self.registries),
