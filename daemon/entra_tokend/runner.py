@@ -91,7 +91,7 @@ class TokenRunner:
         self.succeeded_once = False
         self.done = False  # a refresh (and its hook) finished with a success
         self.fatal: str | None = None  # a configuration error (run --once gives up on it)
-        metrics.token_configured(spec.name, spec.identity)
+        metrics.token_configured(spec.name, spec.identity, hook=spec.hook is not None)
 
     # ---- state ---------------------------------------------------------------------------
 
@@ -189,17 +189,20 @@ class TokenRunner:
                 return
             self.schedule.started()
             token = self._reusable_undelivered() or await self._exchange_once(assertion)
-            if token is None:
-                return
-            try:
-                await self._output.deliver(token)
-            except WriteError as exc:
-                self._undelivered = token
-                delay = self.schedule.failed(Reason.WRITE_ERROR)
-                self._failed(Reason.WRITE_ERROR, {"detail": str(exc), "retry_in": round(delay, 2)})
-                return
-            self._undelivered = None
-            self._succeeded(token)
+        if token is None:
+            return
+        # Outside the limiter: `concurrency` bounds token requests in flight. A write waits for
+        # the disk (two fsyncs per file), and holding a request slot meanwhile left Entra's
+        # latency unused (bench/FINDINGS.md, issue 18).
+        try:
+            await self._output.deliver(token)
+        except WriteError as exc:
+            self._undelivered = token
+            delay = self.schedule.failed(Reason.WRITE_ERROR)
+            self._failed(Reason.WRITE_ERROR, {"detail": str(exc), "retry_in": round(delay, 2)})
+            return
+        self._undelivered = None
+        self._succeeded(token)
         if self.spec.hook is not None:
             from entra_tokend.hooks import run_hook  # noqa: PLC0415 - only when configured
 

@@ -7,6 +7,9 @@ an assertion or a request header. The bounds below (read per connection, so test
 them) are documented in ``httpserver``: head size, read timeout, connection count (idle
 connections are evicted oldest first, so they cannot starve the probes).
 
+``/metrics`` renders the exposition in a worker thread, so a scrape never holds the loop for
+longer than the interpreter's switch interval at a time.
+
 An ``Accept`` header that prometheus_client cannot parse (``application/openmetrics-text;
 version=abc``) gets the classic text format rather than an error.
 """
@@ -64,10 +67,13 @@ def _routes(metrics: Metrics, readiness: ReadinessFn) -> dict[str, Handler]:
     async def metrics_page(request: Request) -> Response:
         try:
             encoder, content_type = choose_encoder(request.headers.get("accept", ""))
-            body = encoder(metrics.registry)
         except (ValueError, TypeError):  # e.g. version=abc: answer in the classic format
             encoder, content_type = generate_latest, CONTENT_TYPE_LATEST
-            body = encoder(metrics.registry)
+        # In a worker thread: with 1,000 tokens the exposition takes tens of milliseconds of
+        # CPU, which refreshes and rotations would otherwise wait behind (bench/FINDINGS.md,
+        # issue 18). prometheus_client copies each family's children under its lock, so the
+        # loop may update metrics meanwhile; the GIL is handed back every switch interval.
+        body = await asyncio.to_thread(encoder, metrics.registry)
         return Response(200, body, content_type)
 
     return {"/healthz": healthz, "/readyz": readyz, "/metrics": metrics_page}
