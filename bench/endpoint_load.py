@@ -53,7 +53,8 @@ def _get(conn: http.client.HTTPConnection, resource: str, secret: str) -> float:
 FLOOR_SERVER = """
 import asyncio, sys
 size = int(sys.argv[1])
-reply = b"HTTP/1.1 200 OK\\r\\nContent-Type: application/json\\r\\nContent-Length: %d\\r\\n\\r\\n" % size
+head = "HTTP/1.1 200 OK\\r\\nContent-Type: application/json\\r\\nContent-Length: %d\\r\\n\\r\\n"
+reply = head.encode() % size
 reply += b'{"access_token": "' + b"x" * (size - 20) + b'"}'
 async def serve(reader, writer):
     while True:

@@ -76,7 +76,12 @@ def _inotify_wakeup(directory: Path, publish: Callable[[], None]) -> float:
         raise OSError(ctypes.get_errno(), "inotify")
     woke: list[float] = []
     try:
-        reader = threading.Thread(target=lambda: (os.read(fd, 4096), woke.append(time.monotonic())))
+
+        def wait() -> None:
+            os.read(fd, 4096)
+            woke.append(time.monotonic())
+
+        reader = threading.Thread(target=wait)
         reader.start()
         time.sleep(0.01)  # let the reader block in read()
         start = time.monotonic()
