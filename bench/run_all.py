@@ -361,6 +361,8 @@ def idle(
             }
         m = benchlib.memory(probe.pid)
         out["floor_probe"] = {
+            "label": "floor (bench/floor_probe.py: the same libraries, one HTTPS request)",
+            "tokens": 0,
             "rss_mib": m.rss_mib,
             "rss_anon_mib": mib(m.anon),
             "rss_file_mib": mib(m.file),
@@ -1179,8 +1181,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {opts.docs_path} from {opts.render}")
         return 0
     result = run(opts)
-    print_table(result)
     benchlib.write_json(opts.json_path, result)
+    print_table(result)
     print(f"\nwrote {opts.json_path}")
     if opts.docs:
         write_docs(result, opts.docs_path, opts.plot_path)

@@ -41,7 +41,9 @@ def test_configured_token_has_zero_series_the_alerts_read(live: LiveServer) -> N
     body = live.scrape()
     for token in ("graph", "blob"):
         for result in ("success", "failure"):
-            assert _value(body, "entra_tokend_token_refreshes_total", token=token, result=result) == 0
+            assert (
+                _value(body, "entra_tokend_token_refreshes_total", token=token, result=result) == 0
+            )
     # Per-reason series appear with their first failure; no alert rule reads them.
     for reason in REASONS:
         assert (

@@ -14,11 +14,12 @@ is using it. Its connections go through ``HTTPS_PROXY`` like any other, unless `
 excludes the token proxy's address.
 
 Concurrency is spread over several clients per key, each with at most ``SHARD_CONNECTIONS``
-connections; a leased request goes to the client with the fewest requests in flight. httpcore's pool walks every one of its
-connections on every request event (``_assign_requests_to_connections``: an expiry and
-readability check per connection), so one pool's cost per request grows with its size; measured
-here (bench/FINDINGS.md, issue 18) one pool of 64 connections made 1,000 requests 2-3x slower
-than one of 16, while four pools of 16 were faster than one of 16.
+connections; a leased request goes to the client with the fewest requests in flight (so
+sequential requests keep reusing one connection). httpcore's pool checks every one of its
+connections on every request event (``_assign_requests_to_connections``: ``has_expired``, a
+readability probe through anyio's extra attributes, getpeername included), so one pool's CPU
+per request grows with its size: at concurrency 16 that check was 44 % of the exchange's
+event-loop samples here (py-spy, bench/FINDINGS.md, issue 18).
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ class _Shards:
     flight (the first on a tie), so sequential requests reuse one connection and concurrent
     ones spread over every client's pool."""
 
-    __slots__ = ("clients", "_busy")
+    __slots__ = ("_busy", "clients")
 
     def __init__(self, clients: list[httpx.AsyncClient]) -> None:
         self.clients = clients
