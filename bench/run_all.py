@@ -831,6 +831,7 @@ def floor_figures(r: dict[str, Any]) -> list[dict[str, Any]]:
                 sc["healthz_quiet_max_ms"],
                 "ms",
                 max_value=20.0,
+                load=f"{bg['runs'][0]['load_after'][0]:.2f}",
                 note=f"bounds the event-loop time of one scrape; {sc['bytes'] / 1000:.0f} kB,"
                 f" {sc['daemon_cpu_ms_per_scrape']} ms daemon CPU per scrape (in a worker"
                 f" thread); /healthz p99 {sc['healthz_during_p99_ms']} ms during, "
@@ -993,7 +994,7 @@ def write_docs(r: dict[str, Any], path: Path, plot: Path | None) -> None:
         ),
         result_rows=md_rows(table_rows(r)),
         target_rows=md_rows(targets),
-        floor_rows=md_rows(fmt_floor_row(f) for f in r.get("floors", floor_figures(r))),
+        floor_rows=md_rows(fmt_floor_row(f) for f in floor_figures(r)),
         fleet_pods=f"{fl['pods']:,}",
         fleet_start_window=f"{fl['start_window_s']:g}",
         fleet_refresh_at=fl["policy"]["refresh_at"],
