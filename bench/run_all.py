@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import http.client
 import json
 import os
 import shutil
@@ -44,6 +45,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -77,7 +79,7 @@ class Options:
     serial: bool = False
     big_tokens: int = 1000
     big_delay: float = 0.05
-    big_concurrency: list[int | None] = field(default_factory=lambda: [None, 64])
+    big_concurrency: list[int | None] = field(default_factory=lambda: [None, 32, 64])
     tls: bool = True
     trust: str = "full"
     fleet: bool = True
@@ -87,6 +89,8 @@ class Options:
     plot_path: Path = PLOT
     keep: bool = False
     render: Path | None = None
+    scrapes: int = 20
+    endpoint_requests: int = 2000
 
 
 def log(msg: str) -> None:
@@ -291,9 +295,17 @@ def idle(
     window: float,
     settle: float,
 ) -> dict[str, Any]:
-    """Start every variant, wait until all are on disk, settle, then watch for ``window`` s."""
+    """Start every variant, wait until all are on disk, settle, then watch for ``window`` s.
+    ``floor_probe.py`` (the same stack, one HTTPS request) idles beside them: the floor."""
     out: dict[str, Any] = {"window_s": window, "settle_s": settle}
     with contextlib.ExitStack() as stack:
+        probe = subprocess.Popen(
+            [sys.executable, str(benchlib.BENCH_DIR / "floor_probe.py")],
+            env=base_env(emu.env, daemon_src=benchlib.source, pycache=pycache),
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        stack.callback(stop_process, probe)
         runs = []
         for v in variants:
             with env_of(emu, {**emu.env, **v.env}):
@@ -307,6 +319,9 @@ def idle(
                 )
         for _, d in runs:
             d.wait_all(120)
+        assert probe.stdout is not None
+        if not probe.stdout.readline().startswith("ready"):
+            raise benchlib.BenchError("floor_probe.py did not make its request")
         time.sleep(settle)
         out["load_before"] = benchlib.load()
         before = {v.key: benchlib.cpu(d.pid) for v, d in runs}
@@ -344,6 +359,15 @@ def idle(
                 ),
                 "involuntary_switches": after.involuntary_switches - b.involuntary_switches,
             }
+        m = benchlib.memory(probe.pid)
+        out["floor_probe"] = {
+            "label": "floor (bench/floor_probe.py: the same libraries, one HTTPS request)",
+            "tokens": 0,
+            "rss_mib": m.rss_mib,
+            "rss_anon_mib": mib(m.anon),
+            "rss_file_mib": mib(m.file),
+            "threads": m.threads,
+        }
         out["window_measured_s"] = round(elapsed, 2)
         out["load_after"] = benchlib.load()
     return out
@@ -379,6 +403,8 @@ def big(work: Path, pycache: Path, opts: Options, trust: str) -> dict[str, Any]:
                     seconds = d.wait_all(120, interval=0.005)
                     daemon_cpu = benchlib.cpu(d.pid).seconds
                     emu_cpu = benchlib.cpu(emu.pid).seconds - emu_cpu0
+                    if "scrape" not in out:
+                        out["scrape"] = scrape_load(d, opts.scrapes)
                     time.sleep(2.0)
                     settled = benchlib.memory(d.pid)
                     hwm = settled.hwm
@@ -399,6 +425,98 @@ def big(work: Path, pycache: Path, opts: Options, trust: str) -> dict[str, Any]:
                 benchlib.rmtree(work / f"c{tag}")
                 log(f"  {opts.big_tokens} tokens, concurrency {tag}: {seconds:.2f} s")
     return out
+
+
+def _healthz(conn: http.client.HTTPConnection) -> float:
+    started = time.perf_counter()
+    conn.request("GET", "/healthz")
+    conn.getresponse().read()
+    return time.perf_counter() - started
+
+
+def scrape_load(d: benchlib.DaemonRun, scrapes: int) -> dict[str, Any]:
+    """``/metrics`` of a daemon with every token on disk: its size, the daemon's CPU per scrape,
+    and how long ``/healthz`` (answered on the event loop) waits while scrapes run back to
+    back in another thread, beside the same probe with no scrape (the floor). A request that
+    arrives while the loop is held waits until it is free, so the longest wait bounds the
+    event-loop time a scrape takes in one piece."""
+    port = int(d.process.wait_event("listening")["listen"].rpartition(":")[2])
+    probe = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    quiet = [_healthz(probe) for _ in range(300)]
+    sizes: list[int] = []
+    stop = threading.Event()
+
+    def scrape_loop() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        for _ in range(scrapes):
+            conn.request("GET", "/metrics")
+            sizes.append(len(conn.getresponse().read()))
+        conn.close()
+        stop.set()
+
+    cpu0 = benchlib.cpu(d.pid).seconds
+    started = time.perf_counter()
+    scraper = threading.Thread(target=scrape_loop)
+    scraper.start()
+    busy: list[float] = []
+    while not stop.is_set():
+        busy.append(_healthz(probe))
+    scraper.join()
+    elapsed = time.perf_counter() - started
+    cpu_s = benchlib.cpu(d.pid).seconds - cpu0
+    probe.close()
+
+    def ms(values: list[float], q: float) -> float:
+        ordered = sorted(values)
+        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 3)
+
+    return {
+        "scrapes": scrapes,
+        "bytes": sizes[-1] if sizes else 0,
+        "scrape_ms_mean": round(elapsed * 1000 / scrapes, 2),
+        "daemon_cpu_ms_per_scrape": round(cpu_s * 1000 / scrapes, 2),
+        "healthz_during_p50_ms": ms(busy, 0.5),
+        "healthz_during_p99_ms": ms(busy, 0.99),
+        "healthz_during_max_ms": ms(busy, 1.0),
+        "healthz_quiet_p50_ms": ms(quiet, 0.5),
+        "healthz_quiet_p99_ms": ms(quiet, 0.99),
+        "healthz_quiet_max_ms": ms(quiet, 1.0),
+        "healthz_probes_during": len(busy),
+    }
+
+
+# ------------------------------------------------------------------------------- endpoint
+
+
+def endpoint(work: Path, pycache: Path, opts: Options) -> dict[str, Any]:
+    """``bench/endpoint_load.py`` in a subprocess (its own emulator and daemon)."""
+    work.mkdir(parents=True, exist_ok=True)
+    path = work / "endpoint.json"
+    load_before = benchlib.load()
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(benchlib.BENCH_DIR / "endpoint_load.py"),
+            "--requests",
+            str(opts.endpoint_requests),
+            "--rate",
+            "200",
+            "--json",
+            str(path),
+        ],
+        env=base_env(daemon_src=benchlib.source, pycache=pycache),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    if done.returncode != 0 or not path.exists():
+        return {"error": f"exited {done.returncode}: {done.stderr[-1500:]}"}
+    data: dict[str, Any] = json.loads(path.read_text())
+    data.pop("machine", None)
+    data["load_before"] = load_before
+    data["load_after"] = benchlib.load()
+    return data
 
 
 # ------------------------------------------------------------------------------- rotation
@@ -634,6 +752,161 @@ def table_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
     return rows
 
 
+def floor_figures(r: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue 18's figures, each beside its floor measured in the same run: figure, result,
+    floor, ratio (result / floor), target (as a ratio or an absolute bound), met, load."""
+    rows: list[dict[str, Any]] = []
+
+    def add(
+        figure: str,
+        result: float,
+        floor: float | None,
+        unit: str,
+        *,
+        max_ratio: float | None = None,
+        max_value: float | None = None,
+        load: str = "",
+        note: str = "",
+    ) -> None:
+        ratio = round(result / floor, 2) if floor else None
+        met = True
+        if max_ratio is not None:
+            met = ratio is not None and ratio <= max_ratio
+        if max_value is not None:
+            met = met and result <= max_value
+        target = " and ".join(
+            t
+            for t in (
+                f"≤ {max_ratio:g}× floor" if max_ratio is not None else "",
+                f"≤ {max_value:g} {unit}" if max_value is not None else "",
+            )
+            if t
+        )
+        rows.append(
+            {
+                "figure": figure,
+                "result": result,
+                "floor": floor,
+                "unit": unit,
+                "ratio": ratio,
+                "target": target,
+                "met": met,
+                "load": load,
+                "note": note,
+            }
+        )
+
+    rot = r.get("rotation", {})
+    fl = rot.get("floor")
+    if "p99_ms" in rot and fl:
+        add(
+            "rotation → new token on disk, p99",
+            rot["p99_ms"],
+            fl["p50_ms"],
+            "ms",
+            max_ratio=3.0,
+            load=f"{rot['load_when_waited'][0]:.2f}",
+            note=f"p50 {rot['p50_ms']:.1f} ms; floor = inotify wake-up {fl['inotify_p50_ms']:.2f}"
+            f" + HTTPS token request {fl['https_round_trip_p50_ms']:.2f} ms (p50s)",
+        )
+    bg = r.get("big")
+    if bg:
+        for run in bg["runs"]:
+            add(
+                f"{bg['tokens']} tokens at +{bg['delay_s'] * 1000:.0f} ms, concurrency "
+                f"{run['concurrency']}: all on disk",
+                run["all_on_disk_s"],
+                run["floor_s"],
+                "s",
+                max_ratio=1.1,
+                load=f"{run['load_before'][0]:.2f}→{run['load_after'][0]:.2f}",
+                note=f"floor = tokens × latency / concurrency; daemon CPU {run['daemon_cpu_s']} s,"
+                f" emulator {run['emulator_cpu_s']} s",
+            )
+        sc = bg.get("scrape")
+        if sc:
+            add(
+                f"/metrics with {bg['tokens']} tokens: longest /healthz wait during scrapes",
+                sc["healthz_during_max_ms"],
+                sc["healthz_quiet_max_ms"],
+                "ms",
+                max_value=20.0,
+                load=f"{bg['runs'][0]['load_after'][0]:.2f}",
+                note=f"bounds the event-loop time of one scrape; {sc['bytes'] / 1000:.0f} kB,"
+                f" {sc['daemon_cpu_ms_per_scrape']} ms daemon CPU per scrape (in a worker"
+                f" thread); /healthz p99 {sc['healthz_during_p99_ms']} ms during, "
+                f"{sc['healthz_quiet_p99_ms']} ms quiet (floor column: longest quiet wait)",
+            )
+    idle_r = r.get("idle", {})
+    ld = (
+        f"{idle_r['load_before'][0]:.2f}→{idle_r['load_after'][0]:.2f}"
+        if "load_before" in idle_r
+        else ""
+    )
+    probe = idle_r.get("floor_probe")
+    if probe and "daemon_1" in idle_r:
+        add(
+            "idle RSS, 1 token",
+            idle_r["daemon_1"]["rss_mib"],
+            probe["rss_mib"],
+            "MiB",
+            max_ratio=1.1,
+            load=ld,
+            note="floor: bench/floor_probe.py (the same libraries imported, one HTTPS request)",
+        )
+    if "daemon_1000" in idle_r and "daemon_1" in idle_r:
+        per_token = (idle_r["daemon_1000"]["rss_mib"] - idle_r["daemon_1"]["rss_mib"]) * 1024 / 999
+        add(
+            "memory per token (idle RSS, 1,000 tokens − 1 token) / 999",
+            round(per_token, 2),
+            None,
+            "KiB",
+            max_value=8.0,
+            load=ld,
+            note=f"1,000 tokens {idle_r['daemon_1000']['rss_mib']:.1f} MiB",
+        )
+    ep = r.get("endpoint", {})
+    if "cached" in ep:
+        ld = f"{ep['load_before'][0]:.2f}→{ep['load_after'][0]:.2f}"
+        add(
+            f"endpoint, cached token at {ep['cached']['rate_per_s']:g}/s: p99",
+            ep["cached"]["p99_ms"],
+            ep["floor"]["p99_ms"],
+            "ms",
+            max_value=2.0,
+            load=ld,
+            note=f"p50 {ep['cached']['p50_ms']} ms (floor {ep['floor']['p50_ms']}); floor: the "
+            f"same client against a process answering at once; "
+            f"{ep['cached']['daemon_cpu_ms_per_request']} ms daemon CPU per request",
+        )
+        add(
+            f"endpoint, {ep['burst']['concurrent_first_requests']} concurrent first requests:"
+            " Entra requests",
+            ep["burst"]["entra_requests"],
+            1,
+            "",
+            max_ratio=1.0,
+            load=ld,
+            note=f"slowest caller {ep['burst']['max_ms']} ms",
+        )
+    return rows
+
+
+def fmt_floor_row(f: dict[str, Any]) -> tuple[str, ...]:
+    """One floor row as text cells."""
+    unit = f" {f['unit']}" if f["unit"] else ""
+    return (
+        f["figure"],
+        f"{f['result']:g}{unit}",
+        "–" if f["floor"] is None else f"{f['floor']:g}{unit}",
+        "–" if f["ratio"] is None else f"{f['ratio']:g}×",
+        f["target"],
+        "met" if f["met"] else "MISSED",
+        f["load"],
+        f["note"],
+    )
+
+
 def print_table(r: dict[str, Any]) -> None:
     """The side-by-side table and the verdicts on stdout."""
     rows = table_rows(r)
@@ -647,6 +920,13 @@ def print_table(r: dict[str, Any]) -> None:
     print()
     for v in r["verdicts"]:
         print(f"target: {v['target']}: {fmt_verdict(v)}")
+    print()
+    for f in r.get("floors", []):
+        cells = fmt_floor_row(f)
+        print(
+            f"{cells[0]}: {cells[1]} (floor {cells[2]}, {cells[3]}; target {cells[4]}: "
+            f"{cells[5]}; load {cells[6]})"
+        )
 
 
 def md_rows(rows: Iterable[Sequence[str]]) -> str:
@@ -714,6 +994,7 @@ def write_docs(r: dict[str, Any], path: Path, plot: Path | None) -> None:
         ),
         result_rows=md_rows(table_rows(r)),
         target_rows=md_rows(targets),
+        floor_rows=md_rows(fmt_floor_row(f) for f in floor_figures(r)),
         fleet_pods=f"{fl['pods']:,}",
         fleet_start_window=f"{fl['start_window_s']:g}",
         fleet_refresh_at=fl["policy"]["refresh_at"],
@@ -752,10 +1033,13 @@ def run(opts: Options) -> dict[str, Any]:
                 r["cold_start"] = cold_start(emu, tmp / "cold", pycache, opts.repeats, hashed_cold)
             log(f"{opts.big_tokens} tokens at {opts.big_delay * 1000:.0f} ms")
             r["big"] = big(tmp / "big", pycache, opts, opts.trust)
+            log(f"managed-identity endpoint ({opts.endpoint_requests} requests at 200/s)")
+            r["endpoint"] = endpoint(tmp / "endpoint", pycache, opts)
             variants = [
                 IdleVariant("daemon_1", "1 token", 1),
                 IdleVariant("daemon_10", "10 tokens", 10),
                 IdleVariant("daemon_100", "100 tokens", 100),
+                IdleVariant("daemon_1000", "1000 tokens", 1000),
                 IdleVariant(
                     "daemon_10_arena2",
                     "10 tokens, MALLOC_ARENA_MAX=2",
@@ -811,6 +1095,7 @@ def run(opts: Options) -> dict[str, Any]:
     r["finished_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     r["elapsed_s"] = round(time.monotonic() - t0, 1)
     r["verdicts"] = verdicts(r)
+    r["floors"] = floor_figures(r)
     return r
 
 
@@ -828,8 +1113,8 @@ def parse_args(argv: list[str] | None) -> Options:
     p.add_argument("--big-delay", type=float, default=0.05, help="seconds per token request")
     p.add_argument(
         "--big-concurrency",
-        default="default,64",
-        help="comma-separated daemon concurrency settings for the big run (default: default,64)",
+        default="default,32,64",
+        help="comma-separated daemon concurrency settings for the big run (default: default,32,64)",
     )
     p.add_argument("--tls", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument(
@@ -880,6 +1165,7 @@ def parse_args(argv: list[str] | None) -> Options:
     )
     if a.quick:
         opts.repeats, opts.idle_window, opts.settle, opts.rotations = 2, 10.0, 2.0, 10
+        opts.endpoint_requests, opts.scrapes = 400, 5
         opts.docs = False
         if a.json == RESULTS:
             opts.json_path = RESULTS.with_name("quick.json")
@@ -896,8 +1182,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {opts.docs_path} from {opts.render}")
         return 0
     result = run(opts)
-    print_table(result)
     benchlib.write_json(opts.json_path, result)
+    print_table(result)
     print(f"\nwrote {opts.json_path}")
     if opts.docs:
         write_docs(result, opts.docs_path, opts.plot_path)

@@ -154,18 +154,23 @@ class Metrics:
         # token -> identity, so an identity's series go away with its last token.
         self._tokens: dict[str, str] = {}
 
-    def token_configured(self, token: str, identity: str) -> None:
-        """Create every series of *token* (and its identity) at zero, so rates and alerts work
-        from the first scrape instead of appearing only after the first event."""
+    def token_configured(self, token: str, identity: str, *, hook: bool = False) -> None:
+        """Create the series the alerts read at zero, so rates and alerts work from the first
+        scrape: ``token_refreshes_total`` for both results (EntraTokendRefreshFailing), the
+        identity's histogram and rotation counter, and ``hook_failures_total`` when the token
+        has a hook (EntraTokendHookFailing). Per-reason failure series appear with the first
+        failure of that reason: 8 zero series per token were most of the exposition and of the
+        memory per token (bench/FINDINGS.md, issue 18), and no rule reads them."""
         previous = self._tokens.get(token)
         self._tokens[token] = identity
         if previous is not None and previous != identity:
             self._drop_identity_if_unused(previous)
         for result in RESULTS:
             self._refreshes.labels(token=token, result=result)
-        for reason in REASONS:
-            self._failures.labels(token=token, reason=reason)
-        self._hook_failures.labels(token=token)
+        if hook:
+            self._hook_failures.labels(token=token)
+        else:
+            _remove(self._hook_failures, token)
         # 0 means "never" (README): no token on disk yet, no successful refresh yet.
         self._token_expiry.labels(token=token)
         self._token_last_success.labels(token=token)

@@ -16,7 +16,6 @@ States::
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable
 from enum import StrEnum
 from typing import Any, Protocol
@@ -83,7 +82,9 @@ class TokenRunner:
         self._log = get_logger(token=spec.name, identity=spec.identity)
         self._state = State.PENDING
         self._last_failure: tuple[Any, ...] | None = None  # to log repeats quietly
-        self._wake = asyncio.Event()
+        # Set while the task sleeps; wake() resolves it. One future and one timer handle per
+        # sleeping token (an Event under wait_for cost two more tasks and futures each).
+        self._waiter: asyncio.Future[None] | None = None
         # A token whose delivery failed (disk full): the next attempt writes it again rather
         # than asking Entra for another, while it has at least half its lifetime left.
         self._undelivered: AccessToken | None = None
@@ -93,7 +94,7 @@ class TokenRunner:
         self.fatal: str | None = None  # a configuration error (run --once gives up on it)
         self.last_failure: str | None = None  # "reason: detail" of the latest failed attempt
         self.once = False  # run --once: no refresh follows a success, so none is announced
-        metrics.token_configured(spec.name, spec.identity)
+        metrics.token_configured(spec.name, spec.identity, hook=spec.hook is not None)
 
     # ---- state ---------------------------------------------------------------------------
 
@@ -137,18 +138,19 @@ class TokenRunner:
             self.task.cancel()
 
     def wake(self) -> None:
-        """Re-evaluate the schedule now (a wall-clock jump, a forced refresh)."""
-        self._wake.set()
+        """Re-evaluate the schedule now (a wall-clock jump, a forced refresh). A no-op while
+        an attempt runs: the loop asks the schedule again when it ends."""
+        _resolve(self._waiter)
 
     def refresh_now(self) -> None:
         """Make the token due now and wake it (``run --once``)."""
         self.schedule.retry_now()
-        self._wake.set()
+        self.wake()
 
     def on_rotation(self) -> None:
         """Subscription callback: the identity's assertion changed."""
         if self.schedule.rotated():
-            self._wake.set()
+            self.wake()
 
     # ---- the loop ------------------------------------------------------------------------
 
@@ -158,9 +160,7 @@ class TokenRunner:
             self._readiness.changed(self.spec.name)
             wait = self.schedule.wake_in()
             if wait > 0:
-                self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=wait)
+                await self._sleep(wait)
                 continue
             try:
                 await self.refresh()
@@ -178,6 +178,17 @@ class TokenRunner:
                 if self._on_attempt is not None:
                     self._on_attempt(self)
 
+    async def _sleep(self, seconds: float) -> None:
+        """Sleep ``seconds`` or until ``wake``."""
+        loop = asyncio.get_running_loop()
+        self._waiter = waiter = loop.create_future()
+        timer = loop.call_later(seconds, _resolve, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self._waiter = None
+
     async def refresh(self) -> None:
         """One attempt: assertion → exchange → output → hook. Failures are handled here."""
         async with self._limiter:
@@ -191,17 +202,20 @@ class TokenRunner:
                 return
             self.schedule.started()
             token = self._reusable_undelivered() or await self._exchange_once(assertion)
-            if token is None:
-                return
-            try:
-                await self._output.deliver(token)
-            except WriteError as exc:
-                self._undelivered = token
-                delay = self.schedule.failed(Reason.WRITE_ERROR)
-                self._failed(Reason.WRITE_ERROR, {"detail": str(exc), "retry_in": round(delay, 2)})
-                return
-            self._undelivered = None
-            self._succeeded(token)
+        if token is None:
+            return
+        # Outside the limiter: `concurrency` bounds token requests in flight. A write waits for
+        # the disk (two fsyncs per file), and holding a request slot meanwhile left Entra's
+        # latency unused (bench/FINDINGS.md, issue 18).
+        try:
+            await self._output.deliver(token)
+        except WriteError as exc:
+            self._undelivered = token
+            delay = self.schedule.failed(Reason.WRITE_ERROR)
+            self._failed(Reason.WRITE_ERROR, {"detail": str(exc), "retry_in": round(delay, 2)})
+            return
+        self._undelivered = None
+        self._succeeded(token)
         if self.spec.hook is not None:
             from entra_tokend.hooks import run_hook  # noqa: PLC0415 - only when configured
 
@@ -278,3 +292,8 @@ class TokenRunner:
             fields["current_token_expires_in"] = int(self.schedule.expires.remaining(self._clock))
         method = self._log.debug if repeat else (self._log.error if error else self._log.warning)
         method("token refresh failed", reason=str(reason), **fields)
+
+
+def _resolve(waiter: asyncio.Future[None] | None) -> None:
+    if waiter is not None and not waiter.done():
+        waiter.set_result(None)

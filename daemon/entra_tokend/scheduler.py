@@ -26,6 +26,11 @@ __all__ = [
     "refresh_delay",
 ]
 
+SHARED_RNG = random.Random()
+"""The process's one source of jitter. A ``random.Random`` holds 2.5 KiB of Mersenne Twister
+state; one per schedule was a sixth of the memory per token (bench/FINDINGS.md, issue 18).
+The schedules share the event loop's thread, so draws never interleave."""
+
 # How often the daemon compares the wall and monotonic clocks to notice a jump.
 MAX_SLEEP = 60.0
 
@@ -135,7 +140,7 @@ class TokenSchedule:
     def __init__(self, policy: Policy, clock: Clock, rng: random.Random | None = None) -> None:
         self.policy = policy
         self.clock = clock
-        self.rng = rng or random.Random()
+        self.rng = rng or SHARED_RNG  # tests inject a seeded one
         self.due = Deadline.after(clock, 0.0)
         self.expires: Deadline | None = None
         self.failures = 0

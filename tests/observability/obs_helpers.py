@@ -133,7 +133,7 @@ def request(
 
 def populate(metrics: Metrics) -> None:
     """Give every metric family at least one sample, as a daemon in steady state would."""
-    metrics.token_configured("graph", "default")
+    metrics.token_configured("graph", "default", hook=True)
     metrics.token_configured("storage", "default")
     metrics.token_written("graph", expires_on=1_900_000_000.0, now=1_899_996_400.0)
     metrics.refresh_failed("storage", Reason.THROTTLED)

@@ -35,17 +35,35 @@ def test_build_info_and_ready_exist_from_the_start(live: LiveServer) -> None:
     assert _value(body, "entra_tokend_ready") == 0
 
 
-def test_configured_token_has_zero_series_for_every_result_and_reason(live: LiveServer) -> None:
+def test_configured_token_has_zero_series_the_alerts_read(live: LiveServer) -> None:
     live.metrics.token_configured("graph", "wi")
+    live.metrics.token_configured("blob", "wi", hook=True)
     body = live.scrape()
-    for result in ("success", "failure"):
-        assert _value(body, "entra_tokend_token_refreshes_total", token="graph", result=result) == 0
+    for token in ("graph", "blob"):
+        for result in ("success", "failure"):
+            assert (
+                _value(body, "entra_tokend_token_refreshes_total", token=token, result=result) == 0
+            )
+    # Per-reason series appear with their first failure; no alert rule reads them.
     for reason in REASONS:
         assert (
             _value(body, "entra_tokend_token_refresh_failures_total", token="graph", reason=reason)
-            == 0
+            is None
         )
-    assert _value(body, "entra_tokend_hook_failures_total", token="graph") == 0
+    # EntraTokendHookFailing takes increase() of the hook counter: it exists at 0 for a token
+    # with a hook, and not at all for one without.
+    assert _value(body, "entra_tokend_hook_failures_total", token="blob") == 0
+    assert _value(body, "entra_tokend_hook_failures_total", token="graph") is None
+    live.metrics.refresh_failed("graph", Reason.THROTTLED)
+    body = live.scrape()
+    assert (
+        _value(body, "entra_tokend_token_refresh_failures_total", token="graph", reason="throttled")
+        == 1
+    )
+    assert (
+        _value(body, "entra_tokend_token_refresh_failures_total", token="graph", reason="network")
+        is None
+    )
     assert _value(body, "entra_tokend_assertion_rotations_total", identity="wi") == 0
     assert _value(body, "entra_tokend_exchange_duration_seconds_count", identity="wi") == 0
     # Before the first success both timestamps are 0, which means "never" (README): the series
@@ -82,7 +100,7 @@ def test_refresh_failed_counts_by_reason(live: LiveServer) -> None:
     assert _value(body, refreshes, token="graph", result="failure") == 3
     assert _value(body, failures, token="graph", reason="throttled") == 2
     assert _value(body, failures, token="graph", reason="write_error") == 1
-    assert _value(body, failures, token="graph", reason="network") == 0
+    assert _value(body, failures, token="graph", reason="network") is None  # none yet
 
 
 def test_unknown_reason_is_rejected() -> None:
@@ -127,7 +145,7 @@ def test_assertion_expiry_and_rotations(live: LiveServer) -> None:
 
 
 def test_hook_failures_and_ready(live: LiveServer) -> None:
-    live.metrics.token_configured("graph", "default")
+    live.metrics.token_configured("graph", "default", hook=True)
     live.metrics.hook_failed("graph")
     live.metrics.set_ready(True)
     body = live.scrape()

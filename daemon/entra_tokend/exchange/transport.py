@@ -12,6 +12,14 @@ its TLS server name and the CA bundle's fingerprint (``tokenproxy.ProxyTrust``):
 file rotates, the next request gets a new client, and the old one is closed once no request
 is using it. Its connections go through ``HTTPS_PROXY`` like any other, unless ``NO_PROXY``
 excludes the token proxy's address.
+
+Concurrency is spread over several clients per key, each with at most ``SHARD_CONNECTIONS``
+connections; a leased request goes to the client with the fewest requests in flight (so
+sequential requests keep reusing one connection). httpcore's pool checks every one of its
+connections on every request event (``_assign_requests_to_connections``: ``has_expired``, a
+readability probe through anyio's extra attributes, getpeername included), so one pool's CPU
+per request grows with its size: at concurrency 16 that check was 44 % of the exchange's
+event-loop samples here (py-spy, bench/FINDINGS.md, issue 18).
 """
 
 from __future__ import annotations
@@ -31,6 +39,53 @@ from entra_tokend.logging import get_logger
 from entra_tokend.model import Identity
 
 USER_AGENT = f"entra-tokend/{__version__}"
+
+SHARD_CONNECTIONS = 4
+"""Most connections one httpx client (one httpcore pool) is given; see the module docstring."""
+
+
+def shard_sizes(max_connections: int) -> list[int]:
+    """``max_connections`` split over as few clients as keep each at or under
+    ``SHARD_CONNECTIONS``, as evenly as possible (e.g. 40 -> [14, 13, 13]). At least one
+    client of one connection."""
+    total = max(1, max_connections)
+    count = -(-total // SHARD_CONNECTIONS)
+    base, extra = divmod(total, count)
+    return [base + 1 if i < extra else base for i in range(count)]
+
+
+class _Shards:
+    """The clients of one key. A request goes to the client with the fewest requests in
+    flight (the first on a tie), so sequential requests reuse one connection and concurrent
+    ones spread over every client's pool."""
+
+    __slots__ = ("_busy", "clients")
+
+    def __init__(self, clients: list[httpx.AsyncClient]) -> None:
+        self.clients = clients
+        self._busy = [0] * len(clients)
+
+    def _least_busy(self) -> int:
+        busy = self._busy
+        return busy.index(min(busy))
+
+    def take(self) -> httpx.AsyncClient:
+        """The least busy client, for a caller that does not report when it is done."""
+        return self.clients[self._least_busy()]
+
+    @asynccontextmanager
+    async def hold(self) -> AsyncIterator[httpx.AsyncClient]:
+        """The least busy client, counted as busy until the block ends."""
+        index = self._least_busy()
+        self._busy[index] += 1
+        try:
+            yield self.clients[index]
+        finally:
+            self._busy[index] -= 1
+
+    async def aclose(self) -> None:
+        for client in self.clients:
+            await client.aclose()
 
 
 def default_cafile() -> str | None:
@@ -56,7 +111,8 @@ ClientKey = tuple[object, ...]
 
 class ClientPool:
     """The process's HTTP clients. ``timeout`` seconds per request phase; ``max_connections``
-    per client."""
+    per destination key (CA bundle and proxy), spread over ``shard_sizes(max_connections)``
+    clients."""
 
     def __init__(
         self,
@@ -67,9 +123,11 @@ class ClientPool:
     ) -> None:
         self.timeout = timeout
         self._timeout = httpx.Timeout(timeout)
-        self._limits = httpx.Limits(
-            max_connections=max_connections, max_keepalive_connections=max_connections
-        )
+        self.max_connections = max_connections
+        self._limits = [
+            httpx.Limits(max_connections=size, max_keepalive_connections=size)
+            for size in shard_sizes(max_connections)
+        ]
         self._transport = transport
         self.proxies = ProxySettings.from_env(os.environ if env is None else env)
         for entry in self.proxies.unusable:
@@ -77,38 +135,46 @@ class ClientPool:
                 "NO_PROXY entry ignored: not a host, domain, IP address or CIDR range",
                 entry=entry,
             )
-        self._clients: dict[ClientKey, httpx.AsyncClient] = {}
+        self._clients: dict[ClientKey, _Shards] = {}
         self._trusts: dict[ClientKey, ProxyTrust] = {}
         self._leases: dict[ClientKey, int] = {}
         self._retired: set[ClientKey] = set()
 
-    def _client(
-        self, key: ClientKey, verify: ssl.SSLContext | None, proxy: str | None
-    ) -> httpx.AsyncClient:
-        client = self._clients.get(key)
-        if client is None:
-            client = httpx.AsyncClient(
-                verify=verify if self._transport is None and verify is not None else True,
-                timeout=self._timeout,
-                limits=self._limits,
-                trust_env=False,  # proxies are chosen by ProxySettings; no .netrc
-                proxy=proxy,
-                follow_redirects=False,
-                headers={"User-Agent": USER_AGENT},
-                transport=self._transport,
+    def _shards(self, key: ClientKey, verify: ssl.SSLContext | None, proxy: str | None) -> _Shards:
+        shards = self._clients.get(key)
+        if shards is None:
+            shards = _Shards(
+                [
+                    httpx.AsyncClient(
+                        verify=verify if self._transport is None and verify is not None else True,
+                        timeout=self._timeout,
+                        limits=limits,
+                        trust_env=False,  # proxies are chosen by ProxySettings; no .netrc
+                        proxy=proxy,
+                        follow_redirects=False,
+                        headers={"User-Agent": USER_AGENT},
+                        transport=self._transport,
+                    )
+                    for limits in self._limits
+                ]
             )
-            self._clients[key] = client
-        return client
+            self._clients[key] = shards
+        return shards
 
     def client(self, ca_file: Path | None, url: str) -> httpx.AsyncClient:
-        """The client for a request to ``url`` trusting ``ca_file`` (None: the default trust
-        store), through the proxy the environment chooses for ``url``."""
+        """A client for a request to ``url`` trusting ``ca_file`` (None: the default trust
+        store), through the proxy the environment chooses for ``url``: of that key's clients
+        (which share one TLS context), the one with the fewest leased requests in flight."""
+        return self._direct(ca_file, url).take()
+
+    def _direct(self, ca_file: Path | None, url: str) -> _Shards:
         proxy = None if self._transport is not None else self.proxies.proxy_for(url)
         ca = str(ca_file) if ca_file else None
         key: ClientKey = (ca, proxy)
-        if key in self._clients:
-            return self._clients[key]
-        return self._client(key, ssl_context(ca) if self._transport is None else None, proxy)
+        shards = self._clients.get(key)
+        if shards is not None:
+            return shards
+        return self._shards(key, ssl_context(ca) if self._transport is None else None, proxy)
 
     @asynccontextmanager
     async def lease(self, identity: Identity, url: str) -> AsyncIterator[httpx.AsyncClient]:
@@ -121,7 +187,8 @@ class ClientPool:
         ``tokenproxy.TrustUnavailable`` when the proxy CA file never held a usable bundle.
         """
         if identity.token_proxy is None:
-            yield self.client(identity.ca_file, url)
+            async with self._direct(identity.ca_file, url).hold() as client:
+                yield client
             return
         settings: ClientKey = (
             identity.token_proxy,
@@ -145,10 +212,11 @@ class ClientPool:
             if len(other) == 4 and other[:2] == key[:2] and other != key:
                 self._retired.add(other)  # left behind by a CA rotation
                 await self._close_if_idle(other)
-        client = self._client(key, context, proxy)
+        shards = self._shards(key, context, proxy)
         self._leases[key] = self._leases.get(key, 0) + 1
         try:
-            yield client
+            async with shards.hold() as client:
+                yield client
         finally:
             self._leases[key] -= 1
             await self._close_if_idle(key)
@@ -157,14 +225,14 @@ class ClientPool:
         if key in self._retired and not self._leases.get(key):
             self._retired.discard(key)
             self._leases.pop(key, None)
-            client = self._clients.pop(key, None)
-            if client is not None:
-                await client.aclose()
+            shards = self._clients.pop(key, None)
+            if shards is not None:
+                await shards.aclose()
 
     async def aclose(self) -> None:
         """Close every client (idle connections included)."""
-        for client in self._clients.values():
-            await client.aclose()
+        for shards in self._clients.values():
+            await shards.aclose()
         self._clients.clear()
         self._leases.clear()
         self._retired.clear()
