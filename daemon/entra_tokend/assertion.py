@@ -10,6 +10,7 @@ import base64
 import binascii
 import hashlib
 import json
+import math
 import os
 import stat
 from dataclasses import dataclass, field
@@ -84,10 +85,21 @@ def decode_claims(token: str) -> dict[str, Any]:
     return claims
 
 
-def _number(value: Any) -> float | None:
+# Claims are unix seconds; beyond year 9999 (or negative) no clock or datetime can represent
+# them, so such a token is malformed rather than a crash waiting in a log line.
+MAX_TIMESTAMP = 253402300799.0
+
+
+def _number(value: Any, claim: str) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    return float(value)
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if not 0 <= number <= MAX_TIMESTAMP:
+        raise AssertionMalformed(f"token file holds a JWT whose {claim} claim is out of range")
+    return number
 
 
 def _string(value: Any) -> str | None:
@@ -98,7 +110,8 @@ def parse_assertion(content: bytes) -> Assertion:
     """Parse a token file's bytes into an Assertion. Raises AssertionMalformed."""
     if len(content) > MAX_ASSERTION_BYTES:
         raise AssertionMalformed(
-            f"token file is {len(content)} bytes; a projected token is far smaller"
+            f"token file is larger than {MAX_ASSERTION_BYTES} bytes; a projected token is "
+            "far smaller"
         )
     try:
         token = content.decode("ascii").strip()
@@ -114,8 +127,8 @@ def parse_assertion(content: bytes) -> Assertion:
     return Assertion(
         token=token,
         fingerprint=hashlib.sha256(token.encode()).hexdigest(),
-        expires_on=_number(claims.get("exp")),
-        issued_at=_number(claims.get("iat")),
+        expires_on=_number(claims.get("exp"), "exp"),
+        issued_at=_number(claims.get("iat"), "iat"),
         iss=_string(claims.get("iss")),
         sub=_string(claims.get("sub")),
         aud=audiences if isinstance(aud, str | list) else (),

@@ -34,7 +34,12 @@ Subscriber = Callable[[], None]
 
 def iso(ts: float | None) -> str | None:
     """A unix time as ISO 8601 UTC (for log fields); None stays None."""
-    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
+    if ts is None:
+        return None
+    try:
+        return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
+    except (OverflowError, ValueError, OSError):  # outside what datetime represents
+        return str(ts)
 
 
 class AssertionProvider(Protocol):

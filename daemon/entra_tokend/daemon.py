@@ -23,11 +23,12 @@ from entra_tokend import __version__, sdnotify
 from entra_tokend.config import Config, ConfigError
 from entra_tokend.credentials import CredentialSource
 from entra_tokend.exchange import AcrExchange, ClientPool, EntraExchange
+from entra_tokend.hooks import hide_from_hooks
 from entra_tokend.listener import address_text, server_address
 from entra_tokend.lock import LockError, LockHeld
-from entra_tokend.logging import get_logger
+from entra_tokend.logging import get_logger, remember_secret
 from entra_tokend.metrics import Metrics
-from entra_tokend.model import Clock, SystemClock, TokenSpec
+from entra_tokend.model import Clock, EndpointSpec, SystemClock, TokenSpec
 from entra_tokend.outputdir import OutputDirectory
 from entra_tokend.outputs import FileOutput
 from entra_tokend.outputs.memory import MemoryOutput
@@ -84,6 +85,8 @@ class Daemon:
             config.output_dir, self.metrics, allow_world_writable=config.allow_world_writable
         )
         self.clock_check_interval = MAX_SLEEP
+        if config.endpoint is not None:  # also in --once, which serves no endpoint
+            self._protect_endpoint_secret(config.endpoint)
         self._apply(config)
 
     # ---- configuration -------------------------------------------------------------------
@@ -215,6 +218,14 @@ class Daemon:
         )
 
     # ---- start-up and shutdown -----------------------------------------------------------
+
+    @staticmethod
+    def _protect_endpoint_secret(spec: EndpointSpec) -> None:
+        """The endpoint's secret is redacted from every log line by value, and the variable it
+        comes from is never passed to a hook (a hook printing its environment would show it)."""
+        remember_secret(spec.secret)
+        if spec.secret_source.startswith("secret_env = "):
+            hide_from_hooks(spec.secret_source.removeprefix("secret_env = "))
 
     def _token_dirs(self) -> set[Path]:
         return {spec.path.parent for spec in self.config.tokens.values()}

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import math
 import time
 from collections.abc import Callable, Mapping
 from typing import Protocol
@@ -45,6 +46,8 @@ from entra_tokend.model import AccessToken, EndpointSpec, Identity, resource_key
 
 API_VERSION = "2019-08-01"
 PATH = "/msi/token"
+DENIED_LOG_INTERVAL = 10.0
+"""Seconds between log lines for denied requests of one (peer host, reason)."""
 """The endpoint's path: ``IDENTITY_ENDPOINT=http://127.0.0.1:PORT/msi/token`` (App Service's)."""
 HEADER = "x-identity-header"
 UNSUPPORTED_SELECTORS = ("mi_res_id", "msi_res_id", "object_id", "principal_id")
@@ -84,6 +87,7 @@ class Endpoint:
         self._provider = provider
         self._metrics = metrics
         self._secret = spec.secret.encode()
+        self._denied_log: dict[tuple[str, str], tuple[float, int]] = {}
         remember_secret(spec.secret)  # redacted by value from every log line
         self._log = get_logger()
         metrics.endpoint_configured([g.resource for g in spec.grants])
@@ -102,9 +106,22 @@ class Endpoint:
     def _denied(
         self, request: Request, status: int, result: str, reason: str, resource: str = "other"
     ) -> tuple[Response, str, str]:
-        self._log.warning(
-            "endpoint request denied", peer=request.peer, status=status, reason=reason
-        )
+        # One line per (peer host, reason) per DENIED_LOG_INTERVAL: a flood of bad requests
+        # must not flood the log (each is still counted in the requests metric).
+        host = request.peer.rsplit(":", 1)[0]
+        now = time.monotonic()
+        key = (host, reason)
+        last, suppressed = self._denied_log.get(key, (-math.inf, 0))
+        if now - last >= DENIED_LOG_INTERVAL:
+            fields = {"suppressed": suppressed} if suppressed else {}
+            self._log.warning(
+                "endpoint request denied", peer=request.peer, status=status, reason=reason, **fields
+            )
+            if len(self._denied_log) >= 1024:  # bounded: many peers cost memory, not the log
+                self._denied_log.clear()
+            self._denied_log[key] = (now, 0)
+        else:
+            self._denied_log[key] = (last, suppressed + 1)
         return _error(status, reason), result, resource
 
     async def _decide(self, request: Request) -> tuple[Response, str, str]:

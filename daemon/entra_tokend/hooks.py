@@ -23,12 +23,22 @@ import signal
 from pathlib import Path
 from typing import Any
 
+from entra_tokend.files import NotRegularFile, read_regular
 from entra_tokend.model import Hook
 from entra_tokend.reaper import MARKER_VARIABLE, REAPER
 
 OUTPUT_LIMIT = 4096  # bytes of a hook's output kept for the log; the rest is read and dropped
 _PID_FILE_LIMIT = 64
 _REAP_TIMEOUT = 5.0
+
+
+HIDDEN_FROM_HOOKS: set[str] = set()
+"""Environment variables a hook never inherits (the endpoint's secret, when it comes from one)."""
+
+
+def hide_from_hooks(*names: str) -> None:
+    """Never pass ``names`` to a hook's environment."""
+    HIDDEN_FROM_HOOKS.update(names)
 
 
 def signal_name(number: int) -> str:
@@ -90,7 +100,7 @@ async def _exec(hook: Hook, token: str, path: Path, log: Any) -> bool:
     command = hook.exec[0]
     marker = secrets.token_hex(8)
     env = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if k not in HIDDEN_FROM_HOOKS},
         "ENTRA_TOKEND_TOKEN": token,
         "ENTRA_TOKEND_TOKEN_FILE": str(path),
         MARKER_VARIABLE: marker,
@@ -113,13 +123,19 @@ async def _exec(hook: Hook, token: str, path: Path, log: Any) -> bool:
         lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(read_fd, "rb", 0)
     )
     try:
-        async with asyncio.timeout(hook.timeout):
-            await proc.wait()
-            # The hook is done; whatever it left behind (re-parented to us) goes now, so the
-            # pipe reaches EOF instead of staying open until the timeout.
-            REAPER.active.discard(proc.pid)
-            REAPER.sweep(kill_marker=marker)
-            output, truncated = await _read_capped(reader)
+        # Read while it runs: a hook writing more than a pipe holds would otherwise block on
+        # its write until the timeout.
+        reading = asyncio.ensure_future(_read_capped(reader))
+        try:
+            async with asyncio.timeout(hook.timeout):
+                await proc.wait()
+                # The hook is done; whatever it left behind (re-parented to us) goes now, so
+                # the pipe reaches EOF instead of staying open until the timeout.
+                REAPER.active.discard(proc.pid)
+                REAPER.sweep(kill_marker=marker)
+                output, truncated = await reading
+        finally:
+            reading.cancel()
     except TimeoutError:
         await _kill(proc)
         log.warning("hook command timed out", command=command, timeout=hook.timeout)
@@ -145,15 +161,22 @@ async def _exec(hook: Hook, token: str, path: Path, log: Any) -> bool:
     return True
 
 
-def _read_pid(pid_file: Path) -> int | None:
+def _read_pid(pid_file: Path) -> int | str:
+    """The pid in ``pid_file``, or why there is none. The file is another program's: a FIFO or
+    device planted there is refused, never waited on (that would stall the whole daemon)."""
     try:
-        with pid_file.open("rb") as f:
-            pid = int(f.read(_PID_FILE_LIMIT).decode("ascii").strip())
-    except (OSError, ValueError):  # UnicodeDecodeError is a ValueError
-        return None
+        data = read_regular(pid_file, _PID_FILE_LIMIT)
+    except NotRegularFile:
+        return "not a regular file"
+    except OSError as exc:
+        return exc.strerror or "unreadable"
+    try:
+        pid = int(data[:_PID_FILE_LIMIT].decode("ascii").strip())
+    except ValueError:  # UnicodeDecodeError is a ValueError
+        return "does not hold a single process id"
     # 0, -1 and negative pids address groups or every process; 1 is init; we are not a reader.
     if pid <= 1 or pid == os.getpid():
-        return None
+        return f"holds pid {pid}, which is never signalled (0, 1, negative or the daemon itself)"
     return pid
 
 
@@ -161,12 +184,8 @@ def _signal(hook: Hook, log: Any) -> bool:
     assert hook.pid_file is not None
     name = signal_name(hook.signal)
     pid = _read_pid(hook.pid_file)
-    if pid is None:
-        log.warning(
-            "hook pid file unusable",
-            pid_file=str(hook.pid_file),
-            detail="missing, unreadable, or not a single process id",
-        )
+    if isinstance(pid, str):
+        log.warning("hook pid file unusable", pid_file=str(hook.pid_file), detail=pid)
         return False
     try:
         os.kill(pid, hook.signal)

@@ -11,11 +11,12 @@ Guarding against hostile or broken clients (every bound is a :class:`Limits` fie
    arrive completely within ``read_timeout`` seconds of the first byte being awaited, so a slow
    or silent client cannot pin a connection; the same bound applies between keep-alive requests;
 2. at most ``max_connections`` connections are open at once. When a new one arrives at the
-   limit, the *oldest connection that is waiting for a request head* (idle keep-alive, half-open,
-   slowloris) is closed to make room; only when every open connection is busy being answered is
-   the new one refused. Idle connections therefore cannot starve the probes: a ``/healthz``
-   request is answered as long as it completes its head before ``max_connections`` newer
-   connections arrive;
+   limit, the *oldest connection that is waiting on its client* — for a request head (idle
+   keep-alive, half-open, slowloris) or to read a response it asked for (a client pipelining
+   requests without reading) — is closed to make room; only when every open connection is busy
+   computing an answer is the new one refused. Idle or stalled connections therefore cannot
+   starve the probes: a ``/healthz`` request is answered as long as it completes its head
+   before ``max_connections`` newer connections arrive;
 3. no request body is read: a request that declares one is answered and the connection closed
    after a bounded linger (``linger_bytes``/``linger_timeout``), so unread input does not turn
    into a reset that destroys the response in flight;
@@ -32,6 +33,7 @@ import itertools
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
+from typing import Any
 from urllib.parse import parse_qsl
 
 import h11
@@ -104,7 +106,7 @@ class _Connection:
     def __init__(self, order: int, writer: asyncio.StreamWriter) -> None:
         self.order = order
         self.writer = writer
-        self.busy = False  # a request is being answered: never evicted
+        self.busy = False  # a response is being computed: never evicted
 
 
 class HttpServer:
@@ -207,7 +209,9 @@ class HttpServer:
             response = await self._respond(event, peer)
             is_head = event.method == b"HEAD"
             close = has_body or not _keep_alive(event)
-            await self._send(h, writer, response, is_head=is_head, close=close, limits=limits)
+            await self._deliver(
+                conn, h, writer, response=response, is_head=is_head, close=close, limits=limits
+            )
             if not close:
                 # A request without a body ends with its head: h11 yields EndOfMessage at once.
                 close = not isinstance(h.next_event(), h11.EndOfMessage)
@@ -292,6 +296,14 @@ class HttpServer:
         data += h.send(h11.EndOfMessage())
         writer.write(data)
         await asyncio.wait_for(writer.drain(), limits.write_timeout)
+
+    async def _deliver(
+        self, conn: _Connection, h: h11.Connection, writer: asyncio.StreamWriter, **kw: Any
+    ) -> None:
+        """``_send``, with the connection evictable while the client is slow to read: a client
+        that pipelines requests and never reads the answers holds no slot a probe needs."""
+        conn.busy = False
+        await self._send(h, writer, **kw)
 
     @staticmethod
     async def _linger(

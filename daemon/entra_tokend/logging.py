@@ -16,6 +16,8 @@ import structlog
 
 # JWTs (access tokens, assertions) all start with a base64url '{"' header: eyJ.
 _JWT_RE = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*")
+# A piece of one (a cut error text): a base64url JSON object start of some length.
+_JWT_PART_RE = re.compile(r"eyJ[A-Za-z0-9_-]{16,}")
 _BEARER_RE = re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]{8,}")
 _ASSERTION_RE = re.compile(r"(?i)(client_assertion=)[^&\s\"']+")
 REDACTED = "[REDACTED]"
@@ -49,6 +51,7 @@ def redact_text(text: str) -> str:
         if secret in text:
             text = text.replace(secret, REDACTED)
     text = _JWT_RE.sub(REDACTED, text)
+    text = _JWT_PART_RE.sub(REDACTED, text)
     text = _BEARER_RE.sub(lambda m: m.group(1) + REDACTED, text)
     return _ASSERTION_RE.sub(lambda m: m.group(1) + REDACTED, text)
 
@@ -59,11 +62,44 @@ def _redact_rendered(_logger: Any, _method: str, rendered: Any) -> Any:
     return rendered
 
 
+class _ResilientStream:
+    """A log stream whose failures never reach the caller.
+
+    If whatever reads stderr goes away (a pipe to a dead `tee`, a closed journal socket), a
+    write raises BrokenPipeError; raised from a log call inside a token's task, that would end
+    the token's refreshes. Losing log lines is the lesser harm: they are dropped and counted
+    (``dropped``), and the daemon keeps refreshing tokens.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self.dropped = 0
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except (OSError, ValueError):  # ValueError: a closed file
+            self.dropped += 1
+            return 0
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except (OSError, ValueError):
+            self.dropped += 1
+
+    def isatty(self) -> bool:
+        try:
+            return self._stream.isatty()
+        except (OSError, ValueError):
+            return False
+
+
 def configure_logging(
     log_format: str = "auto", level: str = "info", stream: TextIO | None = None
 ) -> None:
     """Configure structlog once for the process; ``auto`` is JSON unless stderr is a terminal."""
-    out = stream or sys.stderr
+    out = _ResilientStream(stream or sys.stderr)
     console = log_format == "console" or (log_format == "auto" and out.isatty())
     renderer: Any
     if console:
@@ -83,9 +119,24 @@ def configure_logging(
             _redact_rendered,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS.get(level, logging.ERROR)),
-        logger_factory=structlog.PrintLoggerFactory(out),
+        logger_factory=structlog.PrintLoggerFactory(out),  # type: ignore[arg-type]
         cache_logger_on_first_use=True,
     )
+    root = logging.getLogger()
+    root.handlers = [_ToStructlog()]
+    root.setLevel(logging.WARNING)
+
+
+class _ToStructlog(logging.Handler):
+    """Routes the standard library's logging (watchdog, asyncio, httpx use it) through the
+    same chain, so every line on stderr has one shape (JSON in json mode) and is redacted."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage()
+        except Exception:  # a library's malformed format arguments: keep the template
+            message = str(record.msg)
+        structlog.get_logger().log(record.levelno, message, logger=record.name)
 
 
 def get_logger(**bind: Any) -> Any:

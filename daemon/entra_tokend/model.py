@@ -260,3 +260,7 @@ def is_temp_name(name: str) -> bool:
 def is_reserved_name(name: str) -> bool:
     """True for a file name a token must not use: the lock file or a temp-file name."""
     return name in (LOCK_NAME, STATE_DIR) or is_temp_name(name)
+
+
+ACR_NULL_USER = "00000000-0000-0000-0000-000000000000"
+"""The user name that goes with an ACR refresh token (Azure/acr docs/AAD-OAuth.md)."""

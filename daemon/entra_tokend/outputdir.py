@@ -40,7 +40,12 @@ class OutputDirectory:
             make_root(self.root)
             self._check_mode()
             self._lock = DirectoryLock.acquire(self.root)
-            self.provenance.prepare()
+            if not self.provenance.prepare():
+                self._log.warning(
+                    "provenance records disabled: the state directory is not this daemon's "
+                    "own; no token file will be adopted after a restart (remove it)",
+                    path=str(self.provenance.directory),
+                )
             remove_stale_temp_files(self.provenance.directory, self.root)
             self.make_token_dirs(token_dirs, clean=True)
         except OSError:

@@ -83,7 +83,27 @@ async def _render_off_loop(
             sys.setswitchinterval(_rendering[1])
 
 
+class _SingleFlight:
+    """Concurrent renders of one format share one: a flood of scrapes (pipelined requests on
+    many connections) costs one render at a time, not one per request."""
+
+    def __init__(self) -> None:
+        self._pending: dict[str, asyncio.Future[bytes]] = {}
+
+    async def render(
+        self, key: str, encoder: Callable[[CollectorRegistry], bytes], registry: CollectorRegistry
+    ) -> bytes:
+        pending = self._pending.get(key)
+        if pending is None:
+            pending = asyncio.ensure_future(_render_off_loop(encoder, registry))
+            self._pending[key] = pending
+            pending.add_done_callback(lambda _: self._pending.pop(key, None))
+        return await asyncio.shield(pending)
+
+
 def _routes(metrics: Metrics, readiness: ReadinessFn) -> dict[str, Handler]:
+    renders = _SingleFlight()
+
     async def healthz(_: Request) -> Response:
         return Response(200, b"ok\n")
 
@@ -101,7 +121,7 @@ def _routes(metrics: Metrics, readiness: ReadinessFn) -> dict[str, Handler]:
             encoder, content_type = choose_encoder(request.headers.get("accept", ""))
         except (ValueError, TypeError):  # e.g. version=abc: answer in the classic format
             encoder, content_type = generate_latest, CONTENT_TYPE_LATEST
-        body = await _render_off_loop(encoder, metrics.registry)
+        body = await renders.render(content_type, encoder, metrics.registry)
         return Response(200, body, content_type)
 
     return {"/healthz": healthz, "/readyz": readyz, "/metrics": metrics_page}

@@ -165,6 +165,10 @@ def _config(tmp_path: Path, endpoint: str) -> list[str]:
             'secret_env = "S"\nallow = ["not a url"]',
             "endpoint.allow[0]: 'not a url' is not a resource",
         ),
+        (
+            'secret_env = "S"\nallow = ["https://storage.azure.com"]',
+            "endpoint.secret_env: the secret has 12 characters; use at least 16",
+        ),
     ],
 )
 def test_bad_endpoint_config_is_exit_2_naming_the_key(
@@ -187,7 +191,7 @@ def test_bad_endpoint_config_is_exit_2_naming_the_key(
 
 def test_good_endpoint_config_prints_no_secret(tmp_path: Path) -> None:
     secret_file = tmp_path / "secret"
-    secret_file.write_text("s3cr3t-value\n")
+    secret_file.write_text("s3cr3t-value-long-enough\n")
     env = {
         "AZURE_TENANT_ID": "t",
         "AZURE_CLIENT_ID": "c",

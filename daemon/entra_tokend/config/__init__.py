@@ -84,6 +84,10 @@ def _tokens(raw: Raw, output_dir: Path, defaults: OutputSpec, p: Problems) -> di
     return tokens
 
 
+MIN_ENDPOINT_SECRET = 16
+"""Characters: an X-IDENTITY-HEADER secret shorter than this is refused (Azure's is a GUID)."""
+
+
 def _endpoint(raw: Raw, env: Mapping[str, str], p: Problems) -> EndpointSpec | None:
     if raw.endpoint is None:
         return None
@@ -98,6 +102,14 @@ def _endpoint(raw: Raw, env: Mapping[str, str], p: Problems) -> EndpointSpec | N
         secret = env_secret
         source = f"secret_env = {raw.endpoint.get('secret_env')}"
     if secret is None:
+        return None
+    if len(secret) < MIN_ENDPOINT_SECRET:
+        key = source.partition(" = ")[0]
+        p.add(
+            f"endpoint.{key}: the secret has {len(secret)} characters; use at least "
+            f"{MIN_ENDPOINT_SECRET} random ones (e.g. a random GUID), since it is all that "
+            "stands between any local process and a token"
+        )
         return None
     return EndpointSpec(
         listen=address, secret=secret, secret_source=source, grants=grants, idle_timeout=idle

@@ -16,6 +16,7 @@ from typing import Any
 from entra_tokend.config.schema import ENV_OUTPUT_DIR
 from entra_tokend.config.validate import Problems, has_nul
 from entra_tokend.exchange.tokenproxy import pem_problem
+from entra_tokend.files import read_regular
 
 
 def owner(value: Any, where: str, p: Problems, *, group: bool) -> int | None:
@@ -144,8 +145,7 @@ def template_file(value: Any, base: Path, where: str, p: Problems) -> str | None
         return None
     path = base / value
     try:
-        with path.open("rb") as f:
-            data = f.read(TEMPLATE_LIMIT + 1)
+        data = read_regular(path, TEMPLATE_LIMIT)  # a FIFO there never blocks a reload
     except OSError as exc:
         p.add(f"{where}: cannot read {path}: {exc.strerror or exc}")
         return None

@@ -27,6 +27,7 @@ name); 429 ``Throttled`` and 5xx ``ServerError`` honour Retry-After; other answe
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import math
 import re
@@ -37,7 +38,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from entra_tokend.exchange.entra import MAX_BODY_BYTES, parse_retry_after
+from entra_tokend.exchange.entra import B64TOKEN_RE, MAX_BODY_BYTES, parse_retry_after
 from entra_tokend.exchange.errors import (
     ClientError,
     ErrorDetails,
@@ -49,7 +50,14 @@ from entra_tokend.exchange.errors import (
 )
 from entra_tokend.exchange.transport import ClientPool
 from entra_tokend.logging import remember_secret
-from entra_tokend.model import AccessToken, Clock, Identity, SystemClock, registry_key
+from entra_tokend.model import (
+    ACR_NULL_USER,
+    AccessToken,
+    Clock,
+    Identity,
+    SystemClock,
+    registry_key,
+)
 
 CORRELATION_HEADERS = ("x-ms-correlation-request-id", "x-ms-request-id")
 """Response headers in which ACR names the request for support cases (first found wins)."""
@@ -297,13 +305,15 @@ def _refresh_token(body: bytes, name: str, request_id: str, details: ErrorDetail
     except (ValueError, UnicodeDecodeError):
         data = None
     token = data.get("refresh_token") if isinstance(data, dict) else None
-    if not isinstance(token, str) or not token or not token.isprintable() or " " in token:
+    if not isinstance(token, str) or not B64TOKEN_RE.match(token):
         raise InvalidResponse(
             f"registry {name}: token exchange answer has no usable refresh_token",
             request_id=request_id,
             details=details,
         )
-    remember_secret(token)  # the log's redaction by value covers it from now on
+    # The log's redaction by value covers it from now on — also as the docker config's
+    # base64 `auth` value, which a hook printing the file would show.
+    remember_secret(token, base64.b64encode(f"{ACR_NULL_USER}:{token}".encode()).decode())
     return token
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import re
 import ssl
 import uuid
 from email.utils import parsedate_to_datetime
@@ -33,6 +34,7 @@ from entra_tokend.exchange.errors import (
 )
 from entra_tokend.exchange.tokenproxy import TrustUnavailable
 from entra_tokend.exchange.transport import ClientPool
+from entra_tokend.logging import redact_text
 from entra_tokend.model import AccessToken, Clock, Identity, SystemClock
 
 GRANT_TYPE = "client_credentials"
@@ -158,7 +160,20 @@ def _aadsts(body: dict[str, Any]) -> int | None:
 
 
 def _str_or_none(value: Any, limit: int = 500) -> str | None:
-    return value[:limit] if isinstance(value, str) and value else None
+    # Redacted *before* it is cut: a cut can split a secret the service echoed (an assertion
+    # in error_description) so that neither its shape nor its value matches any more.
+    return redact_text(value)[:limit] if isinstance(value, str) and value else None
+
+
+B64TOKEN_RE = re.compile(r"^[A-Za-z0-9\-._~+/]+=*$")
+"""RFC 6750 §2.1 b64token: the characters a bearer token may contain."""
+TOKEN_TYPE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")
+_ID_RE = re.compile(r"^[0-9A-Za-z-]{1,64}$")
+
+
+def _id_or_none(value: Any) -> str | None:
+    """A trace or correlation id: Entra sends GUIDs; anything else is not an id to log."""
+    return value if isinstance(value, str) and _ID_RE.match(value) else None
 
 
 def error_details(status: int, body: Any) -> ErrorDetails:
@@ -173,8 +188,8 @@ def error_details(status: int, body: Any) -> ErrorDetails:
         aadsts=_aadsts(body),
         # The first line is the message; the rest repeats trace/correlation ids and a timestamp.
         description=desc.splitlines()[0] if desc else None,
-        trace_id=_str_or_none(body.get("trace_id"), 100),
-        correlation_id=_str_or_none(body.get("correlation_id"), 100),
+        trace_id=_id_or_none(body.get("trace_id")),
+        correlation_id=_id_or_none(body.get("correlation_id")),
     )
 
 
@@ -213,14 +228,18 @@ def parse_token_response(body: bytes, scope: str, request_id: str, sent_at: floa
     # ' ' is the only character that is both printable and whitespace.
     if not token.isprintable() or " " in token:
         raise invalid("has an access_token with whitespace or control characters")
+    if not B64TOKEN_RE.match(token):
+        # Anything else (quotes, ';', '$', backticks) could break out of a template, a header
+        # line or a JAAS file; no bearer token contains it.
+        raise invalid("has an access_token with characters no bearer token contains")
     expires_in = _seconds(data.get("expires_in"))
     if expires_in is None:
         raise invalid(
             f"has no usable expires_in (whole seconds from {MIN_LIFETIME} to {MAX_LIFETIME})"
         )
     token_type = data.get("token_type", "Bearer")
-    if not isinstance(token_type, str) or not token_type.isascii() or len(token_type) > 64:
-        raise invalid("has a token_type that is not a short ASCII string")
+    if not isinstance(token_type, str) or not TOKEN_TYPE_RE.match(token_type):
+        raise invalid("has a token_type that is not a short ASCII word such as Bearer")
     refresh_in = None
     if "refresh_in" in data:
         refresh_in = _seconds(data["refresh_in"])

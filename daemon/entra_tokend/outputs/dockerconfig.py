@@ -16,9 +16,9 @@ from __future__ import annotations
 import base64
 import json
 
-from entra_tokend.model import AccessToken
+from entra_tokend.model import ACR_NULL_USER, AccessToken
 
-ACR_USER = "00000000-0000-0000-0000-000000000000"
+ACR_USER = ACR_NULL_USER
 """The user name ACR expects with a refresh token as the password."""
 
 

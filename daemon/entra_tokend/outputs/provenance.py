@@ -90,20 +90,24 @@ class ProvenanceStore:
         self.root = root
         self.directory = root / STATE_DIR
 
-    def prepare(self) -> None:
+    def prepare(self) -> bool:
         """Create the state directory (0700, ours). Call while holding the output_dir lock.
 
-        One that is not ours (a neighbour's directory or symlink) is left alone: nothing in
-        it is trusted, so no token is adopted and every start refreshes.
+        Returns False when one that is not ours is there (a neighbour's directory or symlink):
+        it is left alone and nothing in it is trusted, so no token is adopted and every start
+        refreshes — the caller says so in the log.
         """
         with contextlib.suppress(OSError):
             os.mkdir(self.directory, _STATE_MODE)
-        with contextlib.suppress(OSError):
+        try:
             fd = self._state_fd()
-            try:
-                os.fchmod(fd, _STATE_MODE)
-            finally:
-                os.close(fd)
+        except OSError:
+            return False
+        try:
+            os.fchmod(fd, _STATE_MODE)
+        finally:
+            os.close(fd)
+        return True
 
     def _state_fd(self) -> int:
         fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)

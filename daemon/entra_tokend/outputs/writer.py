@@ -53,6 +53,11 @@ def _describe(exc: OSError) -> str:
         return "disk full"
     if exc.errno == errno.ELOOP:
         return exc.strerror or "a symlink is planted in the path; not following it"
+    if exc.errno == errno.EPERM:
+        return (
+            "operation not permitted (in a sticky directory, a file another user owns is in "
+            "the way: remove it)"
+        )
     return exc.strerror or type(exc).__name__
 
 
@@ -76,7 +81,8 @@ def _is_symlink(fd: int, name: str) -> bool:
 
 
 def _open_directory(directory: Path, root: Path | None) -> int:
-    """An fd for ``directory``; below ``root`` no component may be a symlink."""
+    """An fd for ``directory``; below ``root`` no component may be a symlink, nor another
+    user's directory that others may write (see ``_check_not_foreign``)."""
     if root is None or directory == root:
         return os.open(directory, _DIR_FLAGS)
     try:
@@ -84,12 +90,15 @@ def _open_directory(directory: Path, root: Path | None) -> int:
     except ValueError:
         raise WriteError(f"{directory} is outside {root}") from None
     fd = os.open(root, _DIR_FLAGS)
-    for part in parts:
-        try:
+    try:
+        for part in parts:
             child = _open_child(fd, part)
-        finally:
             os.close(fd)
-        fd = child
+            fd = child
+            _check_not_foreign(fd, part)
+    except BaseException:
+        os.close(fd)
+        raise
     return fd
 
 
@@ -180,8 +189,22 @@ def make_directories(directory: Path, root: Path, mode: int = DIR_MODE) -> None:
             fd = child
             if created:
                 os.fchmod(fd, mode)
+            else:
+                _check_not_foreign(fd, part)
     finally:
         os.close(fd)
+
+
+def _check_not_foreign(fd: int, name: str) -> None:
+    """Refuse a subdirectory another user owns and others may write: whoever created it there
+    could swap the token files inside it after they are written."""
+    st = os.fstat(fd)
+    if st.st_uid not in (os.getuid(), 0) and st.st_mode & 0o022:
+        raise OSError(
+            errno.EPERM,
+            f"{name} is owned by uid {st.st_uid} and writable by others; a neighbour could "
+            "swap token files in it (remove it, or use another path)",
+        )
 
 
 def make_root(root: Path, mode: int = DIR_MODE) -> None:
