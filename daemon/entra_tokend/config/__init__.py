@@ -109,8 +109,7 @@ def _endpoint(raw: Raw, env: Mapping[str, str], p: Problems) -> EndpointSpec | N
             f"endpoint.{key}: the secret has {len(secret)} characters; use at least "
             f"{MIN_ENDPOINT_SECRET} random ones (e.g. a random GUID), since it is all that "
             "stands between any local process and a token"
-        )
-        return None
+        )  # no early return: the grants are still checked, so every problem is reported
     return EndpointSpec(
         listen=address, secret=secret, secret_source=source, grants=grants, idle_timeout=idle
     )

@@ -110,8 +110,13 @@ def write_atomic(
     gid: int | None = None,
     *,
     root: Path | None = None,
+    durable: bool = True,
 ) -> None:
-    """Replace ``path`` with ``data`` atomically (see the module doc). Raises WriteError."""
+    """Replace ``path`` with ``data`` atomically (see the module doc). Raises WriteError.
+
+    ``durable=False`` skips the two fsyncs (steps 4 and 6): still atomic for readers, but a
+    crash may lose the new file or leave it empty. Only for advisory files (provenance
+    records), whose loss costs one refresh after a restart and nothing else."""
     if not data:
         raise WriteError(f"refusing to write an empty file to {path}")
     directory = path.parent
@@ -141,13 +146,15 @@ def write_atomic(
                 os.fchown(fd, -1 if uid is None else uid, -1 if gid is None else gid)
             # After fchown: chown clears set-id bits, and the mode is the operator's to choose.
             os.fchmod(fd, mode)
-            os.fsync(fd)
+            if durable:
+                os.fsync(fd)
         finally:
             os.close(fd)
         os.rename(tmp, path.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
         created = False
         try:
-            os.fsync(dir_fd)
+            if durable:
+                os.fsync(dir_fd)
         except OSError as exc:
             # The file is already replaced; a filesystem that cannot fsync a directory is no
             # reason to report a failure (and refetch a token) every time.
