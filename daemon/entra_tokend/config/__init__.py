@@ -27,9 +27,9 @@ from entra_tokend.config.sources import Raw, gather, read_toml
 from entra_tokend.config.validate import (
     Problems,
     check_scope,
-    is_loopback_host,
     parse_listen,
 )
+from entra_tokend.exchange.proxy import is_loopback_host
 from entra_tokend.model import EndpointSpec, Hook, Identity, OutputSpec, TokenSpec
 from entra_tokend.outputs import FORMATS
 

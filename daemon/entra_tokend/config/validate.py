@@ -35,6 +35,7 @@ from entra_tokend.config.schema import (
     TOP_LEVEL,
     Types,
 )
+from entra_tokend.exchange.proxy import is_loopback_host
 from entra_tokend.exchange.tokenproxy import pem_problem
 from entra_tokend.model import Hook, Identity, Policy, is_reserved_name
 
@@ -116,16 +117,6 @@ def parse_listen(value: str) -> tuple[str, int]:
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     return host or "::", port  # no host: every address, IPv6 and IPv4 (listener.py)
-
-
-def is_loopback_host(host: str) -> bool:
-    """True for localhost and loopback addresses, where plain http cannot leave the machine."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def authority(value: str, where: str, p: Problems) -> str:

@@ -9,7 +9,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from entra_tokend.config.schema import FORMAT_KEYS
-from entra_tokend.config.validate import Problems, has_nul, is_loopback_host
+from entra_tokend.config.validate import Problems, has_nul
+from entra_tokend.exchange.proxy import is_loopback_host
 from entra_tokend.model import registry_key
 from entra_tokend.outputs import envfile
 from entra_tokend.outputs import template as template_format

@@ -38,7 +38,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from entra_tokend.exchange.entra import B64TOKEN_RE, MAX_BODY_BYTES, parse_retry_after
+from entra_tokend.exchange.entra import B64TOKEN_RE, parse_retry_after, read_capped
 from entra_tokend.exchange.errors import (
     ClientError,
     ErrorDetails,
@@ -248,7 +248,7 @@ class AcrExchange:
             async with client.stream(
                 "POST", url, data=form, headers={"x-ms-client-request-id": request_id}
             ) as response:
-                body = await _read_capped(response, request_id)
+                body = await read_capped(response, request_id)
                 status = response.status_code
                 headers = response.headers
         except httpx.TimeoutException:
@@ -315,16 +315,3 @@ def _refresh_token(body: bytes, name: str, request_id: str, details: ErrorDetail
     # base64 `auth` value, which a hook printing the file would show.
     remember_secret(token, base64.b64encode(f"{ACR_NULL_USER}:{token}".encode()).decode())
     return token
-
-
-async def _read_capped(response: httpx.Response, request_id: str) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in response.aiter_bytes():
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise InvalidResponse(
-                f"response body larger than {MAX_BODY_BYTES} bytes", request_id=request_id
-            )
-        chunks.append(chunk)
-    return b"".join(chunks)

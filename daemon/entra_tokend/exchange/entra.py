@@ -382,7 +382,7 @@ class EntraExchange:
                 self._pool.lease(identity, url) as client,
                 client.stream("POST", url, data=form, headers=headers) as response,
             ):
-                body = await _read_capped(response, request_id)
+                body = await read_capped(response, request_id)
                 status = response.status_code
                 retry_after_header = response.headers.get("retry-after")
         except TrustUnavailable as exc:
@@ -455,7 +455,8 @@ def _tls_reason(exc: BaseException) -> str | None:
     return None
 
 
-async def _read_capped(response: httpx.Response, request_id: str) -> bytes:
+async def read_capped(response: httpx.Response, request_id: str) -> bytes:
+    """The whole body, or InvalidResponse past MAX_BODY_BYTES (a hostile or broken server)."""
     chunks: list[bytes] = []
     size = 0
     async for chunk in response.aiter_bytes():

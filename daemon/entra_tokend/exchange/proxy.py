@@ -36,7 +36,8 @@ def _env(env: Mapping[str, str], name: str) -> str | None:
     return value.strip() if value and value.strip() else None
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback_host(host: str) -> bool:
+    """True for localhost and loopback addresses, where plain http cannot leave the machine."""
     if host == "localhost":
         return True
     try:
@@ -145,7 +146,7 @@ class ProxySettings:
         host = parts.hostname or ""
         scheme = parts.scheme
         port = parts.port or (443 if scheme == "https" else 80)
-        if scheme == "http" and _is_loopback(host):
+        if scheme == "http" and is_loopback_host(host):
             return None
         proxy = self.https if scheme == "https" else self.http
         if proxy is None or self.bypassed(host, port):
