@@ -299,6 +299,33 @@ class Daemon:
             listen=address_text(spec.listen[0], self.endpoint.port),
         )
 
+    async def _open_listeners(self) -> tuple[bool, asyncio.AbstractServer | None]:
+        """Start the metrics listener and the endpoint (if configured). Returns (ok, the
+        metrics server or None); not ok when one cannot listen (said on stderr in the
+        config-error format, naming the key that fixes it)."""
+        server = None
+        try:
+            server = await self._listen()
+        except OSError as exc:
+            assert self.config.listen is not None
+            host, port = self.config.listen
+            self.log.error("cannot listen", listen=address_text(host, port), detail=exc.strerror)
+            print_problems([listen_problem("listen", host, port, exc)])
+            return False, None
+        try:
+            await self._start_endpoint()
+        except OSError as exc:
+            assert self.config.endpoint is not None
+            host, port = self.config.endpoint.listen
+            self.log.error("cannot listen", key="endpoint.listen", port=port, detail=exc.strerror)
+            print_problems([listen_problem("endpoint.listen", host, port, exc)])
+            if server is not None:
+                from entra_tokend.server import stop_server  # noqa: PLC0415
+
+                await stop_server(server)
+            return False, None
+        return True, server
+
     def _watch(self) -> None:
         for source in self.sources.values():
             source.watch(self.config.poll_interval)
@@ -328,30 +355,8 @@ class Daemon:
             loop.add_signal_handler(signal.SIGCHLD, REAPER.on_sigchld)
         if not once:
             loop.add_signal_handler(signal.SIGHUP, self.reload)
-            try:
-                server = await self._listen()
-            except OSError as exc:
-                assert self.config.listen is not None
-                host, port = self.config.listen
-                self.log.error(
-                    "cannot listen", listen=address_text(host, port), detail=exc.strerror
-                )
-                print_problems([listen_problem("listen", host, port, exc)])
-                self._release_lock()
-                return EXIT_CONFIG
-            try:
-                await self._start_endpoint()
-            except OSError as exc:
-                assert self.config.endpoint is not None
-                host, port = self.config.endpoint.listen
-                self.log.error(
-                    "cannot listen", key="endpoint.listen", port=port, detail=exc.strerror
-                )
-                print_problems([listen_problem("endpoint.listen", host, port, exc)])
-                if server is not None:
-                    from entra_tokend.server import stop_server  # noqa: PLC0415
-
-                    await stop_server(server)
+            ok, server = await self._open_listeners()
+            if not ok:
                 self._release_lock()
                 return EXIT_CONFIG
         self.log.info(
