@@ -413,8 +413,8 @@ PROXY = "identity.default.token_proxy (AZURE_KUBERNETES_TOKEN_PROXY)"
         ("ftp://10.0.0.1", "must be an https URL"),
         ("10.0.0.1", "must be an https URL"),
         ("https://u:p@10.0.0.1", "must not contain user information (user:password@)"),
-        ("https://10.0.0.1/base?x=1", "must not have a query"),
-        ("https://10.0.0.1/base#f", "must not have a fragment"),
+        ("https://10.0.0.1/base?x=1", "must not have a query or fragment"),
+        ("https://10.0.0.1/base#f", "must not have a query or fragment"),
         ("https://10.0.0.1:99999", "is not an https URL"),
     ],
 )

@@ -114,7 +114,7 @@ def test_clients_pipelining_without_reading_do_not_starve_healthz(
     d.wait_event("ready: every token is on disk")
     hostile = []
     try:
-        for _ in range(40):  # more than the listener's 32 slots
+        for _ in range(100):  # far more than the listener's 32 slots
             sock = socket.socket()
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
             sock.settimeout(5)
@@ -239,3 +239,158 @@ def test_an_echoed_assertion_is_redacted_before_it_is_cut() -> None:
     assert "eyJhdWQiOlsi" not in details.description
     assert "eyJhbGciOiJSUzI1NiIs" not in details.description
     assert details.trace_id is None
+
+
+# ---- the second review -------------------------------------------------------------------
+
+
+def test_a_pid_file_naming_one_of_the_daemons_threads_is_refused() -> None:
+    """Second review, 1: a thread id is a pid to kill(2); the hook stopped the daemon."""
+    import threading
+
+    from entra_tokend.hooks import _read_pid
+
+    started, release = threading.Event(), threading.Event()
+    ids: list[int] = []
+
+    def work() -> None:
+        ids.append(threading.get_native_id())
+        started.set()
+        release.wait(30)
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    try:
+        started.wait(30)
+        pid_file = Path(f"/tmp/entra-tokend-test-{os.getpid()}.pid")
+        pid_file.write_text(f"{ids[0]}\n")
+        try:
+            assert isinstance(_read_pid(pid_file), str)
+        finally:
+            pid_file.unlink()
+    finally:
+        release.set()
+        thread.join()
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_a_config_file_that_is_a_fifo_or_a_device_is_a_config_error(
+    tmp_path: Path, kind: str
+) -> None:
+    """Second review, 2: a FIFO froze the daemon on SIGHUP; /dev/zero exhausted its memory."""
+    from entra_tokend.config import ConfigError, read_toml
+
+    path = tmp_path / "c.toml"
+    if kind == "fifo":
+        os.mkfifo(path)
+    else:
+        path.symlink_to("/dev/zero")
+    with pytest.raises(ConfigError, match="not a regular file"):
+        read_toml(path)
+
+
+def test_a_token_proxy_ca_file_that_is_a_fifo_is_a_config_error(tmp_path: Path) -> None:
+    """Second review, 3: a FIFO as AZURE_KUBERNETES_CA_FILE blocked check-config and run."""
+    from entra_tokend.config.host import token_proxy_ca_file
+    from entra_tokend.config.validate import Problems
+
+    fifo = tmp_path / "ca"
+    os.mkfifo(fifo)
+    p = Problems()
+    token_proxy_ca_file(fifo, "identity.default.token_proxy_ca_file", p)
+    assert p.lines
+    assert "not a regular file" in p.lines[0]
+
+
+def test_an_access_token_that_is_the_client_assertion_is_refused() -> None:
+    """Second review, 5: an echoing service made the daemon write the SA token to the file."""
+    import asyncio
+
+    import httpx
+
+    from entra_tokend.exchange import ClientPool, EntraExchange
+    from entra_tokend.model import Identity
+
+    assertion = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJlLXNlZ21lbnQtMTIz"
+
+    def echo(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"access_token": assertion, "expires_in": 3600})
+
+    async def scenario() -> None:
+        pool = ClientPool(transport=httpx.MockTransport(echo))
+        ident = Identity("default", "t", "c", Path("/sa"), "https://login.example")
+        try:
+            with pytest.raises(InvalidResponse, match="client assertion"):
+                await EntraExchange(pool).exchange(ident, STORAGE, assertion)
+        finally:
+            await pool.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_a_jwt_signature_echoed_alone_is_redacted() -> None:
+    """Second review, 6: the signature segment alone is most of the credential."""
+    from entra_tokend.logging import redact_text, remember_secret
+
+    signature = "P4IyVLocKtLEBHXWStmoZ9mCCEncqMnEDLw_X5vmlfQ"
+    remember_secret(f"eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ5In0.{signature}")
+    assert signature not in redact_text(f"HTTP 400: {signature}")
+
+
+@pytest.mark.parametrize(
+    "proxy", ["http://user:pw@127.0.0.1:99999", "http://[user:pw@127.0.0.1:3128"]
+)
+def test_an_unusable_proxy_url_is_a_config_problem(proxy: str) -> None:
+    """Second review, 7: these passed every check and failed every refresh as 'internal'."""
+    from entra_tokend.preflight import Findings, check_proxies
+
+    found = Findings()
+    check_proxies({"HTTPS_PROXY": proxy}, found)
+    assert found.problems
+    assert "pw" not in found.problems[0]
+
+
+@pytest.mark.parametrize("path", [".entra-tokend-state/s.json", "sub/"])
+def test_a_token_path_in_the_state_directory_or_ending_in_a_slash_is_refused(
+    tmp_path: Path, path: str
+) -> None:
+    """Second review, 8: the token file was overwritten by the daemon's own record."""
+    from entra_tokend.config import ConfigError, Overrides, load_config
+
+    config = tmp_path / "c.toml"
+    config.write_text(f'[token.s]\nscope = "{STORAGE}"\npath = "{path}"\n')
+    env = {
+        "AZURE_TENANT_ID": "t",
+        "AZURE_CLIENT_ID": "c",
+        "AZURE_FEDERATED_TOKEN_FILE": str(tmp_path / "sa"),
+    }
+    with pytest.raises(ConfigError) as info:
+        load_config(Overrides(config=str(config), output_dir=str(tmp_path / "out")), env)
+    assert any(line.startswith("token.s.path:") for line in info.value.problems)
+
+
+def test_a_secret_straddling_the_cut_of_hook_output_is_redacted(tmp_path: Path) -> None:
+    """Second review, 9: the 4 KiB cut left 30 characters of an opaque token unredacted."""
+    import asyncio
+    from typing import Any
+
+    from entra_tokend.hooks import OUTPUT_LIMIT, _exec
+    from entra_tokend.logging import remember_secret
+    from entra_tokend.model import Hook
+
+    secret = "opq2345de73fd75b1dfa09a810aca1aa0123456789abcdefgh"
+    remember_secret(secret)
+    script = f"head -c {OUTPUT_LIMIT - 30} /dev/zero | tr '\\0' x; echo {secret}"
+    seen: list[dict[str, Any]] = []
+
+    class Log:
+        def info(self, event: str, **fields: Any) -> None:
+            seen.append(fields)
+
+        warning = info
+
+    hook = Hook(exec=("/bin/sh", "-c", script), timeout=30)
+    assert asyncio.run(_exec(hook, "t", tmp_path / "t", Log()))
+    (fields,) = seen
+    assert secret[:20] not in fields["output"]
+    assert fields["output"].endswith("[REDACTED]")

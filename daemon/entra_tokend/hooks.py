@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from entra_tokend.files import NotRegularFile, read_regular
+from entra_tokend.logging import redact_text
 from entra_tokend.model import Hook
 from entra_tokend.reaper import MARKER_VARIABLE, REAPER
 
@@ -59,12 +60,17 @@ async def _kill(proc: asyncio.subprocess.Process) -> None:
         await asyncio.wait_for(proc.wait(), _REAP_TIMEOUT)
 
 
+# Kept beyond OUTPUT_LIMIT until the text is redacted: a secret that straddles the cut must be
+# whole when the redaction looks for it (tokens are a few KiB).
+_REDACTION_MARGIN = 16384
+
+
 async def _read_capped(reader: asyncio.StreamReader) -> tuple[bytes, bool]:
-    """Read to EOF keeping the first OUTPUT_LIMIT bytes; True when some were dropped."""
+    """Read to EOF keeping the first OUTPUT_LIMIT + margin bytes; True when some were dropped."""
     kept = bytearray()
     truncated = False
     while chunk := await reader.read(65536):
-        room = OUTPUT_LIMIT - len(kept)
+        room = OUTPUT_LIMIT + _REDACTION_MARGIN - len(kept)
         if len(chunk) > room:
             truncated = True
         kept += chunk[: max(room, 0)]
@@ -149,7 +155,10 @@ async def _exec(hook: Hook, token: str, path: Path, log: Any) -> bool:
         REAPER.active.discard(proc.pid)
         REAPER.sweep(kill_marker=marker)
     fields: dict[str, Any] = {"command": command, "exit_code": proc.returncode}
-    text = output.decode("utf-8", "replace").strip()
+    # Redacted before it is cut (the log's own redaction would see only the cut piece).
+    full = redact_text(output.decode("utf-8", "replace"))
+    truncated = truncated or len(full) > OUTPUT_LIMIT
+    text = full[:OUTPUT_LIMIT].strip()
     if text:
         fields["output"] = text
         if truncated:
@@ -175,7 +184,8 @@ def _read_pid(pid_file: Path) -> int | str:
     except ValueError:  # UnicodeDecodeError is a ValueError
         return "does not hold a single process id"
     # 0, -1 and negative pids address groups or every process; 1 is init; we are not a reader.
-    if pid <= 1 or pid == os.getpid():
+    # A thread id of ours is a pid to kill(2) too: signalling it would signal the daemon.
+    if pid <= 1 or pid == os.getpid() or os.path.exists(f"/proc/self/task/{pid}"):
         return f"holds pid {pid}, which is never signalled (0, 1, negative or the daemon itself)"
     return pid
 

@@ -13,10 +13,11 @@ Guarding against hostile or broken clients (every bound is a :class:`Limits` fie
 2. at most ``max_connections`` connections are open at once. When a new one arrives at the
    limit, the *oldest connection that is waiting on its client* — for a request head (idle
    keep-alive, half-open, slowloris) or to read a response it asked for (a client pipelining
-   requests without reading) — is closed to make room; only when every open connection is busy
-   computing an answer is the new one refused. Idle or stalled connections therefore cannot
-   starve the probes: a ``/healthz`` request is answered as long as it completes its head
-   before ``max_connections`` newer connections arrive;
+   requests without reading) — is closed to make room, and when every open connection is busy
+   computing an answer, the oldest of all: a new connection (a probe) is never refused.
+   Idle, stalled or flooding connections therefore cannot starve the probes: a ``/healthz``
+   request is answered as long as it completes before ``max_connections`` newer connections
+   arrive;
 3. no request body is read: a request that declares one is answered and the connection closed
    after a bounded linger (``linger_bytes``/``linger_timeout``), so unread input does not turn
    into a reset that destroys the response in flight;
@@ -142,13 +143,14 @@ class HttpServer:
     # ---- connections ---------------------------------------------------------------------
 
     def _make_room(self, limits: Limits) -> bool:
-        """True when a new connection may be served (after evicting an idle one if needed)."""
+        """Make room for a new connection (evicting one at the limit); always True."""
         if len(self.connections) < limits.max_connections:
             return True
+        # Oldest connection waiting on its client first; when every one is computing an
+        # answer (a flood of requests), the oldest of all: a new connection — a probe — is
+        # never refused, and a flood only ever costs its own oldest connections.
         idle = [c for c in self.connections.values() if not c.busy]
-        if not idle:
-            return False
-        oldest = min(idle, key=lambda c: c.order)
+        oldest = min(idle or self.connections.values(), key=lambda c: c.order)
         self.connections.pop(oldest.order, None)
         oldest.writer.transport.abort()
         return True

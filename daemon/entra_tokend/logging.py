@@ -35,7 +35,10 @@ _secrets: dict[str, None] = {}
 
 def remember_secret(*values: str) -> None:
     """Redact each of ``values`` (at least 8 characters) from every log line from now on."""
-    for value in values:
+    # Each dot-separated part of a JWT-shaped secret too: a signature echoed on its own is
+    # most of the credential (header and payload are largely predictable).
+    parts = [part for value in values if value.count(".") == 2 for part in value.split(".")]
+    for value in (*values, *(p for p in parts if len(p) >= 16)):
         if len(value) < _MIN_SECRET_LENGTH:
             continue
         _secrets.pop(value, None)

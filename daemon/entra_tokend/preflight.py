@@ -19,6 +19,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from entra_tokend.assertion import AssertionUnavailable, check_unexpired, read_assertion
 from entra_tokend.config import Config
@@ -166,6 +167,9 @@ def check_proxies(env: Mapping[str, str], found: Findings) -> ProxySettings:
             continue
         try:
             proxy = httpx.Proxy(url)
+            urlsplit(url).port  # noqa: B018 - raises ValueError for a port beyond 65535
+            if "[" in urlsplit(url).netloc and "]" not in urlsplit(url).netloc:
+                raise ValueError("unbalanced bracket")
         except (ValueError, httpx.InvalidURL):
             scheme = url.partition("://")[0] if "://" in url else "(none)"
             found.problems.append(

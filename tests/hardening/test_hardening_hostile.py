@@ -190,4 +190,4 @@ def test_token_path_may_not_take_our_lock_or_temp_names(tmp_path: Path, path: st
     env = offline_env(tmp_path)
     result = run_cli("check-config", "--config", str(config), env=env)
     assert result.returncode == 2
-    assert "uses for its lock or temp files" in result.stderr
+    assert "keeps for itself (its lock, temp files or state directory)" in result.stderr

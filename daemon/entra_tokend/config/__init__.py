@@ -103,7 +103,13 @@ def _endpoint(raw: Raw, env: Mapping[str, str], p: Problems) -> EndpointSpec | N
         source = f"secret_env = {raw.endpoint.get('secret_env')}"
     if secret is None:
         return None
-    if len(secret) < MIN_ENDPOINT_SECRET:
+    if not secret.isprintable() or not secret.isascii():
+        key = source.partition(" = ")[0]
+        p.add(
+            f"endpoint.{key}: the secret must be printable ASCII (an HTTP header value); "
+            "e.g. a random GUID"
+        )
+    elif len(secret) < MIN_ENDPOINT_SECRET:
         key = source.partition(" = ")[0]
         p.add(
             f"endpoint.{key}: the secret has {len(secret)} characters; use at least "

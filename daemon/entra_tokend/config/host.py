@@ -70,10 +70,13 @@ def ca_file(path: Path | None, where: str, p: Problems) -> None:
         p.add(f"{where}: {path} is not a readable file")
         return
     try:
-        with path.open("rb"):
-            pass
+        read_regular(path, 0)
     except OSError as exc:
-        p.add(f"{where}: {path} cannot be read: {exc.strerror}")
+        p.add(f"{where}: {path} cannot be read: {exc.strerror or exc}")
+
+
+MAX_CA_BYTES = 1024 * 1024
+"""The largest CA bundle read (bytes); a bundle of every public root is ~250 KB."""
 
 
 def token_proxy_ca_file(path: Path | None, where: str, p: Problems) -> None:
@@ -86,9 +89,9 @@ def token_proxy_ca_file(path: Path | None, where: str, p: Problems) -> None:
     if path is None:
         return
     try:
-        data = path.read_bytes()
+        data = read_regular(path, MAX_CA_BYTES)[:MAX_CA_BYTES]
     except OSError as exc:
-        p.add(f"{where}: {path} cannot be read: {exc.strerror}")
+        p.add(f"{where}: {path} cannot be read: {exc.strerror or exc}")
         return
     why = pem_problem(data.decode("utf-8", errors="replace"))
     if why:

@@ -25,6 +25,7 @@ from entra_tokend.config.schema import (
     Overrides,
 )
 from entra_tokend.config.validate import Problems, check_keys, type_name, typed
+from entra_tokend.files import NotRegularFile, read_regular
 
 
 @dataclass
@@ -42,12 +43,23 @@ class Raw:
     endpoint: Any = None
 
 
+MAX_CONFIG_BYTES = 1024 * 1024
+"""The largest config file read (bytes)."""
+
+
 def read_toml(path: Path) -> dict[str, Any]:
     """Read a TOML config file. Raises ConfigError naming the file (and line, for syntax)."""
     import tomllib  # noqa: PLC0415 - only when a config file is given
 
     try:
-        text = path.read_bytes().decode("utf-8")
+        # Non-blocking and bounded: a FIFO or /dev/zero swapped in before a SIGHUP must be a
+        # config error, not a frozen or exhausted daemon.
+        data = read_regular(path, MAX_CONFIG_BYTES)
+        if len(data) > MAX_CONFIG_BYTES:
+            raise ConfigError([f"config file {path}: larger than {MAX_CONFIG_BYTES} bytes"])
+        text = data.decode("utf-8")
+    except NotRegularFile:
+        raise ConfigError([f"config file {path}: not a regular file"]) from None
     except FileNotFoundError:
         raise ConfigError([f"config file {path}: does not exist"]) from None
     except (OSError, UnicodeDecodeError) as exc:

@@ -142,7 +142,9 @@ def authority(value: str, where: str, p: Problems) -> str:
     elif parts.scheme == "http" and not is_loopback_host(hostname):
         p.add(f"{where}: '{value}' uses plain http; only loopback authorities may (use https)")
     elif parts.query or parts.fragment:
-        p.add(f"{where}: '{value}' must not have a query or fragment")
+        # Not echoed whole: a query may carry a signature or key.
+        shown = f"{parts.scheme}://{parts.netloc}{parts.path}"
+        p.add(f"{where}: '{shown}?…' must not have a query or fragment")
     return url
 
 
@@ -303,10 +305,18 @@ def token_path(rel: Any, name: str, output_dir: Path, where: str, p: Problems) -
     too_long = [part for part in Path(rel).parts if len(os.fsencode(part)) > NAME_MAX]
     if too_long:
         p.add(f"{where}.path: a path component is longer than {NAME_MAX} bytes")
-    elif Path(rel).is_absolute() or not target.is_relative_to(output_dir) or target == output_dir:
+    elif (
+        Path(rel).is_absolute()
+        or not target.is_relative_to(output_dir)
+        or target == output_dir
+        or rel.endswith("/")
+    ):
         p.add(f"{where}.path: '{rel}' must be a file name inside output_dir")
-    elif is_reserved_name(target.name):
-        p.add(f"{where}.path: '{rel}' is a name entra-tokend uses for its lock or temp files")
+    elif any(is_reserved_name(part) for part in target.relative_to(output_dir).parts):
+        p.add(
+            f"{where}.path: '{rel}' uses a name entra-tokend keeps for itself (its lock, temp "
+            "files or state directory)"
+        )
     return target
 
 
@@ -422,10 +432,10 @@ def proxy_url(value: str, where: str, p: Problems) -> None:
             f"{where}: '{value}' must be an https URL such as https://10.0.0.10/base "
             "(the token proxy is reached over TLS only)"
         )
-    elif parts.query:
-        p.add(f"{where}: '{value}' must not have a query")
-    elif parts.fragment:
-        p.add(f"{where}: '{value}' must not have a fragment")
+    elif parts.query or parts.fragment:
+        # Not echoed whole: a query may carry a signature or key.
+        shown = f"{parts.scheme}://{parts.netloc}{parts.path}"
+        p.add(f"{where}: '{shown}?…' must not have a query or fragment")
 
 
 def _usable_server_name(name: str) -> bool:

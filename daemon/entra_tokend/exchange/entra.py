@@ -406,6 +406,13 @@ class EntraExchange:
                 status, body, retry_after_header, request_id, self._clock.wall(), proxy=proxy
             )
         token = parse_token_response(body, scope, request_id, sent_at)
+        if token.token == assertion:
+            # A broken or hostile service echoing the client assertion: writing it out would
+            # hand the service-account token to every reader of the token file.
+            raise InvalidResponse(
+                "token response returned the client assertion as the access token",
+                request_id=request_id,
+            )
         return AccessToken(
             token=token.token,
             token_type=token.token_type,

@@ -31,6 +31,7 @@ import ssl
 from pathlib import Path
 from typing import Any
 
+from entra_tokend.files import read_regular
 from entra_tokend.logging import get_logger
 
 PEM_MARKER = "-----BEGIN CERTIFICATE-----"
@@ -151,9 +152,11 @@ class ProxyTrust:
         if signature == self._signature:
             return
         try:
-            text = path.read_bytes().decode("utf-8", errors="replace")
+            # Non-blocking and bounded: a FIFO swapped in must not freeze the event loop.
+            data = read_regular(path, 1024 * 1024)[: 1024 * 1024]
+            text = data.decode("utf-8", errors="replace")
         except OSError as exc:
-            self._complain(path, f"cannot be read: {exc.strerror}")
+            self._complain(path, f"cannot be read: {exc.strerror or exc}")
             return
         why = pem_problem(text)
         if why is not None:
