@@ -30,7 +30,7 @@ from entra_tokend.logging import get_logger, remember_secret
 from entra_tokend.metrics import Metrics
 from entra_tokend.model import Clock, EndpointSpec, SystemClock, TokenSpec
 from entra_tokend.outputdir import OutputDirectory
-from entra_tokend.outputs import FileOutput
+from entra_tokend.outputs import FileOutput, Output
 from entra_tokend.outputs.memory import MemoryOutput
 from entra_tokend.outputs.provenance import fingerprint
 from entra_tokend.preflight import listen_problem, output_dir_problem, print_problems
@@ -125,21 +125,26 @@ class Daemon:
 
     def _new_runner(self, spec: TokenSpec, config: Config) -> TokenRunner:
         source = self.sources[spec.identity]
-        output = MemoryOutput(
-            FileOutput(
-                spec.output,
-                config.output_dir,
-                name=spec.name,
-                print_=fingerprint(spec, source.identity),
-                store=self._output_dir.provenance,
-            ),
-            monotonic=self.clock.monotonic,
+        file = FileOutput(
+            spec.output,
+            config.output_dir,
+            name=spec.name,
+            print_=fingerprint(spec, source.identity),
+            store=self._output_dir.provenance,
         )
+        output: Output = file
+        on_attempt: Callable[[TokenRunner], None] = self._attempted
+        if config.endpoint is not None:  # fixed for the process's life (reload keeps it)
+            # The endpoint serves a file token's latest token; without an endpoint nothing
+            # reads it, so the wrapper (and its closure) is not kept per token.
+            shared = MemoryOutput(file, monotonic=self.clock.monotonic)
+            self.latest[spec.name] = output = shared
 
-        def attempted(runner: TokenRunner) -> None:
-            self._attempted(runner)
-            output.attempt_finished()
+            def attempted(runner: TokenRunner) -> None:
+                self._attempted(runner)
+                shared.attempt_finished()
 
+            on_attempt = attempted
         runner = TokenRunner(
             spec,
             schedule=TokenSchedule(config.policy, self.clock),
@@ -154,9 +159,8 @@ class Daemon:
             readiness=self.readiness,
             clock=self.clock,
             limiter=self._limiter,
-            on_attempt=attempted,
+            on_attempt=on_attempt,
         )
-        self.latest[spec.name] = output
         runner.adopt()
         self._unsubscribe[spec.name] = source.subscribe(runner.on_rotation)
         self.readiness.track(spec.name, runner)
