@@ -76,7 +76,6 @@ class Daemon:
         # Each file token's latest token, so the managed-identity endpoint can share it.
         self.latest: dict[str, MemoryOutput] = {}
         self.endpoint: EndpointService | None = None
-        self._unsubscribe: dict[str, Callable[[], None]] = {}
         self._stopping = asyncio.Event()
         self._progress = asyncio.Event()  # a refresh attempt finished (run --once re-checks)
         self._done: set[str] = set()
@@ -162,7 +161,7 @@ class Daemon:
             on_attempt=on_attempt,
         )
         runner.adopt()
-        self._unsubscribe[spec.name] = source.subscribe(runner.on_rotation)
+        source.subscribe(runner.on_rotation)
         self.readiness.track(spec.name, runner)
         return runner
 
@@ -171,9 +170,8 @@ class Daemon:
         runner.stop()
         name = runner.spec.name
         self.latest.pop(name, None)
-        unsubscribe = self._unsubscribe.pop(name, None)
-        if unsubscribe is not None:
-            unsubscribe()
+        if isinstance(runner.source, CredentialSource):
+            runner.source.unsubscribe(runner.on_rotation)
         self.readiness.untrack(name)
         self._done.discard(name)
 
