@@ -30,7 +30,7 @@ from entra_tokend.logging import get_logger, remember_secret
 from entra_tokend.metrics import Metrics
 from entra_tokend.model import Clock, EndpointSpec, SystemClock, TokenSpec
 from entra_tokend.outputdir import OutputDirectory
-from entra_tokend.outputs import FileOutput
+from entra_tokend.outputs import FileOutput, Output
 from entra_tokend.outputs.memory import MemoryOutput
 from entra_tokend.outputs.provenance import fingerprint
 from entra_tokend.preflight import listen_problem, output_dir_problem, print_problems
@@ -76,7 +76,6 @@ class Daemon:
         # Each file token's latest token, so the managed-identity endpoint can share it.
         self.latest: dict[str, MemoryOutput] = {}
         self.endpoint: EndpointService | None = None
-        self._unsubscribe: dict[str, Callable[[], None]] = {}
         self._stopping = asyncio.Event()
         self._progress = asyncio.Event()  # a refresh attempt finished (run --once re-checks)
         self._done: set[str] = set()
@@ -125,21 +124,26 @@ class Daemon:
 
     def _new_runner(self, spec: TokenSpec, config: Config) -> TokenRunner:
         source = self.sources[spec.identity]
-        output = MemoryOutput(
-            FileOutput(
-                spec.output,
-                config.output_dir,
-                name=spec.name,
-                print_=fingerprint(spec, source.identity),
-                store=self._output_dir.provenance,
-            ),
-            monotonic=self.clock.monotonic,
+        file = FileOutput(
+            spec.output,
+            config.output_dir,
+            name=spec.name,
+            print_=fingerprint(spec, source.identity),
+            store=self._output_dir.provenance,
         )
+        output: Output = file
+        on_attempt: Callable[[TokenRunner], None] = self._attempted
+        if config.endpoint is not None:  # fixed for the process's life (reload keeps it)
+            # The endpoint serves a file token's latest token; without an endpoint nothing
+            # reads it, so the wrapper (and its closure) is not kept per token.
+            shared = MemoryOutput(file, monotonic=self.clock.monotonic)
+            self.latest[spec.name] = output = shared
 
-        def attempted(runner: TokenRunner) -> None:
-            self._attempted(runner)
-            output.attempt_finished()
+            def attempted(runner: TokenRunner) -> None:
+                self._attempted(runner)
+                shared.attempt_finished()
 
+            on_attempt = attempted
         runner = TokenRunner(
             spec,
             schedule=TokenSchedule(config.policy, self.clock),
@@ -154,11 +158,10 @@ class Daemon:
             readiness=self.readiness,
             clock=self.clock,
             limiter=self._limiter,
-            on_attempt=attempted,
+            on_attempt=on_attempt,
         )
-        self.latest[spec.name] = output
         runner.adopt()
-        self._unsubscribe[spec.name] = source.subscribe(runner.on_rotation)
+        source.subscribe(runner.on_rotation)
         self.readiness.track(spec.name, runner)
         return runner
 
@@ -167,9 +170,8 @@ class Daemon:
         runner.stop()
         name = runner.spec.name
         self.latest.pop(name, None)
-        unsubscribe = self._unsubscribe.pop(name, None)
-        if unsubscribe is not None:
-            unsubscribe()
+        if isinstance(runner.source, CredentialSource):
+            runner.source.unsubscribe(runner.on_rotation)
         self.readiness.untrack(name)
         self._done.discard(name)
 

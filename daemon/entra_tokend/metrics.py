@@ -11,8 +11,12 @@ from a token, an assertion, a scope or an Entra response is ever used as a label
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 import entra_tokend
 from entra_tokend.model import Reason
@@ -62,37 +66,109 @@ EXCHANGE_BUCKETS: tuple[float, ...] = (
 )
 
 
+class _TokenSeries:
+    """One token's per-token values. prometheus_client keeps a child object (a value and a
+    lock each) per label set: 4-5 of them per token were ~2.1 KiB of the memory per token
+    (bench/FINDINGS.md, issue 18); one slotted record is ~0.2 KiB."""
+
+    __slots__ = (
+        "expiry",
+        "failures",
+        "hook_failures",
+        "last_success",
+        "refresh_failures",
+        "successes",
+    )
+
+    def __init__(self, hook: bool) -> None:
+        self.expiry = 0.0  # unix seconds; 0: no token on disk yet
+        self.last_success = 0.0  # unix seconds; 0: never
+        self.successes = 0.0
+        self.refresh_failures = 0.0
+        # reason -> count; None until the first failure (series appear with it).
+        self.failures: dict[str, float] | None = None
+        self.hook_failures: float | None = 0.0 if hook else None  # None: no hook, no series
+
+
+class _TokenCollector(Collector):
+    """Yields the per-token families from the ``_TokenSeries`` records, in the exposition
+    prometheus_client's Gauge and Counter would give (same names, help, labels and values).
+
+    ``collect`` runs in the scrape's worker thread while the event loop updates records: it
+    works on a copy of the dict (one C call under the GIL), so it never sees the dict change
+    size; a value read mid-update is at most one event old, as with prometheus_client's own.
+    """
+
+    def __init__(self, series: dict[str, _TokenSeries], *, hooks: bool) -> None:
+        self._series = series
+        self._hooks = hooks  # this instance yields hook_failures (else the four others)
+
+    def describe(self) -> Iterator[Metric]:
+        """The families without samples (for the registry's duplicate-name check)."""
+        return self._families({})
+
+    def collect(self) -> Iterator[Metric]:
+        """The families with one sample per configured token (per reason for failures)."""
+        return self._families(self._series.copy())
+
+    def _families(self, series: dict[str, _TokenSeries]) -> Iterator[Metric]:
+        if self._hooks:
+            hooks = CounterMetricFamily(
+                "entra_tokend_hook_failures",
+                "Post-write hooks that failed or timed out.",
+                labels=["token"],
+            )
+            for token, s in series.items():
+                if s.hook_failures is not None:
+                    hooks.add_metric([token], s.hook_failures)
+            yield hooks
+            return
+        expiry = GaugeMetricFamily(
+            "entra_tokend_token_expiry_timestamp_seconds",
+            "Expiry of the access token currently on disk, as a unix timestamp; 0: none yet.",
+            labels=["token"],
+        )
+        last = GaugeMetricFamily(
+            "entra_tokend_token_last_success_timestamp_seconds",
+            "Time of the last successful refresh (token exchanged and written), unix seconds; "
+            "0: never.",
+            labels=["token"],
+        )
+        refreshes = CounterMetricFamily(
+            "entra_tokend_token_refreshes",
+            "Refresh attempts by result (success or failure).",
+            labels=["token", "result"],
+        )
+        failures = CounterMetricFamily(
+            "entra_tokend_token_refresh_failures",
+            "Failed refresh attempts by reason.",
+            labels=["token", "reason"],
+        )
+        for token, s in series.items():
+            expiry.add_metric([token], s.expiry)
+            last.add_metric([token], s.last_success)
+            refreshes.add_metric([token, "success"], s.successes)
+            refreshes.add_metric([token, "failure"], s.refresh_failures)
+            by_reason = s.failures
+            if by_reason is not None:
+                for reason, count in by_reason.copy().items():
+                    failures.add_metric([token, reason], count)
+        yield expiry
+        yield last
+        yield refreshes
+        yield failures
+
+
 class Metrics:
     """The daemon's metrics, updated by the scheduler and exposed by :mod:`entra_tokend.server`."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self._token_expiry = Gauge(
-            "entra_tokend_token_expiry_timestamp_seconds",
-            "Expiry of the access token currently on disk, as a unix timestamp; 0: none yet.",
-            ["token"],
-            registry=r,
-        )
-        self._token_last_success = Gauge(
-            "entra_tokend_token_last_success_timestamp_seconds",
-            "Time of the last successful refresh (token exchanged and written), unix seconds; "
-            "0: never.",
-            ["token"],
-            registry=r,
-        )
-        self._refreshes = Counter(
-            "entra_tokend_token_refreshes",
-            "Refresh attempts by result (success or failure).",
-            ["token", "result"],
-            registry=r,
-        )
-        self._failures = Counter(
-            "entra_tokend_token_refresh_failures",
-            "Failed refresh attempts by reason.",
-            ["token", "reason"],
-            registry=r,
-        )
+        # token -> its per-token values, exposed by two collectors registered where the
+        # Gauge/Counter objects they replace were, so the exposition keeps its order.
+        self._series: dict[str, _TokenSeries] = {}
+        r.register(_TokenCollector(self._series, hooks=False))
         self._exchange_duration = Histogram(
             "entra_tokend_exchange_duration_seconds",
             "Latency of token requests to the Entra token endpoint.",
@@ -112,12 +188,7 @@ class Metrics:
             ["identity"],
             registry=r,
         )
-        self._hook_failures = Counter(
-            "entra_tokend_hook_failures",
-            "Post-write hooks that failed or timed out.",
-            ["token"],
-            registry=r,
-        )
+        r.register(_TokenCollector(self._series, hooks=True))
         self._ready = Gauge(
             "entra_tokend_ready",
             "1 when every configured token is on disk and unexpired, else 0.",
@@ -165,30 +236,31 @@ class Metrics:
         self._tokens[token] = identity
         if previous is not None and previous != identity:
             self._drop_identity_if_unused(previous)
-        for result in RESULTS:
-            self._refreshes.labels(token=token, result=result)
-        if hook:
-            self._hook_failures.labels(token=token)
-        else:
-            _remove(self._hook_failures, token)
-        # 0 means "never" (README): no token on disk yet, no successful refresh yet.
-        self._token_expiry.labels(token=token)
-        self._token_last_success.labels(token=token)
+        # 0 means "never" (README): no token on disk yet, no successful refresh yet. A token
+        # configured again (reload) keeps its values.
+        series = self._series.get(token)
+        if series is None:
+            self._series[token] = _TokenSeries(hook)
+        elif not hook:
+            series.hook_failures = None
+        elif series.hook_failures is None:
+            series.hook_failures = 0.0
         self._exchange_duration.labels(identity=identity)
         self._assertion_rotations.labels(identity=identity)
 
     def token_removed(self, token: str) -> None:
         """Drop every series of *token*; drop its identity's series if no token uses it now."""
         identity = self._tokens.pop(token, None)
-        _remove(self._token_expiry, token)
-        _remove(self._token_last_success, token)
-        _remove(self._hook_failures, token)
-        for result in RESULTS:
-            _remove(self._refreshes, token, result)
-        for reason in REASONS:
-            _remove(self._failures, token, reason)
+        self._series.pop(token, None)
         if identity is not None:
             self._drop_identity_if_unused(identity)
+
+    def _record(self, token: str) -> _TokenSeries:
+        # Configured tokens have one; an update for another creates it, as labels() would.
+        series = self._series.get(token)
+        if series is None:
+            series = self._series[token] = _TokenSeries(hook=False)
+        return series
 
     def _drop_identity_if_unused(self, identity: str) -> None:
         if identity not in self._tokens.values():
@@ -198,13 +270,14 @@ class Metrics:
 
     def token_adopted(self, token: str, expires_on: float) -> None:
         """Record a still-valid token found on disk at start or reload (no refresh counted)."""
-        self._token_expiry.labels(token=token).set(expires_on)
+        self._record(token).expiry = expires_on
 
     def token_written(self, token: str, expires_on: float, now: float) -> None:
         """Record a successful refresh: the new token with expiry *expires_on* is on disk."""
-        self._token_expiry.labels(token=token).set(expires_on)
-        self._token_last_success.labels(token=token).set(now)
-        self._refreshes.labels(token=token, result="success").inc()
+        series = self._record(token)
+        series.expiry = expires_on
+        series.last_success = now
+        series.successes += 1
 
     def refresh_failed(self, token: str, reason: Reason) -> None:
         """Record a failed refresh of *token* for *reason*.
@@ -212,8 +285,11 @@ class Metrics:
         Raises ValueError for a value outside ``Reason``: a free-form label would be unbounded.
         """
         label = Reason(reason).value
-        self._refreshes.labels(token=token, result="failure").inc()
-        self._failures.labels(token=token, reason=label).inc()
+        series = self._record(token)
+        series.refresh_failures += 1
+        if series.failures is None:
+            series.failures = {}
+        series.failures[label] = series.failures.get(label, 0.0) + 1
 
     def exchange_observed(self, identity: str, seconds: float) -> None:
         """Record the latency of one token request (successful or not)."""
@@ -234,7 +310,8 @@ class Metrics:
 
     def hook_failed(self, token: str) -> None:
         """Count a failed post-write hook of *token*."""
-        self._hook_failures.labels(token=token).inc()
+        series = self._record(token)
+        series.hook_failures = (series.hook_failures or 0.0) + 1
 
     def set_output_dir_world_writable(self, insecure: bool) -> None:
         """Set ``entra_tokend_output_dir_world_writable`` to 1 or 0."""

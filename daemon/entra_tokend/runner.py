@@ -55,6 +55,30 @@ class Exchange(Protocol):
 class TokenRunner:
     """Keeps one token fresh. Create, ``adopt`` a file from an earlier run, then ``start``."""
 
+    # One per token: slots instead of a per-instance dict (bench/FINDINGS.md, memory per token).
+    __slots__ = (
+        "_clock",
+        "_exchange",
+        "_last_failure",
+        "_limiter",
+        "_metrics",
+        "_on_attempt",
+        "_output",
+        "_readiness",
+        "_state",
+        "_undelivered",
+        "_waiter",
+        "done",
+        "fatal",
+        "last_failure",
+        "once",
+        "schedule",
+        "source",
+        "spec",
+        "succeeded_once",
+        "task",
+    )
+
     def __init__(
         self,
         spec: TokenSpec,
@@ -79,7 +103,6 @@ class TokenRunner:
         self._clock = clock
         self._limiter = limiter
         self._on_attempt = on_attempt
-        self._log = get_logger(token=spec.name, identity=spec.identity)
         self._state = State.PENDING
         self._last_failure: tuple[Any, ...] | None = None  # to log repeats quietly
         # Set while the task sleeps; wake() resolves it. One future and one timer handle per
@@ -95,6 +118,12 @@ class TokenRunner:
         self.last_failure: str | None = None  # "reason: detail" of the latest failed attempt
         self.once = False  # run --once: no refresh follows a success, so none is announced
         metrics.token_configured(spec.name, spec.identity, hook=spec.hook is not None)
+
+    @property
+    def _log(self) -> Any:
+        # Bound when a line is logged (a few per refresh at most), not kept: a bound structlog
+        # logger and its context dict were ~0.6 KiB per token.
+        return get_logger(token=self.spec.name, identity=self.spec.identity)
 
     # ---- state ---------------------------------------------------------------------------
 

@@ -106,7 +106,7 @@ def backoff_delay(
     return delay
 
 
-@dataclass
+@dataclass(slots=True)
 class Deadline:
     """A moment tracked on both clocks; the earlier reading wins."""
 
@@ -136,6 +136,20 @@ class TokenSchedule:
     The runner reports what happened (``started``, ``succeeded``, ``failed``, ``rotated``) and
     asks ``wake_in``; nothing here sleeps or does I/O. Times are seconds.
     """
+
+    # One per token: slots instead of a per-instance dict (bench/FINDINGS.md, memory per token).
+    __slots__ = (
+        "_rotated_during_attempt",
+        "_rotation_may_fix",
+        "attempting",
+        "clock",
+        "due",
+        "expires",
+        "failures",
+        "last_reason",
+        "policy",
+        "rng",
+    )
 
     def __init__(self, policy: Policy, clock: Clock, rng: random.Random | None = None) -> None:
         self.policy = policy

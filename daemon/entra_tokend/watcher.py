@@ -13,7 +13,9 @@ How a change is recognised, cheaply and without reading the token:
 2. The first note of a burst schedules a check on the loop after ``debounce`` seconds (2 ms by
    default: kubelet's swap of ``..data`` is one atomic rename, so there is no half-written state
    to wait out — the few milliseconds only gather one writer's burst of events, so that one
-   change makes one callback); notes arriving before the check runs join it.
+   change makes one callback); notes arriving before the check runs join it. A rename into the
+   directory (kubelet's final ``..data`` swap, or ``mv`` of a whole file) is the publish step
+   itself: it brings the check forward to the next loop iteration instead of waiting.
 3. When the check runs, the directory watch is re-established if the directory was removed,
    replaced or has only just appeared, and a signature of the file is taken: its resolved path
    and ``stat`` (device, inode, size, mtime, ctime), following symlinks.
@@ -131,7 +133,7 @@ class _Handler(FileSystemEventHandler):
 
     def __init__(
         self,
-        post: Callable[[int, bool, bool], None],
+        post: Callable[[int, bool, bool, bool], None],
         loop: asyncio.AbstractEventLoop,
         generation: int,
         watched: str,
@@ -148,7 +150,8 @@ class _Handler(FileSystemEventHandler):
         return os.path.dirname(text) == self._watched and os.path.basename(text) == self._filename
 
     def dispatch(self, event: FileSystemEvent) -> None:
-        """Post (generation, names the file, watched directory deleted) to the loop."""
+        """Post (generation, names the file, watched directory deleted, a rename) to the
+        loop."""
         touched = self._names_file(event.src_path) or (
             bool(event.dest_path) and self._names_file(event.dest_path)
         )
@@ -159,7 +162,9 @@ class _Handler(FileSystemEventHandler):
         )
         # The loop may already be closed while watchdog drains its last events.
         with contextlib.suppress(RuntimeError):
-            self._loop.call_soon_threadsafe(self._post, self._generation, touched, self_deleted)
+            self._loop.call_soon_threadsafe(
+                self._post, self._generation, touched, self_deleted, event.event_type == "moved"
+            )
 
 
 class DirectoryWatcher:
@@ -203,7 +208,7 @@ class DirectoryWatcher:
 
         self._signature: _Signature | None = None
         self._touched = False
-        self._flush_handle: asyncio.TimerHandle | None = None
+        self._flush_handle: asyncio.Handle | None = None
         self._poll_handle: asyncio.TimerHandle | None = None
         self._poll_scheduled_interval = 0.0
         self._started = False
@@ -252,14 +257,20 @@ class DirectoryWatcher:
 
     # -- loop side -------------------------------------------------------------------------
 
-    def _on_event(self, generation: int, touched: bool, self_deleted: bool) -> None:
+    def _on_event(self, generation: int, touched: bool, self_deleted: bool, moved: bool) -> None:
         if self._stopped or generation != self._generation:
             return
         if self_deleted:
             self._watch_dead = True
         if touched:
             self._touched = True
-        if self._flush_handle is None:
+        if moved:
+            # The publish step: nothing is left half-written, so check at once (the events
+            # after it, e.g. kubelet removing the old directory, find the signature unchanged).
+            if self._flush_handle is not None:
+                self._flush_handle.cancel()
+            self._flush_handle = self._loop.call_soon(self._flush)
+        elif self._flush_handle is None:
             self._flush_handle = self._loop.call_later(self._debounce, self._flush)
 
     def _flush(self) -> None:

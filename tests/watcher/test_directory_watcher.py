@@ -173,6 +173,20 @@ def test_unrelated_files_in_the_directory_do_not_call_back(tmp_path: Path) -> No
     run(scenario())
 
 
+def test_kubelet_swap_is_checked_without_waiting_for_the_debounce(tmp_path: Path) -> None:
+    # Debounce and poll an hour: only the check the ..data rename brings forward can see it.
+    volume = ProjectedVolume(tmp_path / "tokens")
+    volume.write("token-0")
+
+    async def scenario() -> None:
+        async with watching(volume.path, debounce=HOUR) as (_, recorder):
+            volume.write("token-1")
+            await recorder.wait_for("token-1")
+            assert recorder.seen == ["token-1"]
+
+    run(scenario())
+
+
 def test_a_burst_of_writes_is_debounced(tmp_path: Path) -> None:
     path = tmp_path / "token"
     path.write_text("start")

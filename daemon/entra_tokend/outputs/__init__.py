@@ -72,6 +72,8 @@ class FileOutput:
     (``provenance.fingerprint``); ``store`` the output_dir's ``ProvenanceStore``.
     """
 
+    __slots__ = ("_name", "_print", "_render", "_store", "root", "spec")  # one per token
+
     def __init__(
         self, spec: OutputSpec, root: Path, *, name: str, print_: str, store: ProvenanceStore
     ) -> None:

@@ -26,6 +26,17 @@ class MemoryOutput:
     """Keeps the latest delivered token. ``latest`` is None until the first delivery;
     ``attempts`` counts finished refresh attempts (success or failure)."""
 
+    # One per token: slots and a lazily created Event keep it small (bench/FINDINGS.md).
+    __slots__ = (
+        "_changed",
+        "_inner",
+        "_monotonic",
+        "attempts",
+        "delivered_at",
+        "latest",
+        "refresh_requested",
+    )
+
     def __init__(
         self, inner: Output | None = None, *, monotonic: Callable[[], float] = time.monotonic
     ) -> None:
@@ -35,7 +46,9 @@ class MemoryOutput:
         self.attempts = 0
         self.delivered_at: float | None = None  # monotonic time of the last delivery
         self.refresh_requested = False  # a forced refresh is pending (one per attempt)
-        self._changed = asyncio.Event()
+        # Created by the first waiter only: an Event (and its waiter deque) is ~0.9 KiB, and
+        # most file tokens are never asked for through the endpoint.
+        self._changed: asyncio.Event | None = None
 
     async def deliver(self, token: AccessToken) -> None:
         """Deliver to ``inner`` first (a WriteError propagates, nothing recorded), then keep
@@ -57,11 +70,14 @@ class MemoryOutput:
         self._notify()
 
     def _notify(self) -> None:
-        self._changed.set()
-        self._changed = asyncio.Event()
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
 
     async def changed(self, timeout: float) -> bool:
         """Wait until the next delivery or finished attempt; False after ``timeout`` seconds."""
+        if self._changed is None:
+            self._changed = asyncio.Event()
         event = self._changed
         try:
             await asyncio.wait_for(event.wait(), timeout)
