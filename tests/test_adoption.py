@@ -25,6 +25,27 @@ def _start(
     return factory("run", "--config", str(config), env=emulator_env(emulator, out))
 
 
+def _first_run(
+    factory: Callable[..., DaemonProcess], emulator: Emulator, out: Path, config: Path
+) -> None:
+    """A daemon that writes its token and stops cleanly (leaving file and record)."""
+    first = _start(factory, emulator, out, config)
+    first.wait_event("ready: every token is on disk")
+    assert first.stop() == 0
+
+
+def _not_adopted(
+    factory: Callable[..., DaemonProcess], emulator: Emulator, out: Path, config: Path
+) -> str:
+    """Start again, expect the file refused and re-issued; returns the logged reason."""
+    d = _start(factory, emulator, out, config)
+    event = d.wait_event("existing token file not adopted; refreshing now")
+    d.wait_event("token written", token="x")
+    assert d.stop() == 0
+    reason: str = event["reason"]
+    return reason
+
+
 def test_a_restart_adopts_the_file_it_wrote(
     emulator: Emulator, tmp_path: Path, daemon_factory: Callable[..., DaemonProcess]
 ) -> None:
@@ -61,38 +82,25 @@ def test_a_changed_scope_is_reissued_at_once_on_restart(
     emulator: Emulator, tmp_path: Path, daemon_factory: Callable[..., DaemonProcess]
 ) -> None:
     out, config = tmp_path / "out", _config(tmp_path / "c.toml", STORAGE)
-    first = _start(daemon_factory, emulator, out, config)
-    first.wait_event("ready: every token is on disk")
-    assert first.stop() == 0
+    _first_run(daemon_factory, emulator, out, config)
     _config(config, VAULT)
-    second = _start(daemon_factory, emulator, out, config)
-    event = second.wait_event("existing token file not adopted; refreshing now")
-    assert event["reason"].startswith("configuration changed")
-    second.wait_event("token written", token="x")
-    assert second.stop() == 0
+    reason = _not_adopted(daemon_factory, emulator, out, config)
+    assert reason.startswith("configuration changed")
 
 
 def test_a_file_another_user_wrote_or_edited_is_never_adopted(
     emulator: Emulator, tmp_path: Path, daemon_factory: Callable[..., DaemonProcess]
 ) -> None:
     out, config = tmp_path / "out", _config(tmp_path / "c.toml", STORAGE)
-    first = _start(daemon_factory, emulator, out, config)
-    first.wait_event("ready: every token is on disk")
-    assert first.stop() == 0
+    _first_run(daemon_factory, emulator, out, config)
     genuine = (out / "x").read_text()
     # Same name, a valid-looking JWT with a far expiry, owned by someone else.
     (out / "x").unlink()
     (out / "x").write_text(genuine)
     os.chown(out / "x", 65534, 65534)
-    second = _start(daemon_factory, emulator, out, config)
-    event = second.wait_event("existing token file not adopted; refreshing now")
-    assert event["reason"] == "token file owned by another user"
-    second.wait_event("token written", token="x")
-    assert second.stop() == 0
+    reason = _not_adopted(daemon_factory, emulator, out, config)
+    assert reason == "token file owned by another user"
     # Ours, but edited since: its bytes no longer match the record.
     (out / "x").write_text(genuine)
-    third = _start(daemon_factory, emulator, out, config)
-    event = third.wait_event("existing token file not adopted; refreshing now")
-    assert event["reason"] == "token file changed since this daemon wrote it"
-    third.wait_event("token written", token="x")
-    assert third.stop() == 0
+    reason = _not_adopted(daemon_factory, emulator, out, config)
+    assert reason == "token file changed since this daemon wrote it"
