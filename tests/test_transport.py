@@ -1,5 +1,5 @@
-"""ClientPool's shards: how a destination's connections are split over httpx clients and which
-client a request gets (httpx.MockTransport; no network, no timing)."""
+"""ClientPool's shards: how a destination's connections are split over transports and which
+channel a request gets, and what a channel sends (httpx.MockTransport; no network, no timing)."""
 
 from __future__ import annotations
 
@@ -43,20 +43,20 @@ def _pool(max_connections: int) -> ClientPool:
     )
 
 
-def test_sequential_requests_reuse_the_first_client() -> None:
+def test_sequential_requests_reuse_the_first_channel() -> None:
     async def main() -> set[int]:
         pool = _pool(64)
         seen = set()
         for _ in range(5):
-            async with pool.lease(IDENT, URL) as client:
-                seen.add(id(client))
+            async with pool.lease(IDENT, URL) as channel:
+                seen.add(id(channel))
         await pool.aclose()
         return seen
 
     assert len(asyncio.run(main())) == 1
 
 
-def test_concurrent_requests_spread_over_every_client() -> None:
+def test_concurrent_requests_spread_over_every_channel() -> None:
     clients = len(shard_sizes(64))
 
     async def main() -> list[int]:
@@ -65,8 +65,8 @@ def test_concurrent_requests_spread_over_every_client() -> None:
         held: list[int] = []
 
         async def hold() -> None:
-            async with pool.lease(IDENT, URL) as client:
-                held.append(id(client))
+            async with pool.lease(IDENT, URL) as channel:
+                held.append(id(channel))
                 await release.wait()
 
         tasks = [asyncio.create_task(hold()) for _ in range(clients * 2)]
@@ -82,12 +82,50 @@ def test_concurrent_requests_spread_over_every_client() -> None:
     assert counts == [2] * clients
 
 
-def test_unleased_client_is_the_least_busy_one() -> None:
+def test_unleased_channel_is_the_least_busy_one() -> None:
     async def main() -> bool:
         pool = _pool(2 * SHARD_CONNECTIONS)
         async with pool.lease(IDENT, URL) as busy:
-            other = pool.client(None, URL)
+            other = pool.channel(None, URL)
         await pool.aclose()
         return other is not busy
 
     assert asyncio.run(main())
+
+
+def test_a_channel_sends_no_cookie_it_was_given_and_follows_no_redirect() -> None:
+    """Without httpx's client: a Set-Cookie is never sent back, a redirect is returned as it
+    is, no compression is asked for, and the User-Agent and timeouts are the pool's."""
+    seen: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(
+            302, headers={"Set-Cookie": "fpc=abc; Path=/", "Location": "https://elsewhere/"}
+        )
+
+    async def main() -> list[int]:
+        pool = ClientPool(timeout=7.0, transport=httpx.MockTransport(answer), env={})
+        statuses = []
+        for _ in range(2):
+            async with (
+                pool.lease(IDENT, URL) as channel,
+                channel.stream("POST", URL, data={"a": "b"}) as response,
+            ):
+                await response.aread()
+                statuses.append(response.status_code)
+        await pool.aclose()
+        return statuses
+
+    assert asyncio.run(main()) == [302, 302]
+    assert [str(r.url) for r in seen] == [URL, URL]
+    for request in seen:
+        assert "cookie" not in request.headers
+        assert "accept-encoding" not in request.headers
+        assert request.headers["user-agent"].startswith("entra-tokend/")
+        assert request.extensions["timeout"] == {
+            "connect": 7.0,
+            "read": 7.0,
+            "write": 7.0,
+            "pool": 7.0,
+        }

@@ -139,6 +139,37 @@ def test_remembered_secrets_are_redacted_by_value_whatever_their_shape() -> None
     assert line.count("[REDACTED]") == 2
 
 
+def test_every_secret_is_redacted_when_there_are_thousands(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Past the scan threshold (one pass over the line instead of a search per secret), and
+    past the bound where the oldest are forgotten: every secret still remembered is redacted
+    wherever it sits in the line, whole or as one JWT part."""
+    from entra_tokend import logging as log_module
+
+    monkeypatch.setattr(log_module, "_secrets", {})
+    monkeypatch.setattr(log_module, "_by_prefix", {})
+    header = "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9"  # shared by every token, as in Entra's
+    tokens = [
+        f"{header}.eyJhdWQiOiJhcGk6Ly9zLXtpfSIsIm4iOj{i:06d}.sig{i:06d}xxxxxxxxxxxxxxx"
+        for i in range(log_module._MAX_SECRETS // 2)
+    ]
+    opaque = [f"opaque-{i:06d}-0123456789" for i in range(log_module._MAX_SECRETS // 2)]
+    for token, other in zip(tokens, opaque, strict=True):
+        remember_secret(token)
+        remember_secret(other)
+    assert len(log_module._secrets) > log_module._SCAN_FROM
+    assert len(log_module._secrets) == log_module._MAX_SECRETS  # the bound holds
+    assert sum(map(len, log_module._by_prefix.values())) == len(log_module._secrets)
+    newest, newest_opaque = tokens[-1], opaque[-1]
+    signature = newest.split(".")[2]
+    line = log_module.redact_text(f"a{newest}b {signature}, x{newest_opaque}y and {newest[:40]}")
+    assert newest not in line
+    assert signature not in line
+    assert newest_opaque not in line
+    assert line.startswith("a[REDACTED]b [REDACTED], x[REDACTED]y and ")
+
+
 def _problems(tmp_path: Path, env: dict[str, str], toml: str | None = None) -> list[str]:
     config = None
     if toml is not None:

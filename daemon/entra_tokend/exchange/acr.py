@@ -200,11 +200,11 @@ class AcrExchange:
             return cached
         base = _base_url(registry)
         url, service = f"{base}/oauth2/exchange", registry_key(registry)
-        client = self._pool.client(identity.ca_file, f"{base}/v2/")
+        channel = self._pool.channel(identity.ca_file, f"{base}/v2/")
         request_id = str(uuid.uuid4())
         try:
             # Only the challenge header matters: the body is never read (no size to bound).
-            async with client.stream("GET", f"{base}/v2/") as response:
+            async with channel.stream("GET", f"{base}/v2/") as response:
                 header = response.headers.get("www-authenticate")
         except httpx.TimeoutException:
             raise RequestTimeout(
@@ -243,9 +243,9 @@ class AcrExchange:
             "tenant": identity.tenant_id,
             "access_token": entra_token,
         }
-        client = self._pool.client(identity.ca_file, url)
+        channel = self._pool.channel(identity.ca_file, url)
         try:
-            async with client.stream(
+            async with channel.stream(
                 "POST", url, data=form, headers={"x-ms-client-request-id": request_id}
             ) as response:
                 body = await read_capped(response, request_id)

@@ -356,6 +356,8 @@ class EntraExchange:
         # seconds; httpx's own timeouts apply per phase, so a body trickling in one byte a
         # second would otherwise never time out.
         self._timeout = timeout if timeout is not None else pool.timeout
+        # Parsed once per URL (one per identity): httpx parses a str URL on every request.
+        self._urls: dict[str, httpx.URL] = {}
 
     async def exchange(self, identity: Identity, scope: str, assertion: str) -> AccessToken:
         """Request an access token for ``scope`` with ``assertion`` as the client assertion.
@@ -379,8 +381,8 @@ class EntraExchange:
         try:
             async with (
                 asyncio.timeout(self._timeout),
-                self._pool.lease(identity, url) as client,
-                client.stream("POST", url, data=form, headers=headers) as response,
+                self._pool.lease(identity, url) as channel,
+                channel.stream("POST", self._parsed(url), data=form, headers=headers) as response,
             ):
                 body = await read_capped(response, request_id)
                 status = response.status_code
@@ -425,6 +427,14 @@ class EntraExchange:
             client_id=identity.client_id,
         )
 
+    def _parsed(self, url: str) -> httpx.URL:
+        parsed = self._urls.get(url)
+        if parsed is None:
+            if len(self._urls) >= 1024:  # identities come and go with reloads
+                self._urls.clear()
+            parsed = self._urls[url] = httpx.URL(url)
+        return parsed
+
 
 def _describe(exc: BaseException) -> str:
     """A fixed description of a transport failure, chosen by type (never the exception text)."""
@@ -463,7 +473,9 @@ def _tls_reason(exc: BaseException) -> str | None:
 
 
 async def read_capped(response: httpx.Response, request_id: str) -> bytes:
-    """The whole body, or InvalidResponse past MAX_BODY_BYTES (a hostile or broken server)."""
+    """The whole body, or InvalidResponse past MAX_BODY_BYTES (a hostile or broken server).
+    The request asks for no compression (``Channel``); a body compressed anyway is decoded by
+    httpx and the cap counts the decoded bytes."""
     chunks: list[bytes] = []
     size = 0
     async for chunk in response.aiter_bytes():

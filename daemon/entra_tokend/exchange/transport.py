@@ -1,4 +1,4 @@
-"""HTTP clients for token requests: one pooled ``httpx.AsyncClient`` per trust configuration.
+"""HTTP transports for token requests: pooled connections per trust configuration.
 
 Clients are keyed by CA bundle (an identity's ``ca_file``, else ``SSL_CERT_FILE``/
 ``SSL_CERT_DIR``, else certifi's bundle) and proxy, keep connections alive and never follow
@@ -7,19 +7,26 @@ CIDR ``NO_PROXY`` included); httpx's own environment handling (``trust_env``: pr
 is off. Tests pass an ``httpx.AsyncBaseTransport`` (e.g. ``httpx.MockTransport``) to run
 without a network.
 
-An identity with a ``token_proxy`` (AKS identity bindings) gets clients of its own, keyed by
+An identity with a ``token_proxy`` (AKS identity bindings) gets channels of its own, keyed by
 its TLS server name and the CA bundle's fingerprint (``tokenproxy.ProxyTrust``): when the CA
-file rotates, the next request gets a new client, and the old one is closed once no request
+file rotates, the next request gets new channels, and the old ones are closed once no request
 is using it. Its connections go through ``HTTPS_PROXY`` like any other, unless ``NO_PROXY``
 excludes the token proxy's address.
 
-Concurrency is spread over several clients per key, each with at most ``SHARD_CONNECTIONS``
-connections; a leased request goes to the client with the fewest requests in flight (so
-sequential requests keep reusing one connection). httpcore's pool checks every one of its
-connections on every request event (``_assign_requests_to_connections``: ``has_expired``, a
-readability probe through anyio's extra attributes, getpeername included), so one pool's CPU
-per request grows with its size: at concurrency 16 that check was 44 % of the exchange's
-event-loop samples here (py-spy, bench/FINDINGS.md, issue 18).
+Requests go straight to httpx's transport layer (``httpx.AsyncHTTPTransport``, one
+``httpcore`` connection pool each) through a ``Channel``, not through ``httpx.AsyncClient``: a
+token request needs none of the client's layers (authentication, redirects, a cookie jar,
+event hooks, URL merging), and skipping them cut the event loop's CPU per token request by
+~8 % here (bench/FINDINGS.md, round 4). Without a cookie jar nothing a server sets is sent
+back on a later request. No ``Accept-Encoding`` is sent: answers arrive uncompressed.
+
+Concurrency is spread over several transports per key, each with at most
+``SHARD_CONNECTIONS`` connections; a leased request goes to the transport with the fewest
+requests in flight (so sequential requests keep reusing one connection). httpcore's pool
+checks every one of its connections on every request event (``_assign_requests_to_connections``:
+``has_expired``, a readability probe through anyio's extra attributes, getpeername included),
+so one pool's CPU per request grows with its size: one connection per pool was the cheapest
+of 1, 2, 4 and 16 at concurrency 16 and 64 (bench/FINDINGS.md, issue 18, round 4).
 """
 
 from __future__ import annotations
@@ -40,52 +47,95 @@ from entra_tokend.model import Identity
 
 USER_AGENT = f"entra-tokend/{__version__}"
 
-SHARD_CONNECTIONS = 4
-"""Most connections one httpx client (one httpcore pool) is given; see the module docstring."""
+SHARD_CONNECTIONS = 1
+"""Most connections one transport (one httpcore pool) is given; see the module docstring."""
 
 
 def shard_sizes(max_connections: int) -> list[int]:
-    """``max_connections`` split over as few clients as keep each at or under
-    ``SHARD_CONNECTIONS``, as evenly as possible (e.g. 40 -> [14, 13, 13]). At least one
-    client of one connection."""
+    """``max_connections`` split over as few transports as keep each at or under
+    ``SHARD_CONNECTIONS``, as evenly as possible (with a bound of 4: 10 -> [4, 3, 3]). At
+    least one transport of one connection."""
     total = max(1, max_connections)
     count = -(-total // SHARD_CONNECTIONS)
     base, extra = divmod(total, count)
     return [base + 1 if i < extra else base for i in range(count)]
 
 
+class Channel:
+    """One pooled transport and the request defaults of the pool: per-phase timeouts and the
+    ``User-Agent``. What httpx's client would add and the daemon does not want is left out:
+    redirects are never followed, no cookie is kept or sent, no proxy or .netrc is read from
+    the environment, no compression is asked for."""
+
+    __slots__ = ("_timeout", "transport")
+
+    def __init__(self, transport: httpx.AsyncBaseTransport, timeout: httpx.Timeout) -> None:
+        self.transport = transport
+        self._timeout = timeout.as_dict()
+
+    @asynccontextmanager
+    async def stream(
+        self,
+        method: str,
+        url: str | httpx.URL,
+        *,
+        data: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> AsyncIterator[httpx.Response]:
+        """Send one request; the response's body is read inside the block and the
+        connection released when it ends. Raises what the transport raises: an
+        ``httpx.HTTPError`` (``TimeoutException``, ``ConnectError``, ...)."""
+        request = httpx.Request(
+            method,
+            url,
+            data=data,
+            headers={"User-Agent": USER_AGENT, "Accept": "application/json", **(headers or {})},
+            extensions={"timeout": self._timeout},
+        )
+        response = await self.transport.handle_async_request(request)
+        response.request = request
+        try:
+            yield response
+        finally:
+            await response.aclose()
+
+    async def aclose(self) -> None:
+        """Close the transport's connections."""
+        await self.transport.aclose()
+
+
 class _Shards:
-    """The clients of one key. A request goes to the client with the fewest requests in
+    """The channels of one key. A request goes to the channel with the fewest requests in
     flight (the first on a tie), so sequential requests reuse one connection and concurrent
-    ones spread over every client's pool."""
+    ones spread over every channel's pool."""
 
-    __slots__ = ("_busy", "clients")
+    __slots__ = ("_busy", "channels")
 
-    def __init__(self, clients: list[httpx.AsyncClient]) -> None:
-        self.clients = clients
-        self._busy = [0] * len(clients)
+    def __init__(self, channels: list[Channel]) -> None:
+        self.channels = channels
+        self._busy = [0] * len(channels)
 
     def _least_busy(self) -> int:
         busy = self._busy
         return busy.index(min(busy))
 
-    def take(self) -> httpx.AsyncClient:
-        """The least busy client, for a caller that does not report when it is done."""
-        return self.clients[self._least_busy()]
+    def take(self) -> Channel:
+        """The least busy channel, for a caller that does not report when it is done."""
+        return self.channels[self._least_busy()]
 
     @asynccontextmanager
-    async def hold(self) -> AsyncIterator[httpx.AsyncClient]:
-        """The least busy client, counted as busy until the block ends."""
+    async def hold(self) -> AsyncIterator[Channel]:
+        """The least busy channel, counted as busy until the block ends."""
         index = self._least_busy()
         self._busy[index] += 1
         try:
-            yield self.clients[index]
+            yield self.channels[index]
         finally:
             self._busy[index] -= 1
 
     async def aclose(self) -> None:
-        for client in self.clients:
-            await client.aclose()
+        for channel in self.channels:
+            await channel.aclose()
 
 
 def default_cafile() -> str | None:
@@ -110,9 +160,9 @@ ClientKey = tuple[object, ...]
 
 
 class ClientPool:
-    """The process's HTTP clients. ``timeout`` seconds per request phase; ``max_connections``
+    """The process's HTTP channels. ``timeout`` seconds per request phase; ``max_connections``
     per destination key (CA bundle and proxy), spread over ``shard_sizes(max_connections)``
-    clients."""
+    transports."""
 
     def __init__(
         self,
@@ -145,15 +195,15 @@ class ClientPool:
         if shards is None:
             shards = _Shards(
                 [
-                    httpx.AsyncClient(
-                        verify=verify if self._transport is None and verify is not None else True,
-                        timeout=self._timeout,
-                        limits=limits,
-                        trust_env=False,  # proxies are chosen by ProxySettings; no .netrc
-                        proxy=proxy,
-                        follow_redirects=False,
-                        headers={"User-Agent": USER_AGENT},
-                        transport=self._transport,
+                    Channel(
+                        self._transport
+                        or httpx.AsyncHTTPTransport(
+                            verify=verify if verify is not None else True,
+                            limits=limits,
+                            trust_env=False,  # proxies are chosen by ProxySettings
+                            proxy=proxy,
+                        ),
+                        self._timeout,
                     )
                     for limits in self._limits
                 ]
@@ -161,9 +211,9 @@ class ClientPool:
             self._clients[key] = shards
         return shards
 
-    def client(self, ca_file: Path | None, url: str) -> httpx.AsyncClient:
-        """A client for a request to ``url`` trusting ``ca_file`` (None: the default trust
-        store), through the proxy the environment chooses for ``url``: of that key's clients
+    def channel(self, ca_file: Path | None, url: str) -> Channel:
+        """A channel for a request to ``url`` trusting ``ca_file`` (None: the default trust
+        store), through the proxy the environment chooses for ``url``: of that key's channels
         (which share one TLS context), the one with the fewest leased requests in flight."""
         return self._direct(ca_file, url).take()
 
@@ -177,18 +227,18 @@ class ClientPool:
         return self._shards(key, ssl_context(ca) if self._transport is None else None, proxy)
 
     @asynccontextmanager
-    async def lease(self, identity: Identity, url: str) -> AsyncIterator[httpx.AsyncClient]:
-        """The client for ``identity``'s token request to ``url``, held for one request.
+    async def lease(self, identity: Identity, url: str) -> AsyncIterator[Channel]:
+        """The channel for ``identity``'s token request to ``url``, held for one request.
 
-        Direct identities share ``client(identity.ca_file, url)``. An identity with a
-        ``token_proxy`` gets a client trusting its proxy CA and presenting its SNI name; a
-        changed CA file is picked up here (``ProxyTrust.current``), and a client left behind
+        Direct identities share ``channel(identity.ca_file, url)``. An identity with a
+        ``token_proxy`` gets channels trusting its proxy CA and presenting its SNI name; a
+        changed CA file is picked up here (``ProxyTrust.current``), and channels left behind
         by a rotation is closed when its last request ends. Raises
         ``tokenproxy.TrustUnavailable`` when the proxy CA file never held a usable bundle.
         """
         if identity.token_proxy is None:
-            async with self._direct(identity.ca_file, url).hold() as client:
-                yield client
+            async with self._direct(identity.ca_file, url).hold() as channel:
+                yield channel
             return
         settings: ClientKey = (
             identity.token_proxy,
@@ -215,8 +265,8 @@ class ClientPool:
         shards = self._shards(key, context, proxy)
         self._leases[key] = self._leases.get(key, 0) + 1
         try:
-            async with shards.hold() as client:
-                yield client
+            async with shards.hold() as channel:
+                yield channel
         finally:
             self._leases[key] -= 1
             await self._close_if_idle(key)
@@ -230,7 +280,7 @@ class ClientPool:
                 await shards.aclose()
 
     async def aclose(self) -> None:
-        """Close every client (idle connections included)."""
+        """Close every channel (idle connections included)."""
         for shards in self._clients.values():
             await shards.aclose()
         self._clients.clear()
