@@ -40,6 +40,7 @@ import datetime as dt
 import http.client
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -61,6 +62,8 @@ DEFAULT_CONCURRENCY = int(TOP_LEVEL["concurrency"][1])  # the default the daemon
 
 RESULTS = benchlib.BENCH_DIR / "results" / "latest.json"
 TEMPLATE = benchlib.BENCH_DIR / "benchmarks.md.tmpl"
+BASELINE = benchlib.BENCH_DIR / "results" / "baseline.json"
+"""The "before" of the before/after table: the results of an earlier full run, kept as they were."""
 DOCS = REPO / "docs" / "benchmarks.md"
 PLOT = REPO / "docs" / "fleet_sim.png"
 
@@ -931,6 +934,34 @@ def fmt_floor_row(f: dict[str, Any]) -> tuple[str, ...]:
     )
 
 
+def _figure_key(figure: str) -> str:
+    """A floor row's figure without "default (N)", so a changed default still lines up."""
+    return re.sub(r"default \((\d+)\)", r"\1", figure)
+
+
+def before_after_rows(r: dict[str, Any], baseline: dict[str, Any]) -> list[tuple[str, ...]]:
+    """Each floor figure of this run beside the same figure in ``baseline`` (an earlier
+    run's results): figure, before (result and ratio to its floor), after, the change."""
+
+    def cell(f: dict[str, Any] | None) -> str:
+        if f is None:
+            return "–"
+        unit = f" {f['unit']}" if f["unit"] else ""
+        ratio = "" if f["ratio"] is None else f" ({f['ratio']:g}× floor)"
+        return f"{f['result']:g}{unit}{ratio}"
+
+    before = {_figure_key(f["figure"]): f for f in baseline.get("floors", [])}
+    rows: list[tuple[str, ...]] = []
+    for f in floor_figures(r):
+        b = before.get(_figure_key(f["figure"]))
+        change = "–"
+        if b is not None and b["result"]:
+            change = f"{(f['result'] - b['result']) / b['result'] * 100:+.0f} %"
+        verdict = "met" if f["met"] else "MISSED"
+        rows.append((f["figure"], cell(b), cell(f), change, f"{f['target']}: {verdict}"))
+    return rows
+
+
 def print_table(r: dict[str, Any]) -> None:
     """The side-by-side table and the verdicts on stdout."""
     rows = table_rows(r)
@@ -986,6 +1017,16 @@ def write_docs(r: dict[str, Any], path: Path, plot: Path | None) -> None:
         )
         for s in fl["scenarios"]
     ]
+    baseline: dict[str, Any] = {}
+    baseline_note = "no baseline (`bench/results/baseline.json` is missing)"
+    if BASELINE.exists():
+        baseline = json.loads(BASELINE.read_text())
+        baseline_note = (
+            f"before: the run of {baseline.get('finished_at', '?')} (daemon at "
+            f"{baseline.get('daemon_revision', '?')}, load "
+            f"{baseline.get('load_at_start', ['?'])[0]} at its start), kept in "
+            "`bench/results/baseline.json`; after: this run"
+        )
     plot_line = ""
     if plot is not None and plot.exists():
         plot_line = (
@@ -1019,6 +1060,8 @@ def write_docs(r: dict[str, Any], path: Path, plot: Path | None) -> None:
         result_rows=md_rows(table_rows(r)),
         target_rows=md_rows(targets),
         floor_rows=md_rows(fmt_floor_row(f) for f in floor_figures(r)),
+        baseline_note=baseline_note,
+        before_after_rows=md_rows(before_after_rows(r, baseline)),
         fleet_pods=f"{fl['pods']:,}",
         fleet_start_window=f"{fl['start_window_s']:g}",
         fleet_refresh_at=fl["policy"]["refresh_at"],
