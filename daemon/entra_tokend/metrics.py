@@ -226,16 +226,18 @@ class _Families(Collector):
 
 
 class _Unsplittable(Exception):
-    """The encoder's output does not have the shape the cache relies on (one line per sample,
-    header lines starting with ``#``); the exposition is then rendered whole."""
+    """The encoder's output does not have the shape the cache relies on (each family: its
+    HELP/TYPE lines as rendered without samples, then one line per sample, none starting with
+    ``#``); the exposition is then rendered whole by the encoder."""
 
 
 Encoder = Callable[[Collector], bytes]
 """An exposition encoder, as ``prometheus_client.exposition.choose_encoder`` returns."""
 
-RENDER_BATCH = 64
-"""Tokens rendered per step of :meth:`Metrics.render` (~1.5 ms of CPU in the classic format,
-~3.5 ms in OpenMetrics, on the machine of bench/FINDINGS.md)."""
+RENDER_BATCH = 32
+"""Tokens rendered per step of :meth:`Metrics.render`. With 5-7 samples per token a step took
+~1 ms of CPU in the classic format and ~2 ms in OpenMetrics on the 2-core bench machine (64
+took 2-4 / 4-8 ms under load); a larger batch saves nothing measurable in total."""
 
 _MAX_VARIANTS = 2  # formats cached at once: a Prometheus server's, and someone's curl
 
