@@ -535,6 +535,12 @@ class Metrics:
         out.append(variant.trailer)
         return b"".join(out)
 
+    @property
+    def formats_cached(self) -> list[str]:
+        """The formats (content types) whose per-token lines are kept, least recently used
+        first; at most two."""
+        return list(self._variants)
+
     def _variant(self, encoder: Encoder, key: str) -> _Variant:
         variant = self._variants.pop(key, None)
         if variant is None:
