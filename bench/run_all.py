@@ -434,7 +434,9 @@ def _healthz(conn: http.client.HTTPConnection) -> float:
     return time.perf_counter() - started
 
 
-def scrape_load(d: benchlib.DaemonRun, scrapes: int, window: float = 3.0) -> dict[str, Any]:
+def scrape_load(
+    d: benchlib.DaemonRun, scrapes: int, window: float = 3.0, accept: str = ""
+) -> dict[str, Any]:
     """``/metrics`` of a daemon with every token on disk: its size, the daemon's CPU per scrape,
     and how long ``/healthz`` (answered on the event loop) waits while scrapes run back to
     back in another thread, beside the same probe with no scrape (the floor). A request that
@@ -445,7 +447,9 @@ def scrape_load(d: benchlib.DaemonRun, scrapes: int, window: float = 3.0) -> dic
     so a fast scrape is probed as often as a slow one: the longest of a few dozen probes and of
     a thousand are not the same statistic. The busy window starts with the daemon's first scrape
     (the one that renders every token). CPU per scrape is measured in a third phase with no
-    probes (utime+stime, 10 ms ticks, over at least *window* seconds of scrapes)."""
+    probes (utime+stime, 10 ms ticks, over at least *window* seconds of scrapes). *accept* is
+    the scrapes' Accept header (none: the classic text format; Prometheus asks for
+    OpenMetrics)."""
     port = int(d.process.wait_event("listening")["listen"].rpartition(":")[2])
     probe = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     quiet: list[float] = []
@@ -458,7 +462,7 @@ def scrape_load(d: benchlib.DaemonRun, scrapes: int, window: float = 3.0) -> dic
 
     def scrape(conn: http.client.HTTPConnection) -> None:
         t0 = time.perf_counter()
-        conn.request("GET", "/metrics")
+        conn.request("GET", "/metrics", headers={"Accept": accept} if accept else {})
         sizes.append(len(conn.getresponse().read()))
         latencies.append(time.perf_counter() - t0)
 
@@ -494,6 +498,7 @@ def scrape_load(d: benchlib.DaemonRun, scrapes: int, window: float = 3.0) -> dic
         return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 3)
 
     return {
+        "accept": accept,
         "scrapes": busy_scrapes,
         "window_s": window,
         "bytes": sizes[-1] if sizes else 0,

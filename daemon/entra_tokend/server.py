@@ -53,22 +53,31 @@ def _limits() -> Limits:
 
 
 async def _render(metrics: Metrics, encoder: Encoder, key: str) -> bytes:
-    """``metrics.render`` driven on the event loop, letting other work run between its steps.
+    """``metrics.render`` driven on the event loop, which gets at least as long as each step
+    took before the next one runs.
 
     On the loop, not in a worker thread: a render in a thread holds the GIL for its whole
     length, and whenever the kernel preempts that thread (2 cores, other processes) or it runs
     a garbage collection, the loop cannot run either; with 1,000 tokens that made ``/healthz``
-    wait up to 30-80 ms during scrapes (bench/FINDINGS.md, issue 18). A render now formats only
-    the tokens that changed since the last scrape, at most ``RENDER_BATCH`` per step.
+    wait up to 30-80 ms during scrapes (bench/FINDINGS.md, issue 18). A render formats only the
+    tokens that changed since the last scrape of its format, ``RENDER_BATCH`` per step.
+
+    Sleeping as long as the step took, not just yielding: answering a request takes the loop
+    several iterations (read, parse, write, each its own callback), and with a bare yield every
+    iteration would run one more step first — a request arriving during the first scrape of
+    1,000 tokens waited ~20 ms in OpenMetrics that way. Now such a render takes at most half of
+    the loop's time, and other work waits for at most one step.
     """
+    loop = asyncio.get_running_loop()
     steps = metrics.render(encoder, key)
     while True:
+        started = loop.time()
         try:
             next(steps)
         except StopIteration as done:
             body: bytes = done.value
             return body
-        await asyncio.sleep(0)
+        await asyncio.sleep(loop.time() - started)
 
 
 class _SingleFlight:
