@@ -498,11 +498,13 @@ class Metrics:
 
     def render(self, encoder: Encoder, key: str) -> Generator[None, None, bytes]:
         """The exposition ``encoder(self.registry)`` gives, byte for byte, rendered in steps:
-        each ``next()`` does at most :data:`RENDER_BATCH` tokens' worth of formatting, and the
-        generator returns the body. *key* names the format (the response's content type): each
-        format keeps, per token, the sample lines it rendered and the record version they show,
-        so a scrape renders again only the tokens that changed since the last scrape of that
-        format, and joins the rest (issue 18: 1,000 tokens took ~65 ms of CPU per scrape).
+        each ``next()`` formats at most :data:`RENDER_BATCH` tokens, the last one joins the
+        cached lines and formats the other families, and the generator returns the body.
+
+        *key* names the format (the response's content type). Each format keeps, per token,
+        the sample lines it rendered and the record version they show, so a scrape formats
+        again only the tokens that changed since the last scrape of that format and joins the
+        rest (issue 18: 1,000 tokens took ~65 ms of CPU per scrape).
 
         Meant for the event loop, which is also the only writer of the records: between steps
         records may change; a token shows the values it had when its step ran, and the tokens
@@ -563,12 +565,11 @@ class Metrics:
             else:
                 stale.append((token, series))
         for start in range(0, len(stale), RENDER_BATCH):
-            if start:
-                yield  # let the loop run between batches
             batch = stale[start : start + RENDER_BATCH]
             for (token, series), lines in zip(batch, variant.render_tokens(batch), strict=True):
                 rows[token] = (series.version, lines)
             self.tokens_rendered += len(batch)
+            yield  # let the loop run after each batch (the joins come in a step of their own)
         # Only the tokens of this scrape stay cached: removed ones are dropped here.
         variant.rows = rows
         return [rows[token][1] for token, _ in items]
