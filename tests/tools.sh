@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Installs the non-Python tools the tests call, if missing: promtool (from Debian's prometheus
-# package; only that binary is unpacked) and systemd-analyze (Debian's systemd). Idempotent and
-# quick when both are present. Needs root (or sudo) only when something is missing.
+# Installs the non-Python tools the tests call, if missing: promtool and prometheus (from Debian's
+# prometheus package; only those two binaries are unpacked) and systemd-analyze (Debian's
+# systemd). Idempotent and quick when all are present. Needs root (or sudo) only when something
+# is missing.
 set -euo pipefail
 
 SUDO=""
@@ -11,11 +12,11 @@ apt_update() {
   if [ "$updated" = 0 ]; then $SUDO apt-get update -qq; updated=1; fi
 }
 
-if ! command -v promtool >/dev/null 2>&1; then
+if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; then
   apt_update
   work=$(mktemp -d)
   (cd "$work" && apt-get download -qq prometheus && dpkg-deb -x prometheus_*.deb root)
-  $SUDO install -m 0755 "$work/root/usr/bin/promtool" /usr/local/bin/promtool
+  $SUDO install -m 0755 "$work/root/usr/bin/promtool" "$work/root/usr/bin/prometheus" /usr/local/bin/
   rm -rf "$work"
 fi
 
@@ -33,6 +34,7 @@ fi
 "$(dirname "$0")/emulator/registry_tools.sh"
 
 promtool --version 2>&1 | head -n 1
+prometheus --version 2>&1 | head -n 1
 systemd-analyze --version | head -n 1
 
 # @azure/identity for the JavaScript managed-identity endpoint test (tests/sdk/mi_probe.mjs),

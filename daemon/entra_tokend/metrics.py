@@ -11,7 +11,9 @@ from a token, an assertion, a scope or an Entra response is ever used as a label
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import itertools
+from collections.abc import Callable, Generator, Iterator, Sequence
+from dataclasses import dataclass
 
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -66,10 +68,19 @@ EXCHANGE_BUCKETS: tuple[float, ...] = (
 )
 
 
+_VERSIONS = itertools.count(1)
+"""Every change of a per-token record takes the next number: a version is never reused, even
+by a record made again for a removed token's name, so a cached rendering is current exactly
+when its version is the record's."""
+
+
 class _TokenSeries:
     """One token's per-token values. prometheus_client keeps a child object (a value and a
     lock each) per label set: 4-5 of them per token were ~2.1 KiB of the memory per token
-    (bench/FINDINGS.md, issue 18); one slotted record is ~0.2 KiB."""
+    (bench/FINDINGS.md, issue 18); one slotted record is ~0.2 KiB.
+
+    Every change goes through :meth:`Metrics` methods, which call :meth:`changed`, so that
+    ``version`` tells the exposition cache which tokens to render again."""
 
     __slots__ = (
         "expiry",
@@ -78,6 +89,7 @@ class _TokenSeries:
         "last_success",
         "refresh_failures",
         "successes",
+        "version",
     )
 
     def __init__(self, hook: bool) -> None:
@@ -88,75 +100,195 @@ class _TokenSeries:
         # reason -> count; None until the first failure (series appear with it).
         self.failures: dict[str, float] | None = None
         self.hook_failures: float | None = 0.0 if hook else None  # None: no hook, no series
+        self.version = next(_VERSIONS)
+
+    def changed(self) -> None:
+        """Mark the record changed since any rendering of it."""
+        self.version = next(_VERSIONS)
+
+
+_Samples = Callable[[str, _TokenSeries], Sequence[tuple[Sequence[str], float]]]
+
+
+@dataclass(frozen=True)
+class _TokenFamily:
+    """One per-token family: its name, help and labels, and a record's samples in it."""
+
+    kind: type[CounterMetricFamily] | type[GaugeMetricFamily]
+    name: str
+    documentation: str
+    labels: tuple[str, ...]
+    samples: _Samples
+
+    def build(self, items: Sequence[tuple[str, _TokenSeries]]) -> tuple[Metric, list[int]]:
+        """The family with the samples of *items* (token, record) in their order, and how many
+        samples each token has in it."""
+        family = self.kind(self.name, self.documentation, labels=self.labels)
+        counts: list[int] = []
+        for token, series in items:
+            samples = self.samples(token, series)
+            for labels, value in samples:
+                family.add_metric(labels, value)
+            counts.append(len(samples))
+        return family, counts
+
+
+def _failures(token: str, s: _TokenSeries) -> Sequence[tuple[Sequence[str], float]]:
+    by_reason = s.failures
+    return () if by_reason is None else [([token, r], n) for r, n in by_reason.items()]
+
+
+def _hooks(token: str, s: _TokenSeries) -> Sequence[tuple[Sequence[str], float]]:
+    return () if s.hook_failures is None else (([token], s.hook_failures),)
+
+
+_TOKEN_FAMILIES: tuple[_TokenFamily, ...] = (
+    _TokenFamily(
+        GaugeMetricFamily,
+        "entra_tokend_token_expiry_timestamp_seconds",
+        "Expiry of the access token currently on disk, as a unix timestamp; 0: none yet.",
+        ("token",),
+        lambda token, s: (([token], s.expiry),),
+    ),
+    _TokenFamily(
+        GaugeMetricFamily,
+        "entra_tokend_token_last_success_timestamp_seconds",
+        "Time of the last successful refresh (token exchanged and written), unix seconds; "
+        "0: never.",
+        ("token",),
+        lambda token, s: (([token], s.last_success),),
+    ),
+    _TokenFamily(
+        CounterMetricFamily,
+        "entra_tokend_token_refreshes",
+        "Refresh attempts by result (success or failure).",
+        ("token", "result"),
+        lambda token, s: (
+            ([token, "success"], s.successes),
+            ([token, "failure"], s.refresh_failures),
+        ),
+    ),
+    _TokenFamily(
+        CounterMetricFamily,
+        "entra_tokend_token_refresh_failures",
+        "Failed refresh attempts by reason.",
+        ("token", "reason"),
+        _failures,
+    ),
+    _TokenFamily(
+        CounterMetricFamily,
+        "entra_tokend_hook_failures",
+        "Post-write hooks that failed or timed out.",
+        ("token",),
+        _hooks,
+    ),
+)
+_HOOK_FAMILY = len(_TOKEN_FAMILIES) - 1  # the last one, registered after the identity families
 
 
 class _TokenCollector(Collector):
-    """Yields the per-token families from the ``_TokenSeries`` records, in the exposition
-    prometheus_client's Gauge and Counter would give (same names, help, labels and values).
+    """Yields per-token families (``_TOKEN_FAMILIES[first:last]``) from the ``_TokenSeries``
+    records, in the exposition prometheus_client's Gauge and Counter would give (same names,
+    help, labels and values).
 
-    ``collect`` runs in the scrape's worker thread while the event loop updates records: it
-    works on a copy of the dict (one C call under the GIL), so it never sees the dict change
-    size; a value read mid-update is at most one event old, as with prometheus_client's own.
+    This is what ``encoder(registry)`` renders; ``/metrics`` renders the same bytes through
+    :meth:`Metrics.render`, which caches each token's lines. ``collect`` copies the dict first
+    (one C call under the GIL), so a caller in another thread never sees it change size.
     """
 
-    def __init__(self, series: dict[str, _TokenSeries], *, hooks: bool) -> None:
+    def __init__(self, series: dict[str, _TokenSeries], first: int, last: int) -> None:
         self._series = series
-        self._hooks = hooks  # this instance yields hook_failures (else the four others)
+        self.indices = range(first, last)
 
     def describe(self) -> Iterator[Metric]:
         """The families without samples (for the registry's duplicate-name check)."""
-        return self._families({})
+        return (_TOKEN_FAMILIES[k].build(())[0] for k in self.indices)
 
     def collect(self) -> Iterator[Metric]:
         """The families with one sample per configured token (per reason for failures)."""
-        return self._families(self._series.copy())
+        items = list(self._series.items())
+        return (_TOKEN_FAMILIES[k].build(items)[0] for k in self.indices)
 
-    def _families(self, series: dict[str, _TokenSeries]) -> Iterator[Metric]:
-        if self._hooks:
-            hooks = CounterMetricFamily(
-                "entra_tokend_hook_failures",
-                "Post-write hooks that failed or timed out.",
-                labels=["token"],
-            )
-            for token, s in series.items():
-                if s.hook_failures is not None:
-                    hooks.add_metric([token], s.hook_failures)
-            yield hooks
-            return
-        expiry = GaugeMetricFamily(
-            "entra_tokend_token_expiry_timestamp_seconds",
-            "Expiry of the access token currently on disk, as a unix timestamp; 0: none yet.",
-            labels=["token"],
-        )
-        last = GaugeMetricFamily(
-            "entra_tokend_token_last_success_timestamp_seconds",
-            "Time of the last successful refresh (token exchanged and written), unix seconds; "
-            "0: never.",
-            labels=["token"],
-        )
-        refreshes = CounterMetricFamily(
-            "entra_tokend_token_refreshes",
-            "Refresh attempts by result (success or failure).",
-            labels=["token", "result"],
-        )
-        failures = CounterMetricFamily(
-            "entra_tokend_token_refresh_failures",
-            "Failed refresh attempts by reason.",
-            labels=["token", "reason"],
-        )
-        for token, s in series.items():
-            expiry.add_metric([token], s.expiry)
-            last.add_metric([token], s.last_success)
-            refreshes.add_metric([token, "success"], s.successes)
-            refreshes.add_metric([token, "failure"], s.refresh_failures)
-            by_reason = s.failures
-            if by_reason is not None:
-                for reason, count in by_reason.copy().items():
-                    failures.add_metric([token, reason], count)
-        yield expiry
-        yield last
-        yield refreshes
-        yield failures
+
+class _Families(Collector):
+    """A collector yielding the families of some collectors (or given families), in order: what
+    an encoder renders for one part of the exposition."""
+
+    def __init__(self, collectors: Sequence[Collector] = (), families: Sequence[Metric] = ()):
+        self._collectors = collectors
+        self._families = families
+
+    def collect(self) -> Iterator[Metric]:
+        """The given families, then each collector's."""
+        yield from self._families
+        for collector in self._collectors:
+            yield from collector.collect()
+
+
+class _Unsplittable(Exception):
+    """The encoder's output does not have the shape the cache relies on (each family: its
+    HELP/TYPE lines as rendered without samples, then one line per sample, none starting with
+    ``#``); the exposition is then rendered whole by the encoder."""
+
+
+Encoder = Callable[[Collector], bytes]
+"""An exposition encoder, as ``prometheus_client.exposition.choose_encoder`` returns."""
+
+RENDER_BATCH = 32
+"""Tokens rendered per step of :meth:`Metrics.render`. With 5-7 samples per token a step took
+~1 ms of CPU in the classic format and ~2 ms in OpenMetrics on the 2-core bench machine (64
+took 2-4 / 4-8 ms under load); a larger batch saves nothing measurable in total."""
+
+_MAX_VARIANTS = 2  # formats cached at once: a Prometheus server's, and someone's curl
+
+
+class _Variant:
+    """One format's cache: the encoder's fixed parts (the trailer, each per-token family's
+    HELP/TYPE lines) and, per token, the record version last rendered and its sample lines in
+    each per-token family. Every byte comes from the encoder; only the splitting is ours."""
+
+    __slots__ = ("encoder", "header_lines", "headers", "rows", "trailer")
+
+    def __init__(self, encoder: Encoder) -> None:
+        self.encoder = encoder
+        self.trailer = encoder(_Families())  # b"# EOF\n" in OpenMetrics, b"" in the text format
+        self.headers = [self.encode([f.build(())[0]]) for f in _TOKEN_FAMILIES]
+        self.header_lines = [h.count(b"\n") for h in self.headers]
+        self.rows: dict[str, tuple[int, tuple[bytes, ...]]] = {}
+
+    def encode(
+        self, families: Sequence[Metric] = (), collectors: Sequence[Collector] = ()
+    ) -> bytes:
+        """The encoder's output for *families* then *collectors*, without its trailer."""
+        out = self.encoder(_Families(collectors, families))
+        if not out.endswith(self.trailer):
+            raise _Unsplittable("no trailer")
+        return out[: len(out) - len(self.trailer)]
+
+    def render_tokens(self, items: Sequence[tuple[str, _TokenSeries]]) -> list[tuple[bytes, ...]]:
+        """Each token's sample lines in each per-token family, from one encoder call over the
+        families of *items*. Raises _Unsplittable."""
+        built = [f.build(items) for f in _TOKEN_FAMILIES]
+        lines = self.encode([family for family, _ in built]).split(b"\n")
+        # Each family is its header lines, then one line per sample in the order added:
+        # prometheus_client escapes newlines in label values and help text.
+        rows: list[list[bytes]] = [[] for _ in items]
+        pos = 0
+        for k, (_, counts) in enumerate(built):
+            end = pos + self.header_lines[k]
+            if b"\n".join(lines[pos:end]) + b"\n" != self.headers[k]:
+                raise _Unsplittable("header")
+            pos = end
+            for row, count in zip(rows, counts, strict=True):
+                end = pos + count
+                sample = lines[pos:end]
+                if any(line.startswith(b"#") for line in sample):
+                    raise _Unsplittable("sample")
+                row.append(b"\n".join(sample) + b"\n" if count else b"")
+                pos = end
+        if lines[pos:] != [b""]:
+            raise _Unsplittable("trailing lines")
+        return [tuple(row) for row in rows]
 
 
 class Metrics:
@@ -168,7 +300,8 @@ class Metrics:
         # token -> its per-token values, exposed by two collectors registered where the
         # Gauge/Counter objects they replace were, so the exposition keeps its order.
         self._series: dict[str, _TokenSeries] = {}
-        r.register(_TokenCollector(self._series, hooks=False))
+        tokens = _TokenCollector(self._series, 0, _HOOK_FAMILY)
+        r.register(tokens)
         self._exchange_duration = Histogram(
             "entra_tokend_exchange_duration_seconds",
             "Latency of token requests to the Entra token endpoint.",
@@ -188,7 +321,8 @@ class Metrics:
             ["identity"],
             registry=r,
         )
-        r.register(_TokenCollector(self._series, hooks=True))
+        hooks = _TokenCollector(self._series, _HOOK_FAMILY, _HOOK_FAMILY + 1)
+        r.register(hooks)
         self._ready = Gauge(
             "entra_tokend_ready",
             "1 when every configured token is on disk and unexpired, else 0.",
@@ -220,6 +354,22 @@ class Metrics:
             registry=r,
         )
         self._endpoint_resources: set[str] = set()
+        # The registry's collectors in registration order (its exposition order), for render().
+        self._parts: tuple[Collector, ...] = (
+            tokens,
+            self._exchange_duration,
+            self._assertion_expiry,
+            self._assertion_rotations,
+            hooks,
+            self._ready,
+            self._output_dir_world_writable,
+            self._build_info,
+            self._endpoint_requests,
+            self._endpoint_duration,
+        )
+        self._variants: dict[str, _Variant] = {}
+        self.tokens_rendered = 0
+        """Per-token renderings done by render() so far (tests read it)."""
         self._build_info.labels(version=entra_tokend.__version__).set(1)
         self._ready.set(0)
         # token -> identity, so an identity's series go away with its last token.
@@ -243,8 +393,10 @@ class Metrics:
             self._series[token] = _TokenSeries(hook)
         elif not hook:
             series.hook_failures = None
+            series.changed()
         elif series.hook_failures is None:
             series.hook_failures = 0.0
+            series.changed()
         self._exchange_duration.labels(identity=identity)
         self._assertion_rotations.labels(identity=identity)
 
@@ -270,7 +422,9 @@ class Metrics:
 
     def token_adopted(self, token: str, expires_on: float) -> None:
         """Record a still-valid token found on disk at start or reload (no refresh counted)."""
-        self._record(token).expiry = expires_on
+        series = self._record(token)
+        series.expiry = expires_on
+        series.changed()
 
     def token_written(self, token: str, expires_on: float, now: float) -> None:
         """Record a successful refresh: the new token with expiry *expires_on* is on disk."""
@@ -278,6 +432,7 @@ class Metrics:
         series.expiry = expires_on
         series.last_success = now
         series.successes += 1
+        series.changed()
 
     def refresh_failed(self, token: str, reason: Reason) -> None:
         """Record a failed refresh of *token* for *reason*.
@@ -290,6 +445,7 @@ class Metrics:
         if series.failures is None:
             series.failures = {}
         series.failures[label] = series.failures.get(label, 0.0) + 1
+        series.changed()
 
     def exchange_observed(self, identity: str, seconds: float) -> None:
         """Record the latency of one token request (successful or not)."""
@@ -312,6 +468,7 @@ class Metrics:
         """Count a failed post-write hook of *token*."""
         series = self._record(token)
         series.hook_failures = (series.hook_failures or 0.0) + 1
+        series.changed()
 
     def set_output_dir_world_writable(self, insecure: bool) -> None:
         """Set ``entra_tokend_output_dir_world_writable`` to 1 or 0."""
@@ -338,6 +495,84 @@ class Metrics:
     def set_ready(self, ready: bool) -> None:
         """Set ``entra_tokend_ready`` to 1 or 0."""
         self._ready.set(1 if ready else 0)
+
+    def render(self, encoder: Encoder, key: str) -> Generator[None, None, bytes]:
+        """The exposition ``encoder(self.registry)`` gives, byte for byte, rendered in steps:
+        each ``next()`` formats at most :data:`RENDER_BATCH` tokens, the last one joins the
+        cached lines and formats the other families, and the generator returns the body.
+
+        *key* names the format (the response's content type). Each format keeps, per token,
+        the sample lines it rendered and the record version they show, so a scrape formats
+        again only the tokens that changed since the last scrape of that format and joins the
+        rest (issue 18: 1,000 tokens took ~65 ms of CPU per scrape).
+
+        Meant for the event loop, which is also the only writer of the records: between steps
+        records may change; a token shows the values it had when its step ran, and the tokens
+        are those configured when the render began. The other families (per identity,
+        endpoint, ready, build info) are few and rendered whole each time.
+        """
+        try:
+            return (yield from self._render(self._variant(encoder, key)))
+        except _Unsplittable:
+            # Not the shape this prometheus_client version was tested with: correct first.
+            self._variants.pop(key, None)
+            return encoder(self.registry)
+
+    def _render(self, variant: _Variant) -> Generator[None, None, bytes]:
+        rows = yield from self._token_rows(variant)
+        out: list[bytes] = []
+        plain: list[Collector] = []
+        for part in self._parts:
+            if not isinstance(part, _TokenCollector):
+                plain.append(part)
+                continue
+            if plain:
+                out.append(variant.encode(collectors=plain))
+                plain = []
+            for k in part.indices:
+                out.append(variant.headers[k])
+                out.extend([row[k] for row in rows])
+        if plain:
+            out.append(variant.encode(collectors=plain))
+        out.append(variant.trailer)
+        return b"".join(out)
+
+    @property
+    def formats_cached(self) -> list[str]:
+        """The formats (content types) whose per-token lines are kept, least recently used
+        first; at most two."""
+        return list(self._variants)
+
+    def _variant(self, encoder: Encoder, key: str) -> _Variant:
+        variant = self._variants.pop(key, None)
+        if variant is None:
+            variant = _Variant(encoder)
+            while len(self._variants) >= _MAX_VARIANTS:  # drop the least recently used
+                del self._variants[next(iter(self._variants))]
+        self._variants[key] = variant  # (re)inserted last: most recently used
+        return variant
+
+    def _token_rows(self, variant: _Variant) -> Generator[None, None, list[tuple[bytes, ...]]]:
+        """Each configured token's lines in each per-token family, in configuration order."""
+        items = list(self._series.items())
+        cached = variant.rows
+        rows: dict[str, tuple[int, tuple[bytes, ...]]] = {}
+        stale: list[tuple[str, _TokenSeries]] = []
+        for token, series in items:
+            hit = cached.get(token)
+            if hit is not None and hit[0] == series.version:
+                rows[token] = hit
+            else:
+                stale.append((token, series))
+        for start in range(0, len(stale), RENDER_BATCH):
+            batch = stale[start : start + RENDER_BATCH]
+            for (token, series), lines in zip(batch, variant.render_tokens(batch), strict=True):
+                rows[token] = (series.version, lines)
+            self.tokens_rendered += len(batch)
+            yield  # let the loop run after each batch (the joins come in a step of their own)
+        # Only the tokens of this scrape stay cached: removed ones are dropped here.
+        variant.rows = rows
+        return [rows[token][1] for token, _ in items]
 
 
 def _remove(metric: Gauge | Counter | Histogram, *labelvalues: str) -> None:

@@ -7,8 +7,9 @@ an assertion or a request header. The bounds below (read per connection, so test
 them) are documented in ``httpserver``: head size, read timeout, connection count (idle
 connections are evicted oldest first, so they cannot starve the probes).
 
-``/metrics`` renders the exposition in a worker thread, so a scrape never holds the loop for
-longer than the interpreter's switch interval at a time.
+``/metrics`` renders on the loop in steps, formatting only the tokens whose values changed since
+the last scrape of the same format (``Metrics.render``): a scrape of 1,000 unchanged tokens is
+little more than a join, and a first scrape holds the loop for one batch of tokens at a time.
 
 An ``Accept`` header that prometheus_client cannot parse (``application/openmetrics-text;
 version=abc``) gets the classic text format rather than an error.
@@ -18,15 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 import weakref
 from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, choose_encoder, generate_latest
 
 from entra_tokend.httpserver import Handler, HttpServer, Limits, Request, Response, bound_port
-from entra_tokend.metrics import Metrics
+from entra_tokend.metrics import Encoder, Metrics
 
 __all__ = ["MAX_CONNECTIONS", "MAX_HEAD_BYTES", "READ_TIMEOUT", "bound_port", "start_server"]
 
@@ -53,34 +52,32 @@ def _limits() -> Limits:
     )
 
 
-RENDER_SWITCH_INTERVAL = 0.001
-"""Seconds: the interpreter's switch interval while an exposition renders in a thread."""
-_rendering = [0, 0.0]  # renders in progress, the switch interval to restore
+async def _render(metrics: Metrics, encoder: Encoder, key: str) -> bytes:
+    """``metrics.render`` driven on the event loop, which gets at least as long as each step
+    took before the next one runs.
 
+    On the loop, not in a worker thread: a render in a thread holds the GIL for its whole
+    length, and whenever the kernel preempts that thread (2 cores, other processes) or it runs
+    a garbage collection, the loop cannot run either; with 1,000 tokens that made ``/healthz``
+    wait up to 30-80 ms during scrapes (bench/FINDINGS.md, issue 18). A render formats only the
+    tokens that changed since the last scrape of its format, ``RENDER_BATCH`` per step.
 
-async def _render_off_loop(
-    encoder: Callable[[CollectorRegistry], bytes], registry: CollectorRegistry
-) -> bytes:
-    """``encoder(registry)`` in a worker thread. With 1,000 tokens the exposition takes tens of
-    milliseconds of CPU, which refreshes and rotations would otherwise wait behind
-    (bench/FINDINGS.md, issue 18). prometheus_client copies each family's children under its
-    lock, so the loop may update metrics meanwhile.
-
-    Meanwhile the switch interval is 1 ms instead of 5: every socket call the loop makes
-    releases the GIL, and getting it back from a busy thread takes one interval, so a request
-    answered on the loop (``/healthz``, the token endpoint) waited several intervals per scrape
-    (measured: p99 12 ms, max 27 ms at 5 ms; 2.7 / 5 ms at 1 ms).
+    Sleeping as long as the step took, not just yielding: answering a request takes the loop
+    several iterations (read, parse, write, each its own callback), and with a bare yield every
+    iteration would run one more step first — a request arriving during the first scrape of
+    1,000 tokens waited ~20 ms in OpenMetrics that way. Now such a render takes at most half of
+    the loop's time, and other work waits for at most one step.
     """
-    if _rendering[0] == 0:
-        _rendering[1] = sys.getswitchinterval()
-        sys.setswitchinterval(min(_rendering[1], RENDER_SWITCH_INTERVAL))
-    _rendering[0] += 1
-    try:
-        return await asyncio.to_thread(encoder, registry)
-    finally:
-        _rendering[0] -= 1
-        if _rendering[0] == 0:
-            sys.setswitchinterval(_rendering[1])
+    loop = asyncio.get_running_loop()
+    steps = metrics.render(encoder, key)
+    while True:
+        started = loop.time()
+        try:
+            next(steps)
+        except StopIteration as done:
+            body: bytes = done.value
+            return body
+        await asyncio.sleep(loop.time() - started)
 
 
 class _SingleFlight:
@@ -90,12 +87,10 @@ class _SingleFlight:
     def __init__(self) -> None:
         self._pending: dict[str, asyncio.Future[bytes]] = {}
 
-    async def render(
-        self, key: str, encoder: Callable[[CollectorRegistry], bytes], registry: CollectorRegistry
-    ) -> bytes:
+    async def render(self, metrics: Metrics, encoder: Encoder, key: str) -> bytes:
         pending = self._pending.get(key)
         if pending is None:
-            pending = asyncio.ensure_future(_render_off_loop(encoder, registry))
+            pending = asyncio.ensure_future(_render(metrics, encoder, key))
             self._pending[key] = pending
             pending.add_done_callback(lambda _: self._pending.pop(key, None))
         return await asyncio.shield(pending)
@@ -121,7 +116,7 @@ def _routes(metrics: Metrics, readiness: ReadinessFn) -> dict[str, Handler]:
             encoder, content_type = choose_encoder(request.headers.get("accept", ""))
         except (ValueError, TypeError):  # e.g. version=abc: answer in the classic format
             encoder, content_type = generate_latest, CONTENT_TYPE_LATEST
-        body = await renders.render(content_type, encoder, metrics.registry)
+        body = await renders.render(metrics, encoder, content_type)
         return Response(200, body, content_type)
 
     return {"/healthz": healthz, "/readyz": readyz, "/metrics": metrics_page}
