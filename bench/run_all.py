@@ -893,8 +893,9 @@ def floor_figures(r: dict[str, Any]) -> list[dict[str, Any]]:
                 max_value=20.0,
                 load=f"{bg['runs'][0]['load_after'][0]:.2f}",
                 note=f"bounds the event-loop time of one scrape; {sc['bytes'] / 1000:.0f} kB,"
-                f" {sc['daemon_cpu_ms_per_scrape']} ms daemon CPU per scrape (in a worker"
-                f" thread); /healthz p99 {sc['healthz_during_p99_ms']} ms during, "
+                f" {sc['daemon_cpu_ms_per_scrape']} ms daemon CPU per scrape (unchanged tokens;"
+                f" first scrape {sc.get('first_scrape_ms', '?')} ms); /healthz p99"
+                f" {sc['healthz_during_p99_ms']} ms during, "
                 f"{sc['healthz_quiet_p99_ms']} ms quiet (floor column: longest quiet wait)",
             )
     idle_r = r.get("idle", {})
