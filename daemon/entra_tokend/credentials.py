@@ -1,10 +1,14 @@
 """Credential sources: one per identity, holding its projected token (the client assertion).
 
-A ``CredentialSource`` reads the projected token fresh when asked (``current``), notices a
-rotation by content fingerprint, and tells its subscribers — the runners of that identity's
-tokens — so that a token whose last attempt failed retries at once with the new assertion. The
+A ``CredentialSource`` reads the projected token when asked (``current``), notices a rotation by
+content fingerprint, and tells its subscribers — the runners of that identity's tokens — so
+that a token whose last attempt failed retries at once with the new assertion. The
 ``DirectoryWatcher`` (inotify on the token's directory plus a slow poll) triggers ``check`` on
-the event loop. Problems (missing, garbage, expired) are logged once per change of state.
+the event loop, which always reads the file. While the watcher runs, ``current`` hands out the
+assertion it already holds as long as the file's signature (resolved path, device, inode, size,
+mtime, ctime — what the watcher compares) is the one taken just before that assertion was read:
+one ``stat`` instead of open, read and JWT decode for every refresh of every token of the
+identity. Problems (missing, garbage, expired) are logged once per change of state.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import asyncio
 import contextlib
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from entra_tokend.assertion import (
     Assertion,
@@ -24,9 +28,7 @@ from entra_tokend.assertion import (
 from entra_tokend.logging import get_logger, remember_secret
 from entra_tokend.metrics import Metrics
 from entra_tokend.model import Clock, Identity
-
-if TYPE_CHECKING:
-    from entra_tokend.watcher import DirectoryWatcher
+from entra_tokend.watcher import DirectoryWatcher, Signature, file_signature
 
 Subscriber = Callable[[], None]
 """Called on the event loop when the identity's assertion changed."""
@@ -61,6 +63,8 @@ class CredentialSource:
         self._metrics = metrics
         self._log = get_logger(identity=identity.name)
         self.assertion: Assertion | None = None
+        # The file's signature just before ``assertion`` was read; None: read it next time.
+        self._read_signature: Signature | None = None
         self._problem: str | None = None  # last logged problem, to log once per change
         self._subscribers: list[Subscriber] = []
         self._watcher: DirectoryWatcher | None = None
@@ -77,11 +81,28 @@ class CredentialSource:
             self._subscribers.remove(callback)
 
     def current(self) -> Assertion:
-        """Read the projected token now; notice a rotation. Raises ``AssertionUnavailable``
-        (missing, unreadable, malformed, expired) after logging it once per change."""
+        """The projected token now; notices a rotation. Raises ``AssertionUnavailable``
+        (missing, unreadable, malformed, expired) after logging it once per change.
+
+        Reads the file unless the watcher runs and the file's signature is unchanged since the
+        last successful read (then the assertion held is returned; its expiry is still checked
+        against the clock every time)."""
+        return self._load(reuse=self._watcher is not None)
+
+    def _load(self, *, reuse: bool) -> Assertion:
         path = self.identity.token_file
         try:
-            assertion = read_assertion(path)
+            signature = file_signature(path)
+            if reuse and signature is not None and signature == self._read_signature:
+                assert self.assertion is not None  # set together with _read_signature
+                assertion = self.assertion
+            else:
+                # Forget the old signature first: a failed read must not leave it trusted.
+                self._read_signature = None
+                assertion = read_assertion(path)
+                # Taken before the read: if the file changed in between, the next signature
+                # differs and the file is read again (never the other way round).
+                self._read_signature = signature
             if self.assertion is None or assertion.fingerprint != self.assertion.fingerprint:
                 self._rotated(assertion)
             check_unexpired(assertion, self._clock.wall(), path)
@@ -98,9 +119,10 @@ class CredentialSource:
         return assertion
 
     def check(self) -> None:
-        """Watcher callback: re-read the file; rotations reach the subscribers."""
+        """Watcher callback: read the file (always: the watcher also calls for an in-place
+        rewrite that kept the signature); rotations reach the subscribers."""
         with contextlib.suppress(AssertionUnavailable):
-            self.current()
+            self._load(reuse=False)
 
     def _report(self, message: str, kind: str) -> None:
         if self._problem != message:
@@ -128,8 +150,6 @@ class CredentialSource:
     def watch(self, poll_interval: float) -> None:
         """Start watching the token file's directory (idempotent); reads it once now."""
         if self._watcher is None:
-            from entra_tokend.watcher import DirectoryWatcher  # noqa: PLC0415 - after config
-
             watcher = DirectoryWatcher(
                 self.identity.token_file,
                 self.check,
