@@ -5,19 +5,22 @@ content fingerprint, and tells its subscribers — the runners of that identity'
 that a token whose last attempt failed retries at once with the new assertion. The
 ``DirectoryWatcher`` (inotify on the token's directory plus a slow poll) triggers ``check`` on
 the event loop, which always reads the file. While the watcher runs, ``current`` hands out the
-assertion it already holds as long as the file's signature (resolved path, device, inode, size,
-mtime, ctime — what the watcher compares) is the one taken just before that assertion was read:
-one ``stat`` instead of open, read and JWT decode for every refresh of every token of the
-identity. Problems (missing, garbage, expired) are logged once per change of state.
+assertion it already holds as long as the file's ``stat`` signature (device, inode, size, mtime,
+ctime, following symlinks) is the one taken just before that assertion was read: one ``stat``
+instead of open, read and JWT decode for every refresh of every token of the identity (a sixth
+of the cost here: bench/FINDINGS.md). Problems (missing, garbage, expired) are logged once per
+change of state.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 from entra_tokend.assertion import (
     Assertion,
@@ -28,10 +31,28 @@ from entra_tokend.assertion import (
 from entra_tokend.logging import get_logger, remember_secret
 from entra_tokend.metrics import Metrics
 from entra_tokend.model import Clock, Identity
-from entra_tokend.watcher import DirectoryWatcher, Signature, file_signature
+
+if TYPE_CHECKING:
+    from entra_tokend.watcher import DirectoryWatcher
 
 Subscriber = Callable[[], None]
 """Called on the event loop when the identity's assertion changed."""
+
+# (st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns) of the file a path resolves to.
+_StatSignature = tuple[int, int, int, int, int]
+
+
+def _stat_signature(path: Path) -> _StatSignature | None:
+    """The file ``path`` resolves to, as ``stat`` sees it; None when there is none. Without
+    the watcher's resolved path (``realpath`` costs more than reading the token): a new kubelet
+    generation is a new file, and a reused inode would need the old file's size, mtime and
+    ctime to the nanosecond. The ctime cannot be set back, so even a rewrite in place that
+    restores the mtime changes it (unless within one timestamp tick: the watcher's events)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def iso(ts: float | None) -> str | None:
@@ -64,7 +85,7 @@ class CredentialSource:
         self._log = get_logger(identity=identity.name)
         self.assertion: Assertion | None = None
         # The file's signature just before ``assertion`` was read; None: read it next time.
-        self._read_signature: Signature | None = None
+        self._read_signature: _StatSignature | None = None
         self._problem: str | None = None  # last logged problem, to log once per change
         self._subscribers: list[Subscriber] = []
         self._watcher: DirectoryWatcher | None = None
@@ -92,7 +113,7 @@ class CredentialSource:
     def _load(self, *, reuse: bool) -> Assertion:
         path = self.identity.token_file
         try:
-            signature = file_signature(path)
+            signature = _stat_signature(path)
             if reuse and signature is not None and signature == self._read_signature:
                 assert self.assertion is not None  # set together with _read_signature
                 assertion = self.assertion
@@ -150,6 +171,8 @@ class CredentialSource:
     def watch(self, poll_interval: float) -> None:
         """Start watching the token file's directory (idempotent); reads it once now."""
         if self._watcher is None:
+            from entra_tokend.watcher import DirectoryWatcher  # noqa: PLC0415 - after config
+
             watcher = DirectoryWatcher(
                 self.identity.token_file,
                 self.check,

@@ -22,9 +22,8 @@ How a change is recognised, cheaply and without reading the token:
    ``..data`` swap, or ``mv`` of a whole file) is the publish step itself: it is checked at once,
    in the same loop callback that read it.
 3. When the check runs, the directory watch is re-established if the directory was removed,
-   moved away, replaced or has only just appeared, and a signature of the file is taken
-   (``file_signature``): its resolved path and ``stat`` (device, inode, size, mtime, ctime),
-   following symlinks.
+   moved away, replaced or has only just appeared, and a signature of the file is taken: its
+   resolved path and ``stat`` (device, inode, size, mtime, ctime), following symlinks.
 4. The callback runs once if the signature changed, or if an event named the file itself (an
    in-place rewrite can keep size and mtime within one timestamp tick), or if the kernel's
    event queue overflowed (events were lost).
@@ -42,7 +41,6 @@ The callback only says "the token may have changed": the daemon compares content
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import os
 import struct
 from collections.abc import Callable, Iterator
@@ -51,7 +49,7 @@ from typing import NoReturn
 
 import structlog
 
-__all__ = ["FAST_POLL_INTERVAL", "DirectoryWatcher", "Signature", "file_signature"]
+__all__ = ["FAST_POLL_INTERVAL", "DirectoryWatcher"]
 
 log = structlog.get_logger("entra_tokend.watcher")
 
@@ -66,16 +64,12 @@ _READ_SIZE = 64 * 1024
 # struct inotify_event (inotify(7)): int wd; uint32_t mask, cookie, len; char name[len].
 _EVENT_HEADER = struct.Struct("iIII")
 
-Signature = tuple[str, int, int, int, int, int]
-"""(resolved path, st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns) of a file."""
+# (resolved path, st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns)
+_Signature = tuple[str, int, int, int, int, int]
 
 
-def file_signature(path: Path) -> Signature | None:
-    """What ``path`` resolves to now (``Signature``), or None when it does not resolve to a
-    file. One ``stat`` plus ``realpath``'s ``lstat``/``readlink`` per path component; never
-    opens or reads the file. Equal signatures mean the same file, unchanged — except for an
-    in-place rewrite of the same size within one timestamp tick, which only its inotify events
-    reveal."""
+def _signature(path: Path) -> _Signature | None:
+    """What ``path`` resolves to now, or None when it does not resolve to a file."""
     try:
         st = os.stat(path)
         # The resolved path distinguishes kubelet generations even if an inode number and
@@ -102,6 +96,9 @@ def _nearest_existing_dir(directory: Path) -> Path:
 
 
 def _raise_errno(what: str) -> NoReturn:
+    """Raise OSError for the errno a failed call of watchdog's ctypes bindings left."""
+    import ctypes  # noqa: PLC0415 - only after a failed inotify call
+
     err = ctypes.get_errno()
     raise OSError(err, f"{what}: {os.strerror(err)}")
 
@@ -245,7 +242,7 @@ class DirectoryWatcher:
         self._watch_dead = False
         self._state: tuple[str, str] | None = None
 
-        self._signature: Signature | None = None
+        self._signature: _Signature | None = None
         self._touched = False
         self._flush_handle: asyncio.Handle | None = None
         self._poll_handle: asyncio.TimerHandle | None = None
@@ -270,7 +267,7 @@ class DirectoryWatcher:
         if self._started:
             return
         self._started = True
-        self._signature = file_signature(self._path)
+        self._signature = _signature(self._path)
         if self._use_inotify:
             self._inotify = _open_inotify()
             if self._inotify is not None:
@@ -346,7 +343,7 @@ class DirectoryWatcher:
     def _check(self) -> None:
         """Re-establish the watch if needed, call back if the file changed, re-arm the poll."""
         self._reconcile_watch()
-        signature = file_signature(self._path)
+        signature = _signature(self._path)
         touched, self._touched = self._touched, False
         changed = signature != self._signature or (touched and signature is not None)
         self._signature = signature
