@@ -41,6 +41,7 @@ The callback only says "the token may have changed": the daemon compares content
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import struct
 from collections.abc import Callable, Iterator
@@ -178,6 +179,10 @@ class _Inotify:
             buffer = os.read(self.fd, _READ_SIZE)
         except (BlockingIOError, InterruptedError):
             return
+        if not buffer:
+            # inotify never reports end of file; a readable descriptor that reads empty would
+            # call the loop back forever.
+            raise OSError(errno.EIO, "inotify descriptor read empty")
         offset, end = 0, len(buffer)
         while offset + _EVENT_HEADER.size <= end:
             wd, mask, _cookie, length = _EVENT_HEADER.unpack_from(buffer, offset)
