@@ -81,7 +81,7 @@ class Options:
     repeats: int = 5
     idle_window: float = 60.0
     settle: float = 10.0
-    rotations: int = 60
+    rotations: int = 200
     serial: bool = False
     big_tokens: int = 1000
     big_delay: float = 0.05
@@ -1206,7 +1206,13 @@ def parse_args(argv: list[str] | None) -> Options:
     p.add_argument("--repeats", type=int, default=5, help="cold-start repeats (default 5)")
     p.add_argument("--idle-window", type=float, default=60.0, help="seconds (default 60)")
     p.add_argument("--settle", type=float, default=10.0, help="seconds before the window")
-    p.add_argument("--rotations", type=int, default=60, help="0 skips the rotation bench")
+    p.add_argument(
+        "--rotations",
+        type=int,
+        default=200,
+        help="rotation rounds (default 200, ~100 s, in the background of the idle window); "
+        "0 skips the rotation bench",
+    )
     p.add_argument(
         "--serial", action="store_true", help="run the rotation bench after the idle window"
     )

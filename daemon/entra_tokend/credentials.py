@@ -1,18 +1,25 @@
 """Credential sources: one per identity, holding its projected token (the client assertion).
 
-A ``CredentialSource`` reads the projected token fresh when asked (``current``), notices a
-rotation by content fingerprint, and tells its subscribers — the runners of that identity's
-tokens — so that a token whose last attempt failed retries at once with the new assertion. The
+A ``CredentialSource`` reads the projected token when asked (``current``), notices a rotation by
+content fingerprint, and tells its subscribers — the runners of that identity's tokens — so
+that a token whose last attempt failed retries at once with the new assertion. The
 ``DirectoryWatcher`` (inotify on the token's directory plus a slow poll) triggers ``check`` on
-the event loop. Problems (missing, garbage, expired) are logged once per change of state.
+the event loop, which always reads the file. While the watcher runs, ``current`` hands out the
+assertion it already holds as long as the file's ``stat`` signature (device, inode, size, mtime,
+ctime, following symlinks) is the one taken just before that assertion was read: one ``stat``
+instead of open, read and JWT decode for every refresh of every token of the identity (a sixth
+of the cost here: bench/FINDINGS.md). Problems (missing, garbage, expired) are logged once per
+change of state.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from entra_tokend.assertion import (
@@ -30,6 +37,22 @@ if TYPE_CHECKING:
 
 Subscriber = Callable[[], None]
 """Called on the event loop when the identity's assertion changed."""
+
+# (st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns) of the file a path resolves to.
+_StatSignature = tuple[int, int, int, int, int]
+
+
+def _stat_signature(path: Path) -> _StatSignature | None:
+    """The file ``path`` resolves to, as ``stat`` sees it; None when there is none. Without
+    the watcher's resolved path (``realpath`` costs more than reading the token): a new kubelet
+    generation is a new file, and a reused inode would need the old file's size, mtime and
+    ctime to the nanosecond. The ctime cannot be set back, so even a rewrite in place that
+    restores the mtime changes it (unless within one timestamp tick: the watcher's events)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def iso(ts: float | None) -> str | None:
@@ -61,6 +84,8 @@ class CredentialSource:
         self._metrics = metrics
         self._log = get_logger(identity=identity.name)
         self.assertion: Assertion | None = None
+        # The file's signature just before ``assertion`` was read; None: read it next time.
+        self._read_signature: _StatSignature | None = None
         self._problem: str | None = None  # last logged problem, to log once per change
         self._subscribers: list[Subscriber] = []
         self._watcher: DirectoryWatcher | None = None
@@ -77,11 +102,28 @@ class CredentialSource:
             self._subscribers.remove(callback)
 
     def current(self) -> Assertion:
-        """Read the projected token now; notice a rotation. Raises ``AssertionUnavailable``
-        (missing, unreadable, malformed, expired) after logging it once per change."""
+        """The projected token now; notices a rotation. Raises ``AssertionUnavailable``
+        (missing, unreadable, malformed, expired) after logging it once per change.
+
+        Reads the file unless the watcher runs and the file's signature is unchanged since the
+        last successful read (then the assertion held is returned; its expiry is still checked
+        against the clock every time)."""
+        return self._load(reuse=self._watcher is not None)
+
+    def _load(self, *, reuse: bool) -> Assertion:
         path = self.identity.token_file
         try:
-            assertion = read_assertion(path)
+            signature = _stat_signature(path)
+            if reuse and signature is not None and signature == self._read_signature:
+                assert self.assertion is not None  # set together with _read_signature
+                assertion = self.assertion
+            else:
+                # Forget the old signature first: a failed read must not leave it trusted.
+                self._read_signature = None
+                assertion = read_assertion(path)
+                # Taken before the read: if the file changed in between, the next signature
+                # differs and the file is read again (never the other way round).
+                self._read_signature = signature
             if self.assertion is None or assertion.fingerprint != self.assertion.fingerprint:
                 self._rotated(assertion)
             check_unexpired(assertion, self._clock.wall(), path)
@@ -98,9 +140,10 @@ class CredentialSource:
         return assertion
 
     def check(self) -> None:
-        """Watcher callback: re-read the file; rotations reach the subscribers."""
+        """Watcher callback: read the file (always: the watcher also calls for an in-place
+        rewrite that kept the signature); rotations reach the subscribers."""
         with contextlib.suppress(AssertionUnavailable):
-            self.current()
+            self._load(reuse=False)
 
     def _report(self, message: str, kind: str) -> None:
         if self._problem != message:

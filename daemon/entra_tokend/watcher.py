@@ -4,29 +4,36 @@ kubelet never rewrites the token file in place. Its AtomicWriter publishes a new
 directory, renames a ``..data_tmp`` symlink over ``..data`` and removes the old directory; the
 user-visible name stays a symlink ``NAME -> ..data/NAME`` throughout. A watch on ``NAME`` (or on
 the file it resolves to) sees none of that, so ``DirectoryWatcher`` watches the directory that
-holds ``NAME`` and decides, as soon as the loop runs, whether what ``NAME`` resolves to changed.
+holds ``NAME`` and decides, on the event loop, whether what ``NAME`` resolves to changed.
 
 How a change is recognised, cheaply and without reading the token:
 
-1. watchdog's thread sees any create/delete/move/modify/close-after-write in the directory and
-   only posts a note to the event loop (``loop.call_soon_threadsafe``).
-2. The first note of a burst schedules a check on the loop after ``debounce`` seconds (2 ms by
-   default: kubelet's swap of ``..data`` is one atomic rename, so there is no half-written state
-   to wait out — the few milliseconds only gather one writer's burst of events, so that one
-   change makes one callback); notes arriving before the check runs join it. A rename into the
-   directory (kubelet's final ``..data`` swap, or ``mv`` of a whole file) is the publish step
-   itself: it brings the check forward to the next loop iteration instead of waiting.
+1. The watcher's inotify instance (made with watchdog's bindings: ``inotify_init``,
+   ``inotify_add_watch``, ``inotify_rm_watch``, ``InotifyConstants``) is non-blocking and read
+   by the event loop itself (``loop.add_reader``): no thread, no hand-off between threads, and a
+   read that finds nothing returns at once. watchdog's observer would put three threads between
+   the kernel and the loop (its reader, the watch's emitter and the dispatcher), and on a busy
+   machine each hand-off is a chance to be scheduled late (bench/FINDINGS.md, issue 18).
+2. Any create/delete/move/modify/attribute change/close-after-write in the directory schedules a
+   check on the loop after ``debounce`` seconds (2 ms by default: kubelet's swap of ``..data``
+   is one atomic rename, so there is no half-written state to wait out — the few milliseconds
+   only gather one writer's burst of events, so that one change makes one callback); events
+   arriving before the check runs join it. A rename into the directory (kubelet's final
+   ``..data`` swap, or ``mv`` of a whole file) is the publish step itself: it is checked at once,
+   in the same loop callback that read it.
 3. When the check runs, the directory watch is re-established if the directory was removed,
-   replaced or has only just appeared, and a signature of the file is taken: its resolved path
-   and ``stat`` (device, inode, size, mtime, ctime), following symlinks.
+   moved away, replaced or has only just appeared, and a signature of the file is taken: its
+   resolved path and ``stat`` (device, inode, size, mtime, ctime), following symlinks.
 4. The callback runs once if the signature changed, or if an event named the file itself (an
-   in-place rewrite can keep size and mtime within one timestamp tick).
+   in-place rewrite can keep size and mtime within one timestamp tick), or if the kernel's
+   event queue overflowed (events were lost).
 
 A poll every ``poll_interval`` repeats steps 3-4 for filesystems where inotify is silent (NFS,
 some CSI drivers) and for changes no directory watch can see (a mount over the directory). Its
 signature check makes an idle poll cost one ``stat``. While the file cannot be watched
-directly — its directory does not exist yet, inotify is off or unavailable — the poll runs every
-``FAST_POLL_INTERVAL`` instead, so a token that appears is picked up within that time.
+directly — its directory does not exist yet, inotify is off or unavailable, no inotify watches
+are left — the poll runs every ``FAST_POLL_INTERVAL`` instead, so a token that appears is picked
+up within that time.
 
 The callback only says "the token may have changed": the daemon compares content fingerprints.
 """
@@ -34,29 +41,14 @@ The callback only says "the token may have changed": the daemon compares content
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import errno
 import os
-import sys
-from collections.abc import Callable
+import struct
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import NoReturn
 
 import structlog
-from watchdog.events import (
-    DirCreatedEvent,
-    DirDeletedEvent,
-    DirMovedEvent,
-    FileClosedEvent,
-    FileCreatedEvent,
-    FileDeletedEvent,
-    FileModifiedEvent,
-    FileMovedEvent,
-    FileSystemEvent,
-    FileSystemEventHandler,
-)
-
-if TYPE_CHECKING:
-    from watchdog.observers.api import BaseObserver, ObservedWatch
 
 __all__ = ["FAST_POLL_INTERVAL", "DirectoryWatcher"]
 
@@ -66,18 +58,12 @@ log = structlog.get_logger("entra_tokend.watcher")
 # within a second of appearing.
 FAST_POLL_INTERVAL = 0.5
 
-# Only events that can change what the path resolves to. Leaving out opened/closed-without-write
-# keeps the daemon's own reads of the token from waking the watcher.
-_EVENT_FILTER: list[type[FileSystemEvent]] = [
-    FileCreatedEvent,
-    DirCreatedEvent,
-    FileDeletedEvent,
-    DirDeletedEvent,
-    FileMovedEvent,
-    DirMovedEvent,
-    FileModifiedEvent,
-    FileClosedEvent,
-]
+# One read takes whatever the kernel has queued, up to this much (an event is 16 bytes plus
+# its name, at most NAME_MAX + 1): kubelet's whole rotation is a handful of events.
+_READ_SIZE = 64 * 1024
+
+# struct inotify_event (inotify(7)): int wd; uint32_t mask, cookie, len; char name[len].
+_EVENT_HEADER = struct.Struct("iIII")
 
 # (resolved path, st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns)
 _Signature = tuple[str, int, int, int, int, int]
@@ -110,61 +96,116 @@ def _nearest_existing_dir(directory: Path) -> Path:
     return Path(directory.anchor or "/")
 
 
-def _new_inotify_observer() -> BaseObserver | None:
-    """An inotify observer, or None where inotify cannot be used (not Linux, no instances left)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        # Imported here, not at module level: only this backend is ever needed, and a daemon
-        # told to poll never pays for it.
-        from watchdog.observers.inotify import InotifyObserver  # noqa: PLC0415
+def _raise_errno(what: str) -> NoReturn:
+    """Raise OSError for the errno a failed call of watchdog's ctypes bindings left."""
+    import ctypes  # noqa: PLC0415 - only after a failed inotify call
 
-        return InotifyObserver()
-    except (ImportError, OSError) as exc:
+    err = ctypes.get_errno()
+    raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+class _Inotify:
+    """One non-blocking inotify instance, read by the event loop.
+
+    Built on watchdog's ctypes bindings of the inotify system calls and its constants (the same
+    names since watchdog 4), not on its observer or its ``InotifyFD``: that class is a thread
+    whose read first waits in ``poll()`` with no timeout and whose ``close()`` only releases
+    the descriptor once its thread has read.
+    """
+
+    __slots__ = ("_add_watch", "_rm_watch", "fd", "gone", "mask", "moved_in", "overflow")
+
+    # ctypes functions (watchdog types their watch descriptors as a NewType of int).
+    _add_watch: Callable[..., int]
+    _rm_watch: Callable[..., int]
+
+    def __init__(self) -> None:
+        """Raises OSError (no inotify instances left: EMFILE), ImportError or watchdog's
+        unsupported-libc error (no inotify on this platform)."""
+        # Imported here, not at module level: a daemon told to poll never loads ctypes' libc
+        # bindings, and the import itself fails where there is no inotify.
+        from watchdog.observers import inotify_c  # noqa: PLC0415
+
+        c = inotify_c.InotifyConstants
+        fd = inotify_c.inotify_init()
+        if fd < 0:
+            _raise_errno("inotify_init")
+        try:
+            os.set_blocking(fd, False)
+            os.set_inheritable(fd, False)  # close-on-exec: hooks must not inherit it
+        except OSError:
+            os.close(fd)
+            raise
+        self.fd = fd
+        self._add_watch = inotify_c.inotify_add_watch
+        self._rm_watch = inotify_c.inotify_rm_watch
+        # Only events that can change what the path resolves to. Leaving out open/access/
+        # close-without-write keeps the daemon's own reads of the token from waking it.
+        self.mask = (
+            c.IN_CREATE
+            | c.IN_DELETE
+            | c.IN_MOVED_FROM
+            | c.IN_MOVED_TO
+            | c.IN_MODIFY
+            | c.IN_ATTRIB
+            | c.IN_CLOSE_WRITE
+            | c.IN_DELETE_SELF
+            | c.IN_MOVE_SELF
+            | c.IN_ONLYDIR
+            | c.IN_DONT_FOLLOW
+        )
+        self.moved_in = c.IN_MOVED_TO
+        self.overflow = c.IN_Q_OVERFLOW
+        # The watched directory itself was deleted, moved away or unmounted; IN_IGNORED: the
+        # kernel dropped the watch.
+        self.gone = c.IN_DELETE_SELF | c.IN_MOVE_SELF | c.IN_UNMOUNT | c.IN_IGNORED
+
+    def add_watch(self, directory: str) -> int:
+        """Watch ``directory`` (not following a final symlink); its watch descriptor. Raises
+        OSError (ENOENT, ENOTDIR, EACCES, ENOSPC when no inotify watches are left)."""
+        wd = self._add_watch(self.fd, os.fsencode(directory), self.mask)
+        if wd < 0:
+            _raise_errno(f"inotify_add_watch {directory}")
+        return wd
+
+    def remove_watch(self, wd: int) -> None:
+        """Stop a watch; one the kernel already dropped (EINVAL) is ignored."""
+        self._rm_watch(self.fd, wd)
+
+    def read(self) -> Iterator[tuple[int, int, bytes]]:
+        """(wd, mask, name) of each event queued now; nothing when none is (never blocks).
+        Raises OSError only for an unusable descriptor."""
+        try:
+            buffer = os.read(self.fd, _READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        if not buffer:
+            # inotify never reports end of file; a readable descriptor that reads empty would
+            # call the loop back forever.
+            raise OSError(errno.EIO, "inotify descriptor read empty")
+        offset, end = 0, len(buffer)
+        while offset + _EVENT_HEADER.size <= end:
+            wd, mask, _cookie, length = _EVENT_HEADER.unpack_from(buffer, offset)
+            offset += _EVENT_HEADER.size
+            yield wd, mask, buffer[offset : offset + length].rstrip(b"\0")
+            offset += length
+
+    def close(self) -> None:
+        """Close the descriptor (the kernel drops every watch with it)."""
+        os.close(self.fd)
+
+
+def _open_inotify() -> _Inotify | None:
+    """An inotify instance, or None where inotify cannot be used (not Linux, no instances
+    left)."""
+    try:
+        return _Inotify()
+    except Exception as exc:  # ImportError, OSError, watchdog's unsupported-libc error
         log.warning(
             "inotify unavailable; falling back to polling the token file",
             error=f"{type(exc).__name__}: {exc}",
         )
         return None
-
-
-class _Handler(FileSystemEventHandler):
-    """Runs on watchdog's thread: classifies an event and posts it to the loop, nothing more."""
-
-    def __init__(
-        self,
-        post: Callable[[int, bool, bool, bool], None],
-        loop: asyncio.AbstractEventLoop,
-        generation: int,
-        watched: str,
-        filename: str,
-    ) -> None:
-        self._post = post
-        self._loop = loop
-        self._generation = generation
-        self._watched = watched
-        self._filename = filename
-
-    def _names_file(self, path: bytes | str) -> bool:
-        text = os.fsdecode(path)
-        return os.path.dirname(text) == self._watched and os.path.basename(text) == self._filename
-
-    def dispatch(self, event: FileSystemEvent) -> None:
-        """Post (generation, names the file, watched directory deleted, a rename) to the
-        loop."""
-        touched = self._names_file(event.src_path) or (
-            bool(event.dest_path) and self._names_file(event.dest_path)
-        )
-        self_deleted = (
-            event.is_directory
-            and event.event_type == "deleted"
-            and os.fsdecode(event.src_path) == self._watched
-        )
-        # The loop may already be closed while watchdog drains its last events.
-        with contextlib.suppress(RuntimeError):
-            self._loop.call_soon_threadsafe(
-                self._post, self._generation, touched, self_deleted, event.event_type == "moved"
-            )
 
 
 class DirectoryWatcher:
@@ -191,19 +232,19 @@ class DirectoryWatcher:
             raise ValueError("debounce must not be negative")
         self._path = Path(os.path.abspath(path))
         self._dir = self._path.parent
+        self._name = os.fsencode(self._path.name)
         self._callback = callback
         self._loop = loop
         self._poll_interval = poll_interval
         self._debounce = debounce
         self._use_inotify = use_inotify
 
-        self._observer: BaseObserver | None = None
-        self._watch: ObservedWatch | None = None
+        self._inotify: _Inotify | None = None
+        # The current watch; events of an earlier one (still queued) are told apart by it.
+        self._wd: int | None = None
         self._watched: Path | None = None
         self._watched_identity: tuple[int, int] | None = None
         self._watch_dead = False
-        # Events from a watch that has since been replaced are recognised by this number.
-        self._generation = 0
         self._state: tuple[str, str] | None = None
 
         self._signature: _Signature | None = None
@@ -218,8 +259,8 @@ class DirectoryWatcher:
 
     @property
     def using_inotify(self) -> bool:
-        """True when an inotify observer is running (false when polling only)."""
-        return self._observer is not None
+        """True while an inotify instance is open (false when polling only or stopped)."""
+        return self._inotify is not None
 
     @property
     def path(self) -> Path:
@@ -233,14 +274,14 @@ class DirectoryWatcher:
         self._started = True
         self._signature = _signature(self._path)
         if self._use_inotify:
-            self._observer = _new_inotify_observer()
-            if self._observer is not None:
-                self._observer.start()
+            self._inotify = _open_inotify()
+            if self._inotify is not None:
+                self._loop.add_reader(self._inotify.fd, self._on_readable)
         # A change between the signature above and the watch taking hold is caught here.
         self._check()
 
     def stop(self) -> None:
-        """Stop watching and polling; joins watchdog's threads. Idempotent."""
+        """Stop watching and polling; closes the inotify descriptor. Idempotent."""
         if self._stopped:
             return
         self._stopped = True
@@ -248,29 +289,48 @@ class DirectoryWatcher:
             if handle is not None:
                 handle.cancel()
         self._flush_handle = self._poll_handle = None
-        observer, self._observer = self._observer, None
-        self._watch = None
-        if observer is not None:
-            observer.stop()
-            if observer.is_alive():
-                observer.join()
+        self._close_inotify()
 
     # -- loop side -------------------------------------------------------------------------
 
-    def _on_event(self, generation: int, touched: bool, self_deleted: bool, moved: bool) -> None:
-        if self._stopped or generation != self._generation:
+    def _on_readable(self) -> None:
+        """The loop's reader callback: take every queued event, then check now or soon."""
+        inotify = self._inotify
+        if inotify is None or self._stopped:
             return
-        if self_deleted:
-            self._watch_dead = True
-        if touched:
-            self._touched = True
-        if moved:
+        noted = publish = False
+        try:
+            for wd, mask, name in inotify.read():
+                if mask & inotify.overflow:
+                    # Events were lost: one of them may have named the file.
+                    self._touched = publish = noted = True
+                    continue
+                if wd != self._wd:
+                    continue  # from a watch already replaced
+                noted = True
+                if mask & inotify.gone:
+                    self._watch_dead = True
+                elif name == self._name and self._watched == self._dir:
+                    self._touched = True
+                if mask & inotify.moved_in:
+                    publish = True
+        except OSError as exc:
+            # Not expected of an inotify descriptor; never spin on it: poll instead.
+            log.warning(
+                "inotify descriptor failed; polling the token file instead",
+                path=str(self._path),
+                error=f"{type(exc).__name__}: {exc}",
+            )
+            self._close_inotify()
+            publish = True
+        if publish:
             # The publish step: nothing is left half-written, so check at once (the events
             # after it, e.g. kubelet removing the old directory, find the signature unchanged).
             if self._flush_handle is not None:
                 self._flush_handle.cancel()
-            self._flush_handle = self._loop.call_soon(self._flush)
-        elif self._flush_handle is None:
+                self._flush_handle = None
+            self._check()
+        elif noted and self._flush_handle is None:
             self._flush_handle = self._loop.call_later(self._debounce, self._flush)
 
     def _flush(self) -> None:
@@ -302,25 +362,23 @@ class DirectoryWatcher:
 
     def _reconcile_watch(self) -> None:
         """Watch the token's directory, or its nearest existing ancestor until it appears."""
-        if self._observer is None:
+        inotify = self._inotify
+        if inotify is None:
             self._set_state("polling", str(self._dir))
             return
         target = _nearest_existing_dir(self._dir)
         identity = _identity(target)
         if (
-            self._watch is not None
+            self._wd is not None
             and not self._watch_dead
             and target == self._watched
             and identity == self._watched_identity
         ):
             return
         self._unwatch()
-        # inotify would watch a symlink itself rather than the directory it names.
-        real = os.path.realpath(target)
-        self._generation += 1
-        handler = _Handler(self._on_event, self._loop, self._generation, real, self._path.name)
         try:
-            self._watch = self._observer.schedule(handler, real, event_filter=_EVENT_FILTER)
+            # inotify would watch a symlink itself rather than the directory it names.
+            self._wd = inotify.add_watch(os.path.realpath(target))
         except OSError as exc:
             # Gone again, not readable, or out of inotify watches: poll fast and retry then.
             self._set_state("unwatchable", f"{target}: {type(exc).__name__}: {exc}")
@@ -334,20 +392,25 @@ class DirectoryWatcher:
             self._set_state("waiting", str(target))
 
     def _unwatch(self) -> None:
-        watch, self._watch = self._watch, None
+        wd, self._wd = self._wd, None
         self._watched = None
         self._watched_identity = None
-        if watch is not None and self._observer is not None:
-            # The emitter may already have stopped itself (its directory was deleted).
-            with contextlib.suppress(KeyError, OSError):
-                self._observer.unschedule(watch)
+        if wd is not None and self._inotify is not None:
+            self._inotify.remove_watch(wd)
+
+    def _close_inotify(self) -> None:
+        inotify, self._inotify = self._inotify, None
+        self._wd = self._watched = self._watched_identity = None
+        if inotify is not None:
+            self._loop.remove_reader(inotify.fd)
+            inotify.close()
 
     def _arm_poll(self) -> None:
-        if self._observer is None:
+        if self._inotify is None:
             # Polling only: a present file only needs the slow poll, a missing one a fast one.
             fast = self._signature is None
         else:
-            fast = self._watch is None or self._watched != self._dir
+            fast = self._wd is None or self._watched != self._dir
         interval = min(self._poll_interval, FAST_POLL_INTERVAL) if fast else self._poll_interval
         if self._poll_handle is not None:
             if interval == self._poll_scheduled_interval:
