@@ -142,13 +142,13 @@ def test_remembered_secrets_are_redacted_by_value_whatever_their_shape() -> None
 def test_every_secret_is_redacted_when_there_are_thousands(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Past the scan threshold (one pass over the line instead of a search per secret), and
-    past the bound where the oldest are forgotten: every secret still remembered is redacted
-    wherever it sits in the line, whole or as one JWT part."""
+    """Past the bound where the oldest are forgotten, every secret still remembered is redacted
+    wherever it sits in the line, whole or as one JWT part, with many sharing a prefix (as
+    Entra's tokens share their header); and no secret is kept in the registry itself."""
     from entra_tokend import logging as log_module
 
-    monkeypatch.setattr(log_module, "_secrets", {})
-    monkeypatch.setattr(log_module, "_by_prefix", {})
+    monkeypatch.setattr(log_module, "_remembered", {})
+    monkeypatch.setattr(log_module, "_index", {})
     header = "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9"  # shared by every token, as in Entra's
     tokens = [
         f"{header}.eyJhdWQiOiJhcGk6Ly9zLXtpfSIsIm4iOj{i:06d}.sig{i:06d}xxxxxxxxxxxxxxx"
@@ -158,9 +158,14 @@ def test_every_secret_is_redacted_when_there_are_thousands(
     for token, other in zip(tokens, opaque, strict=True):
         remember_secret(token)
         remember_secret(other)
-    assert len(log_module._secrets) > log_module._SCAN_FROM
-    assert len(log_module._secrets) == log_module._MAX_SECRETS  # the bound holds
-    assert sum(map(len, log_module._by_prefix.values())) == len(log_module._secrets)
+    assert len(log_module._remembered) == log_module._MAX_SECRETS  # the bound holds
+    indexed = sum(len(h) for lengths in log_module._index.values() for h in lengths.values())
+    assert indexed == len(log_module._remembered)
+    assert all(h for lengths in log_module._index.values() for h in lengths.values())
+    assert all(log_module._index.values())  # nothing left of the forgotten ones
+    held = repr((log_module._remembered, log_module._index))
+    assert tokens[-1] not in held
+    assert opaque[-1] not in held
     newest, newest_opaque = tokens[-1], opaque[-1]
     signature = newest.split(".")[2]
     line = log_module.redact_text(f"a{newest}b {signature}, x{newest_opaque}y and {newest[:40]}")
@@ -168,6 +173,9 @@ def test_every_secret_is_redacted_when_there_are_thousands(
     assert signature not in line
     assert newest_opaque not in line
     assert line.startswith("a[REDACTED]b [REDACTED], x[REDACTED]y and ")
+    # An unrelated value with a remembered prefix and length is left alone.
+    lookalike = newest_opaque[:-1] + ("8" if newest_opaque[-1] != "8" else "7")
+    assert log_module.redact_text(f"{lookalike}!") == f"{lookalike}!"
 
 
 def _problems(tmp_path: Path, env: dict[str, str], toml: str | None = None) -> list[str]:

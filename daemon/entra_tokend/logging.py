@@ -7,7 +7,6 @@ can slip a JWT past it.
 
 from __future__ import annotations
 
-import bisect
 import logging
 import re
 import sys
@@ -29,17 +28,23 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARN
 # secrets), redacted by value: shape rules miss opaque tokens, JWE and non-`eyJ` assertions.
 # Bounded (oldest dropped) so a long run does not grow without end; current secrets are
 # re-registered each time they are issued or read.
+#
+# What is kept of a secret is not the secret: its first _PREFIX characters, its length and its
+# hash (the interpreter's keyed SipHash, 64 bits). A line is scanned once, position by
+# position: where the next _PREFIX characters are a known prefix, the slice of each known
+# length is hashed and looked up. Cost per line grows with the line, not with the number of
+# secrets (a loop over every secret cost 0.24 ms per line at 1,000 tokens, and grew with each
+# token), and the process keeps no copy of a token it has delivered just to redact it (idle
+# memory per token 8.2 -> 6.6 KiB here at 1,000 tokens; bench/FINDINGS.md round 4). A
+# different secret with the same prefix, length and 64-bit hash would be redacted too:
+# over-redaction, never a leak.
 _MAX_SECRETS = 8192
 _MIN_SECRET_LENGTH = 8  # shorter values would redact ordinary words
-_secrets: dict[str, None] = {}
-# The secrets by their first _MIN_SECRET_LENGTH characters, longest first. Up to
-# _SCAN_FROM secrets a line is searched for each of them (C substring search, ~80 ns per
-# secret on a 300-character line); beyond, the line is scanned once, position by position
-# (~55 us per 300 characters whatever the number of secrets), because the per-secret loop
-# grew with every token: 0.24 ms per line with 1,000 tokens (3,001 secrets with their JWT
-# parts). Measured here, bench/FINDINGS.md round 4.
-_by_prefix: dict[str, list[str]] = {}
-_SCAN_FROM = 1024
+_PREFIX = _MIN_SECRET_LENGTH
+# hash -> (prefix, length), oldest first: the bound's order.
+_remembered: dict[int, tuple[str, int]] = {}
+# prefix -> length -> hashes of the remembered secrets with that prefix and length.
+_index: dict[str, dict[int, set[int]]] = {}
 
 
 def remember_secret(*values: str) -> None:
@@ -50,51 +55,45 @@ def remember_secret(*values: str) -> None:
     for value in (*values, *(p for p in parts if len(p) >= 16)):
         if len(value) < _MIN_SECRET_LENGTH:
             continue
-        if value in _secrets:
-            del _secrets[value]  # re-inserted below: now the newest
-        else:
-            bucket = _by_prefix.setdefault(value[:_MIN_SECRET_LENGTH], [])
-            bisect.insort(bucket, value, key=_longest_first)
-        _secrets[value] = None
-        if len(_secrets) > _MAX_SECRETS:
-            _forget(next(iter(_secrets)))
+        digest = hash(value)
+        entry = _remembered.pop(digest, None)
+        if entry is None:
+            entry = (value[:_PREFIX], len(value))
+            _index.setdefault(entry[0], {}).setdefault(entry[1], set()).add(digest)
+        _remembered[digest] = entry  # now the newest
+        if len(_remembered) > _MAX_SECRETS:
+            _forget(next(iter(_remembered)))
 
 
-def _longest_first(value: str) -> int:
-    return -len(value)
-
-
-def _forget(value: str) -> None:
-    del _secrets[value]
-    prefix = value[:_MIN_SECRET_LENGTH]
-    bucket = _by_prefix[prefix]
-    bucket.remove(value)
-    if not bucket:
-        del _by_prefix[prefix]
+def _forget(digest: int) -> None:
+    prefix, length = _remembered.pop(digest)
+    lengths = _index[prefix]
+    hashes = lengths[length]
+    hashes.discard(digest)
+    if not hashes:
+        del lengths[length]
+        if not lengths:
+            del _index[prefix]
 
 
 def _redact_remembered(text: str) -> str:
-    """``text`` with every occurrence of a remembered secret replaced (many secrets: scanning
-    left to right, taking the longest secret that starts at each position)."""
-    if len(_secrets) < _SCAN_FROM:
-        for secret in _secrets:
-            if secret in text:
-                text = text.replace(secret, REDACTED)
+    """``text`` with every occurrence of a remembered secret replaced, left to right, the
+    longest secret starting at a position first."""
+    index = _index
+    if not index:
         return text
-    index = _by_prefix
-    width = _MIN_SECRET_LENGTH
     pieces: list[str] = []
     kept = 0  # text[kept:pos] is still to be copied
     pos = 0
-    last = len(text) - width
-    while pos <= last:
-        bucket = index.get(text[pos : pos + width])
-        if bucket is not None:
-            for secret in bucket:
-                if text.startswith(secret, pos):
+    end = len(text)
+    while pos <= end - _PREFIX:
+        lengths = index.get(text[pos : pos + _PREFIX])
+        if lengths is not None:
+            for length in sorted(lengths, reverse=True):
+                if pos + length <= end and hash(text[pos : pos + length]) in lengths[length]:
                     pieces.append(text[kept:pos])
                     pieces.append(REDACTED)
-                    pos = kept = pos + len(secret)
+                    pos = kept = pos + length
                     break
             else:
                 pos += 1
