@@ -7,13 +7,21 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import parse_qs
 
 import httpx
 import pytest
 
-from entra_tokend.exchange import AcrExchange, ClientError, ClientPool, ServerError, Throttled
+from entra_tokend.exchange import (
+    AcrExchange,
+    ClientError,
+    ClientPool,
+    RequestTimeout,
+    ServerError,
+    Throttled,
+)
 from entra_tokend.logging import redact_text
 from entra_tokend.model import AccessToken, Identity
 from entra_tokend.outputs import dockerconfig
@@ -189,3 +197,30 @@ def test_refresh_tokens_are_redacted_by_value_in_logs() -> None:
     token = run_exchange(reg, ["a.azurecr.io"])
     secret = token.extra["a.azurecr.io"]
     assert secret not in redact_text(f"oops {secret} leaked")
+
+
+def test_a_trickling_registry_ends_within_the_request_timeout() -> None:
+    """request_timeout bounds the whole token exchange with a registry, as with Entra: a body
+    arriving a byte at a time never ends httpx's per-read timeout."""
+
+    async def trickle() -> AsyncIterator[bytes]:
+        while True:
+            await asyncio.sleep(0.05)
+            yield b" "
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v2/":
+            challenge = 'Bearer realm="https://slow.azurecr.io/oauth2/token",service="slow"'
+            return httpx.Response(401, headers={"WWW-Authenticate": challenge})
+        return httpx.Response(200, content=trickle())
+
+    async def go() -> None:
+        pool = ClientPool(timeout=0.5, transport=httpx.MockTransport(answer))
+        try:
+            stage = AcrExchange(FakeEntra(), ["slow.azurecr.io"], pool, FakeClock())
+            with pytest.raises(RequestTimeout, match=r"slow\.azurecr\.io"):
+                await stage.exchange(IDENT, "https://containerregistry.azure.net/.default", "a")
+        finally:
+            await pool.aclose()
+
+    asyncio.run(go())

@@ -129,3 +129,29 @@ def test_a_channel_sends_no_cookie_it_was_given_and_follows_no_redirect() -> Non
             "write": 7.0,
             "pool": 7.0,
         }
+
+
+def test_held_channels_spread_like_leased_ones() -> None:
+    """The registries of one docker config are requested at once through ``hold``: each gets
+    a channel of its own while there are free ones (``channel`` alone would give them all
+    the first, one connection, and they would queue behind each other)."""
+
+    async def main() -> list[int]:
+        pool = _pool(4)
+        release = asyncio.Event()
+        held: list[int] = []
+
+        async def hold() -> None:
+            async with pool.hold(None, URL) as channel:
+                held.append(id(channel))
+                await release.wait()
+
+        tasks = [asyncio.create_task(hold()) for _ in range(4)]
+        while len(held) < len(tasks):
+            await asyncio.sleep(0)
+        release.set()
+        await asyncio.gather(*tasks)
+        await pool.aclose()
+        return held
+
+    assert len(set(asyncio.run(main()))) == 4

@@ -167,15 +167,53 @@ def test_every_secret_is_redacted_when_there_are_thousands(
     assert tokens[-1] not in held
     assert opaque[-1] not in held
     newest, newest_opaque = tokens[-1], opaque[-1]
-    signature = newest.split(".")[2]
-    line = log_module.redact_text(f"a{newest}b {signature}, x{newest_opaque}y and {newest[:40]}")
-    assert newest not in line
-    assert signature not in line
-    assert newest_opaque not in line
-    assert line.startswith("a[REDACTED]b [REDACTED], x[REDACTED]y and ")
+    header, payload, signature = newest.split(".")
+    line = log_module.redact_text(
+        f"a {newest} b {signature}, x{newest_opaque}y and {newest[:40]} c{newest}d"
+    )
+    for secret in (newest, header, payload, signature, newest_opaque):
+        assert secret not in line
+    assert line.startswith("a [REDACTED] b [REDACTED], x[REDACTED]y and ")
     # An unrelated value with a remembered prefix and length is left alone.
     lookalike = newest_opaque[:-1] + ("8" if newest_opaque[-1] != "8" else "7")
     assert log_module.redact_text(f"{lookalike}!") == f"{lookalike}!"
+
+
+def test_secrets_sharing_a_prefix_cannot_make_a_line_costly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Secrets with one prefix and hundreds of lengths (a hostile issuer), then a line echoing
+    that prefix thousands of times: the line is withheld, not scanned at length."""
+    from entra_tokend import logging as log_module
+
+    monkeypatch.setattr(log_module, "_remembered", {})
+    monkeypatch.setattr(log_module, "_index", {})
+    for length in range(20, 620):
+        remember_secret("AAAAAAAA" + "b" * (length - 8))
+    assert log_module.redact_text("AAAAAAAA " * 5000) == log_module.WITHHELD
+    assert log_module.redact_text("AAAAAAAA fine") == "AAAAAAAA fine"
+
+
+def test_an_error_text_of_a_megabyte_is_cut_before_it_is_scanned() -> None:
+    """A hostile token service's error_description of "eyJ" * 350,000 (the JWT shape rule was
+    quadratic on it: minutes of event loop) ends as one bounded, redacted line."""
+    from entra_tokend.exchange.entra import error_details
+
+    details = error_details(400, {"error_description": "eyJ" * 350_000, "error": "x" * 10**6})
+    assert details.description is not None
+    assert len(details.description) <= 500
+    assert "eyJeyJeyJeyJeyJeyJ" not in details.description
+    assert details.error is not None
+    assert len(details.error) <= 100
+
+
+def test_a_secret_with_quotes_is_redacted_as_json_writes_it() -> None:
+    out = io.StringIO()
+    configure_logging("json", "debug", stream=out)
+    secret = 'pa"ss\\w\u00f6rd-0123456789'
+    remember_secret(secret)
+    get_logger().warning("oops", detail=f"got {secret}")
+    assert json.loads(out.getvalue())["detail"] == "got [REDACTED]"
 
 
 def _problems(tmp_path: Path, env: dict[str, str], toml: str | None = None) -> list[str]:
@@ -220,3 +258,35 @@ def test_a_toml_nested_thousands_deep_is_one_config_error(tmp_path: Path) -> Non
     toml = "x = " + "[" * 5000 + "]" * 5000 + "\n"
     (problem,) = _problems(tmp_path, {}, toml)
     assert "nested too deeply" in problem
+
+
+def test_a_compressed_answer_is_refused_unread(tmp_path: Path) -> None:
+    """~1 kB of gzip-in-gzip inflating to 128 MiB: the daemon asked for no compression and
+    refuses a compressed body before httpx inflates any of it."""
+    import gzip
+    import resource
+
+    bomb = gzip.compress(gzip.compress(b"\0" * (128 << 20)))
+
+    async def send_bomb(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        head = (
+            "HTTP/1.1 400 Bad Request\r\nContent-Encoding: gzip, gzip\r\n"
+            f"Content-Length: {len(bomb)}\r\n\r\n"
+        )
+        writer.write(head.encode() + bomb)
+        await writer.drain()
+        writer.close()
+
+    async def body(port: int) -> None:
+        pool = ClientPool(timeout=5.0)
+        try:
+            with pytest.raises(InvalidResponse, match="Content-Encoding"):
+                await EntraExchange(pool).exchange(_identity(tmp_path, port), STORAGE, "x")
+        finally:
+            await pool.aclose()
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    asyncio.run(_with_server(send_bomb, body))
+    # Peak RSS (KiB) did not grow by the inflated size: nothing was inflated.
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 64 * 1024

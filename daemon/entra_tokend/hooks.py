@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from entra_tokend.files import NotRegularFile, read_regular
-from entra_tokend.logging import redact_text
+from entra_tokend.logging import redact_cut
 from entra_tokend.model import Hook
 from entra_tokend.reaper import MARKER_VARIABLE, REAPER
 
@@ -156,9 +156,9 @@ async def _exec(hook: Hook, token: str, path: Path, log: Any) -> bool:
         REAPER.sweep(kill_marker=marker)
     fields: dict[str, Any] = {"command": command, "exit_code": proc.returncode}
     # Redacted before it is cut (the log's own redaction would see only the cut piece).
-    full = redact_text(output.decode("utf-8", "replace"))
+    full = output.decode("utf-8", "replace")
     truncated = truncated or len(full) > OUTPUT_LIMIT
-    text = full[:OUTPUT_LIMIT].strip()
+    text = redact_cut(full, OUTPUT_LIMIT).strip()
     if text:
         fields["output"] = text
         if truncated:

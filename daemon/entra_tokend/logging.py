@@ -7,6 +7,7 @@ can slip a JWT past it.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import sys
@@ -14,8 +15,13 @@ from typing import Any, TextIO
 
 import structlog
 
-# JWTs (access tokens, assertions) all start with a base64url '{"' header: eyJ.
-_JWT_RE = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*")
+# JWTs (access tokens, assertions) all start with a base64url '{"' header: eyJ. A JWE has five
+# dot-separated parts, a JWS three. Only from the start of a base64url run (lookbehind) and
+# without backtracking (possessive): tried at every "eyJ" inside one long run, the pattern was
+# quadratic ("eyJ" * 43,000 in an error text: 8 s on the event loop; review of round 4).
+_JWT_RE = re.compile(
+    r"(?<![A-Za-z0-9_-])eyJ[A-Za-z0-9_-]{4,}+\.[A-Za-z0-9_-]{4,}+(?:\.[A-Za-z0-9_-]*+){1,3}+"
+)
 # A piece of one (a cut error text): a base64url JSON object start of some length.
 _JWT_PART_RE = re.compile(r"eyJ[A-Za-z0-9_-]{16,}")
 _BEARER_RE = re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]{8,}")
@@ -38,9 +44,18 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARN
 # memory per token 8.2 -> 6.6 KiB here at 1,000 tokens; bench/FINDINGS.md round 4). A
 # different secret with the same prefix, length and 64-bit hash would be redacted too:
 # over-redaction, never a leak.
+#
+# Values and parts starting with "eyJ" (base64url JSON: JWT/JWE headers and payloads, whole
+# JWTs) are not registered: the shape rules redact every one of them, and they share their
+# first characters by the thousand (one issuer, one header), which made each occurrence of
+# that prefix in a line cost a hash per distinct length. A JWT's signature is registered.
+# _SCAN_BUDGET bounds the candidate checks per character of a line; a line that needs more
+# (a hostile service issuing secrets that share a prefix, then echoing it) is withheld whole.
 _MAX_SECRETS = 8192
 _MIN_SECRET_LENGTH = 8  # shorter values would redact ordinary words
 _PREFIX = _MIN_SECRET_LENGTH
+_SCAN_BUDGET = 4
+WITHHELD = "[REDACTED: line withheld, too costly to check for secrets]"
 # hash -> (prefix, length), oldest first: the bound's order.
 _remembered: dict[int, tuple[str, int]] = {}
 # prefix -> length -> hashes of the remembered secrets with that prefix and length.
@@ -52,8 +67,11 @@ def remember_secret(*values: str) -> None:
     # Each dot-separated part of a JWT-shaped secret too: a signature echoed on its own is
     # most of the credential (header and payload are largely predictable).
     parts = [part for value in values if value.count(".") == 2 for part in value.split(".")]
-    for value in (*values, *(p for p in parts if len(p) >= 16)):
-        if len(value) < _MIN_SECRET_LENGTH:
+    # As a JSON renderer writes it, too: a secret with a quote, a backslash or a non-ASCII
+    # character (an endpoint secret may have them) appears escaped in a JSON log line.
+    escaped = [e for value in values if (e := json.dumps(value)[1:-1]) != value]
+    for value in (*values, *escaped, *(p for p in parts if len(p) >= 16)):
+        if len(value) < _MIN_SECRET_LENGTH or value.startswith("eyJ"):
             continue
         digest = hash(value)
         entry = _remembered.pop(digest, None)
@@ -86,9 +104,13 @@ def _redact_remembered(text: str) -> str:
     kept = 0  # text[kept:pos] is still to be copied
     pos = 0
     end = len(text)
+    budget = _SCAN_BUDGET * end + 4096
     while pos <= end - _PREFIX:
         lengths = index.get(text[pos : pos + _PREFIX])
         if lengths is not None:
+            budget -= len(lengths)
+            if budget < 0:
+                return WITHHELD
             for length in sorted(lengths, reverse=True):
                 if pos + length <= end and hash(text[pos : pos + length]) in lengths[length]:
                     pieces.append(text[kept:pos])
@@ -105,11 +127,23 @@ def _redact_remembered(text: str) -> str:
     return "".join(pieces)
 
 
+REDACT_WINDOW = 16384
+"""Characters beyond a cut that are still redacted before it (longer than any secret)."""
+
+
+def redact_cut(text: str, limit: int) -> str:
+    """``text`` redacted, then cut to ``limit`` characters. Redacted before the cut, so that a
+    cut cannot split a secret into pieces no rule recognises; but only the first ``limit`` +
+    ``REDACT_WINDOW`` characters, so a megabyte of hostile text costs no more than a line."""
+    return redact_text(text[: limit + REDACT_WINDOW])[:limit]
+
+
 def redact_text(text: str) -> str:
     """Replace every remembered secret, and anything shaped like a JWT, a bearer credential or
     a form assertion, with ``[REDACTED]``."""
-    text = _redact_remembered(text)
+    # Whole JWTs first, so that one is one [REDACTED] rather than pieces.
     text = _JWT_RE.sub(REDACTED, text)
+    text = _redact_remembered(text)
     text = _JWT_PART_RE.sub(REDACTED, text)
     text = _BEARER_RE.sub(lambda m: m.group(1) + REDACTED, text)
     return _ASSERTION_RE.sub(lambda m: m.group(1) + REDACTED, text)

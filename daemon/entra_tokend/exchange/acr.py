@@ -200,13 +200,16 @@ class AcrExchange:
             return cached
         base = _base_url(registry)
         url, service = f"{base}/oauth2/exchange", registry_key(registry)
-        channel = self._pool.channel(identity.ca_file, f"{base}/v2/")
         request_id = str(uuid.uuid4())
         try:
             # Only the challenge header matters: the body is never read (no size to bound).
-            async with channel.stream("GET", f"{base}/v2/") as response:
+            async with (
+                asyncio.timeout(self._pool.timeout),
+                self._pool.hold(identity.ca_file, f"{base}/v2/") as channel,
+                channel.stream("GET", f"{base}/v2/") as response,
+            ):
                 header = response.headers.get("www-authenticate")
-        except httpx.TimeoutException:
+        except (TimeoutError, httpx.TimeoutException):
             raise RequestTimeout(
                 f"registry {registry_key(registry)}: no answer to /v2/ within the timeout",
                 request_id=request_id,
@@ -243,15 +246,20 @@ class AcrExchange:
             "tenant": identity.tenant_id,
             "access_token": entra_token,
         }
-        channel = self._pool.channel(identity.ca_file, url)
         try:
-            async with channel.stream(
-                "POST", url, data=form, headers={"x-ms-client-request-id": request_id}
-            ) as response:
+            # The whole exchange within request_timeout, as for Entra: httpx's timeouts are per
+            # phase, and a body trickling in a byte at a time never ends one.
+            async with (
+                asyncio.timeout(self._pool.timeout),
+                self._pool.hold(identity.ca_file, url) as channel,
+                channel.stream(
+                    "POST", url, data=form, headers={"x-ms-client-request-id": request_id}
+                ) as response,
+            ):
                 body = await read_capped(response, request_id)
                 status = response.status_code
                 headers = response.headers
-        except httpx.TimeoutException:
+        except (TimeoutError, httpx.TimeoutException):
             self._endpoints.pop(registry, None)
             raise RequestTimeout(
                 f"registry {name}: no answer from the token exchange within the timeout",

@@ -34,7 +34,7 @@ from entra_tokend.exchange.errors import (
 )
 from entra_tokend.exchange.tokenproxy import TrustUnavailable
 from entra_tokend.exchange.transport import ClientPool
-from entra_tokend.logging import redact_text
+from entra_tokend.logging import redact_cut
 from entra_tokend.model import AccessToken, Clock, Identity, SystemClock
 
 GRANT_TYPE = "client_credentials"
@@ -162,7 +162,7 @@ def _aadsts(body: dict[str, Any]) -> int | None:
 def _str_or_none(value: Any, limit: int = 500) -> str | None:
     # Redacted *before* it is cut: a cut can split a secret the service echoed (an assertion
     # in error_description) so that neither its shape nor its value matches any more.
-    return redact_text(value)[:limit] if isinstance(value, str) and value else None
+    return redact_cut(value, limit) if isinstance(value, str) and value else None
 
 
 B64TOKEN_RE = re.compile(r"^[A-Za-z0-9\-._~+/]+=*$")
@@ -474,8 +474,16 @@ def _tls_reason(exc: BaseException) -> str | None:
 
 async def read_capped(response: httpx.Response, request_id: str) -> bytes:
     """The whole body, or InvalidResponse past MAX_BODY_BYTES (a hostile or broken server).
-    The request asks for no compression (``Channel``); a body compressed anyway is decoded by
-    httpx and the cap counts the decoded bytes."""
+
+    The request asks for no compression (``Channel``), and a body compressed anyway is refused
+    unread: httpx would inflate a whole received chunk before the cap is checked, and 980
+    bytes of gzip-in-gzip are 512 MiB (review of round 4)."""
+    encoding = response.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise InvalidResponse(
+            "compressed answer (Content-Encoding) although none was asked for",
+            request_id=request_id,
+        )
     chunks: list[bytes] = []
     size = 0
     async for chunk in response.aiter_bytes():

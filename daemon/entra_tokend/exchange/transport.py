@@ -18,7 +18,8 @@ Requests go straight to httpx's transport layer (``httpx.AsyncHTTPTransport``, o
 token request needs none of the client's layers (authentication, redirects, a cookie jar,
 event hooks, URL merging), and skipping them cut the event loop's CPU per token request by
 ~8 % here (bench/FINDINGS.md, round 4). Without a cookie jar nothing a server sets is sent
-back on a later request. No ``Accept-Encoding`` is sent: answers arrive uncompressed.
+back on a later request. No ``Accept-Encoding`` is sent, and a compressed answer is refused
+(``entra.read_capped``).
 
 Concurrency is spread over several transports per key, each with at most
 ``SHARD_CONNECTIONS`` connections; a leased request goes to the transport with the fewest
@@ -210,6 +211,13 @@ class ClientPool:
             )
             self._clients[key] = shards
         return shards
+
+    @asynccontextmanager
+    async def hold(self, ca_file: Path | None, url: str) -> AsyncIterator[Channel]:
+        """Like ``channel``, counted as busy until the block ends, so that concurrent requests
+        (a docker config's registries) spread over the channels instead of queueing on one."""
+        async with self._direct(ca_file, url).hold() as channel:
+            yield channel
 
     def channel(self, ca_file: Path | None, url: str) -> Channel:
         """A channel for a request to ``url`` trusting ``ca_file`` (None: the default trust
