@@ -18,11 +18,13 @@ version=abc``) gets the classic text format rather than an error.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import weakref
 from collections.abc import Callable
 
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, choose_encoder, generate_latest
+from prometheus_client.utils import parse_version
 
 from entra_tokend.httpserver import Handler, HttpServer, Limits, Request, Response, bound_port
 from entra_tokend.metrics import Encoder, Metrics
@@ -80,20 +82,48 @@ async def _render(metrics: Metrics, encoder: Encoder, key: str) -> bytes:
         await asyncio.sleep(loop.time() - started)
 
 
+def negotiate(accept: str) -> tuple[Encoder, str]:
+    """The exposition format for an ``Accept`` header: prometheus_client's choice, with the
+    OpenMetrics version it echoes reduced to ``1.0.0`` or ``2.0.0`` (the only distinction its
+    encoder makes). The set of answers is closed — at most 14 content types — so a client
+    cannot mint a new format, and a full render with it, per request (``version=1.0.1``,
+    ``1.0.2``, ...: review of round 4). An unparsable header gets the classic text format."""
+    try:
+        encoder, content_type = choose_encoder(accept)
+    except (ValueError, TypeError):  # e.g. version=abc
+        return generate_latest, CONTENT_TYPE_LATEST
+    if isinstance(encoder, functools.partial) and "version" in encoder.keywords:
+        asked = str(encoder.keywords["version"])
+        try:
+            canonical = "2.0.0" if parse_version(asked) >= (2, 0, 0) else "1.0.0"
+        except (ValueError, TypeError):
+            return generate_latest, CONTENT_TYPE_LATEST
+        if asked != canonical:
+            encoder = functools.partial(encoder.func, **{**encoder.keywords, "version": canonical})
+            content_type = content_type.replace(f"version={asked};", f"version={canonical};", 1)
+    return encoder, content_type
+
+
 class _SingleFlight:
-    """Concurrent renders of one format share one: a flood of scrapes (pipelined requests on
-    many connections) costs one render at a time, not one per request."""
+    """Concurrent renders of one format share one, and renders of different formats take
+    turns: a flood of scrapes (pipelined requests on many connections, every format there is)
+    costs one render at a time, not one per request or per format."""
 
     def __init__(self) -> None:
         self._pending: dict[str, asyncio.Future[bytes]] = {}
+        self._turn = asyncio.Lock()
 
     async def render(self, metrics: Metrics, encoder: Encoder, key: str) -> bytes:
         pending = self._pending.get(key)
         if pending is None:
-            pending = asyncio.ensure_future(_render(metrics, encoder, key))
+            pending = asyncio.ensure_future(self._in_turn(metrics, encoder, key))
             self._pending[key] = pending
             pending.add_done_callback(lambda _: self._pending.pop(key, None))
         return await asyncio.shield(pending)
+
+    async def _in_turn(self, metrics: Metrics, encoder: Encoder, key: str) -> bytes:
+        async with self._turn:
+            return await _render(metrics, encoder, key)
 
 
 def _routes(metrics: Metrics, readiness: ReadinessFn) -> dict[str, Handler]:
@@ -112,10 +142,7 @@ def _routes(metrics: Metrics, readiness: ReadinessFn) -> dict[str, Handler]:
         return Response(200 if ready else 503, body + b"\n", "application/json")
 
     async def metrics_page(request: Request) -> Response:
-        try:
-            encoder, content_type = choose_encoder(request.headers.get("accept", ""))
-        except (ValueError, TypeError):  # e.g. version=abc: answer in the classic format
-            encoder, content_type = generate_latest, CONTENT_TYPE_LATEST
+        encoder, content_type = negotiate(request.headers.get("accept", ""))
         body = await renders.render(metrics, encoder, content_type)
         return Response(200, body, content_type)
 

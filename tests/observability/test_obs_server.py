@@ -265,3 +265,24 @@ def test_stop_server_drops_idle_keep_alive_connections(live: LiveServer) -> None
         conn.close()
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", live.port), timeout=30).close()
+
+
+def test_a_client_cannot_mint_formats_with_version_numbers(live: LiveServer) -> None:
+    """Every OpenMetrics 1.x version asked for is answered as 1.0.0 and rendered (and cached)
+    once: a scraper counting up version numbers cannot force a full render per request or
+    evict the real Prometheus server's cached format."""
+    populate(live.metrics)
+    types = set()
+    for minor in range(12):
+        accept = f"application/openmetrics-text; version=1.0.{minor}"
+        reply = request(live.port, "/metrics", headers={"Accept": accept})
+        assert reply.status == 200
+        types.add(reply.headers["content-type"])
+    assert types == {
+        "application/openmetrics-text; version=1.0.0; charset=utf-8; escaping=underscores"
+    }
+    assert live.metrics.formats_cached == sorted(types)
+    reply = request(
+        live.port, "/metrics", headers={"Accept": "application/openmetrics-text; version=2.7.1"}
+    )
+    assert "version=2.0.0;" in reply.headers["content-type"]
