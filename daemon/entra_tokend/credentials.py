@@ -105,10 +105,12 @@ class CredentialSource:
         """The projected token now; notices a rotation. Raises ``AssertionUnavailable``
         (missing, unreadable, malformed, expired) after logging it once per change.
 
-        Reads the file unless the watcher runs and the file's signature is unchanged since the
-        last successful read (then the assertion held is returned; its expiry is still checked
-        against the clock every time)."""
-        return self._load(reuse=self._watcher is not None)
+        Reads the file unless the watcher runs on inotify and the file's signature is unchanged
+        since the last successful read (then the assertion held is returned; its expiry is still
+        checked against the clock every time). While the watcher only polls (inotify off or
+        unavailable: nothing would report an in-place rewrite), every call reads the file."""
+        watcher = self._watcher
+        return self._load(reuse=watcher is not None and watcher.using_inotify)
 
     def _load(self, *, reuse: bool) -> Assertion:
         path = self.identity.token_file

@@ -407,8 +407,11 @@ class DirectoryWatcher:
 
     def _arm_poll(self) -> None:
         if self._inotify is None:
-            # Polling only: a present file only needs the slow poll, a missing one a fast one.
-            fast = self._signature is None
+            # Polling only by choice (use_inotify=False): a present file only needs the slow
+            # poll, a missing one a fast one. Inotify wanted but unavailable (no instance left:
+            # max_user_instances is shared by every container of the UID on the node): the
+            # fast poll, or a rotation would wait up to poll_interval (review of round 4).
+            fast = self._signature is None or self._use_inotify
         else:
             fast = self._wd is None or self._watched != self._dir
         interval = min(self._poll_interval, FAST_POLL_INTERVAL) if fast else self._poll_interval

@@ -528,7 +528,7 @@ def _user_namespaces() -> bool:
 @pytest.mark.parametrize("limit", ["instances", "watches"])
 def test_inotify_limits_reached_fall_back_to_polling(limit: str) -> None:
     # Real limits, lowered in a user namespace of its own (the machine's stay as they are):
-    # no instance left -> poll at poll_interval; no watch left -> fast poll, and inotify takes
+    # no instance left -> fast poll; no watch left -> fast poll, and inotify takes
     # over once a watch is available again. The scenarios are in limited_inotify.py.
     script = Path(__file__).with_name("limited_inotify.py")
     result = subprocess.run(
