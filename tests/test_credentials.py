@@ -213,3 +213,31 @@ def test_failures_are_never_covered_by_the_assertion_held(tmp_path: Path) -> Non
             source.close()
 
     run(scenario())
+
+
+def test_while_the_watcher_only_polls_every_call_reads_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No inotify instance: no event would report an in-place rewrite between two polls.
+    from entra_tokend import watcher as watcher_module
+
+    monkeypatch.setattr(watcher_module, "_open_inotify", lambda: None)
+    volume = ProjectedVolume(tmp_path / "tokens")
+    volume.write(jwt(tmp_path, 0))
+
+    async def scenario() -> None:
+        source = source_for(volume.path)
+        source.watch(3600)
+        try:
+            source.current()
+            opens = Opens(volume.path)
+            try:
+                for _ in range(3):
+                    source.current()
+                    assert opens.since_last() == 1
+            finally:
+                opens.close()
+        finally:
+            source.close()
+
+    run(scenario())
