@@ -861,6 +861,7 @@ def floor_figures(r: dict[str, Any]) -> list[dict[str, Any]]:
     bg = r.get("big")
     if bg:
         for run in bg["runs"]:
+            load = f"{run['load_before'][0]:.2f}→{run['load_after'][0]:.2f}"
             add(
                 f"{bg['tokens']} tokens at +{bg['delay_s'] * 1000:.0f} ms, concurrency "
                 f"{run['concurrency']}: all on disk",
@@ -868,7 +869,7 @@ def floor_figures(r: dict[str, Any]) -> list[dict[str, Any]]:
                 run["floor_s"],
                 "s",
                 max_ratio=1.1,
-                load=f"{run['load_before'][0]:.2f}→{run['load_after'][0]:.2f}",
+                load=load,
                 note=f"floor = tokens × latency / concurrency; daemon CPU {run['daemon_cpu_s']} s,"
                 f" emulator {run['emulator_cpu_s']} s",
             )
@@ -880,7 +881,7 @@ def floor_figures(r: dict[str, Any]) -> list[dict[str, Any]]:
                     run["floor_s"],
                     "s",
                     max_ratio=1.1,
-                    load=f"{run['load_before'][0]:.2f}→{run['load_after'][0]:.2f}",
+                    load=load,
                     note="the phase the floor models: every token request and write",
                 )
         sc = bg.get("scrape")

@@ -56,20 +56,22 @@ def test_sequential_requests_reuse_the_first_channel() -> None:
     assert len(asyncio.run(main())) == 1
 
 
-def test_concurrent_requests_spread_over_every_channel() -> None:
-    clients = len(shard_sizes(64))
+def _channels_held_at_once(max_connections: int, requests: int, held_by: str) -> list[int]:
+    """The channel (its id) each of ``requests`` concurrent requests held, through
+    ``pool.lease`` (Entra) or ``pool.hold`` (registries)."""
 
     async def main() -> list[int]:
-        pool = _pool(64)
+        pool = _pool(max_connections)
         release = asyncio.Event()
         held: list[int] = []
 
-        async def hold() -> None:
-            async with pool.lease(IDENT, URL) as channel:
+        async def one() -> None:
+            scope = pool.lease(IDENT, URL) if held_by == "lease" else pool.hold(None, URL)
+            async with scope as channel:
                 held.append(id(channel))
                 await release.wait()
 
-        tasks = [asyncio.create_task(hold()) for _ in range(clients * 2)]
+        tasks = [asyncio.create_task(one()) for _ in range(requests)]
         while len(held) < len(tasks):
             await asyncio.sleep(0)
         release.set()
@@ -77,9 +79,14 @@ def test_concurrent_requests_spread_over_every_channel() -> None:
         await pool.aclose()
         return held
 
-    held = asyncio.run(main())
+    return asyncio.run(main())
+
+
+def test_concurrent_requests_spread_over_every_channel() -> None:
+    channels = len(shard_sizes(64))
+    held = _channels_held_at_once(64, channels * 2, "lease")
     counts = sorted(held.count(c) for c in set(held))
-    assert counts == [2] * clients
+    assert counts == [2] * channels
 
 
 def test_unleased_channel_is_the_least_busy_one() -> None:
@@ -135,23 +142,4 @@ def test_held_channels_spread_like_leased_ones() -> None:
     """The registries of one docker config are requested at once through ``hold``: each gets
     a channel of its own while there are free ones (``channel`` alone would give them all
     the first, one connection, and they would queue behind each other)."""
-
-    async def main() -> list[int]:
-        pool = _pool(4)
-        release = asyncio.Event()
-        held: list[int] = []
-
-        async def hold() -> None:
-            async with pool.hold(None, URL) as channel:
-                held.append(id(channel))
-                await release.wait()
-
-        tasks = [asyncio.create_task(hold()) for _ in range(4)]
-        while len(held) < len(tasks):
-            await asyncio.sleep(0)
-        release.set()
-        await asyncio.gather(*tasks)
-        await pool.aclose()
-        return held
-
-    assert len(set(asyncio.run(main()))) == 4
+    assert len(set(_channels_held_at_once(4, 4, "hold"))) == 4
