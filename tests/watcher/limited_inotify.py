@@ -75,17 +75,23 @@ async def wait_for_log(
     raise Failed(f"no {event!r} log line; logged: {logs!r}")
 
 
-async def no_instances(tmp: Path, logs: list[MutableMapping[str, Any]]) -> None:
-    """No inotify instance left: the fast poll sees rotations."""
-    set_limit("instances", 0)
+def start_limited(tmp: Path, limit: str) -> tuple[ProjectedVolume, Recorder, DirectoryWatcher]:
+    """With inotify's ``limit`` at 0, a projected token and a started watcher polling hourly:
+    only the fast poll (or inotify, once possible) can see a rotation in time."""
+    set_limit(limit, 0)
     volume = ProjectedVolume(tmp / "tokens")
     volume.write("token-0")
     recorder = Recorder(volume.path)
-    # Poll an hour: only the fast poll (inotify unavailable) can see the rotation in time.
     watcher = DirectoryWatcher(
         volume.path, recorder, loop=asyncio.get_running_loop(), poll_interval=HOUR
     )
     watcher.start()
+    return volume, recorder, watcher
+
+
+async def no_instances(tmp: Path, logs: list[MutableMapping[str, Any]]) -> None:
+    """No inotify instance left: the fast poll sees rotations."""
+    volume, recorder, watcher = start_limited(tmp, "instances")
     try:
         if watcher.using_inotify:
             raise Failed("an inotify instance was opened beyond max_inotify_instances = 0")
@@ -102,15 +108,7 @@ async def no_instances(tmp: Path, logs: list[MutableMapping[str, Any]]) -> None:
 
 async def no_watches(tmp: Path, logs: list[MutableMapping[str, Any]]) -> None:
     """No inotify watch left: fast poll; once one is available again, inotify takes over."""
-    set_limit("watches", 0)
-    volume = ProjectedVolume(tmp / "tokens")
-    volume.write("token-0")
-    recorder = Recorder(volume.path)
-    # Poll an hour: only the fast poll (while unwatchable) or inotify can see a rotation.
-    watcher = DirectoryWatcher(
-        volume.path, recorder, loop=asyncio.get_running_loop(), poll_interval=HOUR
-    )
-    watcher.start()
+    volume, recorder, watcher = start_limited(tmp, "watches")
     try:
         if not watcher.using_inotify:
             raise Failed("no inotify instance, although only watches are limited")
