@@ -30,7 +30,7 @@ from typing import Any
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path.append(str(BENCH_DIR.parent / "tests"))  # the suite's testlib
 
-from testlib import DAEMON_SRC, DaemonProcess, wait_until, write_config  # noqa: E402
+from support import DAEMON_SRC, DaemonProcess, wait_until, write_config  # noqa: E402
 
 if importlib.util.find_spec("entra_tokend") is None:  # not installed: this checkout's
     sys.path.append(str(DAEMON_SRC))

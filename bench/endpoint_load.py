@@ -35,7 +35,7 @@ sys.path.insert(0, str(REPO / "bench"))
 sys.path.insert(0, str(REPO / "tests"))
 
 from benchlib import cpu, machine  # noqa: E402
-from testlib import base_env, stop_process  # noqa: E402
+from support import base_env, stop_process  # noqa: E402
 
 
 def _get(conn: http.client.HTTPConnection, resource: str, secret: str) -> float:

@@ -42,7 +42,7 @@ import benchlib
 from entra_tokend.config import Overrides, load_config
 from entra_tokend.model import Policy
 from entra_tokend.scheduler import Deadline, TokenSchedule, refresh_delay
-from testlib import offline_env
+from support import offline_env
 
 DAY = 86_400
 HOUR = 3_600

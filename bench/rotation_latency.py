@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import benchlib
-from testlib import DaemonProcess, WaitTimeout, wait_until, write_config
+from support import DaemonProcess, WaitTimeout, wait_until, write_config
 
 TARGET_P99_MS = 100.0
 POLL_INTERVAL = 0.0005  # seconds: how often the first token file is looked for

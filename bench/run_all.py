@@ -56,7 +56,7 @@ from typing import Any
 
 import benchlib
 from entra_tokend.config.schema import TOP_LEVEL
-from testlib import REPO, base_env, stop_process
+from support import REPO, base_env, stop_process
 
 DEFAULT_CONCURRENCY = int(TOP_LEVEL["concurrency"][1])  # the default the daemon runs with
 

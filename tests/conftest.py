@@ -1,4 +1,5 @@
-"""Shared fixtures: the emulator as fake Entra, and the real daemon as a subprocess."""
+"""Shared fixtures: the emulator as fake Entra, and the real daemon as a subprocess; and the CI
+switch that fails a test skipped for a missing tool (``support.tools``)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,10 @@ from typing import Any
 
 import pytest
 
-from testlib import DaemonProcess
+from support import DaemonProcess
+from support.tools import pytest_runtest_makereport
+
+__all__ = ["pytest_runtest_makereport"]  # a hook: pytest finds it here
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from entra_tokend.emulator import Emulator
-from testlib import DaemonProcess, emulator_env, wait_until
+from support import DaemonProcess, emulator_env, wait_until
 
 STORAGE = "https://storage.azure.com/.default"
 VAULT = "https://vault.azure.net/.default"

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
-import pytest
-
-from testlib import REPO, base_env
+from support import REPO, base_env, require_tool
 
 PACKAGE = REPO / "daemon" / "entra_tokend"
 
@@ -44,11 +41,9 @@ def test_every_module_imports_alone_in_a_fresh_interpreter() -> None:
 
 def test_import_layers_contract_holds() -> None:
     """import-linter's contracts in pyproject.toml (also a CI gate of its own)."""
-    lint = Path(sys.executable).parent / "lint-imports"
-    if not lint.exists():
-        pytest.skip("import-linter is not installed in this environment")
+    lint = require_tool("lint-imports", installer="pip install '.[test]'")
     result = subprocess.run(
-        [str(lint), "--no-cache"],
+        [lint, "--no-cache"],
         env=base_env(),
         cwd=REPO,
         capture_output=True,

@@ -9,7 +9,7 @@ from pathlib import Path
 from entra_tokend.config import Overrides, load_config
 from entra_tokend.daemon import Daemon
 from entra_tokend.emulator import Emulator
-from testlib import STORAGE, wait_until_async
+from support import STORAGE, wait_until_async
 
 
 class JumpingClock:

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from entra_tokend.config import Config, ConfigError, Overrides, load_config, render_config
-from testlib import STORAGE, VAULT, run_cli, write_projected_token
+from support import STORAGE, VAULT, run_cli, write_projected_token
 
 
 @pytest.fixture

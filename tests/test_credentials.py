@@ -30,7 +30,7 @@ from entra_tokend.credentials import CredentialSource
 from entra_tokend.emulator.kubelet import ProjectedVolume
 from entra_tokend.metrics import Metrics
 from entra_tokend.model import Identity, SystemClock
-from testlib import write_projected_token
+from support import write_projected_token
 
 IN_OPEN = 0x20
 DEADLINE = 10.0

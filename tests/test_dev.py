@@ -10,7 +10,7 @@ import subprocess
 import urllib.request
 from pathlib import Path
 
-from testlib import base_env, cli, wait_until
+from support import base_env, cli, wait_until
 
 
 def test_dev_writes_tokens_serves_readiness_and_stops_on_ctrl_c(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from entra_tokend.emulator import Emulator, Fault
-from testlib import STORAGE, VAULT, emulator_env, output_files, wait_until, write_config
+from support import STORAGE, VAULT, emulator_env, output_files, wait_until, write_config
 
 # Fast retries, no refresh floor, no HTTP port (settings for write_config).
 FAST: dict[str, Any] = {

@@ -21,7 +21,7 @@ from entra_tokend.emulator import Emulator, Fault
 from entra_tokend.model import AccessToken, OutputSpec
 from entra_tokend.outputs import renderer_for
 from entra_tokend.outputs import template as template_format
-from testlib import emulator_env, offline_env, run_cli
+from support import emulator_env, offline_env, run_cli
 
 STORAGE = "https://storage.azure.com/.default"
 TOKEN = AccessToken(

@@ -36,8 +36,7 @@ from entra_tokend.exchange import (
     request_url,
 )
 from entra_tokend.model import Identity, Reason
-from test_network import ConnectProxy
-from testlib import (
+from support import (
     STORAGE,
     VAULT,
     DaemonProcess,
@@ -48,6 +47,7 @@ from testlib import (
     wait_until,
     write_config,
 )
+from support.proxy import ConnectProxy
 
 SNI = "ib.aks.local"
 PROXY_VARS = (

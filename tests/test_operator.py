@@ -15,7 +15,7 @@ import pytest
 from entra_tokend import listener
 from entra_tokend.config.schema import TOP_LEVEL
 from entra_tokend.emulator import Emulator, Fault
-from testlib import (
+from support import (
     STORAGE,
     DaemonProcess,
     emulator_env,

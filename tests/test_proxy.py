@@ -9,8 +9,8 @@ import pytest
 
 from entra_tokend.emulator import Emulator
 from entra_tokend.exchange.proxy import ProxySettings
-from test_network import ConnectProxy
-from testlib import STORAGE, run_cli
+from support import STORAGE, run_cli
+from support.proxy import ConnectProxy
 
 PROXY = "http://proxy.internal:3128"
 

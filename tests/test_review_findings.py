@@ -16,7 +16,7 @@ import pytest
 from entra_tokend.assertion import AssertionMalformed, parse_assertion
 from entra_tokend.emulator import Emulator
 from entra_tokend.exchange import InvalidResponse, error_details, parse_token_response
-from testlib import (
+from support import (
     STORAGE,
     VAULT,
     DaemonProcess,

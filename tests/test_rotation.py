@@ -8,7 +8,7 @@ from typing import Any
 
 from entra_tokend.emulator import Emulator, Fault
 from entra_tokend.emulator.kubelet import ProjectedVolume
-from testlib import (
+from support import (
     STORAGE,
     VAULT,
     DaemonProcess,

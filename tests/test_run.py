@@ -11,7 +11,7 @@ from typing import Any
 
 from entra_tokend import __version__
 from entra_tokend.emulator import Emulator, Fault
-from testlib import STORAGE, VAULT, emulator_env, output_files, run_cli, wait_until
+from support import STORAGE, VAULT, emulator_env, output_files, run_cli, wait_until
 
 
 def test_once_writes_raw_token_with_mode_and_no_newline(emulator: Emulator, tmp_path: Path) -> None:

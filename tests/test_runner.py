@@ -25,7 +25,7 @@ from entra_tokend.outputs import ExistingToken, WriteError
 from entra_tokend.readiness import Readiness
 from entra_tokend.runner import State, TokenRunner
 from entra_tokend.scheduler import TokenSchedule
-from testlib import STORAGE
+from support import STORAGE
 
 T0 = 1_800_000_000.0
 POLICY = Policy(jitter=0.0, backoff_initial=1.0, backoff_max=60.0, config_error_backoff_max=300.0)

@@ -27,7 +27,7 @@ from entra_tokend.exchange import (
 from entra_tokend.exchange.entra import MAX_RETRY_AFTER
 from entra_tokend.logging import configure_logging, get_logger, remember_secret
 from entra_tokend.model import Identity
-from testlib import STORAGE
+from support import STORAGE
 
 NOW = 1_800_000_000.0
 OPAQUE = "opaque0token0value0that0is0no0JWT"

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs the non-Python tools the tests call, if missing: promtool and prometheus (from Debian's
-# prometheus package; only those two binaries are unpacked) and systemd-analyze (Debian's
-# systemd). Idempotent and quick when all are present. Needs root (or sudo) only when something
-# is missing.
+# prometheus package; only those two binaries are unpacked), systemd-analyze (Debian's systemd),
+# curl, docker-registry and skopeo, node/npm and @azure/identity. Idempotent and quick when all
+# are present. Needs root (or sudo) only when something is missing. A test whose tool is missing
+# is skipped, or fails when ENTRA_TOKEND_REQUIRE_TOOLS=1 (as .ci/run sets it).
 set -euo pipefail
 
 SUDO=""
@@ -37,9 +38,13 @@ promtool --version 2>&1 | head -n 1
 prometheus --version 2>&1 | head -n 1
 systemd-analyze --version | head -n 1
 
-# @azure/identity for the JavaScript managed-identity endpoint test (tests/sdk/mi_probe.mjs),
-# into a git-ignored cache next to the probe; skipped when node/npm are missing.
+# node, npm and @azure/identity for the JavaScript managed-identity endpoint test
+# (tests/sdk/mi_probe.mjs), the package into a git-ignored cache next to the probe.
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  apt_update
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+fi
 SDK_NPM="$(dirname "$0")/sdk/.npm"
-if command -v npm >/dev/null 2>&1 && [ ! -d "$SDK_NPM/node_modules/@azure/identity" ]; then
+if [ ! -d "$SDK_NPM/node_modules/@azure/identity" ]; then
   npm install --silent --no-audit --no-fund --prefix "$SDK_NPM" "@azure/identity@^4" >/dev/null
 fi

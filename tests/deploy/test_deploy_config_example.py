@@ -6,21 +6,11 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from deploy_helpers import (
-    ENV_EXAMPLE,
-    HOOK_KEYS,
-    IDENTITY_KEYS,
-    TOKEN_KEYS,
-    TOML_EXAMPLE,
-    TOP_LEVEL_KEYS,
-    env_file,
-    uncomment_settings,
-    unknown_keys,
-)
-
 from entra_tokend.config import schema as config_module
 from entra_tokend.outputs import FORMATS
-from testlib import run_cli
+from support import run_cli
+from support.config_keys import HOOK_KEYS, IDENTITY_KEYS, TOKEN_KEYS, TOP_LEVEL_KEYS, unknown_keys
+from support.deploy import ENV_EXAMPLE, TOML_EXAMPLE, env_file, uncomment_settings
 
 
 def active() -> dict[str, Any]:

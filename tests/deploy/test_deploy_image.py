@@ -14,10 +14,9 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from deploy_helpers import DOCKERFILE, DOCKERIGNORE
-
 from entra_tokend.config import schema as config_module
-from testlib import REPO, base_env, tool
+from support import REPO, base_env, tool
+from support.deploy import DOCKERFILE, DOCKERIGNORE, stages
 
 OCI_LABELS = {
     "org.opencontainers.image.title": "text",
@@ -26,35 +25,6 @@ OCI_LABELS = {
     "org.opencontainers.image.revision": "text",
     "org.opencontainers.image.licenses": "spdx",
 }
-
-
-def instructions() -> list[tuple[str, str]]:
-    """(INSTRUCTION, arguments) in order, continuation lines joined, comments dropped."""
-    out: list[tuple[str, str]] = []
-    pending = ""
-    for raw in DOCKERFILE.read_text().splitlines():
-        stripped = raw.strip()
-        if stripped.startswith("#") or (not stripped and not pending):
-            continue
-        if stripped.endswith("\\"):
-            pending += stripped[:-1] + " "
-            continue
-        line = pending + stripped
-        pending = ""
-        word, _, rest = line.partition(" ")
-        out.append((word.upper(), rest.strip()))
-    assert not pending, "dangling continuation line"
-    return out
-
-
-def stages() -> list[list[tuple[str, str]]]:
-    """Instructions grouped per build stage; stage 0 is what precedes the first FROM."""
-    groups: list[list[tuple[str, str]]] = [[]]
-    for instr in instructions():
-        if instr[0] == "FROM":
-            groups.append([])
-        groups[-1].append(instr)
-    return groups
 
 
 def global_args() -> dict[str, str]:

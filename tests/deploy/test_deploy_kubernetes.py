@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from deploy_helpers import K8S_DIR, k8s_documents, k8s_kind, unknown_keys
 
-from testlib import run_cli, tool
+from support import run_cli, tool
+from support.config_keys import unknown_keys
+from support.deploy import K8S_DIR, k8s_documents, k8s_kind
 
 SIDECAR = "deployment-sidecar.yaml"
 INIT_ONLY = "deployment-init.yaml"

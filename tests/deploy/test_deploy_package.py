@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_deploy_image import stages
 
-from testlib import REPO, base_env, run_cli, tool, wait_until
+from support import REPO, base_env, run_cli, tool, wait_until
+from support.deploy import stages
 
 VERSION = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
 IMAGE_UID = 65532

@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from deploy_helpers import SYSUSERS, UNIT, unit_settings
 
-from testlib import base_env, tool
+from support import base_env, tool
+from support.deploy import SYSUSERS, UNIT, unit_settings
 
 MAX_EXPOSURE = 2.0
 

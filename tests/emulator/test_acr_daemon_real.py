@@ -12,7 +12,9 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from registry_helpers import (
+from entra_tokend.emulator import Emulator
+from support import DaemonProcess, emulator_env, wait_until
+from support.registry import (
     ACR_NULL_USER,
     RegistryFactory,
     SkopeoFactory,
@@ -21,9 +23,6 @@ from registry_helpers import (
     registry_tools_fixture,  # noqa: F401 - fixture
     skopeo_fixture,  # noqa: F401 - fixture
 )
-
-from entra_tokend.emulator import Emulator
-from testlib import DaemonProcess, emulator_env, wait_until
 
 
 def refresh_tokens(path: Path) -> dict[str, str]:

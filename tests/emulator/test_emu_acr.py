@@ -16,10 +16,10 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 from cryptography import x509
-from emu_helpers import ca_context, jwt_parts, tls_emulator_fixture  # noqa: F401 - fixture
-from registry_helpers import ACR_NULL_USER, acr_refresh_token, entra_token
 
 from entra_tokend.emulator import Emulator, Fault
+from support.emulator import ca_context, jwt_parts, tls_emulator_fixture  # noqa: F401 - fixture
+from support.registry import ACR_NULL_USER, acr_refresh_token, entra_token
 
 REG_A = "127.0.0.1:5501"
 REG_B = "127.0.0.1:5502"

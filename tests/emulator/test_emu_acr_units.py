@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
-from emu_helpers import jwt_parts
 
 from entra_tokend.emulator._crypto import libtrust_key_id
 from entra_tokend.emulator.registry import ACR_ISSUER, AcrError, RegistryTokenService
 from entra_tokend.emulator.tenant import AccessTokenInvalid
+from support.emulator import jwt_parts
 
 TENANT = str(uuid.uuid4())
 

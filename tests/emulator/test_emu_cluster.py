@@ -9,7 +9,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from emu_helpers import (
+
+from entra_tokend.emulator import Emulator
+from entra_tokend.emulator.kubelet import DATA_DIR, DATA_TMP
+from support.emulator import (
     ca_context,
     client_fixture,  # noqa: F401 - pytest fixture
     jwt_parts,
@@ -18,9 +21,6 @@ from emu_helpers import (
     token_form,
     verify_with_jwks,
 )
-
-from entra_tokend.emulator import Emulator
-from entra_tokend.emulator.kubelet import DATA_DIR, DATA_TMP
 
 
 def _timestamped_dirs(directory: Path) -> list[str]:

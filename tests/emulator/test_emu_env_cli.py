@@ -14,7 +14,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from emu_helpers import (
+
+from entra_tokend.emulator import Emulator
+from entra_tokend.emulator.server import is_loopback_peer
+from support.emulator import (
     JWT_BEARER,
     SCOPE,
     assert_entra_error,
@@ -22,9 +25,6 @@ from emu_helpers import (
     sourced,
     tls_emulator_fixture,  # noqa: F401 - pytest fixtures
 )
-
-from entra_tokend.emulator import Emulator
-from entra_tokend.emulator.server import is_loopback_peer
 
 ENV_KEYS = {
     "AZURE_TENANT_ID",

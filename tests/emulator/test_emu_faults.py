@@ -11,14 +11,14 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from emu_helpers import (
+
+from entra_tokend.emulator import Emulator, Fault
+from support.emulator import (
     assert_entra_error,
     client_fixture,  # noqa: F401 - pytest fixtures
     post_token,
     token_form,
 )
-
-from entra_tokend.emulator import Emulator, Fault
 
 
 def test_status_429_with_retry_after(emulator: Emulator, client: httpx.Client) -> None:

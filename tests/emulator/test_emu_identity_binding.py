@@ -15,7 +15,11 @@ from typing import Any
 
 import httpx
 import pytest
-from emu_helpers import (
+
+from entra_tokend.emulator import Emulator, Fault
+from entra_tokend.emulator.kubelet import DATA_DIR
+from entra_tokend.emulator.proxy import IdentityBindingProxy
+from support.emulator import (
     JWT_BEARER,
     SCOPE,
     assert_entra_error,
@@ -25,10 +29,6 @@ from emu_helpers import (
     post_token,
     token_form,
 )
-
-from entra_tokend.emulator import Emulator, Fault
-from entra_tokend.emulator.kubelet import DATA_DIR
-from entra_tokend.emulator.proxy import IdentityBindingProxy
 
 SNI = "ib.aks.local"
 

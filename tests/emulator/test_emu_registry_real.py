@@ -10,8 +10,10 @@ import json
 from pathlib import Path
 
 import httpx
-from emu_helpers import ca_context, tls_emulator_fixture  # noqa: F401 - fixture
-from registry_helpers import (
+
+from entra_tokend.emulator import Emulator
+from support.emulator import ca_context, tls_emulator_fixture  # noqa: F401 - fixture
+from support.registry import (
     ACR_NULL_USER,
     RegistryFactory,
     SkopeoFactory,
@@ -22,8 +24,6 @@ from registry_helpers import (
     skopeo_fixture,  # noqa: F401 - fixture
     write_docker_config,
 )
-
-from entra_tokend.emulator import Emulator
 
 
 def test_skopeo_pushes_copies_and_inspects_with_acr_refresh_tokens(

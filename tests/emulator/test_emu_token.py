@@ -9,7 +9,9 @@ from typing import Any
 
 import httpx
 import pytest
-from emu_helpers import (
+
+from entra_tokend.emulator import Emulator
+from support.emulator import (
     SCOPE,
     assert_entra_error,
     client_fixture,  # noqa: F401 - pytest fixtures
@@ -18,8 +20,6 @@ from emu_helpers import (
     token_form,
     verify_with_jwks,
 )
-
-from entra_tokend.emulator import Emulator
 
 
 def test_success_answer_has_entras_shape_and_a_verifiable_jwt(

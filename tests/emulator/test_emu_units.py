@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from emu_helpers import jwt_parts
 
 from entra_tokend.emulator import Fault
 from entra_tokend.emulator._crypto import EcSigningKey, SigningKey, cached_key, libtrust_key_id
@@ -28,6 +27,7 @@ from entra_tokend.emulator.kubelet import ProjectedVolume
 from entra_tokend.emulator.registry import ACR_RESOURCE
 from entra_tokend.emulator.tenant import AccessTokenInvalid, Tenant, credential
 from entra_tokend.emulator.wire import Request
+from support.emulator import jwt_parts
 
 # --------------------------------------------------------------------------- chunked bodies
 

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from endpoint.ep_helpers import EndpointDaemon
-from testlib import DaemonProcess
+from support import DaemonProcess
+from support.endpoint import EndpointDaemon
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from endpoint.ep_helpers import EndpointDaemon
-from testlib import run_cli, wait_until
+from support import run_cli, wait_until
+from support.endpoint import EndpointDaemon
 
 STORAGE = "https://storage.azure.com"
 

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from endpoint.ep_helpers import NPM_DIR, SDK_DIR, EndpointDaemon, run_python
+from support.endpoint import NPM_DIR, SDK_DIR, EndpointDaemon, run_python
 
 STORAGE = "https://storage.azure.com"
 

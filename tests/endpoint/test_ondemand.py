@@ -18,7 +18,7 @@ from entra_tokend.exchange import ServerError
 from entra_tokend.metrics import Metrics
 from entra_tokend.ondemand import MIN_SERVED_LIFETIME, OnDemandTokens
 from entra_tokend.readiness import Readiness
-from test_runner import POLICY, FakeClock, FakeExchange, FakeSource
+from support.fakes import POLICY, FakeClock, FakeExchange, FakeSource
 
 VAULT = "https://vault.azure.net/.default"
 Scenario = Callable[[], Coroutine[Any, Any, None]]

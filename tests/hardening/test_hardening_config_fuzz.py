@@ -35,7 +35,7 @@ from entra_tokend.config.schema import (
     TOP_LEVEL,
 )
 from entra_tokend.model import LOCK_NAME, is_temp_name
-from testlib import STORAGE
+from support import STORAGE
 
 # ---- a TOML writer for arbitrary values (tomllib only reads) -----------------------------
 

@@ -14,11 +14,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from hardening_helpers import FAST, READER, sha, temp_files
-from token_reader import classify
-
 from entra_tokend.emulator import Emulator
-from testlib import STORAGE, VAULT, base_env, output_files, wait_until, write_config
+from support import STORAGE, VAULT, base_env, output_files, wait_until, write_config
+from support.hardening import FAST, READER, sha, temp_files
+from support.token_reader import classify
 
 KILLS = 15
 READERS = 3

@@ -10,10 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hardening_helpers import FAST, remount, temp_files, try_mount_tmpfs, umount
 
 from entra_tokend.emulator import Emulator
-from testlib import (
+from support import (
     STORAGE,
     offline_env,
     output_files,
@@ -22,6 +21,7 @@ from testlib import (
     wait_until,
     write_config,
 )
+from support.hardening import FAST, remount, temp_files, try_mount_tmpfs, umount
 
 NOBODY = 65534
 

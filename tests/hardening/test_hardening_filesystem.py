@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from entra_tokend.emulator import Emulator
-from testlib import STORAGE, DaemonProcess, emulator_env, output_files, run_cli, wait_until
+from support import STORAGE, DaemonProcess, emulator_env, output_files, run_cli, wait_until
 
 
 @contextmanager

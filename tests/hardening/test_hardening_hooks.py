@@ -4,18 +4,25 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-import pytest
-from hardening_helpers import FAST, pid_alive
-
 from entra_tokend.emulator import Emulator
-from testlib import STORAGE, VAULT, base_env, cli, run_cli, sample_value, wait_until, write_config
+from support import (
+    STORAGE,
+    VAULT,
+    base_env,
+    cli,
+    require_tool,
+    run_cli,
+    sample_value,
+    wait_until,
+    write_config,
+)
+from support.hardening import FAST, pid_alive
 
 QUICK = "refresh_at = 0.1\njitter = 0\n"  # with 1 s tokens: a refresh every ~0.1 s
 
@@ -229,8 +236,8 @@ def test_a_hook_child_that_escapes_with_setsid_is_killed_and_leaks_no_descriptor
 
 def test_as_pid_1_the_daemon_reaps_orphans(emulator: Emulator, tmp_path: Path) -> None:
     """In a container without an init the daemon is PID 1: orphans must not stay zombies."""
-    if shutil.which("unshare") is None or shutil.which("nsenter") is None:
-        pytest.skip("util-linux unshare/nsenter are not installed")
+    for name in ("unshare", "nsenter"):
+        require_tool(name, installer="apt-get install util-linux")
     out = tmp_path / "out"
     marker = tmp_path / "orphans-done"
     # A hook-free daemon in its own PID namespace; a process there leaves an orphan.

@@ -8,12 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hardening_helpers import FAST, temp_files
 
 from entra_tokend.emulator import Emulator
 from entra_tokend.model import LOCK_NAME, is_temp_name
 from entra_tokend.outputs.writer import WriteError, remove_stale_temp_files, write_atomic
-from testlib import (
+from support import (
     STORAGE,
     VAULT,
     emulator_env,
@@ -24,6 +23,7 @@ from testlib import (
     wait_until,
     write_config,
 )
+from support.hardening import FAST, temp_files
 
 NOBODY = 65534
 

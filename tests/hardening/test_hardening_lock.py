@@ -11,7 +11,7 @@ import pytest
 from entra_tokend.emulator import Emulator
 from entra_tokend.lock import DirectoryLock, LockError, LockHeld
 from entra_tokend.model import LOCK_NAME
-from testlib import STORAGE, emulator_env, output_files, run_cli
+from support import STORAGE, emulator_env, output_files, run_cli
 
 
 def test_second_daemon_on_the_same_directory_exits_2_naming_the_holder(

@@ -6,8 +6,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from observability.obs_helpers import LiveServer, live_server
-from testlib import tool
+from support import tool
+from support.observability import LiveServer, live_server
 
 
 @pytest.fixture

@@ -11,8 +11,8 @@ from typing import Any
 
 from entra_tokend.emulator import Fault
 from entra_tokend.metrics import REASONS
-from observability.obs_helpers import Reply, free_port, queried_metric_names, request, run_promtool
-from testlib import GRAPH, jwt_claims, sample_names, sample_value, wait_until, write_config
+from support import GRAPH, jwt_claims, sample_names, sample_value, wait_until, write_config
+from support.observability import Reply, free_port, queried_metric_names, request, run_promtool
 
 # One fault per reason the exchange can produce, consumed in order by successive token requests.
 FAULTS_BY_REASON = {

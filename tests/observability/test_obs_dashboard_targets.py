@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from observability.obs_helpers import dashboard, run_promtool
+from support.observability import dashboard, run_promtool
 
 # What a shared Prometheus scrapes: two live daemons, a job whose only target is down (so it
 # exports no entra_tokend_* series at all), and jobs that are none of the dashboard's business.

@@ -17,7 +17,7 @@ from prometheus_client.registry import Collector
 
 from entra_tokend.metrics import RENDER_BATCH, Encoder, Metrics
 from entra_tokend.model import Reason
-from testlib import samples
+from support import samples
 
 # The Accept headers of real scrapers and every escaping/version choose_encoder knows.
 ACCEPTS = [

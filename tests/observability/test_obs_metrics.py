@@ -7,9 +7,9 @@ import pytest
 import entra_tokend
 from entra_tokend.metrics import EXCHANGE_BUCKETS, REASONS, Metrics
 from entra_tokend.model import Reason
-from observability.obs_helpers import LiveServer, populate, run_promtool
-from testlib import sample_names, samples
-from testlib import sample_value as _value
+from support import sample_names, samples
+from support import sample_value as _value
+from support.observability import LiveServer, populate, run_promtool
 
 
 def test_promtool_check_metrics_is_clean_on_a_live_scrape(live: LiveServer, promtool: str) -> None:

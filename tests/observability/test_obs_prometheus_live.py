@@ -25,8 +25,8 @@ from prometheus_client.exposition import generate_latest
 
 from entra_tokend.metrics import Metrics
 from entra_tokend.model import Reason
-from observability.obs_helpers import PROMETHEUS_DIR, LiveServer, free_port
-from testlib import samples, tool, wait_until
+from support import samples, tool, wait_until
+from support.observability import PROMETHEUS_DIR, LiveServer, free_port
 
 ODD = ['quo"te', "back\\slash", "new\nline", "ünïcødé", "# HELP x"]
 JOB = "entra-tokend"

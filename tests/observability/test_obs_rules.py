@@ -7,7 +7,8 @@ from pathlib import Path
 
 import yaml
 
-from observability.obs_helpers import (
+from support import REPO, sample_names
+from support.observability import (
     PROMETHEUS_DIR,
     LiveServer,
     alert_rules,
@@ -18,7 +19,6 @@ from observability.obs_helpers import (
     queried_metric_names,
     run_promtool,
 )
-from testlib import REPO, sample_names
 
 REQUIRED_ALERTS = {
     "EntraTokendTokenExpiringSoon",

@@ -10,8 +10,8 @@ import socket
 import pytest
 
 from entra_tokend import server as server_module
-from observability.obs_helpers import LiveServer, populate, request
-from testlib import sample_names
+from support import sample_names
+from support.observability import LiveServer, populate, request
 
 METRIC_FAMILIES = (
     "entra_tokend_token_expiry_timestamp_seconds",

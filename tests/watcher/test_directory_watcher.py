@@ -24,7 +24,7 @@ import pytest
 from entra_tokend import watcher as watcher_module
 from entra_tokend.emulator.kubelet import ProjectedVolume
 from entra_tokend.watcher import DirectoryWatcher
-from testlib import base_env, wait_until_async
+from support import base_env, wait_until_async
 
 DEADLINE = 10.0
 HOUR = 3600.0

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-from testlib import DAEMON_SRC, DaemonProcess
+from support import DAEMON_SRC, DaemonProcess
 
 SDK_DIR = Path(__file__).resolve().parent.parent / "sdk"
 NPM_DIR = SDK_DIR / ".npm"

@@ -1,7 +1,8 @@
 """Real container-registry tools against the emulator's ACR token service, for any test.
 
-* ``registry_tools_fixture`` skips the test (with the reason) when ``docker-registry`` or
-  ``skopeo`` is missing (``tests/emulator/registry_tools.sh`` installs both);
+* ``registry_tools_fixture`` skips the test (fails it in CI: ``support.tools``) when
+  ``docker-registry`` or ``skopeo`` is missing (``tests/emulator/registry_tools.sh`` installs
+  both);
 * ``registry_factory_fixture`` starts real CNCF distribution registries, each with TLS from the
   emulator's CA and token authentication whose realm is the emulator, and stops them at the end;
 * ``make_oci_layout`` writes a tiny hand-made OCI image (one gzip layer) skopeo can push;
@@ -10,8 +11,8 @@
 * ``acr_refresh_token`` gets an Entra token for ACR from the emulator and exchanges it;
 * ``Skopeo`` runs the real skopeo with the emulator's CA and no user configuration.
 
-Fixtures are imported by name (``from registry_helpers import registry_factory_fixture``),
-like emu_helpers', so they work from any test directory once this one is on ``sys.path``.
+Fixtures are imported by name (``from support.registry import registry_factory_fixture``),
+like ``support.emulator``'s, so they work from any test directory.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import httpx
 import pytest
 
 from entra_tokend.emulator import Emulator, RegistrySetup
+from support.tools import missing_tool
 
 ACR_SCOPE = "https://containerregistry.azure.net/.default"
 ACR_NULL_USER = "00000000-0000-0000-0000-000000000000"
@@ -55,7 +57,7 @@ def registry_tools_fixture() -> None:
     """Skip the test when the real registry tools are not installed."""
     missing = missing_tools()
     if missing:
-        pytest.skip(f"{', '.join(missing)} not installed (run tests/emulator/registry_tools.sh)")
+        missing_tool(" and ".join(missing), "tests/emulator/registry_tools.sh")
 
 
 def free_port() -> int:

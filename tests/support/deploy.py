@@ -1,18 +1,16 @@
-"""Helpers for the deployment tests: repository paths, unit-file, TOML and manifest parsing.
-
-The real CLI, its environment and the tool lookup are the shared ones (testlib).
-"""
+"""Helpers for the deployment tests: repository paths, unit-file, TOML, manifest and
+Dockerfile parsing. The configuration's key sets are ``support.config_keys``' (from the daemon's
+schema)."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from testlib import REPO
+from support import REPO
 
 DOCKERFILE = REPO / "Dockerfile"
 DOCKERIGNORE = REPO / ".dockerignore"
@@ -21,46 +19,6 @@ SYSUSERS = REPO / "systemd" / "entra-tokend.sysusers.conf"
 ENV_EXAMPLE = REPO / "systemd" / "entra-tokend.env.example"
 TOML_EXAMPLE = REPO / "config" / "entra-tokend.toml"
 K8S_DIR = REPO / "config" / "kubernetes"
-
-# The configuration reference (README / issue 2): every key a config file may contain.
-TOP_LEVEL_KEYS = frozenset(
-    {
-        "output_dir",
-        "listen",
-        "file_mode",
-        "log_format",
-        "log_level",
-        "refresh_at",
-        "jitter",
-        "min_refresh_interval",
-        "backoff_initial",
-        "backoff_max",
-        "config_error_backoff_max",
-        "request_timeout",
-        "concurrency",
-        "poll_interval",
-        "once_deadline",
-        "allow_world_writable",
-        "file_owner",
-        "file_group",
-    }
-)
-TABLE_KEYS = frozenset({"identity", "token", "hook"})
-IDENTITY_KEYS = frozenset(
-    {
-        "tenant_id",
-        "client_id",
-        "token_file",
-        "authority_host",
-        "ca_file",
-        "token_proxy",
-        "token_proxy_sni_name",
-        "token_proxy_ca_file",
-        "token_proxy_ca_data",
-    }
-)
-TOKEN_KEYS = frozenset({"scope", "identity", "path", "format", "hook"})
-HOOK_KEYS = frozenset({"exec", "timeout", "pid_file", "signal"})
 
 
 def unit_settings(path: Path) -> dict[str, list[str]]:
@@ -110,18 +68,6 @@ def uncomment_settings(text: str) -> str:
     return "\n".join(_COMMENTED_SETTING.sub("", line) for line in text.splitlines()) + "\n"
 
 
-def unknown_keys(doc: Mapping[str, Any]) -> list[str]:
-    """Keys of a parsed config that the configuration reference does not list."""
-    bad = [k for k in doc if k not in TOP_LEVEL_KEYS | TABLE_KEYS]
-    for name, table in dict(doc.get("identity", {})).items():
-        bad += [f"identity.{name}.{k}" for k in table if k not in IDENTITY_KEYS]
-    for name, table in dict(doc.get("token", {})).items():
-        bad += [f"token.{name}.{k}" for k in table if k not in TOKEN_KEYS]
-        bad += [f"token.{name}.hook.{k}" for k in table.get("hook", {}) if k not in HOOK_KEYS]
-    bad += [f"hook.{k}" for k in doc.get("hook", {}) if k not in HOOK_KEYS]
-    return bad
-
-
 def k8s_documents() -> dict[str, list[dict[str, Any]]]:
     """Every YAML document under config/kubernetes, by file name."""
     out: dict[str, list[dict[str, Any]]] = {}
@@ -134,3 +80,35 @@ def k8s_documents() -> dict[str, list[dict[str, Any]]]:
 def k8s_kind(kind: str) -> list[tuple[str, dict[str, Any]]]:
     """(file name, document) for every manifest of ``kind``."""
     return [(name, d) for name, docs in k8s_documents().items() for d in docs if d["kind"] == kind]
+
+
+# -------------------------------------------------------------------------------- Dockerfile
+
+
+def instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) in order, continuation lines joined, comments dropped."""
+    out: list[tuple[str, str]] = []
+    pending = ""
+    for raw in DOCKERFILE.read_text().splitlines():
+        stripped = raw.strip()
+        if stripped.startswith("#") or (not stripped and not pending):
+            continue
+        if stripped.endswith("\\"):
+            pending += stripped[:-1] + " "
+            continue
+        line = pending + stripped
+        pending = ""
+        word, _, rest = line.partition(" ")
+        out.append((word.upper(), rest.strip()))
+    assert not pending, "dangling continuation line"
+    return out
+
+
+def stages() -> list[list[tuple[str, str]]]:
+    """Instructions grouped per build stage; stage 0 is what precedes the first FROM."""
+    groups: list[list[tuple[str, str]]] = [[]]
+    for instr in instructions():
+        if instr[0] == "FROM":
+            groups.append([])
+        groups[-1].append(instr)
+    return groups

@@ -22,7 +22,7 @@ import yaml
 from entra_tokend.metrics import Metrics
 from entra_tokend.model import Reason
 from entra_tokend.server import bound_port, start_server, stop_server
-from testlib import REPO
+from support import REPO
 
 PROMETHEUS_DIR = REPO / "config" / "prometheus"
 GRAFANA_DIR = REPO / "config" / "grafana"
