@@ -4,12 +4,13 @@ While its watcher runs, a source hands out the assertion it holds as long as the
 signature is the one taken before that assertion was read. What these tests check: the file is
 not opened again while unchanged (seen through an inotify watch for IN_OPEN on the file itself),
 any change is read by the very next ``current()``, and failures are never covered by the
-assertion held.
+assertion held. Last, the parser's bounds: a claim out of range is a malformed assertion.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import ctypes
 import os
 import struct
@@ -25,6 +26,7 @@ from entra_tokend.assertion import (
     AssertionExpired,
     AssertionMalformed,
     AssertionMissing,
+    parse_assertion,
 )
 from entra_tokend.credentials import CredentialSource
 from entra_tokend.emulator.kubelet import ProjectedVolume
@@ -241,3 +243,12 @@ def test_while_the_watcher_only_polls_every_call_reads_the_file(
             source.close()
 
     run(scenario())
+
+
+@pytest.mark.parametrize("exp", ["99999999999999999999999999", "1e300", "253402300800", "-5"])
+def test_an_out_of_range_exp_claim_is_malformed_not_a_crash(exp: str) -> None:
+    """An exp beyond what datetime holds is a malformed assertion, not a crash."""
+    header = base64.urlsafe_b64encode(b'{"alg":"none"}').rstrip(b"=")
+    payload = base64.urlsafe_b64encode(f'{{"exp":{exp}}}'.encode()).rstrip(b"=")
+    with pytest.raises(AssertionMalformed, match="exp claim is out of range"):
+        parse_assertion(header + b"." + payload + b".")

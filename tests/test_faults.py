@@ -5,13 +5,23 @@ from __future__ import annotations
 import hashlib
 import itertools
 import signal
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from entra_tokend.emulator import Emulator, Fault
-from support import STORAGE, VAULT, emulator_env, output_files, wait_until, write_config
+from support import (
+    STORAGE,
+    VAULT,
+    base_env,
+    cli,
+    emulator_env,
+    output_files,
+    wait_until,
+    write_config,
+)
 
 # Fast retries, no refresh floor, no HTTP port (settings for write_config).
 FAST: dict[str, Any] = {
@@ -191,3 +201,38 @@ def test_reload_that_removes_the_failing_token_makes_the_daemon_ready(
     d.wait_event("ready: every token is on disk")
     wait_until(lambda: (out / "a").read_text().startswith("{"))
     assert d.stop() == 0
+
+
+def test_a_broken_log_pipe_never_stops_the_refreshes(emulator: Emulator, tmp_path: Path) -> None:
+    """Whatever reads stderr dies (every log write is EPIPE): tokens are still refreshed, and
+    a SIGTERM still ends in a clean exit (the lock file removed)."""
+    emulator.access_token_lifetime = 2
+    out = tmp_path / "out"
+    config = write_config(
+        tmp_path / "c.toml",
+        {"a": STORAGE},
+        listen="",
+        backoff_initial=0.05,
+        backoff_max=0.2,
+        min_refresh_interval=0,
+    )
+    proc = subprocess.Popen(
+        cli("run", "--config", str(config)),
+        env=base_env({**emulator_env(emulator, out), "ENTRA_TOKEND_LOG_FORMAT": "json"}),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        assert proc.stdout is not None
+        proc.stdout.readline()  # it runs and logs
+        proc.stdout.close()  # the reader goes away: every later write is EPIPE
+        issued = len(emulator.issued_tokens)
+        wait_until(lambda: len(emulator.issued_tokens) >= issued + 3, timeout=30)
+        wait_until(lambda: (out / "a").read_text() == emulator.issued_tokens[-1], timeout=10)
+        proc.terminate()
+        assert proc.wait(15) == 0
+        assert not (out / ".entra-tokend.lock").exists()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

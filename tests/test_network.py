@@ -12,6 +12,7 @@ import pytest
 from entra_tokend.emulator import Emulator, Fault
 from entra_tokend.exchange import MAX_BODY_BYTES, ClientPool, EntraExchange, InvalidResponse
 from entra_tokend.model import Identity
+from entra_tokend.preflight import Findings, check_proxies
 from support import STORAGE, output_files, run_cli, write_config
 from support.proxy import ConnectProxy
 
@@ -96,3 +97,15 @@ def test_response_body_is_capped(tmp_path: Path) -> None:
             await server.wait_closed()
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize(
+    "url", ["http://user:pw@127.0.0.1:99999", "http://[user:pw@127.0.0.1:3128"]
+)
+def test_an_unusable_proxy_url_is_a_config_problem(url: str) -> None:
+    """A proxy URL that cannot be used (bad port, broken host) is a config problem, and the
+    problem text never shows its password."""
+    found = Findings()
+    check_proxies({"HTTPS_PROXY": url}, found)
+    assert found.problems
+    assert "pw" not in found.problems[0]

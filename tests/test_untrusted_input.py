@@ -9,23 +9,26 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import httpx
 import pytest
 
-from entra_tokend.config import ConfigError, Overrides, load_config
+from entra_tokend.config import ConfigError, Overrides, load_config, read_toml
 from entra_tokend.exchange import (
     ClientPool,
     EntraExchange,
     InvalidResponse,
     NetworkError,
     RequestTimeout,
+    error_details,
     parse_retry_after,
     parse_token_response,
 )
 from entra_tokend.exchange.entra import MAX_RETRY_AFTER
-from entra_tokend.logging import configure_logging, get_logger, remember_secret
+from entra_tokend.logging import configure_logging, get_logger, redact_text, remember_secret
 from entra_tokend.model import Identity
 from support import STORAGE
 
@@ -290,3 +293,79 @@ def test_a_compressed_answer_is_refused_unread(tmp_path: Path) -> None:
     asyncio.run(_with_server(send_bomb, body))
     # Peak RSS (KiB) did not grow by the inflated size: nothing was inflated.
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 64 * 1024
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        {"access_token": 'x";evil="1', "expires_in": 3600},
+        {"access_token": "x$(id)`id`", "expires_in": 3600},
+        {"access_token": "abc", "token_type": "Bearer\r\nX-Evil: 1", "expires_in": 3600},
+        {"access_token": "abc", "token_type": 'Bearer"', "expires_in": 3600},
+    ],
+)
+def test_token_answers_that_could_break_out_of_a_template_are_invalid(
+    answer: dict[str, object],
+) -> None:
+    """Quotes, ';', '$' or a CRLF token_type could break out of an nginx/JAAS template: such
+    answers are invalid responses."""
+    with pytest.raises(InvalidResponse):
+        parse_token_response(json.dumps(answer).encode(), STORAGE, "rid", 1_800_000_000.0)
+
+
+def test_an_access_token_that_is_the_client_assertion_is_refused() -> None:
+    """A service echoing the client assertion as the access token is refused: the projected
+    token is never written as a token file."""
+    assertion = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJlLXNlZ21lbnQtMTIz"
+
+    def echo(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"access_token": assertion, "expires_in": 3600})
+
+    async def scenario() -> None:
+        pool = ClientPool(transport=httpx.MockTransport(echo))
+        ident = Identity("default", "t", "c", Path("/sa"), "https://login.example")
+        try:
+            with pytest.raises(InvalidResponse, match="client assertion"):
+                await EntraExchange(pool).exchange(ident, STORAGE, assertion)
+        finally:
+            await pool.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_an_echoed_assertion_is_redacted_before_it_is_cut() -> None:
+    """An assertion echoed in an error description is redacted before the text is cut, so a cut
+    cannot leave a fragment that no rule recognises."""
+    assertion = "eyJhbGciOiJSUzI1NiIsImtpZCI6IngifQ." + "eyJhdWQiOlsiYXBpOi8v" * 40 + ".sig"
+    body = {
+        "error": "invalid_client",
+        "error_description": f"AADSTS70011: bad assertion {assertion} end",
+        "trace_id": assertion,
+    }
+    details = error_details(400, body)
+    assert details.description is not None
+    assert "eyJhdWQiOlsi" not in details.description
+    assert "eyJhbGciOiJSUzI1NiIs" not in details.description
+    assert details.trace_id is None
+
+
+def test_a_jwt_signature_echoed_alone_is_redacted() -> None:
+    """A JWT's signature segment echoed alone is redacted: it is most of the credential."""
+    signature = "P4IyVLocKtLEBHXWStmoZ9mCCEncqMnEDLw_X5vmlfQ"
+    remember_secret(f"eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ5In0.{signature}")
+    assert signature not in redact_text(f"HTTP 400: {signature}")
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_a_config_file_that_is_a_fifo_or_a_device_is_a_config_error(
+    tmp_path: Path, kind: str
+) -> None:
+    """A FIFO (would block) or a device such as /dev/zero (endless) as the config file is a
+    config error, never read."""
+    path = tmp_path / "c.toml"
+    if kind == "fifo":
+        os.mkfifo(path)
+    else:
+        path.symlink_to("/dev/zero")
+    with pytest.raises(ConfigError, match="not a regular file"):
+        read_toml(path)

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +15,10 @@ from entra_tokend.emulator import Emulator
 from support import (
     STORAGE,
     VAULT,
+    DaemonProcess,
     base_env,
     cli,
+    emulator_env,
     require_tool,
     run_cli,
     sample_value,
@@ -23,6 +26,7 @@ from support import (
     write_config,
 )
 from support.hardening import FAST, pid_alive
+from support.processes import free_port, healthz
 
 QUICK = "refresh_at = 0.1\njitter = 0\n"  # with 1 s tokens: a refresh every ~0.1 s
 
@@ -297,3 +301,71 @@ def _zombies_of(pid: int) -> list[int]:
         if state == "Z":
             zombies.append(child)
     return zombies
+
+
+def test_a_fifo_as_hook_pid_file_never_blocks_the_daemon(
+    emulator: Emulator, tmp_path: Path, daemon_factory: Callable[..., DaemonProcess]
+) -> None:
+    """A FIFO planted as pid_file is refused unopened: the loop, /healthz, other tokens and
+    SIGTERM are unaffected."""
+    emulator.access_token_lifetime = 2
+    fifo = tmp_path / "reader.pid"
+    os.mkfifo(fifo)
+    port = free_port()
+    body = f'[token.a]\nscope = "{STORAGE}"\n[token.a.hook]\npid_file = "{fifo}"\n'
+    config = write_config(
+        tmp_path / "c.toml",
+        {"b": VAULT},
+        body=body,
+        backoff_initial=0.05,
+        backoff_max=0.2,
+        min_refresh_interval=0,
+    )
+    env = {**emulator_env(emulator, tmp_path / "o"), "ENTRA_TOKEND_LISTEN": f"127.0.0.1:{port}"}
+    d = daemon_factory("run", "--config", str(config), env=env)
+    event = d.wait_event("hook pid file unusable", timeout=20)
+    assert event["detail"] == "not a regular file"
+    assert healthz(port) == 200
+    written = d.count("token written", token="b")
+    wait_until(lambda: d.count("token written", token="b") > written, timeout=20)
+    assert d.stop() == 0
+
+
+def test_the_endpoint_secret_never_reaches_a_hook_or_the_log(
+    emulator: Emulator, tmp_path: Path, daemon_factory: Callable[..., DaemonProcess]
+) -> None:
+    """A hook inherits no endpoint secret variable, and the log never holds the secret."""
+    secret = "TopSecretEndpointValue123"
+    port = free_port()
+    body = (
+        f'[token.a]\nscope = "{STORAGE}"\n[token.a.hook]\n'
+        'exec = ["/bin/sh", "-c", "env; exit 3"]\n'
+        f'[endpoint]\nlisten = "127.0.0.1:{port}"\nsecret_env = "MY_SECRET"\n'
+        'allow = ["https://storage.azure.com"]\n'
+    )
+    config = write_config(tmp_path / "c.toml", body=body, listen="")
+    env = {**emulator_env(emulator, tmp_path / "o"), "MY_SECRET": secret}
+    d = daemon_factory("run", "--config", str(config), env=env)
+    failed = d.wait_event("hook command failed", timeout=20)
+    assert "ENTRA_TOKEND_TOKEN=a" in failed["output"]  # the hook did print its environment
+    assert d.stop() == 0
+    assert secret not in d.log_text()
+    assert "MY_SECRET" not in failed["output"]
+
+
+def test_a_hook_printing_more_than_a_pipe_holds_is_not_a_timeout(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    """300 KB of output (more than a pipe holds) is drained and cut, not counted as a timeout."""
+    body = (
+        f'[token.a]\nscope = "{STORAGE}"\n[token.a.hook]\n'
+        'exec = ["/bin/sh", "-c", "head -c 300000 /dev/zero | tr \\"\\\\\\\\0\\" A"]\n'
+        "timeout = 30\n"
+    )
+    config = write_config(tmp_path / "c.toml", body=body, listen="")
+    env = {**emulator_env(emulator, tmp_path / "o"), "ENTRA_TOKEND_LOG_FORMAT": "json"}
+    result = run_cli("run", "--once", "--config", str(config), env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    ran = [json.loads(line) for line in result.stderr.splitlines() if "hook command ran" in line]
+    assert ran
+    assert ran[0]["output_truncated"] is True

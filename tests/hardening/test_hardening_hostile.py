@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from entra_tokend.config import ConfigError, Overrides, load_config
 from entra_tokend.emulator import Emulator
 from entra_tokend.model import LOCK_NAME, is_temp_name
 from entra_tokend.outputs.writer import WriteError, remove_stale_temp_files, write_atomic
@@ -191,3 +192,39 @@ def test_token_path_may_not_take_our_lock_or_temp_names(tmp_path: Path, path: st
     result = run_cli("check-config", "--config", str(config), env=env)
     assert result.returncode == 2
     assert "keeps for itself (its lock, temp files or state directory)" in result.stderr
+
+
+def test_a_foreign_world_writable_subdirectory_is_refused(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    """A neighbour's world-writable subdirectory (0777, theirs) is refused: they could swap
+    the file."""
+    out = tmp_path / "out"
+    (out / "docker").mkdir(parents=True)
+    os.chown(out / "docker", NOBODY, NOBODY)
+    (out / "docker").chmod(0o777)
+    config = tmp_path / "c.toml"
+    config.write_text(f'[token.x]\nscope = "{STORAGE}"\npath = "docker/x"\n')
+    env = {**emulator_env(emulator, out), "ENTRA_TOKEND_LOG_FORMAT": "json"}
+    result = run_cli("run", "--once", "--deadline", "2", "--config", str(config), env=env)
+    assert result.returncode != 0
+    assert f"owned by uid {NOBODY} and writable by others" in result.stderr
+    assert os.listdir(out / "docker") == []
+
+
+@pytest.mark.parametrize("path", [".entra-tokend-state/s.json", "sub/"])
+def test_a_token_path_in_the_state_directory_or_ending_in_a_slash_is_refused(
+    tmp_path: Path, path: str
+) -> None:
+    """A token path inside the daemon's state directory (it would be overwritten by the
+    daemon's own record) or ending in a slash is a config error naming token.NAME.path."""
+    config = tmp_path / "c.toml"
+    config.write_text(f'[token.s]\nscope = "{STORAGE}"\npath = "{path}"\n')
+    env = {
+        "AZURE_TENANT_ID": "t",
+        "AZURE_CLIENT_ID": "c",
+        "AZURE_FEDERATED_TOKEN_FILE": str(tmp_path / "sa"),
+    }
+    with pytest.raises(ConfigError) as info:
+        load_config(Overrides(config=str(config), output_dir=str(tmp_path / "out")), env)
+    assert any(line.startswith("token.s.path:") for line in info.value.problems)

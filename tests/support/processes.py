@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -148,3 +149,18 @@ class DaemonProcess:
         code = stop_process(self.proc, timeout)
         self._log.close()
         return code
+
+
+def free_port() -> int:
+    """A loopback TCP port that was free a moment ago (for a daemon's listen address)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def healthz(port: int) -> int:
+    """The HTTP status of ``GET /healthz`` on ``127.0.0.1:port``."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as resp:
+        status: int = resp.status
+    return status
