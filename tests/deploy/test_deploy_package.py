@@ -325,6 +325,30 @@ def read_only_as_image_user(out: Path, argv: list[str]) -> list[str]:
     ]
 
 
+def _write_probe(image_venv: Path, out: Path, env: dict[str, str], targets: list[str]) -> list[str]:
+    """Try to create each of ``targets`` as the image user on the read-only root; one line
+    each: "writable PATH" or "denied PATH REASON"."""
+    probe = (
+        "import sys\n"
+        "for path in sys.argv[1:]:\n"
+        "    try:\n"
+        "        open(path, 'w').close()\n"
+        "        print('writable', path)\n"
+        "    except OSError as exc:\n"
+        "        print('denied', path, exc.strerror)\n"
+    )
+    probed = subprocess.run(
+        read_only_as_image_user(out, [str(image_venv / "bin" / "python"), "-c", probe, *targets]),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert probed.returncode == 0, probed.stderr
+    return probed.stdout.splitlines()
+
+
 @pypi
 @pytest.mark.skipif(os.geteuid() != 0, reason="mount namespaces and setpriv need root")
 def test_image_install_runs_read_only_as_uid_65532(
@@ -383,28 +407,8 @@ def test_image_install_runs_read_only_as_uid_65532(
         )
         assert health.returncode == 0, health.stderr
         # Nothing but the token directory takes writes; the venv cannot take .pyc files.
-        probe = (
-            "import sys\n"
-            "for path in sys.argv[1:]:\n"
-            "    try:\n"
-            "        open(path, 'w').close()\n"
-            "        print('writable', path)\n"
-            "    except OSError as exc:\n"
-            "        print('denied', path, exc.strerror)\n"
-        )
         targets = [str(out / "probe"), str(image_venv / "probe"), "/tmp/probe", str(fed / "x")]
-        probed = subprocess.run(
-            read_only_as_image_user(
-                out, [str(image_venv / "bin" / "python"), "-c", probe, *targets]
-            ),
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        assert probed.returncode == 0, probed.stderr
-        lines = probed.stdout.splitlines()
+        lines = _write_probe(image_venv, out, env, targets)
         assert lines[0] == f"writable {out / 'probe'}"
         assert all(line.startswith("denied") for line in lines[1:]), lines
         assert len(lines) == len(targets)

@@ -40,6 +40,33 @@ def test_reader_classifier_flags_partial_empty_and_foreign_content() -> None:
     assert classify(token[:-3].encode(), "raw") == ("ok", sha(token[:-3]))
 
 
+def _start_reader(stop: Path, result: Path, out: Path) -> subprocess.Popen[bytes]:
+    """A token_reader process reading out/a (raw) and out/j.json (json) until ``stop`` exists;
+    its summary goes to ``result``."""
+    return subprocess.Popen(
+        [
+            sys.executable,
+            str(READER),
+            str(stop),
+            str(result),
+            "90",  # a bound, in case the test dies before creating the stop file
+            f"{out / 'a'}:raw",
+            f"{out / 'j.json'}:json",
+        ],
+        env=base_env(),
+    )
+
+
+def _assert_saw_only_issued_tokens(result: Path, issued: set[str]) -> None:
+    """A reader's summary: only complete, parsable files, each a token Entra issued."""
+    summary = json.loads(result.read_text())
+    assert summary["bad"] == {}, summary["bad"]
+    assert summary["reads"] > 0
+    # Every token a reader saw is one Entra issued, byte for byte: nothing partial/foreign.
+    assert set(summary["seen"]) <= issued
+    assert len(summary["seen"]) >= 10  # the files really changed under the readers
+
+
 def test_sigkill_during_rapid_refresh_never_exposes_a_partial_file(
     emulator: Emulator, tmp_path: Path, daemon_factory: Any
 ) -> None:
@@ -64,21 +91,7 @@ def test_sigkill_during_rapid_refresh_never_exposes_a_partial_file(
 
     stop = tmp_path / "stop-readers"
     results = [tmp_path / f"reader-{i}.json" for i in range(READERS)]
-    readers = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                str(READER),
-                str(stop),
-                str(result),
-                "90",  # a bound, in case the test dies before creating the stop file
-                f"{out / 'a'}:raw",
-                f"{out / 'j.json'}:json",
-            ],
-            env=base_env(),
-        )
-        for result in results
-    ]
+    readers = [_start_reader(stop, result, out) for result in results]
     try:
         wait_until(lambda: all(Path(f"{r}.started").exists() for r in results), timeout=20)
         rng = random.Random(8)
@@ -117,11 +130,6 @@ def test_sigkill_during_rapid_refresh_never_exposes_a_partial_file(
 
     issued = {sha(t) for t in emulator.issued_tokens}
     for result in results:
-        summary = json.loads(result.read_text())
-        assert summary["bad"] == {}, summary["bad"]
-        assert summary["reads"] > 0
-        # Every token a reader saw is one Entra issued, byte for byte: nothing partial/foreign.
-        assert set(summary["seen"]) <= issued
-        assert len(summary["seen"]) >= 10  # the files really changed under the readers
+        _assert_saw_only_issued_tokens(result, issued)
     # Informational: how often a kill landed between creating a temp file and the rename.
     print(f"temp files left by {KILLS} SIGKILLs: {leftovers}")
