@@ -139,41 +139,13 @@ def test_request_url_is_the_token_endpoint_without_a_proxy(ib: Emulator) -> None
 # ------------------------------------------------------------------------ end to end (real CLI)
 
 
-def test_tokens_come_through_the_proxy_and_the_same_assertion_direct_is_refused(
-    ib: Emulator, tmp_path: Path
-) -> None:
-    out = tmp_path / "out"
-    env = emulator_env(ib, out, ENTRA_TOKEND_TOKENS=f"storage={STORAGE}")
-    shown = run_cli("check-config", env=env)
-    assert shown.returncode == 0, shown.stderr
-    assert (
-        f"# token requests: through the identity-binding token proxy {_proxy(ib).url} "
-        f"(TLS server name {SNI}; trusting only {_proxy(ib).ca_file}" in shown.stdout
-    )
-    result = run_cli("run", "--once", env=env)
-    assert result.returncode == 0, result.stderr
-    token = (out / "storage").read_text()
-    assert token in ib.issued_tokens
-    (sent,) = ib.token_requests()
-    assert sent.via_proxy
-    assert sent.server_name == SNI
-    assert sent.path == f"/identitybinding/{ib.tenant_id}/oauth2/v2.0/token"
-    assert sent.status == 200
-    assertion = sent.form["client_assertion"]
-    assert token not in result.stderr
-    assert assertion not in result.stderr
-    # Proof the proxy path matters: the very same request sent straight to Entra is refused.
-    with httpx.Client(verify=ib.client_ssl_context() or True, trust_env=False) as c:
-        direct = c.post(f"{ib.authority_host}/{ib.tenant_id}/oauth2/v2.0/token", data=sent.form)
-    assert direct.status_code == 401
-    assert direct.json()["error_codes"] == [700212]
-
-
-def test_same_request_shape_as_azure_identity(ib: Emulator, tmp_path: Path) -> None:
+def _azure_identity_request(ib: Emulator, tmp_path: Path, scope: str) -> None:
+    """azure-identity's WorkloadIdentityCredential(enable_azure_proxy=True) asks ``ib`` for a
+    token for ``scope``, in a shell that sourced the pod's environment file."""
     env_file = ib.write_env_file(tmp_path / "pod.env")
     app = (
         "from azure.identity import WorkloadIdentityCredential\n"
-        f"WorkloadIdentityCredential(enable_azure_proxy=True).get_token({VAULT!r})\n"
+        f"WorkloadIdentityCredential(enable_azure_proxy=True).get_token({scope!r})\n"
     )
     sdk = subprocess.run(
         [
@@ -187,24 +159,42 @@ def test_same_request_shape_as_azure_identity(ib: Emulator, tmp_path: Path) -> N
         check=False,
     )
     assert sdk.returncode == 0, sdk.stderr[-2000:]
-    pod_env = {k: v for k, v in ib.env().items()}
+
+
+def test_tokens_come_through_the_proxy_as_azure_identity_asks_and_direct_is_refused(
+    ib: Emulator, tmp_path: Path
+) -> None:
+    """One ``run --once`` through the token proxy: check-config names the proxy, the token
+    comes through it (SNI, path), the request has azure-identity's shape and assertion, no
+    secret is logged, and the same request sent straight to Entra is refused."""
+    _azure_identity_request(ib, tmp_path, VAULT)
     out = tmp_path / "out"
-    ours = run_cli(
-        "run",
-        "--once",
-        env={
-            **pod_env,
-            "ENTRA_TOKEND_OUTPUT_DIR": str(out),
-            "ENTRA_TOKEND_LISTEN": "",
-            "ENTRA_TOKEND_TOKENS": f"v={VAULT}",
-        },
+    env = emulator_env(ib, out, ENTRA_TOKEND_TOKENS=f"v={VAULT}")
+    shown = run_cli("check-config", env=env)
+    assert shown.returncode == 0, shown.stderr
+    assert (
+        f"# token requests: through the identity-binding token proxy {_proxy(ib).url} "
+        f"(TLS server name {SNI}; trusting only {_proxy(ib).ca_file}" in shown.stdout
     )
-    assert ours.returncode == 0, ours.stderr
-    theirs_req, ours_req = ib.token_requests()
-    assert theirs_req.status == ours_req.status == 200
-    assert _shape(ours_req) == _shape(theirs_req)
-    assert ours_req.server_name == SNI
-    assert ours_req.form["client_assertion"] == theirs_req.form["client_assertion"]
+    result = run_cli("run", "--once", env=env)
+    assert result.returncode == 0, result.stderr
+    token = (out / "v").read_text()
+    assert token in ib.issued_tokens
+    theirs, sent = ib.token_requests()
+    assert theirs.status == sent.status == 200
+    assert _shape(sent) == _shape(theirs)
+    assert sent.form["client_assertion"] == theirs.form["client_assertion"]
+    assert sent.via_proxy
+    assert sent.server_name == SNI
+    assert sent.path == f"/identitybinding/{ib.tenant_id}/oauth2/v2.0/token"
+    assertion = sent.form["client_assertion"]
+    assert token not in result.stderr
+    assert assertion not in result.stderr
+    # Proof the proxy path matters: the very same request sent straight to Entra is refused.
+    with httpx.Client(verify=ib.client_ssl_context() or True, trust_env=False) as c:
+        direct = c.post(f"{ib.authority_host}/{ib.tenant_id}/oauth2/v2.0/token", data=sent.form)
+    assert direct.status_code == 401
+    assert direct.json()["error_codes"] == [700212]
 
 
 def test_ca_rotation_mid_run_without_a_restart(tmp_path: Path) -> None:
