@@ -4,9 +4,11 @@ per-format token keys included; the key sets are the schema's (``support.config_
 from __future__ import annotations
 
 import tomllib
+from pathlib import Path
 from typing import Any
 
 from entra_tokend.config import schema
+from support import run_cli, write_projected_token
 from support.config_keys import (
     ENDPOINT_KEYS,
     FORMAT_KEYS,
@@ -58,3 +60,29 @@ def test_key_sets_are_the_schemas() -> None:
     assert set(schema.TOKEN_KEYS) == TOKEN_KEYS
     assert set(schema.ENDPOINT_KEYS) == ENDPOINT_KEYS
     assert unknown_keys({"endpoint": {"secret": "x"}, "bogus": 1}) == ["bogus", "endpoint.secret"]
+
+
+# Settings the example shows as alternatives to another ("one of the two") or that name things
+# only the target machine has (a user, a group); the rest, enabled together, must be valid.
+ALTERNATIVES = ("template_file", "secret_file", "token_proxy_ca_data", "file_owner", "file_group")
+
+
+def test_every_optional_setting_enabled_passes_check_config(tmp_path: Path) -> None:
+    lines = uncomment_settings(TOML_EXAMPLE.read_text()).splitlines()
+    text = "\n".join(line for line in lines if not line.startswith(ALTERNATIVES))
+    config = tmp_path / "all.toml"
+    config.write_text(text.replace("/var/run/secrets/azure/tokens/", f"{tmp_path}/"))
+    write_projected_token(tmp_path / "azure-identity-token")
+    result = run_cli(
+        "check-config",
+        "--offline",
+        "--config",
+        str(config),
+        "--output-dir",
+        str(tmp_path / "out"),
+        env={"IDENTITY_HEADER": "0123456789abcdef0123456789abcdef"},
+    )
+    assert result.returncode == 0, result.stderr
+    effective = tomllib.loads(result.stdout)
+    assert set(effective["token"]) == set(tomllib.loads(text)["token"])
+    assert "endpoint" in effective
