@@ -13,6 +13,7 @@ from support import DaemonProcess
 from support.tools import pytest_runtest_makereport
 
 __all__ = ["pytest_runtest_makereport"]  # a hook: pytest finds it here
+pytest_plugins = ["pytester"]  # tests/test_tool_switch.py runs pytest in process
 
 
 @pytest.fixture
