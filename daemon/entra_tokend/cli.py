@@ -351,10 +351,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             return EXIT_CONFIG
         return emulator_main(args_list[1:])
-    if args_list[:1] in (["inject"], ["webhook"]):
-        from entra_tokend import injectcli, webhook  # noqa: PLC0415
+    if args_list[:1] == ["inject"]:
+        from entra_tokend.injectcli import main as inject_main  # noqa: PLC0415
 
-        return (injectcli if args_list[0] == "inject" else webhook).main(args_list[1:])
+        return inject_main(args_list[1:])
+    if args_list[:1] == ["webhook"]:
+        from entra_tokend.webhook import main as webhook_main  # noqa: PLC0415
+
+        return webhook_main(args_list[1:])
     parser = build_parser()
     args = parser.parse_args(args_list)
     if args.command is None:

@@ -37,7 +37,7 @@ CONFIG_FILE = "entra-tokend.toml"  # the key read from an entra-tokend.io/config
 METRICS_PORT = 9464
 ENDPOINT_LISTEN = "127.0.0.1:8081"
 ENDPOINT_URL = f"http://{ENDPOINT_LISTEN}/msi/token"
-SECRET_KEY = "identity-header"  # the key read from an entra-tokend.io/endpoint-secret Secret
+SECRET_KEY = "identity-header"  # noqa: S105 - a key name, not a secret; the key read from an entra-tokend.io/endpoint-secret Secret
 RUN_AS = 65532  # the image's non-root user and group
 
 # Every annotation read, with its default as the README documents it.
@@ -94,7 +94,7 @@ class Settings:
 
 
 def requested(template: Mapping[str, Any]) -> bool:
-    """Whether the template asks for injection (``entra-tokend.io/inject`` is not absent/"false")."""
+    """Whether the template asks for injection (``entra-tokend.io/inject`` set, not "false")."""
     value = _annotations(template).get(INJECT)
     return value is not None and value != "false"
 
@@ -136,10 +136,10 @@ def _tokens(annotations: Mapping[str, str], problems: list[str]) -> tuple[tuple[
 def _unknown(annotations: Mapping[str, str], problems: list[str]) -> None:
     for key in annotations:
         name = key.removeprefix(PREFIX)
-        if key.startswith(PREFIX) and name not in ANNOTATIONS and name not in _WRITTEN:
-            if not name.startswith("token."):
-                known = ", ".join(n for n in ANNOTATIONS if n != "token.NAME")
-                problems.append(f"{key}: unknown annotation (known: token.NAME, {known})")
+        ours = key.startswith(PREFIX) and not name.startswith("token.")
+        if ours and name not in ANNOTATIONS and name not in _WRITTEN:
+            known = ", ".join(n for n in ANNOTATIONS if n != "token.NAME")
+            problems.append(f"{key}: unknown annotation (known: token.NAME, {known})")
 
 
 def _choice(

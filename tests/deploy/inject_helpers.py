@@ -143,5 +143,5 @@ def pod_template_of(doc: dict[str, Any]) -> dict[str, Any]:
     if doc["kind"] == "CronJob":
         found: dict[str, Any] = doc["spec"]["jobTemplate"]["spec"]["template"]
         return found
-    found = doc["spec"]["template"]
-    return found
+    template: dict[str, Any] = doc["spec"]["template"]
+    return template

@@ -64,7 +64,8 @@ def test_native_sidecar_gates_the_app_and_writes_each_annotated_token() -> None:
     assert sidecar["restartPolicy"] == "Always"
     assert sidecar["image"] == IMAGE
     args = sidecar["args"]
-    assert args[0] == "run" and "--once" not in args
+    assert args[0] == "run"
+    assert "--once" not in args
     tokens = [args[i + 1] for i, a in enumerate(args) if a == "--token"]
     assert tokens == [f"arm={ARM}", f"storage.json={STORAGE}"]
     assert sidecar["startupProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
@@ -72,10 +73,11 @@ def test_native_sidecar_gates_the_app_and_writes_each_annotated_token() -> None:
     assert args[args.index("--listen") + 1] == "[::]:9464"
     assert sidecar["ports"] == [{"name": "metrics", "containerPort": 9464, "protocol": "TCP"}]
     sc = sidecar["securityContext"]
-    assert (
-        sc["runAsNonRoot"] and sc["readOnlyRootFilesystem"] and not sc["allowPrivilegeEscalation"]
-    )
-    assert sc["capabilities"] == {"drop": ["ALL"]} and sc["runAsUser"] == 65532
+    assert sc["runAsNonRoot"]
+    assert sc["readOnlyRootFilesystem"]
+    assert not sc["allowPrivilegeEscalation"]
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    assert sc["runAsUser"] == 65532
     assert sidecar["resources"]["limits"]["memory"] == "128Mi"
     (volume,) = spec["volumes"]
     assert volume["emptyDir"]["medium"] == "Memory"
@@ -156,7 +158,8 @@ def test_config_map_chosen_containers_image_path_and_process_namespace() -> None
     assert args[args.index("--config") + 1] == "/etc/entra-tokend/entra-tokend.toml"
     app, other = spec["containers"]
     assert [m["mountPath"] for m in app["volumeMounts"]] == ["/tokens"]
-    assert "volumeMounts" not in other and "env" not in other
+    assert "volumeMounts" not in other
+    assert "env" not in other
     skip = pod["metadata"]["annotations"]["azure.workload.identity/skip-containers"]
     assert skip == "app"
 
@@ -188,7 +191,7 @@ def test_every_problem_is_reported_at_once() -> None:
 
 def test_a_pod_without_the_workload_identity_label_is_refused() -> None:
     for labels in ({}, {"azure.workload.identity/use": "false"}):
-        with pytest.raises(InjectError, match='azure.workload.identity/use: "true"'):
+        with pytest.raises(InjectError, match=r'azure\.workload\.identity/use: "true"'):
             inject_template(template(COMBINATIONS["tokens"], labels=labels), IMAGE)
 
 
