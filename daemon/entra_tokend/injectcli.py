@@ -31,9 +31,16 @@ _MARKER = re.compile(r"^(---|\.\.\.)(?=[ \t\r\n]|$)", re.MULTILINE)
 
 
 def split_documents(text: str) -> list[str]:
-    """``text`` cut before every document marker line; ``"".join`` of the result is ``text``."""
-    starts = sorted({0, *(m.start() for m in _MARKER.finditer(text))})
-    return [text[a:b] for a, b in zip(starts, [*starts[1:], len(text)], strict=True) if b > a]
+    """``text`` cut before every ``---`` line and around every ``...`` line (a chunk of its
+    own, as it ends a document); ``"".join`` of the result is ``text``."""
+    cuts = {0, len(text)}
+    for match in _MARKER.finditer(text):
+        cuts.add(match.start())
+        if match[1] == "...":
+            end = text.find("\n", match.start())
+            cuts.add(len(text) if end < 0 else end + 1)
+    starts = sorted(cuts)
+    return [text[a:b] for a, b in zip(starts, starts[1:], strict=False) if b > a]
 
 
 def templates(doc: Any) -> Iterator[dict[str, Any]]:
@@ -112,7 +119,12 @@ def inject_stream(text: str, image: str) -> tuple[str, list[str]]:
     import yaml  # noqa: PLC0415
 
     out, problems = [], []
-    for position, chunk in enumerate(split_documents(text), start=1):
+    position = 0
+    for chunk in split_documents(text):
+        if chunk.startswith("..."):
+            out.append(chunk)
+            continue
+        position += 1
         try:
             doc = yaml.safe_load(chunk)
         except yaml.YAMLError as exc:
