@@ -13,6 +13,7 @@ Needs PyYAML (the ``inject`` extra); the webhook, which speaks JSON, does not.
 from __future__ import annotations
 
 import argparse
+import itertools
 import re
 import sys
 from collections.abc import Iterator, Sequence
@@ -40,7 +41,7 @@ def split_documents(text: str) -> list[str]:
             end = text.find("\n", match.start())
             cuts.add(len(text) if end < 0 else end + 1)
     starts = sorted(cuts)
-    return [text[a:b] for a, b in zip(starts, starts[1:], strict=False) if b > a]
+    return [text[a:b] for a, b in itertools.pairwise(starts) if b > a]
 
 
 def templates(doc: Any) -> Iterator[dict[str, Any]]:
