@@ -23,7 +23,7 @@ from entra_tokend.inject import DEFAULT_IMAGE, InjectError, inject_template
 
 EXIT_OK = 0
 EXIT_CONFIG = 2
-INSTALL_HINT = "pip install 'entra-tokend[inject]' (PyYAML)"
+INSTALL_HINT = "from a clone of the repository: pip install '.[inject]'"
 
 WORKLOADS = ("Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job")
 # A line that starts or ends a document. At column 0 these are markers wherever they appear
