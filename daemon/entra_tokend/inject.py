@@ -48,7 +48,7 @@ ANNOTATIONS: dict[str, str] = {
     "endpoint": f'"false"; "true" serves {ENDPOINT_URL} to the app containers',
     "endpoint-allow": "the resources of the token.NAME scopes; comma-separated resources",
     "endpoint-secret": f"none: the pod's UID; a Secret whose key {SECRET_KEY} is the header",
-    "containers": "every container in spec.containers; comma-separated names",
+    "containers": "every container in spec.containers; comma-separated names (init ones too)",
     "mode": '"sidecar" (native sidecar, Kubernetes 1.29+); "init" (run --once, exits)',
     "image": "the --image of inject/webhook",
     "mount-path": '"/run/entra-tokend"; where the token volume is mounted in every container',
@@ -173,7 +173,9 @@ def parse_settings(template: Mapping[str, Any], default_image: str) -> Settings:
             "identity webhook then mounts the federated token entra-tokend exchanges)"
         )
     spec = template.get("spec") or {}
-    present = [c.get("name") for c in spec.get("containers") or []]
+    # Init containers may be named too (e.g. a migration that needs a token): they start after
+    # the native sidecar's startupProbe passed, or after the init-mode container exited.
+    present = [c.get("name") for c in [*_init(spec), *(spec.get("containers") or [])]]
     # Not the list of every container: another webhook (the azure-workload-identity proxy) may
     # add one before a reinvocation, and the digest must not change with it.
     containers = None
@@ -263,10 +265,10 @@ def inject_template(template: Mapping[str, Any], default_image: str) -> dict[str
     security = spec.setdefault("securityContext", {})
     # Token files are 0640: the app reads them through the group kubelet gives the volume.
     security.setdefault("fsGroup", RUN_AS)
-    spec["initContainers"] = [_sidecar(settings), *(spec.get("initContainers") or [])]
-    for container in spec.get("containers") or []:
+    for container in [*_init(spec), *(spec.get("containers") or [])]:
         if container.get("name") in _apps(out, settings):
             _wire_app(container, settings)
+    spec["initContainers"] = [_sidecar(settings), *_init(spec)]
     spec["volumes"] = [*(spec.get("volumes") or []), *_volumes(settings)]
     return out
 
@@ -283,7 +285,7 @@ def _check_clashes(template: Mapping[str, Any], s: Settings) -> None:
     skip = (template.get("metadata") or {}).get("annotations", {}).get(WI_SKIP, "")
     if SIDECAR in [s.strip() for s in skip.split(";")]:
         problems.append(f"{WI_SKIP}: lists {SIDECAR}, which then gets no federated token")
-    for c in spec.get("containers") or []:
+    for c in [*_init(spec), *(spec.get("containers") or [])]:
         if c.get("name") not in _apps(template, s):
             continue
         if any(m.get("mountPath") == s.mount_path for m in c.get("volumeMounts") or []):
@@ -300,6 +302,10 @@ def _check_clashes(template: Mapping[str, Any], s: Settings) -> None:
             )
     if problems:
         raise InjectError(problems)
+
+
+def _init(spec: Mapping[str, Any]) -> list[dict[str, Any]]:
+    return list(spec.get("initContainers") or [])
 
 
 def _apps(template: Mapping[str, Any], s: Settings) -> tuple[str, ...]:

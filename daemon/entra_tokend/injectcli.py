@@ -19,7 +19,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from entra_tokend.inject import DEFAULT_IMAGE, InjectError, inject_template
+from entra_tokend.inject import DEFAULT_IMAGE, PREFIX, InjectError, inject_template
 
 EXIT_OK = 0
 EXIT_CONFIG = 2
@@ -66,6 +66,17 @@ def inject_document(doc: Any, image: str) -> bool:
     """Inject every pod template of ``doc`` in place; whether anything changed.
     Raises InjectError."""
     changed = False
+    if isinstance(doc, dict) and doc.get("kind") in (*WORKLOADS, "CronJob"):
+        own = (doc.get("metadata") or {}).get("annotations") or {}
+        misplaced = sorted(k for k in own if str(k).startswith(PREFIX))
+        if misplaced:  # a workload's own annotations never reach its pods
+            raise InjectError(
+                [
+                    f"{k}: on the {doc['kind']} itself; put it on the pod template's annotations "
+                    "(spec.template.metadata.annotations)"
+                    for k in misplaced
+                ]
+            )
     for template in list(templates(doc)):
         injected = inject_template(template, image)
         if injected != template:

@@ -266,3 +266,15 @@ def test_the_readme_documents_every_annotation_with_its_default() -> None:
     readme = (REPO / "README.md").read_text()
     for name in ANNOTATIONS:
         assert f"| `{P}{name}` |" in readme, name
+
+
+def test_named_init_containers_get_the_tokens_too() -> None:
+    source = template({**COMBINATIONS["endpoint"], P + "containers": "migrate,app"})
+    source["spec"]["initContainers"] = [{"name": "migrate", "image": "m:1"}]
+    pod = inject_template(source, IMAGE)
+    sidecar, migrate = pod["spec"]["initContainers"]
+    assert sidecar["name"] == "entra-tokend"  # first: its startupProbe gates "migrate"
+    assert [m["readOnly"] for m in migrate["volumeMounts"]] == [True]
+    assert set(env_of(migrate)) == {"IDENTITY_ENDPOINT", "IDENTITY_HEADER"}
+    skip = pod["metadata"]["annotations"]["azure.workload.identity/skip-containers"]
+    assert skip == "migrate;app"

@@ -203,3 +203,11 @@ def test_the_init_container_gets_every_token_from_the_emulator(
     result = run_cli(*args, env=env, timeout=120)
     assert result.returncode == 0, result.stderr
     assert output_files(tmp_path / "out") == ["arm"]
+
+
+def test_annotations_on_the_workload_instead_of_its_template_are_refused() -> None:
+    doc = workload("Deployment", template())
+    doc["metadata"]["annotations"] = {P + "inject": "true"}
+    result = inject(stream([doc]))
+    assert result.returncode == 2
+    assert f"(Deployment/example): {P}inject: on the Deployment itself" in result.stderr
