@@ -101,7 +101,7 @@ def requested(template: Mapping[str, Any]) -> bool:
 
 def _annotations(template: Mapping[str, Any]) -> dict[str, str]:
     meta = template.get("metadata") or {}
-    return dict(meta.get("annotations") or {})
+    return {str(k): v for k, v in (meta.get("annotations") or {}).items()}
 
 
 def _flag(annotations: Mapping[str, str], name: str, problems: list[str]) -> bool:
@@ -163,6 +163,11 @@ def parse_settings(template: Mapping[str, Any], default_image: str) -> Settings:
     containers the pod does not have, nothing to fetch, a pod without the workload identity label).
     """
     ann, problems = _annotations(template), []
+    for key, value in list(ann.items()):
+        if key.startswith(PREFIX) and not isinstance(value, str):
+            # YAML reads an unquoted true or 5 as a boolean or number; Kubernetes wants text.
+            problems.append(f'{key}: must be a string; quote it in YAML ("{value}")')
+            del ann[key]
     if ann.get(INJECT) not in ("true", "false", None):
         problems.append(f'{INJECT}: must be "true" or "false" (got {ann[INJECT]!r})')
     _unknown(ann, problems)

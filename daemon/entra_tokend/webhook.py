@@ -179,7 +179,11 @@ class WebhookServer(http.server.ThreadingHTTPServer):
         sock.settimeout(READ_TIMEOUT)
         # The handshake happens on the first read, in the connection's thread, so a slow client
         # never holds up accept().
-        context = self.certificate.context()
+        try:
+            context = self.certificate.context()
+        except (OSError, ssl.SSLError):  # e.g. caught between two files of a renewal
+            sock.close()
+            raise  # socketserver drops this one connection; the next reads the files again
         return context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False), address
 
     def handle_error(self, request: Any, client_address: Any) -> None:

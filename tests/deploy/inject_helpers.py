@@ -35,7 +35,7 @@ COMBINATIONS: dict[str, dict[str, str]] = {
 }
 
 # (annotations to set on top of a valid pod, the annotation the message must name first).
-MALFORMED: dict[str, tuple[dict[str, str | None], str]] = {
+MALFORMED: dict[str, tuple[dict[str, Any], str]] = {
     "inject-not-boolean": ({P + "inject": "yes"}, P + "inject"),
     "token-name": ({P + "token.-arm": ARM}, P + "token.-arm"),
     "token-two-scopes": ({P + "token.arm": f"{ARM} {STORAGE}"}, P + "token.arm"),
@@ -60,6 +60,9 @@ MALFORMED: dict[str, tuple[dict[str, str | None], str]] = {
     "unknown-annotation": ({P + "tokens": "arm"}, P + "tokens"),
     "endpoint-in-init-mode": ({P + "endpoint": "true", P + "mode": "init"}, P + "endpoint"),
     "nothing-to-fetch": ({P + "token.arm": None}, P + "inject"),
+    # What YAML makes of an unquoted value (the API server would refuse it, inject says why).
+    "unquoted-boolean": ({P + "endpoint": True}, P + "endpoint"),
+    "unquoted-number": ({P + "token.arm": 5}, P + "token.arm"),
 }
 
 
@@ -95,7 +98,7 @@ def malformed_template(case: str) -> tuple[dict[str, Any], str]:
     """The template of a MALFORMED case (a None value removes that annotation), and the
     annotation its message must name."""
     changes, named = MALFORMED[case]
-    annotations: dict[str, str] = valid_annotations()
+    annotations: dict[str, Any] = valid_annotations()
     for key, value in changes.items():
         if value is None:
             annotations.pop(key)
