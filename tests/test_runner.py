@@ -22,9 +22,9 @@ from entra_tokend.exchange import ClientError, ErrorDetails, ServerError, Thrott
 from entra_tokend.metrics import Metrics
 from entra_tokend.model import AccessToken, Identity, OutputSpec, Policy, Reason, TokenSpec
 from entra_tokend.outputs import ExistingToken, WriteError
+from entra_tokend.ports import Failed, RunnerEvent, Subscriber
 from entra_tokend.readiness import Readiness
-from entra_tokend.runner import State, TokenRunner
-from entra_tokend.scheduler import TokenSchedule
+from entra_tokend.runner import Deps, State, build
 from testlib import STORAGE
 
 T0 = 1_800_000_000.0
@@ -60,16 +60,30 @@ def make_assertion(n: int, exp: float = T0 + 3600) -> Assertion:
 
 
 class FakeSource:
-    """A credential source whose assertion the test replaces (a rotation)."""
+    """A credential source whose assertion the test replaces; ``rotate`` also tells the
+    subscribers, as the real source does when its watcher sees the new file."""
 
     def __init__(self) -> None:
         self.identity = Identity("default", "tenant", "client", Path("/sa"), "https://login")
         self.assertion: Assertion | None = make_assertion(0)
+        self.subscribers: list[Subscriber] = []
 
     def current(self) -> Assertion:
         if self.assertion is None:
             raise AssertionMissing("projected token file /sa does not exist")
         return self.assertion
+
+    def subscribe(self, callback: Subscriber) -> None:
+        self.subscribers.append(callback)
+
+    def unsubscribe(self, callback: Subscriber) -> None:
+        if callback in self.subscribers:
+            self.subscribers.remove(callback)
+
+    def rotate(self, assertion: Assertion | None) -> None:
+        self.assertion = assertion
+        for callback in list(self.subscribers):
+            callback()
 
 
 class FakeExchange:
@@ -125,17 +139,11 @@ class Harness:
         self.output = FakeOutput()
         self.metrics = Metrics()
         self.readiness = Readiness(self.metrics)
+        self.events: list[RunnerEvent] = []
         spec = TokenSpec("storage", STORAGE, "default", OutputSpec(Path("/out/storage")))
-        self.runner = TokenRunner(
-            spec,
-            schedule=TokenSchedule(POLICY, self.clock),
-            source=self.source,
-            exchange=self.exchange,
-            output=self.output,
-            metrics=self.metrics,
-            readiness=self.readiness,
-            clock=self.clock,
-            limiter=asyncio.Semaphore(1),
+        deps = Deps(self.metrics, self.readiness, self.clock, asyncio.Semaphore(1), POLICY)
+        self.runner = build(
+            spec, deps, self.source, self.exchange, self.output, listeners=[self.events.append]
         )
         self.readiness.track("storage", self.runner)
         self.readiness.start()
@@ -218,7 +226,8 @@ def test_configuration_error_backs_off_longer_than_any_transient_failure() -> No
         h.exchange.script = [config_error()]
         await h.runner.refresh()
         assert h.runner.state is State.FAILING
-        assert h.runner.fatal is not None
+        assert isinstance(h.events[-1], Failed)
+        assert h.events[-1].configuration
         # Configuration errors start at 2 × backoff_max, equal jitter: at least backoff_max.
         assert POLICY.backoff_max <= h.runner.schedule.due_in() <= 2 * POLICY.backoff_max
         assert h.failures(Reason.CLIENT_ERROR) == 1
