@@ -22,7 +22,7 @@ from entra_tokend.exchange import ClientError, ErrorDetails, ServerError, Thrott
 from entra_tokend.metrics import Metrics
 from entra_tokend.model import AccessToken, Identity, OutputSpec, Policy, Reason, TokenSpec
 from entra_tokend.outputs import ExistingToken, WriteError
-from entra_tokend.ports import Failed, RunnerEvent, Subscriber
+from entra_tokend.ports import Expired, Failed, RunnerEvent, Subscriber, Written
 from entra_tokend.readiness import Readiness
 from entra_tokend.runner import Deps, State, build
 from testlib import STORAGE
@@ -116,11 +116,13 @@ class FakeExchange:
 
 
 class FakeOutput:
-    """Records delivered tokens; raises ``fail`` when set."""
+    """Records delivered tokens; raises ``fail`` when set; ``existing`` is what an earlier
+    run left (adoptable)."""
 
     def __init__(self) -> None:
         self.delivered: list[str] = []
         self.fail: WriteError | None = None
+        self.existing: ExistingToken | None = None
 
     async def deliver(self, token: AccessToken) -> None:
         if self.fail is not None:
@@ -128,7 +130,7 @@ class FakeOutput:
         self.delivered.append(token.token)
 
     def adoptable(self, now: float) -> ExistingToken | str | None:
-        return None
+        return self.existing
 
 
 class Harness:
@@ -370,5 +372,52 @@ def test_unexpected_errors_are_counted_as_internal_and_backed_off() -> None:
         task.cancel()
         assert h.runner.state is State.FAILING
         assert h.runner.schedule.due_in() > 0
+
+    asyncio.run(scenario())
+
+
+def test_a_running_runner_is_subscribed_to_its_source_and_a_stopped_one_is_not() -> None:
+    async def scenario() -> None:
+        h = Harness()
+        assert h.source.subscribers == []
+        h.runner.start()
+        assert h.source.subscribers == [h.runner.on_rotation]
+        h.runner.stop()
+        assert h.source.subscribers == []
+
+    asyncio.run(scenario())
+
+
+def test_start_adopts_what_an_earlier_run_left() -> None:
+    async def scenario() -> None:
+        h = Harness()
+        now = h.clock.wall()
+        h.output.existing = ExistingToken(issued_at=now - 60, expires_on=now + 3540)
+        h.runner.start()
+        assert h.runner.state is State.OK
+        assert h.runner.schedule.due_in() > 0  # refreshed on its own schedule, not now
+        assert h.readiness.snapshot() == (True, {"storage": "ok"})
+        h.runner.stop()
+
+    asyncio.run(scenario())
+
+
+def test_events_tell_front_ends_what_happened() -> None:
+    async def scenario() -> None:
+        h = Harness()
+        h.exchange.script = [120.0, server_error()]
+        await h.runner.refresh()
+        h.clock.advance(100)
+        await h.runner.refresh()
+        h.clock.advance(21)
+        task = asyncio.create_task(h.runner.run())
+        while not any(isinstance(e, Expired) for e in h.events):
+            await asyncio.sleep(0)
+        task.cancel()
+        written, failed, expired = h.events[:3]
+        assert isinstance(written, Written)
+        assert written.token.token == "token-1"
+        assert failed == Failed("storage", Reason.SERVER_ERROR, "HTTP 503", configuration=False)
+        assert expired == Expired("storage")
 
     asyncio.run(scenario())
