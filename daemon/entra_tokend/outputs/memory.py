@@ -18,7 +18,7 @@ import asyncio
 
 from entra_tokend.model import AccessToken, Clock
 from entra_tokend.outputs import FileOutput
-from entra_tokend.ports import Adoptable, Failed, RunnerEvent
+from entra_tokend.ports import Adoptable, Failed, RunnerEvent, Written
 
 __all__ = ["MemoryOutput"]
 
@@ -62,8 +62,12 @@ class MemoryOutput:
         return found
 
     def observe(self, event: RunnerEvent) -> None:
-        """The runner's event listener: keep a failure until the next success; wake waiters."""
-        self.failure = event if isinstance(event, Failed) else None
+        """The runner's event listener: keep a failure until the next success (an expiry
+        changes neither); wake waiters."""
+        if isinstance(event, Failed):
+            self.failure = event
+        elif isinstance(event, Written):
+            self.failure = None
         self._notify()
 
     def _notify(self) -> None:
