@@ -31,7 +31,7 @@ from entra_tokend.model import Clock, Identity, iso
 from entra_tokend.ports import AssertionProvider, Subscriber
 from entra_tokend.watcher import DirectoryWatcher
 
-__all__ = ["AssertionProvider", "CredentialSource", "Subscriber", "iso"]
+__all__ = ["AssertionProvider", "CredentialSource", "Subscriber"]
 
 # (st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns) of the file a path resolves to.
 _StatSignature = tuple[int, int, int, int, int]

@@ -18,7 +18,8 @@ from entra_tokend.exchange import ServerError
 from entra_tokend.metrics import Metrics
 from entra_tokend.model import Reason
 from entra_tokend.ondemand import MIN_SERVED_LIFETIME, Lookup, OnDemandTokens
-from entra_tokend.ports import TokenUnavailable
+from entra_tokend.outputs.memory import MemoryOutput
+from entra_tokend.ports import Expired, Failed, TokenUnavailable
 from entra_tokend.readiness import Readiness
 from entra_tokend.runner import Deps
 from test_runner import POLICY, FakeClock, FakeExchange, FakeSource, config_error, make_assertion
@@ -177,3 +178,29 @@ async def test_a_known_failure_is_answered_at_once_with_its_reason() -> None:
         assert failure.detail.startswith("AADSTS700016")
     assert len(exchange.sent) == 1
     tokens.close()
+
+
+@in_loop
+async def test_a_reload_that_changes_the_identity_retires_its_on_demand_runners() -> None:
+    clock = FakeClock()
+    exchange = FakeExchange(clock)
+    tokens = provider(clock, exchange)
+    await tokens.get("default", VAULT)
+    unchanged = tokens.lookup
+    tokens.replace(Lookup(unchanged.identities, dict(unchanged.sources), {}, POLICY))
+    assert tokens.entries  # same source: the runner and its token stay
+    moved = FakeSource()
+    tokens.replace(Lookup({"default": moved.identity}, {"default": moved}, {}, POLICY))
+    assert not tokens.entries
+    await tokens.get("default", VAULT)  # restarts on demand with the new source
+    assert tokens.entries[("default", VAULT)].runner.source is moved
+    assert len(exchange.sent) == 2
+    tokens.close()
+
+
+def test_an_expiry_does_not_hide_the_failure_that_caused_it() -> None:
+    memory = MemoryOutput(clock=FakeClock())
+    failure = Failed("t", Reason.SERVER_ERROR, "HTTP 503")
+    memory.observe(failure)
+    memory.observe(Expired("t"))
+    assert memory.failure == failure  # still answered at once, not a forced refresh
