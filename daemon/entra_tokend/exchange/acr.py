@@ -33,7 +33,6 @@ import math
 import re
 import uuid
 from collections.abc import Sequence
-from typing import Protocol
 from urllib.parse import urlsplit
 
 import httpx
@@ -58,6 +57,7 @@ from entra_tokend.model import (
     SystemClock,
     registry_key,
 )
+from entra_tokend.ports import Exchange
 
 CORRELATION_HEADERS = ("x-ms-correlation-request-id", "x-ms-request-id")
 """Response headers in which ACR names the request for support cases (first found wins)."""
@@ -67,10 +67,6 @@ HINT_ROLE = (
 )
 _PARAM_RE = re.compile(r'(\w+)\s*=\s*(?:"([^"]*)"|([^\s,]+))')
 _LOOPBACK = ("localhost", "127.0.0.1", "::1")
-
-
-class _Inner(Protocol):
-    async def exchange(self, identity: Identity, scope: str, assertion: str) -> AccessToken: ...
 
 
 def parse_challenge(header: str | None) -> dict[str, str]:
@@ -127,7 +123,7 @@ class AcrExchange:
 
     def __init__(
         self,
-        inner: _Inner,
+        inner: Exchange,
         registries: Sequence[str],
         pool: ClientPool,
         clock: Clock | None = None,

@@ -32,11 +32,12 @@ import stat
 from pathlib import Path
 
 from entra_tokend.model import TEMP_MARKER, Reason, is_temp_name
+from entra_tokend.ports import Failure
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
 
-class WriteError(Exception):
+class WriteError(Failure):
     """A token file could not be written; the previous file is untouched."""
 
     reason = Reason.WRITE_ERROR
