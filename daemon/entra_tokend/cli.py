@@ -14,7 +14,7 @@ import re
 import sys
 from collections.abc import Sequence
 
-from entra_tokend import __version__
+from entra_tokend import __version__, signals
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -337,6 +337,8 @@ def _run(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``entra-tokend`` console script."""
     args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] in (["run"], ["dev"]):
+        signals.hold()  # until the daemon's handlers are in place (see ``signals``)
     if args_list[:1] == ["emulator"]:
         try:
             from entra_tokend.emulator.cli import main as emulator_main  # noqa: PLC0415

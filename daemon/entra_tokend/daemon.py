@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import os
 import signal
 from collections.abc import Callable
 from typing import Any
 
-from entra_tokend import __version__, sdnotify
+from entra_tokend import __version__, sdnotify, signals
 from entra_tokend.config import Config, ConfigError
 from entra_tokend.exchange import ClientPool, EntraExchange
 from entra_tokend.hooks import hide_from_hooks, run_hook
@@ -199,8 +200,11 @@ class Daemon:
         # Hooks' escaped descendants, and every orphan when we are PID 1, become ours to reap.
         if (hooks or os.getpid() == 1) and REAPER.enable():
             loop.add_signal_handler(signal.SIGCHLD, REAPER.on_sigchld)
-        if not once:
-            loop.add_signal_handler(signal.SIGHUP, self.reload)
+        # --once has no reload to apply (it ends when every token is on disk), and SIGHUP's
+        # default action would end it: logged and ignored.
+        ignore = functools.partial(self.log.info, "SIGHUP ignored: run --once does not reload")
+        loop.add_signal_handler(signal.SIGHUP, ignore if once else self.reload)
+        signals.release()  # held since the CLI's first line (``signals``): delivered now
 
     async def _open_listeners(self) -> bool:
         provider = None
