@@ -411,7 +411,7 @@ def inotify_descriptors() -> int:
 
 def test_watching_runs_no_thread_and_stop_closes_the_descriptor(tmp_path: Path) -> None:
     # inotify is read on the event loop itself: no thread hand-off between the kernel's event
-    # and the check (watchdog's observer used three threads).
+    # and the check (each hand-off between threads is a chance to be scheduled late).
     volume = ProjectedVolume(tmp_path / "tokens")
     volume.write("token-0")
     threads = set(threading.enumerate())
