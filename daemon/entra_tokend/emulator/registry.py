@@ -156,8 +156,8 @@ class RegistryTokenService:
     ) -> None:
         self.directory = directory
         self.verify_entra = verify_entra
-        # ~3 h: the refresh token lifetime issue 14 states for ACR; 75 min: the access token
-        # in Azure/acr docs/AAD-OAuth.md's example claim set (exp - iat = 4500 s).
+        # ~3 h: ACR's refresh-token lifetime; 75 min: the access token in Azure/acr
+        # docs/AAD-OAuth.md's example claim set (exp - iat = 4500 s).
         self.refresh_token_lifetime = float(refresh_token_lifetime)
         self.access_token_lifetime = float(access_token_lifetime)
         self._lock = threading.Lock()

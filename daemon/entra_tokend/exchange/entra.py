@@ -38,10 +38,11 @@ from entra_tokend.logging import redact_cut
 from entra_tokend.model import AccessToken, Clock, Identity, SystemClock
 
 GRANT_TYPE = "client_credentials"
-# Bounds on numbers from the network (issue: "numbers from the network are bounded"). Entra
-# issues tokens of 60-90 minutes (up to 24 h with configurable lifetimes); anything outside
-# [1 s, 7 days] is not a token lifetime we can schedule sanely, so it is an invalid response
-# rather than a hot loop or a refresh planned years ahead.
+# Bounds on numbers from the network: every number a server sends is checked against a range
+# before anything is scheduled on it. Entra issues tokens of 60-90 minutes (up to 24 h with
+# configurable lifetimes); anything outside [1 s, 7 days] is not a token lifetime we can
+# schedule sanely, so it is an invalid response rather than a hot loop or a refresh planned
+# years ahead.
 MIN_LIFETIME = 1
 MAX_LIFETIME = 7 * 86400
 # Retry-After beyond an hour is capped: a throttled token still retries within the hour.
@@ -476,8 +477,8 @@ async def read_capped(response: httpx.Response, request_id: str) -> bytes:
     """The whole body, or InvalidResponse past MAX_BODY_BYTES (a hostile or broken server).
 
     The request asks for no compression (``Channel``), and a body compressed anyway is refused
-    unread: httpx would inflate a whole received chunk before the cap is checked, and 980
-    bytes of gzip-in-gzip are 512 MiB (review of round 4)."""
+    unread: httpx would inflate a whole received chunk before the cap is checked, and a few
+    hundred bytes of gzip-in-gzip inflate to hundreds of MiB."""
     encoding = response.headers.get("content-encoding", "identity").strip().lower()
     if encoding not in ("", "identity"):
         raise InvalidResponse(
