@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -34,6 +33,7 @@ class Routed(Administered, Protocol):
     faults: FaultQueue
     recorder: Recorder
     tenant: Tenant
+    clock: Callable[[], float]
 
     @property
     def registry_realm(self) -> str: ...
@@ -119,7 +119,8 @@ class MainRoutes:
         fault = self.emu.faults.take((target,)) if target is not None else None
         if fault is not None:
             lifetime = max(int(self.emu.access_token_lifetime), 1)
-            return endpoint, faults.apply(fault, lambda: self.answer(request, endpoint), lifetime)
+            normal = lambda: self.answer(request, endpoint)  # noqa: E731
+            return endpoint, faults.apply(fault, normal, lifetime, request.form)
         return endpoint, self.answer(request, endpoint)
 
     def record(self, request: Request, endpoint: Endpoint, status: int) -> None:
@@ -127,7 +128,7 @@ class MainRoutes:
         form = request.form() if request.method == "POST" and endpoint is not Endpoint.ADMIN else {}
         self.emu.recorder.record(
             RecordedRequest(
-                time=time.time(),
+                time=self.emu.clock(),
                 path=request.target,
                 method=request.method,
                 headers=dict(request.headers),
