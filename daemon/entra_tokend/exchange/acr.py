@@ -45,12 +45,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from entra_tokend.exchange.entra import (
-    B64TOKEN_RE,
-    MAX_LIFETIME,
-    parse_retry_after,
-    read_capped,
-)
+from entra_tokend.exchange.answers import B64TOKEN_RE, MAX_LIFETIME, parse_retry_after
+from entra_tokend.exchange.entra import read_capped
 from entra_tokend.exchange.errors import (
     ClientError,
     ErrorDetails,
