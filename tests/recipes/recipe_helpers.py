@@ -67,6 +67,7 @@ __all__ = [
     "registry_tools_fixture",
     "require",
     "run_as",
+    "run_cli",
     "sample_value",
     "shared_dir",
     "skopeo_fixture",
