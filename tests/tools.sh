@@ -34,7 +34,8 @@ fi
 "$(dirname "$0")/emulator/registry_tools.sh"
 
 # The README recipes' real clients (tests/recipes/): PostgreSQL 15 server + psql, Redis 7 server
-# + redis-cli, nginx, buildah and podman (pulling only: containers cannot run here), setpriv.
+# + redis-cli, nginx, buildah and podman (pulling only: containers cannot run here), setpriv,
+# kubectl.
 # Each package is installed only when its command is missing. The packages' services are not
 # started (no systemd here; the tests run their own servers).
 recipe_packages=()
@@ -47,6 +48,7 @@ need nginx nginx-light
 need buildah buildah
 need podman podman
 need setpriv util-linux
+need kubectl kubernetes-client
 if [ "${#recipe_packages[@]}" -gt 0 ]; then
   apt_update
   $SUDO env DEBIAN_FRONTEND=noninteractive \

@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.server
 import os
 import shutil
+import ssl
 import stat
 import subprocess
 import sys
@@ -36,6 +37,7 @@ from registry_helpers import (  # noqa: E402 - needs the path above
 )
 
 from entra_tokend.emulator import Emulator  # noqa: E402
+from entra_tokend.emulator.pki import issue_server_files  # noqa: E402
 from testlib import (  # noqa: E402
     STORAGE,
     DaemonProcess,
@@ -69,6 +71,7 @@ __all__ = [
     "run_as",
     "run_cli",
     "sample_value",
+    "server_tls",
     "shared_dir",
     "skopeo_fixture",
     "wait_until",
@@ -108,6 +111,7 @@ class Upstream:
     ``Authorization`` headers (a list per request: a header sent twice shows as two)."""
 
     seen: list[list[str]] = field(default_factory=list)
+    tls: tuple[Path, Path] | None = None  # (certificate, key): serve https
 
     def __post_init__(self) -> None:
         seen = self.seen
@@ -125,18 +129,32 @@ class Upstream:
                 pass  # the test reads ``seen``, not a log
 
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        if self.tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*self.tls)
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
     @property
     def url(self) -> str:
-        """``http://127.0.0.1:PORT``."""
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
+        """``http://127.0.0.1:PORT`` (``https`` with ``tls``)."""
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://127.0.0.1:{self.server.server_address[1]}"
+
 
     def close(self) -> None:
         """Stop serving and release the port."""
         self.server.shutdown()
         self.server.server_close()
+
+
+def server_tls(emu: Emulator, directory: Path) -> tuple[Path, Path]:
+    """A certificate and key for 127.0.0.1 signed by ``emu``'s CA (``emu.ca_file``)."""
+    files = issue_server_files(
+        emu.state_dir / "tls", directory, dns_names=["localhost"], ips=["127.0.0.1"]
+    )
+    return files.server_cert, files.server_key
 
 
 def run_as(uid: int, gid: int, argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
