@@ -34,5 +34,3 @@ def upstream() -> Iterator[Upstream]:
         yield server
     finally:
         server.close()
-
-

@@ -24,7 +24,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "emulator"))
 
-from registry_helpers import (  # noqa: E402 - needs the path above
+from registry_helpers import (
     RegistryFactory,
     RunningRegistry,
     Skopeo,
@@ -36,9 +36,9 @@ from registry_helpers import (  # noqa: E402 - needs the path above
     skopeo_fixture,
 )
 
-from entra_tokend.emulator import Emulator  # noqa: E402
-from entra_tokend.emulator.pki import issue_server_files  # noqa: E402
-from testlib import (  # noqa: E402
+from entra_tokend.emulator import Emulator
+from entra_tokend.emulator.pki import issue_server_files
+from testlib import (
     STORAGE,
     DaemonProcess,
     base_env,
@@ -142,7 +142,6 @@ class Upstream:
         scheme = "https" if self.tls else "http"
         return f"{scheme}://127.0.0.1:{self.server.server_address[1]}"
 
-
     def close(self) -> None:
         """Stop serving and release the port."""
         self.server.shutdown()
@@ -157,7 +156,9 @@ def server_tls(emu: Emulator, directory: Path) -> tuple[Path, Path]:
     return files.server_cert, files.server_key
 
 
-def run_as(uid: int, gid: int, argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def run_as(
+    uid: int, gid: int, argv: list[str], env: dict[str, str]
+) -> subprocess.CompletedProcess[str]:
     """``argv`` as ``uid:gid`` with no supplementary groups (``setpriv``), to completion."""
     cmd = ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", *argv]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60, check=False)

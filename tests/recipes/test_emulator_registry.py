@@ -58,9 +58,7 @@ def _env_file(path: Path) -> dict[str, str]:
     return {key: value for key, _, value in pairs}
 
 
-def test_emulator_registry_config_serves_a_real_image(
-    registry_tools: None, tmp_path: Path
-) -> None:
+def test_emulator_registry_config_serves_a_real_image(registry_tools: None, tmp_path: Path) -> None:
     registry = f"127.0.0.1:{free_port()}"
     env_file = tmp_path / "emulator.env"
     emulator = DaemonProcess(

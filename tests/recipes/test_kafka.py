@@ -33,13 +33,14 @@ def test_librdkafka_oauth_cb_passes_the_token_file(emu: Emulator, tmp_path: Path
     out = tmp_path / "tokens"
     acquire_once(emu, config, out)
     token_file = out / "kafka"
-    passed: list[tuple[str, float]] = []
+    passed: list[tuple[str, int]] = []
 
     # The README's callback: the file is re-read on every call, so a refreshed token is used.
-    def oauth_cb(_config: str | None) -> tuple[str, float]:
-        doc = json.loads(token_file.read_text())
-        passed.append((doc["access_token"], float(doc["expires_on"])))
-        return doc["access_token"], float(doc["expires_on"])
+    def oauth_cb(_config: str | None) -> tuple[str, int]:
+        with open(token_file) as f:
+            doc = json.load(f)
+        passed.append((doc["access_token"], doc["expires_on"]))
+        return doc["access_token"], doc["expires_on"]
 
     lines = _Lines()
     logger = logging.getLogger(f"librdkafka.{id(lines)}")
@@ -65,5 +66,5 @@ def test_librdkafka_oauth_cb_passes_the_token_file(emu: Emulator, tmp_path: Path
         producer.flush(0)
 
     doc = json.loads(token_file.read_text())
-    assert passed[0] == (doc["access_token"], float(doc["expires_on"]))
+    assert passed[0] == (doc["access_token"], doc["expires_on"])
     assert doc["access_token"] in emu.issued_tokens

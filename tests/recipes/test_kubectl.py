@@ -40,7 +40,15 @@ def _check(emu: Emulator, upstream: Upstream, tmp_path: Path) -> None:
             {
                 "apiVersion": "v1",
                 "kind": "Config",
-                "clusters": [{"name": "aks", "cluster": {"server": upstream.url, "certificate-authority": str(emu.ca_file)}}],
+                "clusters": [
+                    {
+                        "name": "aks",
+                        "cluster": {
+                            "server": upstream.url,
+                            "certificate-authority": str(emu.ca_file),
+                        },
+                    }
+                ],
                 "users": [{"name": "entra", "user": {"tokenFile": str(out / "aks")}}],
                 "contexts": [{"name": "aks", "context": {"cluster": "aks", "user": "entra"}}],
                 "current-context": "aks",

@@ -61,9 +61,12 @@ class Nginx:
 
 
 def _nginx_conf(home: Path, port: int, include: Path, upstream: str) -> str:
-    temp = "\n".join(
-        f"  {kind}_temp_path {home / kind};" for kind in ("client_body", "proxy", "fastcgi")
-    ) + f"\n  uwsgi_temp_path {home / 'uwsgi'};\n  scgi_temp_path {home / 'scgi'};"
+    temp = (
+        "\n".join(
+            f"  {kind}_temp_path {home / kind};" for kind in ("client_body", "proxy", "fastcgi")
+        )
+        + f"\n  uwsgi_temp_path {home / 'uwsgi'};\n  scgi_temp_path {home / 'scgi'};"
+    )
     return f"""daemon off;
 worker_processes 1;
 pid {home / "nginx.pid"};
@@ -160,13 +163,14 @@ def test_nginx_sends_the_token_and_keeps_it_when_a_new_config_is_rejected(
         failed = bad.wait_event("hook command failed", timeout=30, token="upstream")
         assert failed["exit_code"] != 0
         assert "test failed" in failed.get("output", "")
-        scrape = wait_until(
-            lambda: (s := bad.scrape())
-            and sample_value(s, "entra_tokend_hook_failures_total", token="upstream")
-            and s,
+        # The log line comes first; the counter follows in the same step.
+        failures = wait_until(
+            lambda: sample_value(
+                bad.scrape(), "entra_tokend_hook_failures_total", token="upstream"
+            ),
             timeout=30,
         )
-        assert sample_value(scrape, "entra_tokend_hook_failures_total", token="upstream") == 1
+        assert failures == 1
     finally:
         assert bad.stop() == 0
     # The rejected file is on disk, but nginx never loaded it: still the first token.

@@ -121,7 +121,9 @@ def _psql(pg: Postgres, pgpass: Path, uid: int | None = None) -> subprocess.Comp
     argv = ["psql", "-X", "-w", "-At", pg.conninfo(), "-c", "SELECT current_user"]
     env = clean_env(PGPASSFILE=str(pgpass), HOME="/nonexistent")
     if uid is None:
-        return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60, check=False)
+        return subprocess.run(
+            argv, env=env, capture_output=True, text=True, timeout=60, check=False
+        )
     return run_as(uid, uid, argv, env)
 
 
@@ -172,9 +174,7 @@ def test_psql_of_another_uid_logs_in_when_the_daemon_owns_the_file_to_it(
         pytest.skip("file_owner needs a daemon that may chown (root here)")
     out = shared_dir / "out"
     out.mkdir(mode=0o755)
-    token = _write_pgpass(
-        emu, out, shared_dir / "c.toml", file_mode="0600", file_owner=str(NOBODY)
-    )
+    token = _write_pgpass(emu, out, shared_dir / "c.toml", file_mode="0600", file_owner=str(NOBODY))
     postgres.accept_token(token)
 
     result = _psql(postgres, out / "pgpass", uid=NOBODY)
@@ -196,7 +196,8 @@ def test_psql_reads_pgpassword_from_the_env_file(
     acquire_once(emu, config, out)
     token = (out / "pg").read_text().splitlines()[0].partition("=")[2]
     postgres.accept_token(token)
-    script = f'set -a; . {out / "pg"}; set +a; psql -X -w -At "{postgres.conninfo()}" -c "SELECT current_user"'
+    psql = f'psql -X -w -At "{postgres.conninfo()}" -c "SELECT current_user"'
+    script = f"set -a; . {out / 'pg'}; set +a; {psql}"
 
     result = subprocess.run(
         ["bash", "-c", script], env=clean_env(HOME="/nonexistent"),
@@ -219,7 +220,7 @@ def test_exec_starts_psql_with_a_fresh_pgpassword(
         f'[token.pg]\nscope = "{OSSRDBMS}"\nformat = "env"\nenv_name = "PGPASSWORD"\n'
     )
     accept = (
-        f"printf \"ALTER ROLE app PASSWORD '%s';\" \"$PGPASSWORD\" | runuser -u postgres -- "
+        f'printf "ALTER ROLE app PASSWORD \'%s\';" "$PGPASSWORD" | runuser -u postgres -- '
         f"{postgres.bindir / 'psql'} -q -h {postgres.sockets} -p {postgres.port} -d postgres"
     )
     child = f'{accept} && exec psql -X -w -At "{postgres.conninfo()}" -c "SELECT current_user"'

@@ -100,7 +100,7 @@ def test_redis_cli_user_name_from_the_oid_claim(
     values = dict(line.split("=", 1) for line in (out / "redis.env").read_text().splitlines())
     redis.accept_token(jwt_claims(values["REDISCLI_AUTH"])["oid"], values["REDISCLI_AUTH"])
     script = (
-        f'set -a; . {out / "redis.env"}; set +a; '
+        f"set -a; . {out / 'redis.env'}; set +a; "
         f'redis-cli -h 127.0.0.1 -p {redis.port} --user "$REDIS_USER" --no-auth-warning ACL WHOAMI'
     )
 

@@ -41,7 +41,7 @@ class Pushed:
 @pytest.fixture
 def pushed(
     emu: Emulator, registry_factory: RegistryFactory, skopeo: SkopeoFactory, tmp_path: Path
-) -> Iterator[Pushed]:
+) -> Pushed:
     """The README's docker-config token for a fresh registry, and an image pushed with it."""
     registry = registry_factory.start(emu)
     config = tmp_path / "entra-tokend.toml"
@@ -56,7 +56,7 @@ def pushed(
     ref = f"{registry.host}/team/hello:v1"
     copied = tool.copy(make_oci_layout(tmp_path / "image"), f"docker://{ref}", authfile)
     assert copied.returncode == 0, copied.stderr
-    yield Pushed(registry, authfile, ref, tool)
+    return Pushed(registry, authfile, ref, tool)
 
 
 def test_skopeo_inspects_with_the_authfile(pushed: Pushed) -> None:
