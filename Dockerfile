@@ -41,7 +41,7 @@ RUN python3 -m venv /opt/entra-tokend \
 # and setuptools leave the venv; nothing at runtime installs anything. The version check fails
 # the build when the VERSION argument disagrees with pyproject.toml (the one place it is set).
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY daemon/ daemon/
 ARG VERSION=""
 RUN /opt/entra-tokend/bin/pip install --no-cache-dir --no-deps --no-build-isolation /src \

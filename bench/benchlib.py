@@ -1,7 +1,7 @@
 """What the benchmarks measure with: /proc readings, the machine, the emulator and daemons.
 
 The processes, their environment, config files and waiting are the test suite's
-(``tests/testlib.py``, put on the path here); this module adds only what measuring needs. Every
+(``tests/support``, through ``suite.py``); this module adds only what measuring needs. Every
 process started is a child of the bench process and is stopped (SIGTERM, then SIGKILL after a
 bound) before the helper that started it returns. Servers bind loopback only. Linux only:
 figures come from /proc.
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import importlib.util
 import json
 import os
 import platform
@@ -27,13 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from suite import DAEMON_SRC, DaemonProcess, wait_until, write_config
+
 BENCH_DIR = Path(__file__).resolve().parent
-sys.path.append(str(BENCH_DIR.parent / "tests"))  # the suite's testlib
-
-from support import DAEMON_SRC, DaemonProcess, wait_until, write_config  # noqa: E402
-
-if importlib.util.find_spec("entra_tokend") is None:  # not installed: this checkout's
-    sys.path.append(str(DAEMON_SRC))
 
 SCOPE_FMT = "https://bench{i}.example.com/.default"
 CLK_TCK = os.sysconf("SC_CLK_TCK")

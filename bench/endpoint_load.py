@@ -29,13 +29,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "daemon"))
-sys.path.insert(0, str(REPO / "bench"))
-sys.path.insert(0, str(REPO / "tests"))
-
-from benchlib import cpu, machine  # noqa: E402
-from support import base_env, stop_process  # noqa: E402
+from benchlib import cpu, machine
+from suite import DAEMON_SRC, base_env, stop_process
 
 
 def _get(conn: http.client.HTTPConnection, resource: str, secret: str) -> float:
@@ -115,7 +110,86 @@ def _size(conn: http.client.HTTPConnection, secret: str) -> int:
     return len(conn.getresponse().read())
 
 
+ALLOWED = ("https://storage.azure.com", "https://vault.azure.net")
+"""The endpoint's allow-list: the cached resource, then the one the burst asks for first."""
+
+
+def start_daemon(root: Path, emu: Any, secret: str) -> tuple[subprocess.Popen[bytes], int]:
+    """The daemon with only an ``[endpoint]`` table (no file tokens), against ``emu``; returns
+    it and the endpoint's port once it logs that it listens. Raises RuntimeError if it exits or
+    does not listen within 30 s (its log in the message)."""
+    config = root / "c.toml"
+    config.write_text(
+        f'output_dir = "{root / "out"}"\nlisten = ""\n[endpoint]\nlisten = "127.0.0.1:0"\n'
+        f'secret_env = "EP_SECRET"\nallow = {json.dumps(list(ALLOWED))}\n'
+    )
+    env = {
+        **base_env(),
+        **emu.env(),
+        "ENTRA_TOKEND_CONFIG": str(config),
+        "EP_SECRET": secret,
+        "ENTRA_TOKEND_LOG_FORMAT": "json",
+        "PYTHONPATH": str(DAEMON_SRC),
+    }
+    log_path = root / "daemon.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "entra_tokend", "run"], env=env, stdout=log, stderr=log
+        )
+    deadline = time.monotonic() + 30
+    while True:
+        if time.monotonic() > deadline or proc.poll() is not None:
+            stop_process(proc)
+            raise RuntimeError("daemon did not start:\n" + log_path.read_text())
+        for line in log_path.read_text().splitlines():
+            event = json.loads(line)
+            if event.get("event") == "managed-identity endpoint listening":
+                return proc, int(event["listen"].rsplit(":", 1)[1])
+        time.sleep(0.01)
+
+
+def burst(emu: Any, port: int, secret: str, callers: int) -> dict[str, Any]:
+    """``callers`` concurrent first requests for a resource nobody asked for yet: how many
+    token requests reached the emulator (single-flight: 1) and the slowest caller."""
+    before = len(emu.token_requests())
+
+    def first(_: int) -> float:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        try:
+            return _get(conn, ALLOWED[1], secret)
+        finally:
+            conn.close()
+
+    with ThreadPoolExecutor(max_workers=callers) as pool:
+        waits = list(pool.map(first, range(callers)))
+    return {
+        "concurrent_first_requests": callers,
+        "entra_requests": len(emu.token_requests()) - before,
+        "max_ms": round(max(waits) * 1000, 1),
+    }
+
+
+def cached(pid: int, port: int, secret: str, requests: int, rate: float) -> dict[str, Any]:
+    """Paced requests for a cached token over one keep-alive connection: latency percentiles,
+    the daemon's CPU per request, and the response size (for the floor)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    _get(conn, ALLOWED[0], secret)  # warm: the token is now cached
+    size = _size(conn, secret)
+    cpu_before = cpu(pid)
+    latencies = paced(lambda: _get(conn, ALLOWED[0], secret), requests, rate)
+    cpu_seconds = cpu(pid).seconds - cpu_before.seconds
+    conn.close()
+    return {
+        "requests": requests,
+        "rate_per_s": rate,
+        **summary(latencies),
+        "daemon_cpu_ms_per_request": round(cpu_seconds * 1000 / requests, 4),
+        "response_bytes": size,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point: measure, print the JSON (and write it with ``--json``)."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--burst", type=int, default=100)
@@ -125,81 +199,24 @@ def main(argv: list[str] | None = None) -> int:
     from entra_tokend.emulator import Emulator
 
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        emu: Any = Emulator(root / "emulator")
+        emu: Any = Emulator(Path(tmp) / "emulator")
         emu.start()
         secret = secrets.token_urlsafe(32)
-        config = root / "c.toml"
-        config.write_text(
-            f'output_dir = "{root / "out"}"\nlisten = ""\n[endpoint]\nlisten = "127.0.0.1:0"\n'
-            'secret_env = "EP_SECRET"\n'
-            'allow = ["https://storage.azure.com", "https://vault.azure.net"]\n'
-        )
-        env = {
-            **base_env(),
-            **emu.env(),
-            "ENTRA_TOKEND_CONFIG": str(config),
-            "EP_SECRET": secret,
-            "ENTRA_TOKEND_LOG_FORMAT": "json",
-            "PYTHONPATH": str(REPO / "daemon"),
-        }
-        log_path = root / "daemon.log"
-        with open(log_path, "w") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "entra_tokend", "run"], env=env, stdout=log, stderr=log
-            )
         try:
-            port = 0
-            deadline = time.monotonic() + 30
-            while not port:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError("daemon did not start:\n" + log_path.read_text())
-                for line in log_path.read_text().splitlines():
-                    event = json.loads(line)
-                    if event.get("event") == "managed-identity endpoint listening":
-                        port = int(event["listen"].rsplit(":", 1)[1])
-                time.sleep(0.01)
-            # Burst: N concurrent first requests for a resource nobody asked for yet.
-            before = len(emu.token_requests())
-
-            def first(_: int) -> float:
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-                try:
-                    return _get(conn, "https://vault.azure.net", secret)
-                finally:
-                    conn.close()
-
-            with ThreadPoolExecutor(max_workers=args.burst) as pool:
-                burst = list(pool.map(first, range(args.burst)))
-            burst_entra = len(emu.token_requests()) - before
-            # Cached: one keep-alive connection, sequential requests.
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-            _get(conn, "https://storage.azure.com", secret)  # warm: the token is now cached
-            size = _size(conn, secret)
-            cpu_before = cpu(proc.pid)
-            latencies = paced(
-                lambda: _get(conn, "https://storage.azure.com", secret), args.requests, args.rate
-            )
-            cpu_after = cpu(proc.pid)
-            conn.close()
+            proc, port = start_daemon(Path(tmp), emu, secret)
+            try:
+                first = burst(emu, port, secret, args.burst)
+                warm = cached(proc.pid, port, secret, args.requests, args.rate)
+            finally:
+                stop_process(proc)
         finally:
-            stop_process(proc)
             emu.stop()
-    cpu_seconds = cpu_after.seconds - cpu_before.seconds
+    size = warm.pop("response_bytes")
     result = {
         "machine": machine(),
-        "cached": {
-            "requests": args.requests,
-            "rate_per_s": args.rate,
-            **summary(latencies),
-            "daemon_cpu_ms_per_request": round(cpu_seconds * 1000 / args.requests, 4),
-        },
+        "cached": warm,
         "floor": {"response_bytes": size, **floor(args.requests, args.rate, size)},
-        "burst": {
-            "concurrent_first_requests": args.burst,
-            "entra_requests": burst_entra,
-            "max_ms": round(max(burst) * 1000, 1),
-        },
+        "burst": first,
     }
     print(json.dumps(result, indent=2))
     if args.json is not None:

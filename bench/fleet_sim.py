@@ -20,7 +20,8 @@ Model:
 Output: Entra requests per second over time, its mean and peak after the first hour in windows
 of 1 s, 10 s and 60 s, and the peak-to-mean ratio, for three policies: the daemon's default; for
 comparison, the default without the first-refresh spread (``refresh_delay`` for the first token
-too: the daemon's behaviour before the spread landed); and no jitter at all (``jitter = 0``).
+too, so the fleet's synchronised start carries into its refreshes); and no jitter at all
+(``jitter = 0``).
 For reference each row also gives the peak-to-mean a perfectly random (Poisson) arrival process
 of the same mean would show in the same windows: the least any scheduler can get.
 
@@ -42,7 +43,7 @@ import benchlib
 from entra_tokend.config import Overrides, load_config
 from entra_tokend.model import Policy
 from entra_tokend.scheduler import Deadline, TokenSchedule, refresh_delay
-from support import offline_env
+from suite import offline_env
 
 DAY = 86_400
 HOUR = 3_600
@@ -80,9 +81,8 @@ class WithoutFirstSpread(TokenSchedule):
     """COMPARISON ONLY, not the daemon: the first token refreshed like every later one.
 
     ``TokenSchedule.succeeded`` plans the first token of a schedule (a fresh start) with
-    ``first_refresh_delay``. This replans that first token with ``refresh_delay``, as the daemon
-    did before the first-refresh spread landed; every other token goes through the daemon's code
-    unchanged.
+    ``first_refresh_delay``. This replans that first token with ``refresh_delay``, to show what
+    the spread buys; every other token goes through the daemon's code unchanged.
     """
 
     def succeeded(self, expires_on: float, lifetime: float, refresh_in: float | None) -> float:

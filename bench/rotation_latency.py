@@ -11,18 +11,18 @@ Each round reproduces the workload-identity failure the daemon exists to fix:
 4. The clock stops when the bench, blocked on an inotify watch of the output directory, wakes
    for the daemon's atomic rename of the new token file (IN_MOVED_TO): the same kind of
    wake-up the floor's inotify part measures, and no polling loop in this process, which
-   also serves the emulator (a 2 kHz ``stat`` loop here competed with it for the GIL and the
-   2 CPUs). The bench then checks that the file changed, that this token came from the fresh
+   also serves the emulator (a polling loop here would compete with it for the GIL and the
+   CPUs). The bench then checks that the file changed, that this token came from the fresh
    assertion and is the one the emulator issued last.
 
 Prints p50/p90/p99/max and writes every figure to a JSON file. Target: p99 under 100 ms.
 The p99 is the nearest-rank one: with the default 200 rounds it is the third largest, not the
-maximum (with 60 rounds it was), so one late wake-up on a shared machine does not decide it.
+maximum, so one late wake-up on a shared machine does not decide it.
 Each round takes about half the emulator's access-token lifetime (1 s by default: the refresh
 that must fail comes at half of it), so 200 rounds take about 100 s.
 The daemon measured is the ``entra_tokend`` on ``PYTHONPATH`` (else ``daemon/`` of this
-checkout). The daemon process, its config and the polling are the test suite's (``testlib``,
-via ``benchlib``). ``bench/run_all.py`` runs this script as a subprocess.
+checkout). The daemon process, its config and the polling are the test suite's (``tests/support``,
+via ``suite``). ``bench/run_all.py`` runs this script as a subprocess.
 
     .venv/bin/python bench/rotation_latency.py --rotations 200 \
         --json rotation_latency.json
@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import benchlib
-from support import DaemonProcess, WaitTimeout, wait_until, write_config
+from suite import DaemonProcess, WaitTimeout, wait_until, write_config
 
 TARGET_P99_MS = 100.0
 POLL_INTERVAL = 0.0005  # seconds: how often the first token file is looked for
@@ -190,11 +190,40 @@ def measure_floor(emu: Any, rounds: int) -> dict[str, Any]:
     return result
 
 
-def run(rotations: int, access_token_lifetime: float, json_path: Path) -> int:
-    """Run the benchmark; return the process exit code (1 when the p99 target is missed)."""
-    source = daemon_source()
-    import watchdog.version
+def one_round(i: int, emu: Any, daemon: DaemonProcess, renames: RenameWatch, token: Path) -> float:
+    """Round ``i``: make the token fail with a rejected assertion, publish a fresh one, and
+    return the seconds until the new token file is renamed into place. Raises SystemExit when
+    the daemon dies or the new file is missing, unchanged, or not from the fresh assertion."""
+    if daemon.proc.poll() is not None:
+        raise SystemExit(f"daemon exited {daemon.proc.returncode}")
+    failed = daemon.count("token refresh failed")
+    emu.reject_current_assertion_as_expired()
+    wait_until(
+        lambda: daemon.count("token refresh failed") > failed,
+        30,
+        what=f"round {i}: the daemon's refresh to fail with the rejected assertion",
+    )
+    before = file_signature(token)
+    assertion = emu.issue_assertion()
+    renames.drain()
+    start = time.monotonic()
+    emu.volume.write(assertion)
+    woke = renames.wait(token.name, 10)
+    if woke is None:
+        raise SystemExit(f"round {i}: no new token file within 10 s")
+    if file_signature(token) == before:
+        raise SystemExit(f"round {i}: the token file was renamed but not changed")
+    answered = [r for r in emu.token_requests() if r.status == 200]
+    if answered[-1].form.get("client_assertion") != assertion:
+        raise SystemExit(f"round {i}: the new token did not use the new assertion")
+    if token.read_text() not in emu.issued_tokens:
+        raise SystemExit(f"round {i}: the token file holds an unknown token")
+    return woke - start
 
+
+def measure(rotations: int, access_token_lifetime: float) -> tuple[list[float], dict[str, Any]]:
+    """Every round against a fresh emulator and daemon: the latencies (s), then the floor."""
+    source = daemon_source()
     from entra_tokend.emulator import Emulator
 
     # Under run_all: its private bytecode cache, as for every other daemon.
@@ -203,7 +232,6 @@ def run(rotations: int, access_token_lifetime: float, json_path: Path) -> int:
     with tempfile.TemporaryDirectory(prefix="rotation-latency-") as tmp_name:
         tmp = Path(tmp_name)
         out = tmp / "out"
-        token_file = out / "bench"
         # The backoff is far longer than any latency measured: only the rotation can fix
         # the failing token in time.
         config = write_config(
@@ -226,46 +254,27 @@ def run(rotations: int, access_token_lifetime: float, json_path: Path) -> int:
             renames: RenameWatch | None = None
             try:
                 wait_until(
-                    lambda: file_signature(token_file),
+                    lambda: file_signature(out / "bench"),
                     30,
                     what="the first token file",
                     interval=POLL_INTERVAL,
                 )
                 renames = RenameWatch(out)
                 for i in range(rotations):
-                    if daemon.proc.poll() is not None:
-                        raise SystemExit(f"daemon exited {daemon.proc.returncode}")
-                    failed = daemon.count("token refresh failed")
-                    emu.reject_current_assertion_as_expired()
-                    wait_until(
-                        lambda f=failed: daemon.count("token refresh failed") > f,  # type: ignore[misc]
-                        30,
-                        what=f"round {i}: the daemon's refresh to fail with the rejected assertion",
-                    )
-                    before = file_signature(token_file)
-                    assertion = emu.issue_assertion()
-                    renames.drain()
-                    start = time.monotonic()
-                    emu.volume.write(assertion)
-                    woke = renames.wait(token_file.name, 10)
-                    if woke is None:
-                        raise SystemExit(f"round {i}: no new token file within 10 s")
-                    if file_signature(token_file) == before:
-                        raise SystemExit(f"round {i}: the token file was renamed but not changed")
-                    latencies.append(woke - start)
-                    answered = [r for r in emu.token_requests() if r.status == 200]
-                    if answered[-1].form.get("client_assertion") != assertion:
-                        raise SystemExit(f"round {i}: the new token did not use the new assertion")
-                    if token_file.read_text() not in emu.issued_tokens:
-                        raise SystemExit(f"round {i}: the token file holds an unknown token")
+                    latencies.append(one_round(i, emu, daemon, renames, out / "bench"))
             finally:
                 if renames is not None:
                     renames.close()
                 daemon.stop()
-            floor = measure_floor(emu, max(rotations, 20))
+            return latencies, measure_floor(emu, max(rotations, 20))
 
+
+def run(rotations: int, access_token_lifetime: float, json_path: Path) -> int:
+    """Run the benchmark; return the process exit code (1 when the p99 target is missed)."""
+    import watchdog.version
+
+    latencies, floor = measure(rotations, access_token_lifetime)
     ordered = sorted(latencies)
-    ms = [round(v * 1000, 3) for v in latencies]
     result: dict[str, Any] = {
         "benchmark": "rotation_latency",
         "description": "projected-token rotation (kubelet sequence start) -> new token file, "
@@ -278,7 +287,7 @@ def run(rotations: int, access_token_lifetime: float, json_path: Path) -> int:
         "mean_ms": round(statistics.fmean(latencies) * 1000, 3),
         "target_p99_ms": TARGET_P99_MS,
         "floor": floor,
-        "latencies_ms": ms,
+        "latencies_ms": [round(v * 1000, 3) for v in latencies],
         "python": platform.python_version(),
         "watchdog": watchdog.version.VERSION_STRING,
         "kernel": platform.release(),

@@ -1,8 +1,12 @@
-"""A token file is adopted at start-up (or on reload) only if it is provably this token's."""
+"""A token file is adopted at start-up (or on reload) only if it is provably this token's;
+the managed-identity endpoint serves an adopted token as the file path keeps it."""
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
+import secrets
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -104,3 +108,38 @@ def test_a_file_another_user_wrote_or_edited_is_never_adopted(
     (out / "x").write_text(genuine)
     reason = _not_adopted(daemon_factory, emulator, out, config)
     assert reason == "token file changed since this daemon wrote it"
+
+
+def test_the_endpoint_serves_a_token_adopted_from_disk_at_once(
+    emulator: Emulator, tmp_path: Path, daemon_factory: Callable[..., DaemonProcess]
+) -> None:
+    """After a restart the endpoint used to answer 500 after 30 s for a shared file token
+    until the file's next scheduled refresh: the adopted token was never in its memory."""
+    out, config = tmp_path / "out", tmp_path / "c.toml"
+    config.write_text(
+        f'[token.x]\nscope = "{STORAGE}"\n'
+        '[endpoint]\nlisten = "127.0.0.1:0"\nsecret_env = "EP_SECRET"\n'
+        'allow = ["https://storage.azure.com"]\n'
+    )
+    secret = secrets.token_urlsafe(24)
+    env = emulator_env(emulator, out, EP_SECRET=secret)
+    first = daemon_factory("run", "--config", str(config), env=env)
+    first.wait_event("ready: every token is on disk")
+    assert first.stop() == 0
+    adopted = (out / "x").read_text()
+    issued = len(emulator.issued_tokens)
+    second = daemon_factory("run", "--config", str(config), env=env)
+    listening = second.wait_event("managed-identity endpoint listening")
+    second.wait_event("ready: every token is on disk")
+    port = int(listening["listen"].rsplit(":", 1)[1])
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    query = "api-version=2019-08-01&resource=https://storage.azure.com"
+    conn.request("GET", f"/msi/token?{query}", headers={"X-IDENTITY-HEADER": secret})
+    response = conn.getresponse()
+    body = json.loads(response.read())
+    conn.close()
+    assert response.status == 200, body
+    assert body["access_token"] == adopted  # the file's token, served from the adoption
+    assert len(emulator.issued_tokens) == issued  # no Entra request, no wait for one
+    assert second.count("token written") == 0
+    assert second.stop() == 0

@@ -19,12 +19,13 @@ from entra_tokend.assertion import Assertion, AssertionMissing, parse_assertion
 from entra_tokend.config import Overrides, load_config
 from entra_tokend.daemon import Daemon
 from entra_tokend.exchange import ClientError, ErrorDetails, ServerError, Throttled
+from entra_tokend.exposition import registry
 from entra_tokend.metrics import Metrics
 from entra_tokend.model import AccessToken, Identity, OutputSpec, Policy, Reason, TokenSpec
 from entra_tokend.outputs import ExistingToken, WriteError
+from entra_tokend.ports import Expired, Failed, RunnerEvent, Subscriber, Written
 from entra_tokend.readiness import Readiness
-from entra_tokend.runner import State, TokenRunner
-from entra_tokend.scheduler import TokenSchedule
+from entra_tokend.runner import Deps, State, build
 from support import STORAGE
 
 T0 = 1_800_000_000.0
@@ -60,16 +61,30 @@ def make_assertion(n: int, exp: float = T0 + 3600) -> Assertion:
 
 
 class FakeSource:
-    """A credential source whose assertion the test replaces (a rotation)."""
+    """A credential source whose assertion the test replaces; ``rotate`` also tells the
+    subscribers, as the real source does when its watcher sees the new file."""
 
     def __init__(self) -> None:
         self.identity = Identity("default", "tenant", "client", Path("/sa"), "https://login")
         self.assertion: Assertion | None = make_assertion(0)
+        self.subscribers: list[Subscriber] = []
 
     def current(self) -> Assertion:
         if self.assertion is None:
             raise AssertionMissing("projected token file /sa does not exist")
         return self.assertion
+
+    def subscribe(self, callback: Subscriber) -> None:
+        self.subscribers.append(callback)
+
+    def unsubscribe(self, callback: Subscriber) -> None:
+        if callback in self.subscribers:
+            self.subscribers.remove(callback)
+
+    def rotate(self, assertion: Assertion | None) -> None:
+        self.assertion = assertion
+        for callback in list(self.subscribers):
+            callback()
 
 
 class FakeExchange:
@@ -102,11 +117,13 @@ class FakeExchange:
 
 
 class FakeOutput:
-    """Records delivered tokens; raises ``fail`` when set."""
+    """Records delivered tokens; raises ``fail`` when set; ``existing`` is what an earlier
+    run left (adoptable)."""
 
     def __init__(self) -> None:
         self.delivered: list[str] = []
         self.fail: WriteError | None = None
+        self.existing: ExistingToken | None = None
 
     async def deliver(self, token: AccessToken) -> None:
         if self.fail is not None:
@@ -114,7 +131,7 @@ class FakeOutput:
         self.delivered.append(token.token)
 
     def adoptable(self, now: float) -> ExistingToken | str | None:
-        return None
+        return self.existing
 
 
 class Harness:
@@ -125,23 +142,17 @@ class Harness:
         self.output = FakeOutput()
         self.metrics = Metrics()
         self.readiness = Readiness(self.metrics)
+        self.events: list[RunnerEvent] = []
         spec = TokenSpec("storage", STORAGE, "default", OutputSpec(Path("/out/storage")))
-        self.runner = TokenRunner(
-            spec,
-            schedule=TokenSchedule(POLICY, self.clock),
-            source=self.source,
-            exchange=self.exchange,
-            output=self.output,
-            metrics=self.metrics,
-            readiness=self.readiness,
-            clock=self.clock,
-            limiter=asyncio.Semaphore(1),
+        deps = Deps(self.metrics, self.readiness, self.clock, asyncio.Semaphore(1), POLICY)
+        self.runner = build(
+            spec, deps, self.source, self.exchange, self.output, listeners=[self.events.append]
         )
         self.readiness.track("storage", self.runner)
         self.readiness.start()
 
     def failures(self, reason: Reason) -> float:
-        value = self.metrics.registry.get_sample_value(
+        value = registry(self.metrics).get_sample_value(
             "entra_tokend_token_refresh_failures_total",
             {"token": "storage", "reason": str(reason)},
         )
@@ -218,7 +229,8 @@ def test_configuration_error_backs_off_longer_than_any_transient_failure() -> No
         h.exchange.script = [config_error()]
         await h.runner.refresh()
         assert h.runner.state is State.FAILING
-        assert h.runner.fatal is not None
+        assert isinstance(h.events[-1], Failed)
+        assert h.events[-1].configuration
         # Configuration errors start at 2 × backoff_max, equal jitter: at least backoff_max.
         assert POLICY.backoff_max <= h.runner.schedule.due_in() <= 2 * POLICY.backoff_max
         assert h.failures(Reason.CLIENT_ERROR) == 1
@@ -361,5 +373,52 @@ def test_unexpected_errors_are_counted_as_internal_and_backed_off() -> None:
         task.cancel()
         assert h.runner.state is State.FAILING
         assert h.runner.schedule.due_in() > 0
+
+    asyncio.run(scenario())
+
+
+def test_a_running_runner_is_subscribed_to_its_source_and_a_stopped_one_is_not() -> None:
+    async def scenario() -> None:
+        h = Harness()
+        assert h.source.subscribers == []
+        h.runner.start()
+        assert h.source.subscribers == [h.runner.on_rotation]
+        h.runner.stop()
+        assert h.source.subscribers == []
+
+    asyncio.run(scenario())
+
+
+def test_start_adopts_what_an_earlier_run_left() -> None:
+    async def scenario() -> None:
+        h = Harness()
+        now = h.clock.wall()
+        h.output.existing = ExistingToken(issued_at=now - 60, expires_on=now + 3540)
+        h.runner.start()
+        assert h.runner.state is State.OK
+        assert h.runner.schedule.due_in() > 0  # refreshed on its own schedule, not now
+        assert h.readiness.snapshot() == (True, {"storage": "ok"})
+        h.runner.stop()
+
+    asyncio.run(scenario())
+
+
+def test_events_tell_front_ends_what_happened() -> None:
+    async def scenario() -> None:
+        h = Harness()
+        h.exchange.script = [120.0, server_error()]
+        await h.runner.refresh()
+        h.clock.advance(100)
+        await h.runner.refresh()
+        h.clock.advance(21)
+        task = asyncio.create_task(h.runner.run())
+        while not any(isinstance(e, Expired) for e in h.events):
+            await asyncio.sleep(0)
+        task.cancel()
+        written, failed, expired = h.events[:3]
+        assert isinstance(written, Written)
+        assert written.token.token == "token-1"
+        assert failed == Failed("storage", Reason.SERVER_ERROR, "HTTP 503", configuration=False)
+        assert expired == Expired("storage")
 
     asyncio.run(scenario())

@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import math
 import random
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from entra_tokend.model import Reason
 from entra_tokend.scheduler import (
+    MIN_SERVED_LIFETIME,
     Deadline,
     Policy,
+    Serve,
     TokenSchedule,
     backoff_delay,
     first_refresh_delay,
     refresh_delay,
+    reuse_undelivered,
+    serve_decision,
 )
 
 
@@ -259,3 +265,52 @@ def test_first_refresh_after_start_is_spread_later_ones_are_not() -> None:
     s.succeeded(clock.wall() + 3600, 3600, None)
     later = s.succeeded(clock.wall() + 3600, 3600, None)
     assert 0.45 * 3600 <= later <= 0.55 * 3600
+
+
+def test_force_once_replaces_an_adopted_token_and_plans_no_refresh() -> None:
+    clock = FakeClock()
+    schedule = TokenSchedule(Policy(jitter=0.0), clock)
+    schedule.force_once()
+    now = clock.wall()
+    assert schedule.adopted(now - 60, now + 3540) == 0.0  # a still-valid file is replaced
+    assert schedule.due_in() <= 0
+    assert math.isinf(schedule.succeeded(now + 3600, 3600, None))
+    assert schedule.wake_in() == pytest.approx(3600)  # it sleeps until expiry, never refreshes
+
+
+def test_an_undelivered_token_is_reused_while_half_its_lifetime_is_left() -> None:
+    assert reuse_undelivered(expires_on=1000 + 1801, lifetime=3600, now=1000)
+    assert not reuse_undelivered(expires_on=1000 + 1800, lifetime=3600, now=1000)
+
+
+HOUR = 3600.0
+
+
+@pytest.mark.parametrize(
+    ("state", "verdict"),
+    [
+        ({"left": MIN_SERVED_LIFETIME + 1}, Serve.SERVE),
+        ({"left": MIN_SERVED_LIFETIME - 1, "attempting": True}, Serve.WAIT),
+        ({"left": MIN_SERVED_LIFETIME - 1}, Serve.REFRESH),
+        ({"left": None}, Serve.REFRESH),  # adopted from disk without the token in memory
+        ({"left": None, "due": True, "failed": True}, Serve.REFRESH),  # a rotation's retry
+        ({"left": None, "failed": True}, Serve.FAIL),  # backing off: answer at once
+        ({"left": 10.0, "failed": True}, Serve.SERVE),  # still valid beats an error
+        ({"left": MIN_SERVED_LIFETIME - 1, "since_delivery": 1.0}, Serve.TOO_BRIEF),
+        ({"left": 101.0, "lifetime": 200.0}, Serve.SERVE),  # short-lived: half is enough
+        ({"left": 99.0, "lifetime": 200.0}, Serve.REFRESH),
+    ],
+)
+def test_the_endpoints_serve_rules(state: dict[str, object], verdict: Serve) -> None:
+    args: dict[str, object] = {
+        "lifetime": HOUR,
+        "attempting": False,
+        "due": False,
+        "failed": False,
+        "since_delivery": None,
+        **state,
+    }
+    if args["left"] is None:
+        args["lifetime"] = None
+    policy = Policy(min_refresh_interval=5.0)
+    assert serve_decision(policy=policy, **args) is verdict  # type: ignore[arg-type]

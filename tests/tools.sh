@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs the non-Python tools the tests call, if missing: promtool and prometheus (from Debian's
 # prometheus package; only those two binaries are unpacked), systemd-analyze (Debian's systemd),
-# curl, docker-registry and skopeo, node/npm and @azure/identity. Idempotent and quick when all
-# are present. Needs root (or sudo) only when something is missing. A test whose tool is missing
-# is skipped, or fails when ENTRA_TOKEND_REQUIRE_TOOLS=1 (as .ci/run sets it).
+# curl, docker-registry and skopeo, node/npm and @azure/identity, and the real clients and servers
+# of the README recipes (tests/recipes/). Idempotent and quick when all are present. Needs root
+# (or sudo) only when something is missing. A test whose tool is missing is skipped, or fails
+# when ENTRA_TOKEND_REQUIRE_TOOLS=1 (as .ci/run sets it).
 set -euo pipefail
 
 SUDO=""
@@ -33,6 +34,28 @@ fi
 
 # docker-registry and skopeo: the real registry tools of the ACR tests.
 "$(dirname "$0")/emulator/registry_tools.sh"
+
+# The README recipes' real clients (tests/recipes/): PostgreSQL 15 server + psql, Redis 7 server
+# + redis-cli, nginx, buildah and podman (pulling only: containers cannot run here), setpriv,
+# kubectl.
+# Each package is installed only when its command is missing. The packages' services are not
+# started (no systemd here; the tests run their own servers).
+recipe_packages=()
+need() { command -v "$1" >/dev/null 2>&1 || recipe_packages+=("$2"); }
+need psql postgresql-client
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || recipe_packages+=(postgresql)
+need redis-server redis-server
+need redis-cli redis-tools
+need nginx nginx-light
+need buildah buildah
+need podman podman
+need setpriv util-linux
+need kubectl kubernetes-client
+if [ "${#recipe_packages[@]}" -gt 0 ]; then
+  apt_update
+  $SUDO env DEBIAN_FRONTEND=noninteractive \
+    apt-get install -y -qq --no-install-recommends "${recipe_packages[@]}" >/dev/null
+fi
 
 promtool --version 2>&1 | head -n 1
 prometheus --version 2>&1 | head -n 1

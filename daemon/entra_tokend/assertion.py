@@ -18,13 +18,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from entra_tokend.model import Reason
+from entra_tokend.ports import Failure
+
 # A projected token is a few KiB; anything far larger is not one.
 MAX_ASSERTION_BYTES = 64 * 1024
 
 
-class AssertionUnavailable(Exception):
+class AssertionUnavailable(Failure):
     """No usable assertion: the file is missing, unreadable, malformed or expired."""
 
+    reason = Reason.ASSERTION_UNAVAILABLE
     kind = "unavailable"
 
 

@@ -1,4 +1,5 @@
-"""Command line: ``run``, ``run --once``, ``check-config``, ``dev``, ``emulator``, ``healthcheck``.
+"""Command line: ``run``, ``run --once``, ``check-config``, ``dev``, ``emulator``, ``healthcheck``,
+``inject``, ``webhook``.
 
 Exit codes: 0 success; 1 runtime failure (``run --once`` could not get every token in time);
 2 configuration or usage error, one line per problem on stderr, never a traceback.
@@ -13,7 +14,7 @@ import re
 import sys
 from collections.abc import Sequence
 
-from entra_tokend import __version__
+from entra_tokend import __version__, signals
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -252,6 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
         "(the env file gains AZURE_KUBERNETES_TOKEN_PROXY, _SNI_NAME and _CA_FILE)",
     )
     sub.add_parser("emulator", help="run the local Entra + kubelet emulator", add_help=False)
+    # Their flags are parsed by their own modules (injectcli.py, webhook.py).
+    sub.add_parser("inject", help="add the sidecar to annotated Kubernetes YAML", add_help=False)
+    sub.add_parser("webhook", help="serve the sidecar-injecting admission webhook", add_help=False)
     health = sub.add_parser(
         "healthcheck",
         help="GET a running daemon's /healthz; exit 0 if it answers 200, else 1",
@@ -333,6 +337,8 @@ def _run(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``entra-tokend`` console script."""
     args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] in (["run"], ["dev"]):
+        signals.hold()  # until the daemon's handlers are in place (see ``signals``)
     if args_list[:1] == ["emulator"]:
         try:
             from entra_tokend.emulator.cli import main as emulator_main  # noqa: PLC0415
@@ -347,6 +353,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             return EXIT_CONFIG
         return emulator_main(args_list[1:])
+    if args_list[:1] == ["inject"]:
+        from entra_tokend.injectcli import main as inject_main  # noqa: PLC0415
+
+        return inject_main(args_list[1:])
+    if args_list[:1] == ["webhook"]:
+        from entra_tokend.webhook import main as webhook_main  # noqa: PLC0415
+
+        return webhook_main(args_list[1:])
     parser = build_parser()
     args = parser.parse_args(args_list)
     if args.command is None:

@@ -17,10 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
 
 from entra_tokend.assertion import (
     Assertion,
@@ -30,13 +27,11 @@ from entra_tokend.assertion import (
 )
 from entra_tokend.logging import get_logger, remember_secret
 from entra_tokend.metrics import Metrics
-from entra_tokend.model import Clock, Identity
+from entra_tokend.model import Clock, Identity, iso
+from entra_tokend.ports import AssertionProvider, Subscriber
+from entra_tokend.watcher import DirectoryWatcher
 
-if TYPE_CHECKING:
-    from entra_tokend.watcher import DirectoryWatcher
-
-Subscriber = Callable[[], None]
-"""Called on the event loop when the identity's assertion changed."""
+__all__ = ["AssertionProvider", "CredentialSource", "Subscriber"]
 
 # (st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns) of the file a path resolves to.
 _StatSignature = tuple[int, int, int, int, int]
@@ -53,26 +48,6 @@ def _stat_signature(path: Path) -> _StatSignature | None:
     except OSError:
         return None
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-
-
-def iso(ts: float | None) -> str | None:
-    """A unix time as ISO 8601 UTC (for log fields); None stays None."""
-    if ts is None:
-        return None
-    try:
-        return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
-    except (OverflowError, ValueError, OSError):  # outside what datetime represents
-        return str(ts)
-
-
-class AssertionProvider(Protocol):
-    """What a runner needs from its identity's credential source."""
-
-    identity: Identity
-
-    def current(self) -> Assertion:
-        """The usable assertion now. Raises ``AssertionUnavailable``."""
-        ...
 
 
 class CredentialSource:
@@ -173,8 +148,6 @@ class CredentialSource:
     def watch(self, poll_interval: float) -> None:
         """Start watching the token file's directory (idempotent); reads it once now."""
         if self._watcher is None:
-            from entra_tokend.watcher import DirectoryWatcher  # noqa: PLC0415 - after config
-
             watcher = DirectoryWatcher(
                 self.identity.token_file,
                 self.check,

@@ -35,14 +35,22 @@ from __future__ import annotations
 import hmac
 import json
 import math
-import time
 from collections.abc import Callable, Mapping
 from typing import Protocol
 
 from entra_tokend.httpserver import Handler, Request, Response
 from entra_tokend.logging import get_logger, remember_secret
 from entra_tokend.metrics import Metrics
-from entra_tokend.model import AccessToken, EndpointSpec, Identity, resource_key, scope_of
+from entra_tokend.model import (
+    AccessToken,
+    Clock,
+    EndpointSpec,
+    Identity,
+    SystemClock,
+    resource_key,
+    scope_of,
+)
+from entra_tokend.ports import TokenUnavailable
 
 API_VERSION = "2019-08-01"
 PATH = "/msi/token"
@@ -51,10 +59,6 @@ DENIED_LOG_INTERVAL = 10.0
 """The endpoint's path: ``IDENTITY_ENDPOINT=http://127.0.0.1:PORT/msi/token`` (App Service's)."""
 HEADER = "x-identity-header"
 UNSUPPORTED_SELECTORS = ("mi_res_id", "msi_res_id", "object_id", "principal_id")
-
-
-class TokenUnavailable(Exception):
-    """No token can be served now. The text is fixed and holds no secret."""
 
 
 class TokenProvider(Protocol):
@@ -73,7 +77,8 @@ def _error(status: int, message: str) -> Response:
 
 class Endpoint:
     """Answers ``GET /msi/token``; ``identities`` returns the configured identities (name →
-    Identity) at each request, so a reload's changes apply."""
+    Identity) at each request, so a reload's changes apply; ``clock`` times requests and the
+    denied-request log interval."""
 
     def __init__(
         self,
@@ -81,8 +86,11 @@ class Endpoint:
         identities: Callable[[], Mapping[str, Identity]],
         provider: TokenProvider,
         metrics: Metrics,
+        *,
+        clock: Clock | None = None,
     ) -> None:
         self.spec = spec
+        self._clock: Clock = clock or SystemClock()
         self._identities = identities
         self._provider = provider
         self._metrics = metrics
@@ -98,9 +106,9 @@ class Endpoint:
 
     async def handle(self, request: Request) -> Response:
         """One token request (see the module docstring for every decision)."""
-        started = time.monotonic()
+        started = self._clock.monotonic()
         response, result, resource = await self._decide(request)
-        self._metrics.endpoint_request(result, resource, time.monotonic() - started)
+        self._metrics.endpoint_request(result, resource, self._clock.monotonic() - started)
         return response
 
     def _denied(
@@ -109,7 +117,7 @@ class Endpoint:
         # One line per (peer host, reason) per DENIED_LOG_INTERVAL: a flood of bad requests
         # must not flood the log (each is still counted in the requests metric).
         host = request.peer.rsplit(":", 1)[0]
-        now = time.monotonic()
+        now = self._clock.monotonic()
         key = (host, reason)
         last, suppressed = self._denied_log.get(key, (-math.inf, 0))
         if now - last >= DENIED_LOG_INTERVAL:

@@ -20,6 +20,7 @@ import contextlib
 import os
 import secrets
 import signal
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,10 @@ from entra_tokend.reaper import MARKER_VARIABLE, REAPER
 
 OUTPUT_LIMIT = 4096  # bytes of a hook's output kept for the log; the rest is read and dropped
 _PID_FILE_LIMIT = 64
+PID_RETRY_SECONDS = 5.0
+"""How long a signal hook retries while its pid file names no live process (missing, being
+rewritten, or a pid that has exited): a reader restarting around a refresh."""
+_PID_RETRY_FIRST, _PID_RETRY_MAX = 0.05, 0.5
 _REAP_TIMEOUT = 5.0
 
 
@@ -50,14 +55,14 @@ def signal_name(number: int) -> str:
         return str(number)
 
 
-async def _kill(proc: asyncio.subprocess.Process) -> None:
-    """Kill the hook and everything in its process group, and reap it."""
+async def _kill(pid: int) -> None:
+    """Kill the hook and everything in its process group, and wait until it is reaped."""
     # The hook is a session (and group) leader; its pid is the group id. Killing only the
     # leader would leave a child holding the output pipe.
     with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(proc.wait(), _REAP_TIMEOUT)
+        os.killpg(pid, signal.SIGKILL)
+    with contextlib.suppress(TimeoutError, ChildProcessError):
+        await asyncio.wait_for(REAPER.wait(pid), _REAP_TIMEOUT)
 
 
 # Kept beyond OUTPUT_LIMIT until the text is redacted: a secret that straddles the cut must be
@@ -77,31 +82,6 @@ async def _read_capped(reader: asyncio.StreamReader) -> tuple[bytes, bool]:
     return bytes(kept), truncated
 
 
-async def _spawn(hook: Hook, env: dict[str, str], out_fd: int) -> asyncio.subprocess.Process:
-    REAPER.spawning += 1
-    spawn = asyncio.ensure_future(
-        asyncio.create_subprocess_exec(
-            *hook.exec,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=out_fd,
-            stderr=asyncio.subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-        )
-    )
-    try:
-        # Shielded: a stop that lands mid-spawn must still learn the pid, to kill what started.
-        proc = await asyncio.shield(spawn)
-    except asyncio.CancelledError:
-        with contextlib.suppress(Exception):
-            await _kill(await spawn)
-        raise
-    finally:
-        REAPER.spawning -= 1
-    REAPER.active.add(proc.pid)
-    return proc
-
-
 async def _exec(hook: Hook, token: str, path: Path, log: Any) -> bool:
     command = hook.exec[0]
     marker = secrets.token_hex(8)
@@ -115,8 +95,8 @@ async def _exec(hook: Hook, token: str, path: Path, log: Any) -> bool:
     # hook's process group (setsid) may hold the write end open for ever.
     read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
     try:
-        proc = await _spawn(hook, env, write_fd)
-    except (OSError, ValueError) as exc:
+        pid = REAPER.spawn(hook.exec, env, write_fd)
+    except (OSError, ValueError, subprocess.SubprocessError) as exc:
         os.close(read_fd)
         detail = exc.strerror if isinstance(exc, OSError) else "invalid argument"
         log.warning("hook command could not start", command=command, detail=detail)
@@ -134,27 +114,25 @@ async def _exec(hook: Hook, token: str, path: Path, log: Any) -> bool:
         reading = asyncio.ensure_future(_read_capped(reader))
         try:
             async with asyncio.timeout(hook.timeout):
-                await proc.wait()
+                exit_code = await REAPER.wait(pid)
                 # The hook is done; whatever it left behind (re-parented to us) goes now, so
                 # the pipe reaches EOF instead of staying open until the timeout.
-                REAPER.active.discard(proc.pid)
                 REAPER.sweep(kill_marker=marker)
                 output, truncated = await reading
         finally:
             reading.cancel()
     except TimeoutError:
-        await _kill(proc)
+        await _kill(pid)
         log.warning("hook command timed out", command=command, timeout=hook.timeout)
         return False
     except asyncio.CancelledError:
         # The daemon is stopping (or the token was reconfigured): leave no process behind.
-        await _kill(proc)
+        await _kill(pid)
         raise
     finally:
         transport.close()
-        REAPER.active.discard(proc.pid)
         REAPER.sweep(kill_marker=marker)
-    fields: dict[str, Any] = {"command": command, "exit_code": proc.returncode}
+    fields: dict[str, Any] = {"command": command, "exit_code": exit_code}
     # Redacted before it is cut (the log's own redaction would see only the cut piece).
     full = output.decode("utf-8", "replace")
     truncated = truncated or len(full) > OUTPUT_LIMIT
@@ -163,47 +141,91 @@ async def _exec(hook: Hook, token: str, path: Path, log: Any) -> bool:
         fields["output"] = text
         if truncated:
             fields["output_truncated"] = True
-    if proc.returncode != 0:
+    if exit_code != 0:
         log.warning("hook command failed", **fields)
         return False
     log.info("hook command ran", **fields)
     return True
 
 
-def _read_pid(pid_file: Path) -> int | str:
-    """The pid in ``pid_file``, or why there is none. The file is another program's: a FIFO or
-    device planted there is refused, never waited on (that would stall the whole daemon)."""
+class _NoReader(Exception):
+    """The pid file names no live process *yet* (a restarting reader): worth retrying."""
+
+
+def _read_pid(pid_file: Path) -> int:
+    """The pid in ``pid_file``. The file is another program's: a FIFO or device planted there
+    is refused, never waited on (that would stall the whole daemon).
+
+    Raises ``_NoReader`` for a missing file or one that holds no number (being rewritten),
+    ValueError with the reason for one that can never be right."""
     try:
         data = read_regular(pid_file, _PID_FILE_LIMIT)
+    except FileNotFoundError:
+        raise _NoReader("no such file") from None
     except NotRegularFile:
-        return "not a regular file"
+        raise ValueError("not a regular file") from None
     except OSError as exc:
-        return exc.strerror or "unreadable"
+        raise ValueError(exc.strerror or "unreadable") from None
     try:
         pid = int(data[:_PID_FILE_LIMIT].decode("ascii").strip())
     except ValueError:  # UnicodeDecodeError is a ValueError
-        return "does not hold a single process id"
+        raise _NoReader("does not hold a single process id") from None
     # 0, -1 and negative pids address groups or every process; 1 is init; we are not a reader.
     # A thread id of ours is a pid to kill(2) too: signalling it would signal the daemon.
     if pid <= 1 or pid == os.getpid() or os.path.exists(f"/proc/self/task/{pid}"):
-        return f"holds pid {pid}, which is never signalled (0, 1, negative or the daemon itself)"
+        raise ValueError(
+            f"holds pid {pid}, which is never signalled (0, 1, negative or the daemon itself)"
+        )
     return pid
 
 
-def _signal(hook: Hook, log: Any) -> bool:
+def _send(hook: Hook) -> int:
+    """Signal the pid ``hook.pid_file`` names; returns it. Raises ``_NoReader`` while no live
+    process is named, ValueError or OSError for what retrying cannot fix."""
     assert hook.pid_file is not None
-    name = signal_name(hook.signal)
     pid = _read_pid(hook.pid_file)
-    if isinstance(pid, str):
-        log.warning("hook pid file unusable", pid_file=str(hook.pid_file), detail=pid)
-        return False
     try:
         os.kill(pid, hook.signal)
-    except OSError as exc:
-        log.warning("hook signal failed", pid=pid, signal=name, detail=exc.strerror)
-        return False
-    log.info("hook signal sent", pid=pid, signal=name)
-    return True
+    except ProcessLookupError:
+        raise _NoReader(f"pid {pid} is not running") from None
+    return pid
+
+
+async def _signal(hook: Hook, log: Any) -> bool:
+    """Send the hook's signal, retrying for ``PID_RETRY_SECONDS`` while the pid file names no
+    live process: a reader that restarts around a refresh writes its new pid a moment later,
+    and a signal lost then would leave it with the old token until the next refresh."""
+    name = signal_name(hook.signal)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + PID_RETRY_SECONDS
+    delay, attempts = _PID_RETRY_FIRST, 0
+    while True:
+        attempts += 1
+        try:
+            pid = _send(hook)
+        except _NoReader as exc:
+            if loop.time() + delay > deadline:
+                log.warning(
+                    "hook pid file unusable",
+                    pid_file=str(hook.pid_file),
+                    detail=str(exc),
+                    attempts=attempts,
+                    retried_for=PID_RETRY_SECONDS,
+                )
+                return False
+            if attempts == 1:
+                log.info("hook pid file names no live process; retrying", detail=str(exc))
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _PID_RETRY_MAX)
+            continue
+        except ValueError as exc:
+            log.warning("hook pid file unusable", pid_file=str(hook.pid_file), detail=str(exc))
+            return False
+        except OSError as exc:
+            log.warning("hook signal failed", signal=name, detail=exc.strerror)
+            return False
+        log.info("hook signal sent", pid=pid, signal=name, attempts=attempts)
+        return True
 
 
 async def run_hook(hook: Hook, token: str, path: Path, log: Any) -> bool:
@@ -216,7 +238,7 @@ async def run_hook(hook: Hook, token: str, path: Path, log: Any) -> bool:
         if hook.exec:
             ok = await _exec(hook, token, path, log) and ok
         if hook.pid_file is not None:
-            ok = _signal(hook, log) and ok
+            ok = await _signal(hook, log) and ok
     except Exception as exc:
         log.error("hook failed unexpectedly", error=type(exc).__name__)
         return False

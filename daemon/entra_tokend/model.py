@@ -14,6 +14,7 @@ import signal
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
@@ -43,6 +44,16 @@ class Reason(StrEnum):
     """The token file could not be written (disk full, read-only, planted directory)."""
     INTERNAL = "internal"
     """An unexpected error inside entra-tokend (a bug): logged with its type, backed off."""
+
+
+def iso(ts: float | None) -> str | None:
+    """A unix time as ISO 8601 UTC (for log fields); None stays None."""
+    if ts is None:
+        return None
+    try:
+        return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
+    except (OverflowError, ValueError, OSError):  # outside what datetime represents
+        return str(ts)
 
 
 class Clock(Protocol):

@@ -1,68 +1,77 @@
 """On-demand tokens for the managed-identity endpoint: one runner per (identity, scope).
 
-``OnDemandTokens.get`` is the endpoint's ``TokenProvider``. For an (identity, scope) that a
-configured token file already keeps fresh, it serves that runner's latest token (the daemon
-wraps each file output in a ``MemoryOutput``): one Entra request feeds the file and the
-endpoint. Otherwise the first request starts a ``TokenRunner`` whose output is a
-``MemoryOutput``; concurrent first requests all wait for that runner's single exchange
-(single-flight). The runner keeps the token fresh on its usual schedule while requests come, and
-retires after ``idle_timeout`` seconds without one.
+``OnDemandTokens.get`` is the endpoint's ``TokenProvider``. It reads a ``Lookup`` — the
+identities, their credential sources, the file tokens it may share by (identity, scope), the
+policy — that a reload replaces whole (``replace``). For an (identity, scope) a configured token
+file already keeps fresh it serves that runner's latest token (the file's output is wrapped in a
+``MemoryOutput``, which also holds a token adopted from disk): one Entra request feeds the file
+and the endpoint. Otherwise the first request builds a runner (``runner.build``, like every
+other token) whose output is a ``MemoryOutput``; concurrent first requests all wait for its
+single exchange (single-flight). It keeps the token fresh while requests come, and retires after
+``idle_timeout`` seconds without one.
 
-A served token always has more than ``MIN_SERVED_LIFETIME`` seconds left: Azure SDKs refresh a
-token once 300 s or less remain (azure-identity ``DEFAULT_REFRESH_OFFSET``), so a token closer
-to expiry would make every SDK call come back. (Tokens granted for less than twice that — only
-emulators and test tenants do — need half their lifetime left: ``required_lifetime``.) When the
-cached token is that close, the runner is asked to refresh now (once, however many requests
-ask) and the requests wait for it. A refresh is never forced more often than
-``min_refresh_interval``, nor while the runner is backing off after a failure; such requests
-get ``TokenUnavailable`` (or, while the runner backs off, the still-valid token), never a loop.
+What a request gets is ``scheduler.serve_decision``'s call: the held token while it has more
+than ``scheduler.required_lifetime`` left; else it waits (at most ``WAIT_TIMEOUT``) for an
+attempt in flight, or forces one (never more often than ``min_refresh_interval``); and when the
+runner's last attempt failed and none is in flight it fails fast — ``TokenUnavailable`` at once,
+carrying the failure's ``Reason``, whether it is a configuration error, and a safe detail.
 
-``start_endpoint`` wires it all (provider, ``endpoint.Endpoint``, its own ``HttpServer``) for
-the daemon, whose lifecycle only starts and stops the result.
+``start_endpoint`` wires the provider, ``endpoint.Endpoint`` and its own ``HttpServer``; the
+daemon's lifecycle only starts the result and calls its ``stop``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from entra_tokend.credentials import AssertionProvider
-from entra_tokend.endpoint import Endpoint, TokenUnavailable
+from entra_tokend.endpoint import Endpoint
 from entra_tokend.httpserver import HttpServer, Limits, bound_port
 from entra_tokend.logging import get_logger
 from entra_tokend.metrics import Metrics
-from entra_tokend.model import AccessToken, Clock, EndpointSpec, Identity, OutputSpec, TokenSpec
+from entra_tokend.model import AccessToken, EndpointSpec, Identity, OutputSpec, Policy, TokenSpec
 from entra_tokend.outputs.memory import MemoryOutput
-from entra_tokend.readiness import Readiness
-from entra_tokend.runner import Exchange, State, TokenRunner
-from entra_tokend.scheduler import Policy, TokenSchedule
+from entra_tokend.ports import AssertionProvider, Exchange, Failed, TokenUnavailable
+from entra_tokend.runner import Deps, TokenRunner, build
+from entra_tokend.scheduler import MIN_SERVED_LIFETIME, Serve, serve_decision
 
-MIN_SERVED_LIFETIME = 330.0
-"""Seconds a served token must still live: the SDKs' 300 s refresh offset plus 30 s margin."""
+__all__ = [
+    "MIN_SERVED_LIFETIME",
+    "WAIT_TIMEOUT",
+    "EndpointService",
+    "Lookup",
+    "OnDemandTokens",
+    "SharedToken",
+    "start_endpoint",
+]
+
 WAIT_TIMEOUT = 30.0
-"""Seconds a request waits for a token being obtained before it gets an error."""
+"""Seconds a request waits for an attempt in flight before it gets an error."""
 
 
-def required_lifetime(token: AccessToken) -> float:
-    """Seconds ``token`` must still live to be served: ``MIN_SERVED_LIFETIME``, or half its
-    granted lifetime when the issuer grants less than twice that (an emulator, a test tenant):
-    no token could meet the SDKs' offset then, and serving the cached one costs no Entra
-    request, whereas refusing would fail every call."""
-    return min(MIN_SERVED_LIFETIME, token.expires_in / 2)
+@dataclass(frozen=True)
+class SharedToken:
+    """A file token the endpoint may serve: its runner and the memory wrapping its file."""
 
-
-SharedFn = Callable[[str, str], tuple[TokenRunner, MemoryOutput] | None]
-"""(identity, scope) → a file token's runner and its recording output, if one exists."""
-
-
-@dataclass
-class _Entry:
     runner: TokenRunner
-    output: MemoryOutput
-    last_used: float
+    memory: MemoryOutput
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """What the endpoint reads at each request; a reload builds a new one and ``replace``s it.
+
+    ``identities`` and ``sources`` by identity name; ``shared`` by (identity name, scope), the
+    first configured file token of each; ``policy`` the refresh policy of new runners.
+    """
+
+    identities: Mapping[str, Identity]
+    sources: Mapping[str, AssertionProvider]
+    shared: Mapping[tuple[str, str], SharedToken]
+    policy: Policy
 
 
 def on_demand_name(identity: str, scope: str) -> str:
@@ -71,55 +80,61 @@ def on_demand_name(identity: str, scope: str) -> str:
     return f"endpoint:{identity}:{scope}"
 
 
+@dataclass
+class _Entry:
+    runner: TokenRunner
+    memory: MemoryOutput
+    last_used: float
+
+
+def _failed(failure: Failed) -> TokenUnavailable:
+    return TokenUnavailable(
+        f"the token could not be obtained ({failure.reason}: {failure.detail}); "
+        "see the daemon's log",
+        reason=failure.reason,
+        configuration=failure.configuration,
+        detail=failure.detail,
+    )
+
+
 class OnDemandTokens:
-    """The endpoint's ``TokenProvider``. Collaborators are the daemon's (see module docstring);
-    ``source_for`` returns the identity's current credential source."""
+    """The endpoint's ``TokenProvider`` (see the module docstring). ``deps`` are the runners'
+    shared collaborators (its ``policy`` is replaced by the lookup's); ``exchange`` the stage
+    on-demand runners use."""
 
     def __init__(
-        self,
-        *,
-        idle_timeout: float,
-        policy: Callable[[], Policy],
-        clock: Clock,
-        exchange: Exchange,
-        metrics: Metrics,
-        readiness: Readiness,
-        limiter: asyncio.Semaphore,
-        source_for: Callable[[str], AssertionProvider | None],
-        shared: SharedFn,
+        self, lookup: Lookup, *, deps: Deps, exchange: Exchange, idle_timeout: float
     ) -> None:
+        self.lookup = lookup
         self.idle_timeout = idle_timeout
-        self._policy = policy
-        self._clock = clock
+        self._deps = deps
+        self.clock = deps.clock
         self._exchange = exchange
-        self._metrics = metrics
-        self._readiness = readiness
-        self._limiter = limiter
-        self._source_for = source_for
-        self._shared = shared
         self._log = get_logger()
         self.entries: dict[tuple[str, str], _Entry] = {}
 
+    def identities(self) -> Mapping[str, Identity]:
+        """The configured identities now (name → Identity), for the endpoint."""
+        return self.lookup.identities
+
+    def replace(self, lookup: Lookup) -> None:
+        """Use ``lookup`` from now on (a reload); retire on-demand runners whose identity's
+        source changed (they restart on demand)."""
+        self.lookup = lookup
+        for key, entry in list(self.entries.items()):
+            if lookup.sources.get(key[0]) is not entry.runner.source:
+                self._retire(key)
+
     def _start(self, identity: str, scope: str) -> _Entry:
-        source = self._source_for(identity)
+        source = self.lookup.sources.get(identity)
         if source is None:
             raise TokenUnavailable("identity unavailable")
         name = on_demand_name(identity, scope)
         spec = TokenSpec(name=name, scope=scope, identity=identity, output=OutputSpec(Path(name)))
-        output = MemoryOutput(monotonic=self._clock.monotonic)
-        runner = TokenRunner(
-            spec,
-            schedule=TokenSchedule(self._policy(), self._clock),
-            source=source,
-            exchange=self._exchange,
-            output=output,
-            metrics=self._metrics,
-            readiness=self._readiness,
-            clock=self._clock,
-            limiter=self._limiter,
-            on_attempt=lambda _: output.attempt_finished(),
-        )
-        entry = _Entry(runner, output, self._clock.monotonic())
+        memory = MemoryOutput(clock=self.clock)
+        deps = replace(self._deps, policy=self.lookup.policy)
+        runner = build(spec, deps, source, self._exchange, memory, listeners=[memory.observe])
+        entry = _Entry(runner, memory, self.clock.monotonic())
         self.entries[(identity, scope)] = entry
         runner.start()
         self._log.info("on-demand token started", token=name)
@@ -129,59 +144,55 @@ class OnDemandTokens:
         entry = self.entries.pop(key, None)
         if entry is not None:
             entry.runner.stop()
-            self._metrics.token_removed(entry.runner.spec.name)
+            self._deps.metrics.token_removed(entry.runner.spec.name)
             self._log.info("on-demand token retired", token=entry.runner.spec.name)
 
-    async def get(self, identity: str, scope: str) -> AccessToken:
-        """A token for (identity, scope) with more than ``MIN_SERVED_LIFETIME`` s left.
-        Raises ``TokenUnavailable`` (fixed texts, no secrets)."""
-        shared = self._shared(identity, scope)
+    def _token_for(self, identity: str, scope: str) -> tuple[TokenRunner, MemoryOutput]:
+        shared = self.lookup.shared.get((identity, scope))
         if shared is not None:
-            runner, output = shared
-        else:
-            entry = self.entries.get((identity, scope)) or self._start(identity, scope)
-            entry.last_used = self._clock.monotonic()
-            runner, output = entry.runner, entry.output
+            return shared.runner, shared.memory
+        entry = self.entries.get((identity, scope)) or self._start(identity, scope)
+        entry.last_used = self.clock.monotonic()
+        return entry.runner, entry.memory
+
+    async def get(self, identity: str, scope: str) -> AccessToken:
+        """A token for (identity, scope) with more than ``required_lifetime`` left. Raises
+        ``TokenUnavailable`` (fixed texts, no secrets): at once when the last attempt failed
+        and none is in flight, after ``WAIT_TIMEOUT`` seconds when one never ends."""
+        runner, memory = self._token_for(identity, scope)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + WAIT_TIMEOUT
-        attempts = output.attempts
         while True:
-            token = output.latest
-            left = token.expires_on - self._clock.wall() if token is not None else 0.0
-            if token is not None and left > required_lifetime(token):
+            token = memory.latest
+            delivered = memory.delivered_at
+            since = self.clock.monotonic() - delivered if delivered is not None else None
+            verdict = serve_decision(
+                left=token.expires_on - self.clock.wall() if token is not None else None,
+                lifetime=token.expires_in if token is not None else None,
+                attempting=runner.attempting,
+                due=runner.schedule.due_in() <= 0,
+                failed=memory.failure is not None,
+                since_delivery=since,
+                policy=self.lookup.policy,
+            )
+            if verdict is Serve.SERVE:
+                assert token is not None  # serve_decision serves only a held token
                 return token
-            if output.attempts != attempts and runner.state is not State.OK:
-                # The attempt we waited for failed: answer now; the runner backs off.
-                if token is not None and left > 0:
-                    return token  # still valid: better than an error while Entra is down
-                raise TokenUnavailable("the token could not be obtained; see the daemon's log")
-            if token is not None:
-                self._force_refresh(runner, output, self._clock.monotonic())
-            if not await output.changed(max(0.0, deadline - loop.time())):
+            if verdict is Serve.FAIL:
+                assert memory.failure is not None
+                raise _failed(memory.failure)
+            if verdict is Serve.TOO_BRIEF:
+                raise TokenUnavailable("the issued token lives too briefly to serve")
+            if verdict is Serve.REFRESH:
+                runner.refresh_now()
+            if not await memory.changed(max(0.0, deadline - loop.time())):
                 raise TokenUnavailable("timed out waiting for the token")
-
-    def _force_refresh(self, runner: TokenRunner, output: MemoryOutput, now: float) -> None:
-        """Ask the runner for a token now, once per attempt, never more often than
-        ``min_refresh_interval`` and never while it backs off."""
-        if output.refresh_requested or runner.state is State.FAILING:
-            return
-        delivered = output.delivered_at
-        if delivered is not None and now - delivered < self._policy().min_refresh_interval:
-            raise TokenUnavailable("the issued token lives too briefly to serve")
-        output.refresh_requested = True
-        runner.refresh_now()
 
     def sweep(self) -> None:
         """Retire every on-demand runner unused for ``idle_timeout`` seconds."""
-        now = self._clock.monotonic()
+        now = self.clock.monotonic()
         for key, entry in list(self.entries.items()):
             if now - entry.last_used >= self.idle_timeout:
-                self._retire(key)
-
-    def drop_stale_sources(self) -> None:
-        """After a reload: retire runners whose identity changed (they restart on demand)."""
-        for key, entry in list(self.entries.items()):
-            if self._source_for(key[0]) is not entry.runner.source:
                 self._retire(key)
 
     async def sweeper(self) -> None:
@@ -221,13 +232,10 @@ evicted oldest first at the limit."""
 
 
 async def start_endpoint(
-    spec: EndpointSpec,
-    identities: Callable[[], Mapping[str, Identity]],
-    provider: OnDemandTokens,
-    metrics: Metrics,
+    spec: EndpointSpec, provider: OnDemandTokens, metrics: Metrics
 ) -> EndpointService:
     """Listen on ``spec.listen`` with the endpoint's own ``HttpServer``. Raises OSError."""
-    endpoint = Endpoint(spec, identities, provider, metrics)
+    endpoint = Endpoint(spec, provider.identities, provider, metrics, clock=provider.clock)
     http = HttpServer(endpoint.routes(), lambda: ENDPOINT_LIMITS)
     host, port = spec.listen
     server = await http.start(host, port)

@@ -1,38 +1,59 @@
-"""Child processes that outlive their welcome: a subreaper, and reaping what it inherits.
+"""Child processes: one owner of ``waitpid``, hooks that die with the daemon, and orphans.
 
-A hook may start a process that leaves the hook's process group (``setsid cmd &``) and so
-escapes the group kill at its timeout, keeping the hook's output pipe open. With
-``PR_SET_CHILD_SUBREAPER`` (Linux prctl(2)) such orphans are re-parented to the daemon rather
-than to init, so the daemon can kill and reap them once the hook is over. When the daemon is
-PID 1 (a container without an init) every orphan in the container is re-parented to it anyway,
-and must be reaped or it stays a zombie.
+Every child the daemon starts (a hook's command) is started by ``Reaper.spawn`` and its exit
+status collected by ``Reaper.sweep`` on SIGCHLD — one place calls ``waitpid``, so reaping an
+orphan can never steal a hook's exit status (asyncio's child watcher is not used for them).
 
-Each hook run carries a fresh ``ENTRA_TOKEND_HOOK_RUN`` value in its environment, inherited by
-everything it starts; when the run ends, ``Reaper.sweep`` SIGKILLs the children that carry it and
-reaps every exited child. Other orphans (as PID 1: anyone's) are reaped, never killed. Running
-hook leaders are left to asyncio's own child watcher.
+- A hook's command runs in its own session (so its whole group can be killed) with
+  ``PR_SET_PDEATHSIG = SIGKILL`` (prctl(2)): if the daemon is SIGKILLed, the kernel kills the
+  hook too. Processes the hook itself starts are not covered by that signal (it is not
+  inherited); in a container they die with the container's PID 1, under systemd with the
+  unit's cgroup (``KillMode=control-group``).
+- With ``PR_SET_CHILD_SUBREAPER`` orphans a hook leaves (``setsid cmd &``) are re-parented to the
+  daemon rather than to init, so the daemon can kill and reap them once the hook is over: each
+  hook run carries a fresh ``ENTRA_TOKEND_HOOK_RUN`` value in its environment, inherited by
+  everything it starts; ``sweep(kill_marker=…)`` SIGKILLs the children that carry it.
+- As PID 1 (a container without an init) every orphan in the container is ours; ``sweep``
+  then reaps with ``waitpid(-1, WNOHANG)``, which works whatever ``/proc`` is mounted (a PID
+  namespace whose ``/proc`` is the host's names other pids there). Otherwise it reaps only the
+  children ``/proc/self/task/*/children`` lists, leaving processes a test harness or an embedding
+  program started alone.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import os
 import signal
+import subprocess
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 PR_SET_CHILD_SUBREAPER = 36  # <linux/prctl.h>
 MARKER_VARIABLE = "ENTRA_TOKEND_HOOK_RUN"
 """Set to a fresh value in each hook's environment; what the hook leaves behind inherits it."""
 
+_prctl: Callable[..., int] | None
+try:
+    _prctl = ctypes.CDLL(None, use_errno=True).prctl
+except (OSError, AttributeError):  # not Linux: no subreaper, no parent-death signal
+    _prctl = None
+
 
 def become_subreaper() -> bool:
     """Ask the kernel to re-parent our orphaned descendants to us. False where unsupported."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        return bool(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
-    except (OSError, AttributeError):
-        return False
+    return _prctl is not None and int(_prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)) == 0
+
+
+def _die_with_parent() -> None:
+    """In the child between fork and exec: SIGKILL when the daemon (its parent) dies.
+
+    Resolved before the fork (``_prctl``) so the child only makes one foreign call."""
+    if _prctl is not None:
+        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 def children(pid: int | None = None) -> set[int]:
@@ -52,35 +73,105 @@ def children(pid: int | None = None) -> set[int]:
 
 
 class Reaper:
-    """Kills and reaps children that are not running hooks (see the module doc)."""
+    """Starts the daemon's children and collects every exit status (see the module doc)."""
 
     def __init__(self) -> None:
-        self.active: set[int] = set()  # hook leaders still running (asyncio reaps them)
-        self.spawning = 0  # a spawn in flight: its pid is not registered yet, so wait
+        self._waiters: dict[int, tuple[subprocess.Popen[bytes], asyncio.Future[int]]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.enabled = False
+
+    @property
+    def active(self) -> set[int]:
+        """Pids of the children started by ``spawn`` that have not been reaped yet."""
+        return set(self._waiters)
 
     def enable(self) -> bool:
         """Become a subreaper (and, as PID 1, reap orphans); True when in effect."""
         self.enabled = become_subreaper() or os.getpid() == 1
         return self.enabled
 
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Collect exit statuses on ``loop``'s SIGCHLD (idempotent; the main thread's loop)."""
+        if self._loop is not loop:
+            loop.add_signal_handler(signal.SIGCHLD, self.sweep)
+            self._loop = loop
+
+    def spawn(self, argv: Sequence[str], env: Mapping[str, str], stdout: int) -> int:
+        """Start ``argv`` in a session of its own that dies with the daemon, stdin from
+        /dev/null, stdout and stderr to the descriptor ``stdout``; returns its pid (see
+        ``wait``). Raises OSError or ValueError when it cannot start."""
+        loop = asyncio.get_running_loop()
+        self.attach(loop)  # before the fork: an exit must find the handler in place
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,  # noqa: PLW1509 - one prctl call, resolved before fork
+        )
+        self._waiters[proc.pid] = (proc, loop.create_future())
+        return proc.pid
+
+    async def wait(self, pid: int) -> int:
+        """The exit status of a child ``spawn`` started: its code, or -N for signal N."""
+        entry = self._waiters.get(pid)
+        if entry is None:
+            raise ChildProcessError(f"{pid} was not started by this reaper")
+        self.sweep()  # it may have exited before anyone waited
+        return await asyncio.shield(entry[1])
+
+    def _collect(self, pid: int, status: int) -> None:
+        entry = self._waiters.pop(pid, None)
+        if entry is None:
+            return
+        proc, future = entry
+        code = os.waitstatus_to_exitcode(status)
+        proc.returncode = code  # Popen must never poll a pid the reaper owns
+        if not future.done():
+            future.set_result(code)
+
     def sweep(self, kill_marker: str | None = None) -> list[int]:
-        """Reap every exited child that is no running hook; with ``kill_marker``, first SIGKILL
-        the children whose environment holds it (what a finished hook left behind). Other
-        orphans (as PID 1: anyone's) are only reaped once they exit, never killed.
-        Returns the pids reaped."""
-        if not self.enabled or self.spawning:
-            return []
+        """Collect every exited child (SIGCHLD handler). With ``kill_marker``, first SIGKILL
+        the children whose environment holds it (what a finished hook left behind); other
+        orphans are only reaped once they exit, never killed. Returns the pids reaped."""
         reaped = []
-        for pid in children() - self.active:
-            if kill_marker is not None and _has_marker(pid, kill_marker):
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(pid, signal.SIGKILL)
-            with contextlib.suppress(ChildProcessError, OSError):
-                # WNOHANG: never block the loop; one not dead yet is reaped at its SIGCHLD.
-                if os.waitpid(pid, os.WNOHANG)[0] == pid:
+        for pid in list(self._waiters):
+            with contextlib.suppress(ChildProcessError):
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if done == pid:
+                    self._collect(pid, status)
                     reaped.append(pid)
+        if not self.enabled:
+            return reaped
+        if kill_marker is not None:
+            for pid in children() - self.active:
+                if _has_marker(pid, kill_marker):
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.kill(pid, signal.SIGKILL)
+        if os.getpid() == 1:
+            reaped += self._reap_any()
+        else:
+            for pid in children() - self.active:
+                with contextlib.suppress(ChildProcessError, OSError):
+                    # WNOHANG: never block the loop; one not dead yet is reaped at its SIGCHLD.
+                    if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                        reaped.append(pid)
         return reaped
+
+    def _reap_any(self) -> list[int]:
+        """As PID 1: every exited child, whoever started it."""
+        reaped: list[int] = []
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return reaped
+            if pid == 0:
+                return reaped
+            self._collect(pid, status)
+            reaped.append(pid)
 
     def on_sigchld(self) -> None:
         """SIGCHLD handler: reap (never kill)."""

@@ -1,10 +1,20 @@
 """``TokenRunner``: one token's life — wait until due, get an assertion, exchange, deliver.
 
-Each configured token has one runner and one asyncio task (``run``). The runner owns the
-token's state machine and its failure handling (log once per distinct failure, count it by
-``Reason``, back off); it asks its ``TokenSchedule`` *when*, and is handed every collaborator —
-the identity's credential source, an exchange stage, an output, metrics, readiness, a clock and
-the shared concurrency limiter — so it can be driven in process on a fake clock with fakes.
+Each token has one runner and one asyncio task (``run``), whoever asked for it: a configured
+token file, ``run --once`` or the managed-identity endpoint. ``build`` is the one way to make a
+runner outside tests, and ``start``/``stop`` the one way its life begins and ends: ``start``
+adopts a token an earlier run left (``Output.adoptable``) and subscribes to the identity's
+credential source (a rotation retries a failed attempt at once); ``stop`` unsubscribes.
+
+The runner owns the token's state machine and its failure handling (any ``ports.Failure`` is
+logged once per distinct cause, counted by its ``Reason``, backed off); it asks its
+``TokenSchedule`` *when*, and is handed every collaborator through ``ports`` interfaces, so it
+imports no HTTP, metrics or file-writing module and runs in process on a fake clock with fakes.
+
+Front ends never set anything on a runner: they consume its events (``listen``; the types are
+in ``ports``) — ``Written(name, token)`` after a delivery (and its hook), ``Failed(name, reason,
+detail, configuration)`` after a failed attempt, ``Expired(name)`` when the last good token
+passes its expiry.
 
 States::
 
@@ -16,19 +26,30 @@ States::
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any
 
-from entra_tokend.assertion import Assertion, AssertionUnavailable
-from entra_tokend.credentials import AssertionProvider, iso
-from entra_tokend.exchange.errors import ExchangeError
 from entra_tokend.logging import get_logger, remember_secret
-from entra_tokend.metrics import Metrics
-from entra_tokend.model import AccessToken, Clock, Identity, Reason, TokenSpec
-from entra_tokend.outputs import Output, WriteError
-from entra_tokend.readiness import Readiness
-from entra_tokend.scheduler import TokenSchedule
+from entra_tokend.model import AccessToken, Clock, Policy, Reason, TokenSpec, iso
+from entra_tokend.ports import (
+    AssertionProvider,
+    ClientAssertion,
+    Exchange,
+    Expired,
+    Failed,
+    Failure,
+    HookRunner,
+    Listener,
+    Output,
+    ReadinessSink,
+    RunnerEvent,
+    TokenMetrics,
+    Written,
+)
+from entra_tokend.scheduler import TokenSchedule, reuse_undelivered
 
 
 class State(StrEnum):
@@ -44,38 +65,67 @@ class State(StrEnum):
     """The last good token has expired (derived: see ``TokenRunner.state``)."""
 
 
-class Exchange(Protocol):
-    """An exchange stage: turns an assertion into an access token."""
+@dataclass(frozen=True)
+class Deps:
+    """What every runner of a process shares: metrics, readiness, the clock, the limiter of
+    token requests in flight (``concurrency``), the refresh policy and the hook runner
+    (``hooks.run_hook``; None: hooks are not run)."""
 
-    async def exchange(self, identity: Identity, scope: str, assertion: str) -> AccessToken:
-        """Raises ``ExchangeError``; its text never holds a secret."""
-        ...
+    metrics: TokenMetrics
+    readiness: ReadinessSink
+    clock: Clock
+    limiter: asyncio.Semaphore
+    policy: Policy
+    run_hook: HookRunner | None = None
+
+
+def build(
+    spec: TokenSpec,
+    deps: Deps,
+    source: AssertionProvider,
+    exchange: Exchange,
+    output: Output,
+    *,
+    listeners: Iterable[Listener] = (),
+) -> TokenRunner:
+    """The runner of ``spec`` (not started): its own ``TokenSchedule`` on ``deps.policy``,
+    ``listeners`` subscribed to its events."""
+    runner = TokenRunner(
+        spec,
+        schedule=TokenSchedule(deps.policy, deps.clock),
+        source=source,
+        exchange=exchange,
+        output=output,
+        deps=deps,
+    )
+    for listener in listeners:
+        runner.listen(listener)
+    return runner
 
 
 class TokenRunner:
-    """Keeps one token fresh. Create, ``adopt`` a file from an earlier run, then ``start``."""
+    """Keeps one token fresh. Made by ``build``; ``start``, ``stop``; events via ``listen``."""
 
     # One per token: slots instead of a per-instance dict (bench/FINDINGS.md, memory per token).
     __slots__ = (
+        "_attempting",
         "_clock",
         "_exchange",
+        "_expired_sent",
         "_last_failure",
         "_limiter",
+        "_listeners",
         "_metrics",
-        "_on_attempt",
         "_output",
         "_readiness",
+        "_run_hook",
+        "_started",
         "_state",
         "_undelivered",
         "_waiter",
-        "done",
-        "fatal",
-        "last_failure",
-        "once",
         "schedule",
         "source",
         "spec",
-        "succeeded_once",
         "task",
     )
 
@@ -87,37 +137,32 @@ class TokenRunner:
         source: AssertionProvider,
         exchange: Exchange,
         output: Output,
-        metrics: Metrics,
-        readiness: Readiness,
-        clock: Clock,
-        limiter: asyncio.Semaphore,
-        on_attempt: Callable[[TokenRunner], None] | None = None,
+        deps: Deps,
     ) -> None:
         self.spec = spec
         self.schedule = schedule
         self.source = source
         self._exchange = exchange
         self._output = output
-        self._metrics = metrics
-        self._readiness = readiness
-        self._clock = clock
-        self._limiter = limiter
-        self._on_attempt = on_attempt
+        self._metrics = deps.metrics
+        self._readiness = deps.readiness
+        self._clock = deps.clock
+        self._limiter = deps.limiter
+        self._run_hook = deps.run_hook
+        self._listeners: tuple[Listener, ...] = ()
         self._state = State.PENDING
         self._last_failure: tuple[Any, ...] | None = None  # to log repeats quietly
+        self._attempting = False
+        self._expired_sent = False
+        self._started = False
         # Set while the task sleeps; wake() resolves it. One future and one timer handle per
         # sleeping token (an Event under wait_for cost two more tasks and futures each).
         self._waiter: asyncio.Future[None] | None = None
-        # A token whose delivery failed (disk full): the next attempt writes it again rather
-        # than asking Entra for another, while it has at least half its lifetime left.
+        # A token whose delivery failed (disk full): the next attempt may write it again
+        # rather than ask Entra for another (``scheduler.reuse_undelivered``).
         self._undelivered: AccessToken | None = None
         self.task: asyncio.Task[None] | None = None
-        self.succeeded_once = False
-        self.done = False  # a refresh (and its hook) finished with a success
-        self.fatal: str | None = None  # a configuration error (run --once gives up on it)
-        self.last_failure: str | None = None  # "reason: detail" of the latest failed attempt
-        self.once = False  # run --once: no refresh follows a success, so none is announced
-        metrics.token_configured(spec.name, spec.identity, hook=spec.hook is not None)
+        deps.metrics.token_configured(spec.name, spec.identity, hook=spec.hook is not None)
 
     @property
     def _log(self) -> Any:
@@ -140,12 +185,49 @@ class TokenRunner:
         return str(self.state)
 
     def valid(self) -> bool:
-        """True while the token on disk is unexpired."""
+        """True while the last delivered (or adopted) token is unexpired."""
         return self.schedule.valid()
+
+    @property
+    def attempting(self) -> bool:
+        """True while an attempt runs (from the assertion's read to its event)."""
+        return self._attempting
+
+    # ---- events --------------------------------------------------------------------------
+
+    def listen(self, listener: Listener) -> None:
+        """Call ``listener`` with every later event of this runner."""
+        self._listeners = (*self._listeners, listener)
+
+    def unlisten(self, listener: Listener) -> None:
+        """Stop calling ``listener`` (an equal one will do); unknown ones are ignored."""
+        self._listeners = tuple(x for x in self._listeners if x != listener)
+
+    def _emit(self, event: RunnerEvent) -> None:
+        for listener in self._listeners:
+            listener(event)
 
     # ---- lifecycle -----------------------------------------------------------------------
 
-    def adopt(self) -> None:
+    def start(self) -> None:
+        """Adopt a token an earlier run left, subscribe to the credential source's rotations,
+        start the task (idempotent; a stopped runner is not restarted)."""
+        if self._started:
+            return
+        self._started = True
+        self._adopt()
+        self._readiness.changed(self.spec.name)
+        self.source.subscribe(self.on_rotation)
+        self.task = asyncio.create_task(self.run(), name=self.spec.name)
+
+    def stop(self) -> None:
+        """Unsubscribe and cancel the task (a reload removed or replaced this token, it
+        retired, or the daemon stops)."""
+        self.source.unsubscribe(self.on_rotation)
+        if self.task is not None:
+            self.task.cancel()
+
+    def _adopt(self) -> None:
         """Take over a still-valid token an earlier run delivered (refresh on its schedule);
         one that is not provably this token's is refreshed at once, and the reason logged."""
         found = self._output.adoptable(self._clock.wall())
@@ -156,28 +238,18 @@ class TokenRunner:
             self._state = State.OK
             self._metrics.token_adopted(self.spec.name, found.expires_on)
 
-    def start(self) -> None:
-        """Start the token's task (idempotent)."""
-        if self.task is None:
-            self.task = asyncio.create_task(self.run(), name=self.spec.name)
-
-    def stop(self) -> None:
-        """Cancel the task (a reload removed or replaced this token, or the daemon stops)."""
-        if self.task is not None:
-            self.task.cancel()
-
     def wake(self) -> None:
         """Re-evaluate the schedule now (a wall-clock jump, a forced refresh). A no-op while
         an attempt runs: the loop asks the schedule again when it ends."""
         _resolve(self._waiter)
 
     def refresh_now(self) -> None:
-        """Make the token due now and wake it (``run --once``)."""
+        """Make the token due now and wake it (the endpoint needs a fresher token)."""
         self.schedule.retry_now()
         self.wake()
 
     def on_rotation(self) -> None:
-        """Subscription callback: the identity's assertion changed."""
+        """Subscription callback: the identity's assertion changed or became usable again."""
         if self.schedule.rotated():
             self.wake()
 
@@ -187,6 +259,9 @@ class TokenRunner:
         """Sleep until due (or until the token expires), refresh; forever."""
         while True:
             self._readiness.changed(self.spec.name)
+            if self.state is State.EXPIRED and not self._expired_sent:
+                self._expired_sent = True
+                self._emit(Expired(self.spec.name))
             wait = self.schedule.wake_in()
             if wait > 0:
                 await self._sleep(wait)
@@ -194,18 +269,12 @@ class TokenRunner:
             try:
                 await self.refresh()
             except Exception as exc:  # a bug must not end this token's refreshes for good
+                self._attempting = False
                 delay = self.schedule.failed(Reason.INTERNAL)
                 # The type only: an exception's text may quote what it was handling.
-                self._failed(
-                    Reason.INTERNAL,
-                    {"error": type(exc).__name__, "retry_in": round(delay, 2)},
-                    error=True,
-                )
-            finally:
-                if self.succeeded_once and not self.done:
-                    self.done = True
-                if self._on_attempt is not None:
-                    self._on_attempt(self)
+                fields = {"error": type(exc).__name__, "retry_in": round(delay, 2)}
+                self._report(Reason.INTERNAL, fields, error=True)
+                self._emit(Failed(self.spec.name, Reason.INTERNAL, "internal error"))
 
     async def _sleep(self, seconds: float) -> None:
         """Sleep ``seconds`` or until ``wake``."""
@@ -219,56 +288,53 @@ class TokenRunner:
             self._waiter = None
 
     async def refresh(self) -> None:
-        """One attempt: assertion → exchange → output → hook. Failures are handled here."""
-        async with self._limiter:
-            try:
+        """One attempt: assertion → exchange → output → hook → event. Every ``Failure`` of
+        any stage is handled here, in one place."""
+        self._attempting = True
+        assertion: ClientAssertion | None = None
+        try:
+            async with self._limiter:
                 # Before `started`: a rotation this read notices is not "during the attempt".
                 assertion = self.source.current()
-            except AssertionUnavailable as exc:
-                # A rotation (watcher) retries it; the schedule keeps a slow safety net.
-                self.schedule.failed(Reason.ASSERTION_UNAVAILABLE)
-                self._failed(Reason.ASSERTION_UNAVAILABLE, {"detail": str(exc)})
-                return
-            self.schedule.started()
-            token = self._reusable_undelivered() or await self._exchange_once(assertion)
-        if token is None:
-            return
-        # Outside the limiter: `concurrency` bounds token requests in flight. A write waits for
-        # the disk (two fsyncs per file), and holding a request slot meanwhile left Entra's
-        # latency unused (bench/FINDINGS.md, issue 18).
-        try:
-            await self._output.deliver(token)
-        except WriteError as exc:
+                self.schedule.started()
+                token = self._reusable_undelivered() or await self._exchange_once(assertion)
+            # Outside the limiter: `concurrency` bounds token requests in flight; a write waits
+            # for the disk (two fsyncs per file) and must not hold a request slot meanwhile.
             self._undelivered = token
-            delay = self.schedule.failed(Reason.WRITE_ERROR)
-            self._failed(Reason.WRITE_ERROR, {"detail": str(exc), "retry_in": round(delay, 2)})
+            await self._output.deliver(token)
+            self._undelivered = None
+        except Failure as exc:
+            self._attempting = False
+            self._failed(exc, assertion)
             return
-        self._undelivered = None
+        self._attempting = False
         self._succeeded(token)
-        if self.spec.hook is not None:
-            from entra_tokend.hooks import run_hook  # noqa: PLC0415 - only when configured
-
-            if not await run_hook(self.spec.hook, self.spec.name, self.spec.path, self._log):
+        hook = self.spec.hook
+        run_hook = self._run_hook
+        if hook is not None and run_hook is not None:
+            ok = await run_hook(hook, self.spec.name, self.spec.path, self._log)
+            if not ok:
                 self._metrics.hook_failed(self.spec.name)
+        self._emit(Written(self.spec.name, token))
 
     def _reusable_undelivered(self) -> AccessToken | None:
         token = self._undelivered
-        if token is not None and token.expires_on - self._clock.wall() > token.expires_in / 2:
+        if token is not None and reuse_undelivered(
+            token.expires_on, token.expires_in, self._clock.wall()
+        ):
             return token
         self._undelivered = None
         return None
 
-    async def _exchange_once(self, assertion: Assertion) -> AccessToken | None:
+    async def _exchange_once(self, assertion: ClientAssertion) -> AccessToken:
         started = self._clock.monotonic()
+        identity = self.source.identity
         try:
-            token = await self._exchange.exchange(
-                self.source.identity, self.spec.scope, assertion.token
-            )
-        except ExchangeError as exc:
-            self._metrics.exchange_observed(self.spec.identity, self._clock.monotonic() - started)
-            self._exchange_failed(exc, assertion)
-            return None
-        self._metrics.exchange_observed(self.spec.identity, self._clock.monotonic() - started)
+            token = await self._exchange.exchange(identity, self.spec.scope, assertion.token)
+        except Failure:
+            self._metrics.exchange_observed(identity.name, self._clock.monotonic() - started)
+            raise
+        self._metrics.exchange_observed(identity.name, self._clock.monotonic() - started)
         remember_secret(token.token)
         return token
 
@@ -276,12 +342,11 @@ class TokenRunner:
         delay = self.schedule.succeeded(token.expires_on, token.expires_in, token.refresh_in)
         recovered = self._state is not State.OK and self._last_failure is not None
         self._state = State.OK
-        self.succeeded_once = True
-        self.fatal = None
         self._last_failure = None
-        self.last_failure = None
+        self._expired_sent = False
         self._metrics.token_written(self.spec.name, token.expires_on, self._clock.wall())
-        fields: dict[str, Any] = {} if self.once else {"next_refresh_in": round(delay, 1)}
+        # No refresh follows under run --once (an infinite delay): none is announced.
+        fields: dict[str, Any] = {} if math.isinf(delay) else {"next_refresh_in": round(delay, 1)}
         self._log.info(
             "token recovered" if recovered else "token written",
             path=str(self.spec.path),
@@ -291,32 +356,27 @@ class TokenRunner:
             **fields,
         )
 
-    def _exchange_failed(self, exc: ExchangeError, assertion: Assertion) -> None:
-        fields: dict[str, Any] = {"request_id": exc.request_id, "detail": exc.message}
-        fields.update(exc.details.fields())
-        if exc.hint:
-            fields["hint"] = exc.hint
-        if exc.needs_assertion_claims:
+    def _failed(self, exc: Failure, assertion: ClientAssertion | None) -> None:
+        fields = exc.fields()
+        if exc.needs_assertion_claims and assertion is not None:
             fields["assertion_claims"] = assertion.describe()
-        if exc.configuration:
-            self.fatal = exc.message
         delay = self.schedule.failed(
             exc.reason,
             retry_after=exc.retry_after,
             configuration_error=exc.configuration,
             rotation_may_fix=exc.rotation_may_fix,
         )
-        fields["retry_in"] = round(delay, 2)
-        self._failed(exc.reason, fields, error=exc.configuration)
+        if exc.reason is not Reason.ASSERTION_UNAVAILABLE:  # a rotation retries that one
+            fields["retry_in"] = round(delay, 2)
+        self._report(exc.reason, fields, error=exc.configuration)
+        self._emit(Failed(self.spec.name, exc.reason, exc.safe_detail(), exc.configuration))
 
-    def _failed(self, reason: Reason, fields: dict[str, Any], *, error: bool = False) -> None:
+    def _report(self, reason: Reason, fields: dict[str, Any], *, error: bool) -> None:
         self._state = State.FAILING
         self._metrics.refresh_failed(self.spec.name, reason)
         key = (reason, fields.get("aadsts") or fields.get("status") or fields.get("detail"))
         repeat = self._last_failure == key
         self._last_failure = key
-        cause = fields.get("detail") or fields.get("error")
-        self.last_failure = f"{reason}: {cause}" if cause else str(reason)
         if self.schedule.valid() and self.schedule.expires is not None:
             fields["current_token_expires_in"] = int(self.schedule.expires.remaining(self._clock))
         method = self._log.debug if repeat else (self._log.error if error else self._log.warning)

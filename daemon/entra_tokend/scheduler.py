@@ -1,5 +1,10 @@
 """When to refresh: refresh timing, jitter, backoff and Retry-After, as pure functions.
 
+Every "when" of the daemon is decided here: a token's next refresh and retry
+(``TokenSchedule``), ``run --once``'s forcing (``TokenSchedule.force_once``), the reuse of a
+token whose delivery failed (``reuse_undelivered``), and the managed-identity endpoint's rules
+for serving, forcing a refresh or failing fast (``serve_decision``, ``required_lifetime``).
+
 Times are tracked on two clocks. Waiting uses the monotonic clock (immune to NTP steps); expiry
 is a wall-clock fact (Entra's). Each deadline is kept on both and the *earlier* one wins: after
 a suspend (monotonic stood still) the wall clock is right; after an NTP step backwards the
@@ -9,21 +14,28 @@ monotonic clock is. Nothing here sleeps; the daemon asks ``due_in``, and checks 
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
+from enum import StrEnum
 
 from entra_tokend.model import Clock, Policy, Reason, SystemClock
 
 __all__ = [
     "MAX_SLEEP",
+    "MIN_SERVED_LIFETIME",
     "Clock",
     "Deadline",
     "Policy",
+    "Serve",
     "SystemClock",
     "TokenSchedule",
     "backoff_delay",
     "first_refresh_delay",
     "refresh_delay",
+    "required_lifetime",
+    "reuse_undelivered",
+    "serve_decision",
 ]
 
 SHARED_RNG = random.Random()
@@ -147,6 +159,7 @@ class TokenSchedule:
         "expires",
         "failures",
         "last_reason",
+        "one_shot",
         "policy",
         "rng",
     )
@@ -160,6 +173,7 @@ class TokenSchedule:
         self.failures = 0
         self.last_reason: Reason | None = None
         self.attempting = False
+        self.one_shot = False  # run --once: acquire now, plan no refresh after
         self._rotated_during_attempt = False
         self._rotation_may_fix = False
 
@@ -181,13 +195,17 @@ class TokenSchedule:
         self._rotated_during_attempt = False
 
     def succeeded(self, expires_on: float, lifetime: float, refresh_in: float | None) -> float:
-        """Record a good token on disk; returns the delay until its refresh."""
+        """Record a good token on disk; returns the delay until its refresh (``math.inf``
+        under ``force_once``: no refresh follows)."""
         self.attempting = False
         self.failures = 0
         self.last_reason = None
         self._rotation_may_fix = False
         first = self.expires is None  # no token before: a fresh start (adopted() sets one)
         self.expires = Deadline.at_wall(self.clock, expires_on)
+        if self.one_shot:
+            self.due = Deadline(math.inf, math.inf)
+            return math.inf
         # The lifetime left may be shorter than `lifetime` (clock skew); plan on what is left.
         left = min(lifetime, max(self.expires.remaining(self.clock), 0.0))
         plan = first_refresh_delay if first else refresh_delay
@@ -205,7 +223,7 @@ class TokenSchedule:
         """
         self.expires = Deadline.at_wall(self.clock, expires_on)
         now = self.clock.wall()
-        if issued_at is None or issued_at >= expires_on:
+        if self.one_shot or issued_at is None or issued_at >= expires_on:
             self.due = Deadline.after(self.clock, 0.0)
             return 0.0
         lifetime = min(expires_on - issued_at, lifetime or float("inf"))
@@ -270,9 +288,86 @@ class TokenSchedule:
         return needs_retry
 
     def retry_now(self) -> None:
-        """Make the token due immediately (``run --once``, a wall-clock jump check)."""
+        """Make the token due immediately (a forced refresh, a wall-clock jump check)."""
         self.due = Deadline.after(self.clock, 0.0)
+
+    def force_once(self) -> None:
+        """``run --once`` means "acquire now": due now (a still-valid file, even one adopted
+        later, is replaced), and after the success no refresh is planned."""
+        self.one_shot = True
+        self.retry_now()
 
     def valid(self) -> bool:
         """True while the last good token has not expired."""
         return self.expires is not None and self.expires.remaining(self.clock) > 0
+
+
+def reuse_undelivered(expires_on: float, lifetime: float, now: float) -> bool:
+    """Whether a token whose delivery failed (disk full) is written again at the next attempt
+    instead of asking Entra for another: while it has at least half its ``lifetime`` (seconds)
+    left; ``expires_on`` and ``now`` are unix times."""
+    return expires_on - now > lifetime / 2
+
+
+MIN_SERVED_LIFETIME = 330.0
+"""Seconds a token served by the endpoint must still live: Azure SDKs refresh a token once 300 s
+or less remain (azure-identity ``DEFAULT_REFRESH_OFFSET``), plus a 30 s margin."""
+
+
+def required_lifetime(lifetime: float) -> float:
+    """Seconds a token granted for ``lifetime`` seconds must still live to be served:
+    ``MIN_SERVED_LIFETIME``, or half its lifetime when the issuer grants less than twice that
+    (an emulator, a test tenant): no token could meet the SDKs' offset then, and serving the
+    cached one costs no Entra request, whereas refusing would fail every call."""
+    return min(MIN_SERVED_LIFETIME, lifetime / 2)
+
+
+class Serve(StrEnum):
+    """What the endpoint does with a request, given the token it holds (``serve_decision``)."""
+
+    SERVE = "serve"
+    """Hand out the token held."""
+    WAIT = "wait"
+    """An attempt is in flight: wait for its outcome (bounded)."""
+    REFRESH = "refresh"
+    """Ask the runner for a token now (wake it), then wait for the attempt."""
+    FAIL = "fail"
+    """The last attempt failed and none is in flight: answer at once with its reason."""
+    TOO_BRIEF = "too_brief"
+    """A token was delivered moments ago and is already too short-lived: never a loop."""
+
+
+def serve_decision(
+    *,
+    left: float | None,
+    lifetime: float | None,
+    attempting: bool,
+    due: bool,
+    failed: bool,
+    since_delivery: float | None,
+    policy: Policy,
+) -> Serve:
+    """The endpoint's rule for one request.
+
+    ``left`` is the seconds the held token still lives (None: none held), ``lifetime`` its
+    granted lifetime; ``attempting`` whether an attempt runs; ``due`` whether the runner's
+    schedule makes it due now (a first attempt, a retry a rotation made due); ``failed``
+    whether its last attempt failed; ``since_delivery`` seconds since the held token was
+    delivered (None: not delivered by this process, e.g. adopted from disk).
+
+    A token with more than ``required_lifetime`` left is served; otherwise an attempt in flight
+    is waited for, and one that is due is started now. Then a failure is answered at once
+    (with the still-valid token if there is one, never a wait for the backoff); else a refresh
+    is forced, unless a token was delivered less than ``min_refresh_interval`` ago.
+    """
+    if left is not None and lifetime is not None and left > required_lifetime(lifetime):
+        return Serve.SERVE
+    if attempting:
+        return Serve.WAIT
+    if due:
+        return Serve.REFRESH
+    if failed:
+        return Serve.SERVE if left is not None and left > 0 else Serve.FAIL
+    if since_delivery is not None and since_delivery < policy.min_refresh_interval:
+        return Serve.TOO_BRIEF
+    return Serve.REFRESH

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from support import run_cli, tool
 from support.config_keys import unknown_keys
@@ -21,6 +22,14 @@ SIDECAR = "deployment-sidecar.yaml"
 INIT_ONLY = "deployment-init.yaml"
 ENDPOINT = "deployment-endpoint.yaml"
 GUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+
+WEBHOOK_FILES = ("webhook/namespace.yaml", "webhook/webhook.yaml")
+
+
+def manifest(file_name: str) -> list[dict[str, Any]]:
+    """The documents of a file under config/kubernetes (subdirectories too)."""
+    return [d for d in yaml.safe_load_all((K8S_DIR / file_name).read_text()) if d is not None]
 
 
 def deployment(file_name: str) -> dict[str, Any]:
@@ -72,6 +81,7 @@ def test_every_manifest_has_the_expected_kinds() -> None:
         "Deployment",
         "Deployment",
         "Deployment",
+        "NetworkPolicy",
         "PodMonitor",
         "ServiceAccount",
     ]
@@ -88,6 +98,7 @@ def test_every_manifest_has_the_expected_kinds() -> None:
         ((ENDPOINT, "serviceaccount.yaml"), "1.29"),
         # The init-only variant is for older clusters.
         ((INIT_ONLY, "serviceaccount.yaml", "configmap.yaml"), "1.25"),
+        *[(("networkpolicy.yaml", *WEBHOOK_FILES), v) for v in ("1.29", "1.32", "1.35")],
     ],
 )
 def test_manifests_validate_against_the_kubernetes_schema(
@@ -109,7 +120,7 @@ def test_manifests_validate_against_the_kubernetes_schema(
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    documents = sum(len(k8s_documents()[f]) for f in files)
+    documents = sum(len(manifest(f)) for f in files)
     assert result.stdout.count("passed") == documents, result.stdout
 
 
@@ -267,17 +278,54 @@ def test_app_script_sends_the_file_as_the_authorization_header(tmp_path: Path) -
     assert "HTTP 200" in result.stdout
 
 
-def test_podmonitor_scrapes_the_metrics_port_of_both_variants() -> None:
+def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """Whether a LabelSelector (matchLabels, matchExpressions with In/NotIn/Exists) matches."""
+    if not selector.get("matchLabels", {}).items() <= labels.items():
+        return False
+    for expression in selector.get("matchExpressions", []):
+        key, operator = expression["key"], expression["operator"]
+        if operator == "In" and labels.get(key) not in expression["values"]:
+            return False
+        if operator == "NotIn" and labels.get(key) in expression["values"]:
+            return False
+        if operator == "Exists" and key not in labels:
+            return False
+        assert operator in ("In", "NotIn", "Exists"), operator
+    return True
+
+
+def pod_labels(file_name: str) -> dict[str, str]:
+    labels: dict[str, str] = deployment(file_name)["spec"]["template"]["metadata"]["labels"]
+    return labels
+
+
+def test_podmonitor_scrapes_the_metrics_port_of_every_example() -> None:
     ((_, monitor),) = k8s_kind("PodMonitor")
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
-    selector = monitor["spec"]["selector"]["matchLabels"]
+    selector = monitor["spec"]["selector"]
     (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
     assert endpoint["path"] == "/metrics"
-    for name in (SIDECAR, INIT_ONLY):
-        labels = deployment(name)["spec"]["template"]["metadata"]["labels"]
-        assert selector.items() <= labels.items(), name
+    for name in (SIDECAR, INIT_ONLY, ENDPOINT):
+        assert selects(selector, pod_labels(name)), name
         ports = [p["name"] for c in all_containers(pod_spec(name)) for p in c.get("ports", [])]
         assert endpoint["port"] in ports, name
+    assert not selects(selector, {"app.kubernetes.io/name": "other"})
+
+
+def test_networkpolicy_admits_only_prometheus_to_the_metrics_port() -> None:
+    ((_, policy),) = k8s_kind("NetworkPolicy")
+    spec = policy["spec"]
+    assert spec["policyTypes"] == ["Ingress"]
+    (rule,) = spec["ingress"]
+    listen_port = int(configmap_toml()["listen"].rpartition(":")[2])
+    assert rule["ports"] == [{"port": listen_port, "protocol": "TCP"}]
+    (peer,) = rule["from"]
+    assert peer["namespaceSelector"]["matchLabels"]
+    assert peer["podSelector"]["matchLabels"]
+    for name in (SIDECAR, INIT_ONLY, ENDPOINT):
+        assert selects(spec["podSelector"], pod_labels(name)), name
+        sidecar = by_name(all_containers(pod_spec(name)), "entra-tokend")
+        assert port_number(sidecar, "metrics") == listen_port
 
 
 def test_configmap_toml_passes_check_config(tmp_path: Path) -> None:
@@ -285,7 +333,9 @@ def test_configmap_toml_passes_check_config(tmp_path: Path) -> None:
     assert unknown_keys(doc) == []
     config_file = tmp_path / "entra-tokend.toml"
     config_file.write_text(configmap()["data"]["entra-tokend.toml"])
-    token_file = tmp_path / "azure-identity-token"
+    # Where azure-workload-identity v1.6 and later mount it: one directory deeper than before.
+    token_file = tmp_path / "azure" / "wi" / "token" / "azure-identity-token"
+    token_file.parent.mkdir(parents=True)
     token_file.write_text("header.payload.signature")
     # What the workload identity webhook injects.
     env = {

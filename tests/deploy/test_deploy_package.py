@@ -254,7 +254,13 @@ def image_venv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         opt, src = top / "opt" / "entra-tokend", top / "src"
         src.mkdir()
         # The build context as the COPY lines bring it in.
-        for name in ("requirements.lock", "requirements-build.lock", "pyproject.toml", "README.md"):
+        for name in (
+            "requirements.lock",
+            "requirements-build.lock",
+            "pyproject.toml",
+            "README.md",
+            "LICENSE",
+        ):
             shutil.copy(REPO / name, src / name)
         shutil.copytree(
             REPO / "daemon", src / "daemon", ignore=shutil.ignore_patterns("__pycache__")

@@ -7,7 +7,6 @@ Skipped (with the reason) only when ``docker-registry`` or ``skopeo`` is not ins
 
 from __future__ import annotations
 
-import base64
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -15,28 +14,14 @@ from pathlib import Path
 from entra_tokend.emulator import Emulator
 from support import DaemonProcess, emulator_env, wait_until
 from support.registry import (
-    ACR_NULL_USER,
     RegistryFactory,
     SkopeoFactory,
     make_oci_layout,
+    refresh_tokens,
     registry_factory_fixture,  # noqa: F401 - fixture
     registry_tools_fixture,  # noqa: F401 - fixture
     skopeo_fixture,  # noqa: F401 - fixture
 )
-
-
-def refresh_tokens(path: Path) -> dict[str, str]:
-    """registry → refresh token of the daemon's docker config ({} while absent)."""
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    found = {}
-    for host, entry in doc["auths"].items():
-        user, _, password = base64.b64decode(entry["auth"]).decode().partition(":")
-        assert user == ACR_NULL_USER
-        found[host] = password
-    return found
 
 
 def test_skopeo_uses_the_daemons_docker_config_for_two_registries_across_a_refresh(

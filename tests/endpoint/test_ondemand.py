@@ -1,4 +1,5 @@
-"""On-demand tokens in process: single-flight, the served-lifetime rule, idle retirement.
+"""On-demand tokens in process: single-flight, the served-lifetime rule, idle retirement,
+failing fast with the failure's reason, and a retry at once when the projected token returns.
 
 A fake clock and a fake exchange (tests/test_runner.py's) stand in for time and Entra; the
 runners, the in-memory output and the provider are the real ones.
@@ -13,12 +14,15 @@ from typing import Any
 
 import pytest
 
-from entra_tokend.endpoint import TokenUnavailable
 from entra_tokend.exchange import ServerError
 from entra_tokend.metrics import Metrics
-from entra_tokend.ondemand import MIN_SERVED_LIFETIME, OnDemandTokens
+from entra_tokend.model import Reason
+from entra_tokend.ondemand import MIN_SERVED_LIFETIME, Lookup, OnDemandTokens
+from entra_tokend.outputs.memory import MemoryOutput
+from entra_tokend.ports import Expired, Failed, TokenUnavailable
 from entra_tokend.readiness import Readiness
-from support.fakes import POLICY, FakeClock, FakeExchange, FakeSource
+from entra_tokend.runner import Deps
+from support.fakes import POLICY, FakeClock, FakeExchange, FakeSource, config_error, make_assertion
 
 VAULT = "https://vault.azure.net/.default"
 Scenario = Callable[[], Coroutine[Any, Any, None]]
@@ -34,19 +38,15 @@ def in_loop(scenario: Scenario) -> Callable[[], None]:
     return test
 
 
-def provider(clock: FakeClock, exchange: FakeExchange, **kw: Any) -> OnDemandTokens:
-    source = FakeSource()
+def provider(
+    clock: FakeClock, exchange: FakeExchange, source: FakeSource | None = None, **kw: Any
+) -> OnDemandTokens:
+    source = source or FakeSource()
     metrics = Metrics()
+    deps = Deps(metrics, Readiness(metrics), clock, asyncio.Semaphore(4), POLICY)
+    lookup = Lookup({"default": source.identity}, {"default": source}, {}, POLICY)
     return OnDemandTokens(
-        idle_timeout=kw.get("idle_timeout", 60.0),
-        policy=lambda: POLICY,
-        clock=clock,
-        exchange=exchange,
-        metrics=metrics,
-        readiness=Readiness(metrics),
-        limiter=asyncio.Semaphore(4),
-        source_for=lambda name: source if name == "default" else None,
-        shared=lambda identity, scope: None,
+        lookup, deps=deps, exchange=exchange, idle_timeout=kw.get("idle_timeout", 60.0)
     )
 
 
@@ -136,3 +136,71 @@ async def test_unknown_identity_is_unavailable() -> None:
     tokens = provider(clock, FakeExchange(clock))
     with pytest.raises(TokenUnavailable):
         await tokens.get("nobody", VAULT)
+
+
+@in_loop
+async def test_a_token_that_failed_for_want_of_the_projected_token_is_retried_when_it_returns() -> (
+    None
+):
+    clock = FakeClock()
+    exchange = FakeExchange(clock)
+    source = FakeSource()
+    source.assertion = None  # kubelet has not (re)written the projected token yet
+    tokens = provider(clock, exchange, source)
+    with pytest.raises(TokenUnavailable) as info:
+        await tokens.get("default", VAULT)
+    assert info.value.reason is Reason.ASSERTION_UNAVAILABLE
+    assert exchange.sent == []
+    source.rotate(make_assertion(1))  # the watcher sees it back; the clock has not moved
+    token = await tokens.get("default", VAULT)
+    assert exchange.sent == [make_assertion(1).token]
+    assert token.token == "token-1"
+    tokens.close()
+
+
+@in_loop
+async def test_a_known_failure_is_answered_at_once_with_its_reason() -> None:
+    clock = FakeClock()
+    exchange = FakeExchange(clock)
+    exchange.script = [config_error()]
+    tokens = provider(clock, exchange)
+    with pytest.raises(TokenUnavailable) as first:
+        await tokens.get("default", VAULT)
+    # The runner backs off (a minute at least); a request now neither waits nor asks Entra.
+    request = asyncio.create_task(tokens.get("default", VAULT))
+    await asyncio.sleep(0)  # one step of the loop: an answer that needs no waiting
+    assert request.done()
+    with pytest.raises(TokenUnavailable) as again:
+        request.result()
+    for failure in (first.value, again.value):
+        assert failure.reason is Reason.CLIENT_ERROR
+        assert failure.configuration
+        assert failure.detail.startswith("AADSTS700016")
+    assert len(exchange.sent) == 1
+    tokens.close()
+
+
+@in_loop
+async def test_a_reload_that_changes_the_identity_retires_its_on_demand_runners() -> None:
+    clock = FakeClock()
+    exchange = FakeExchange(clock)
+    tokens = provider(clock, exchange)
+    await tokens.get("default", VAULT)
+    unchanged = tokens.lookup
+    tokens.replace(Lookup(unchanged.identities, dict(unchanged.sources), {}, POLICY))
+    assert tokens.entries  # same source: the runner and its token stay
+    moved = FakeSource()
+    tokens.replace(Lookup({"default": moved.identity}, {"default": moved}, {}, POLICY))
+    assert not tokens.entries
+    await tokens.get("default", VAULT)  # restarts on demand with the new source
+    assert tokens.entries[("default", VAULT)].runner.source is moved
+    assert len(exchange.sent) == 2
+    tokens.close()
+
+
+def test_an_expiry_does_not_hide_the_failure_that_caused_it() -> None:
+    memory = MemoryOutput(clock=FakeClock())
+    failure = Failed("t", Reason.SERVER_ERROR, "HTTP 503")
+    memory.observe(failure)
+    memory.observe(Expired("t"))
+    assert memory.failure == failure  # still answered at once, not a forced refresh

@@ -1,4 +1,5 @@
-"""In-process fakes of the runner's collaborators: time, the credential source, Entra, a file.
+"""In-process fakes of the runner's collaborators: time, the credential source, Entra, a file;
+and the exchange failures the tests script (``server_error``, ``throttled``...).
 
 Each stands for one port of the runner (``Clock``, the credential source, ``Exchange``,
 ``Output``) and does only what a test scripts: time moves when the test says so, the exchange
@@ -11,13 +12,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from entra_tokend.assertion import Assertion, AssertionMissing, parse_assertion
+from entra_tokend.exchange import ClientError, ErrorDetails, ServerError, Throttled
 from entra_tokend.model import AccessToken, Identity, Policy
 from entra_tokend.outputs import ExistingToken, WriteError
+from entra_tokend.ports import Subscriber
 
 T0 = 1_800_000_000.0
 POLICY = Policy(jitter=0.0, backoff_initial=1.0, backoff_max=60.0, config_error_backoff_max=300.0)
@@ -66,17 +68,17 @@ class FakeSource:
     def __init__(self) -> None:
         self.identity = Identity("default", "tenant", "client", Path("/sa"), "https://login")
         self.assertion: Assertion | None = make_assertion(0)
-        self.subscribers: list[Callable[[], None]] = []
+        self.subscribers: list[Subscriber] = []
 
     def current(self) -> Assertion:
         if self.assertion is None:
             raise AssertionMissing("projected token file /sa does not exist")
         return self.assertion
 
-    def subscribe(self, callback: Callable[[], None]) -> None:
+    def subscribe(self, callback: Subscriber) -> None:
         self.subscribers.append(callback)
 
-    def unsubscribe(self, callback: Callable[[], None]) -> None:
+    def unsubscribe(self, callback: Subscriber) -> None:
         if callback in self.subscribers:
             self.subscribers.remove(callback)
 
@@ -134,3 +136,29 @@ class FakeOutput:
 
     def adoptable(self, now: float) -> ExistingToken | str | None:
         return self.existing
+
+
+# ---- scripted exchange failures (what ``FakeExchange.script`` raises) -------------------------
+
+
+def server_error() -> ServerError:
+    """Entra answered 503."""
+    return ServerError("HTTP 503", request_id="r", details=ErrorDetails(status=503))
+
+
+def assertion_expired() -> ClientError:
+    """AADSTS700024: the client assertion expired (a rotation may fix it)."""
+    details = ErrorDetails(status=400, error="invalid_client", aadsts=700024)
+    return ClientError("HTTP 400", request_id="r", details=details, rotation_may_fix=True)
+
+
+def throttled(retry_after: float) -> Throttled:
+    """Entra answered 429 with Retry-After ``retry_after`` seconds."""
+    details = ErrorDetails(status=429)
+    return Throttled("HTTP 429", request_id="r", details=details, retry_after=retry_after)
+
+
+def config_error() -> ClientError:
+    """AADSTS700016: no such application (only a configuration change fixes it)."""
+    details = ErrorDetails(status=400, error="unauthorized_client", aadsts=700016)
+    return ClientError("HTTP 400", request_id="r", details=details, configuration=True)

@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-# Fast retries and no refresh floor (settings for testlib.write_config).
+# Fast retries and no refresh floor (settings for support.write_config).
 FAST: dict[str, Any] = {
     "backoff_initial": 0.05,
     "backoff_max": 0.2,

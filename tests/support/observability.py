@@ -1,6 +1,6 @@
 """Helpers for the observability tests: a live metrics server on loopback, HTTP, the rules.
 
-Scrape parsing, JWT claims and waiting are the shared ones (testlib).
+Scrape parsing, JWT claims and waiting are the shared ones (``support``).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from entra_tokend.exposition import Exposition
 from entra_tokend.metrics import Metrics
 from entra_tokend.model import Reason
 from entra_tokend.server import bound_port, start_server, stop_server
@@ -56,6 +57,7 @@ class LiveServer:
 
     def __init__(self, metrics: Metrics, readiness: Readiness) -> None:
         self.metrics = metrics
+        self.exposition = Exposition(metrics)
         self.readiness = readiness
         self.port = 0
         self.server: asyncio.AbstractServer | None = None
@@ -76,7 +78,7 @@ class LiveServer:
         asyncio.set_event_loop(loop)
         try:
             server = loop.run_until_complete(
-                start_server("127.0.0.1", 0, self.metrics, self.readiness)
+                start_server("127.0.0.1", 0, self.metrics, self.readiness, self.exposition)
             )
         except BaseException as exc:
             self._error = exc

@@ -344,3 +344,17 @@ def skopeo_fixture(tmp_path: Path, registry_tools: None) -> SkopeoFactory:
         return Skopeo(emu.ca_file, tmp_path / "skopeo-home")
 
     return make
+
+
+def refresh_tokens(path: Path) -> dict[str, str]:
+    """registry → refresh token of the daemon's docker config ({} while absent)."""
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    found = {}
+    for host, entry in doc["auths"].items():
+        user, _, password = base64.b64decode(entry["auth"]).decode().partition(":")
+        assert user == ACR_NULL_USER
+        found[host] = password
+    return found

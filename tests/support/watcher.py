@@ -1,9 +1,5 @@
-"""DirectoryWatcher test support: a recording callback, a watcher context, file writes.
-
-Deadlines (``DEADLINE`` seconds) only bound a failure. ``HOUR`` as a poll or debounce interval
-means "never, within a test": only inotify can deliver what the test waits for. The
-``no_fast_poll`` fixture is imported by its ``*_fixture`` name.
-"""
+"""What the watcher tests share: a recording callback, a watcher in a context, kubelet-less
+file replacement, and the fixture that leaves only inotify to notice a directory appearing."""
 
 from __future__ import annotations
 

@@ -1,6 +1,4 @@
-"""DirectoryWatcher against real inotify, real files and kubelet's real write sequence: rotations
-and writes of the token file. Directory changes: test_watcher_directories.py; polling and
-limits: test_watcher_polling.py.
+"""DirectoryWatcher against real inotify, real files and kubelet's real write sequence.
 
 Every scenario runs in its own asyncio loop. The watcher's callback reads the token file, so a
 test waits for "a callback that saw X" with a deadline; the deadline only bounds a failure, it
@@ -10,13 +8,17 @@ that only inotify can deliver what the test waits for.
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
+import pytest
+
 from entra_tokend.emulator.kubelet import ProjectedVolume
+from support import wait_until_async
 from support.watcher import (
+    DEADLINE,
     HOUR,
+    no_fast_poll_fixture,  # noqa: F401 - fixture
     replace_file,
     run,
     watching,
@@ -161,22 +163,84 @@ def test_directory_contents_replaced_wholesale(tmp_path: Path) -> None:
     run(scenario())
 
 
-def test_a_file_moved_in_from_elsewhere_is_checked_without_waiting_for_the_debounce(
-    tmp_path: Path,
-) -> None:
-    # `mv` from another directory is a rename into the watched one (IN_MOVED_TO without its
-    # IN_MOVED_FROM): the publish step, like kubelet's ..data swap. Debounce and poll an hour.
-    directory = tmp_path / "tokens"
-    directory.mkdir()
-    (directory / "token").write_text("token-0")
-    staging = tmp_path / "staging"
-    staging.mkdir()
+@pytest.mark.usefixtures("no_fast_poll")
+def test_directory_missing_at_start_then_created(tmp_path: Path) -> None:
+    volume = ProjectedVolume(tmp_path / "a" / "b" / "tokens")
 
     async def scenario() -> None:
-        async with watching(directory / "token", debounce=HOUR) as (_, recorder):
-            (staging / "token").write_text("token-1")
-            os.replace(staging / "token", directory / "token")
+        async with watching(volume.path) as (watcher, recorder):
+            assert watcher.using_inotify
+            # The watch follows the path down as each level appears.
+            (tmp_path / "a").mkdir()
+            (tmp_path / "a" / "b").mkdir()
+            volume.write("token-1")
             await recorder.wait_for("token-1")
-            assert recorder.seen == ["token-1"]
+            volume.write("token-2")
+            await recorder.wait_for("token-2")
+            assert recorder.seen == ["token-1", "token-2"]
+
+    run(scenario())
+
+
+@pytest.mark.usefixtures("no_fast_poll")
+def test_directory_removed_and_recreated(tmp_path: Path) -> None:
+    directory = tmp_path / "tokens"
+    volume = ProjectedVolume(directory)
+    volume.write("token-0")
+
+    async def scenario() -> None:
+        async with watching(volume.path) as (_, recorder):
+            shutil.rmtree(directory)
+            await recorder.wait_for(None)
+            volume.write("token-1")
+            await recorder.wait_for("token-1")
+            # The new directory is watched, not just noticed once.
+            volume.write("token-2")
+            await recorder.wait_for("token-2")
+
+    run(scenario())
+
+
+def test_directory_swapped_by_rename_is_caught_by_the_poll(tmp_path: Path) -> None:
+    # inotify's watch follows the old directory to its new name; only the poll's check of the
+    # directory's identity can notice that another directory now has the watched name.
+    directory = tmp_path / "tokens"
+    (directory).mkdir()
+    (directory / "token").write_text("token-0")
+    (tmp_path / "tokens.new").mkdir()
+    (tmp_path / "tokens.new" / "token").write_text("token-1")
+
+    async def scenario() -> None:
+        async with watching(directory / "token", poll_interval=0.05) as (watcher, recorder):
+            directory.rename(tmp_path / "tokens.old")
+            (tmp_path / "tokens.new").rename(directory)
+            await recorder.wait_for("token-1")
+            # The old directory is no longer watched: writing there calls nothing back.
+            (tmp_path / "tokens.old" / "token").write_text("stale")
+            polls = watcher.poll_count
+            await wait_until_async(
+                lambda: watcher.poll_count >= polls + 3, DEADLINE, what="three polls"
+            )
+            replace_file(directory / "token", "token-2")
+            await recorder.wait_for("token-2")
+            assert recorder.seen == ["token-1", "token-2"]
+
+    run(scenario())
+
+
+@pytest.mark.usefixtures("no_fast_poll")
+def test_directory_swapped_then_old_one_removed(tmp_path: Path) -> None:
+    directory = tmp_path / "tokens"
+    ProjectedVolume(directory).write("token-0")
+    ProjectedVolume(tmp_path / "tokens.new").write("token-1")
+
+    async def scenario() -> None:
+        async with watching(directory / "azure-identity-token") as (_, recorder):
+            directory.rename(tmp_path / "tokens.old")
+            (tmp_path / "tokens.new").rename(directory)
+            shutil.rmtree(tmp_path / "tokens.old")
+            await recorder.wait_for("token-1")
+            ProjectedVolume(directory).write("token-2")
+            await recorder.wait_for("token-2")
 
     run(scenario())

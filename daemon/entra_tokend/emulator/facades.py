@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -33,6 +33,7 @@ class RegistryFacade:
 
     registries: RegistryTokenService
     recorder: Recorder
+    clock: Callable[[], float]
     state_dir: Path
     tenant: Tenant
 
@@ -49,6 +50,7 @@ class RegistryFacade:
             verify_entra=lambda t: self.tenant.verify_access_token(t, audience=ACR_RESOURCE),
             refresh_token_lifetime=refresh_lifetime,
             access_token_lifetime=access_lifetime,
+            clock=self.clock,
         )
 
     @property

@@ -2,13 +2,14 @@
 
 The hierarchy::
 
-    ExchangeError            every failed request; reason, request_id, details, hint
-    ├── NetworkError         no answer (refused, reset, DNS, TLS)         Reason.NETWORK
-    ├── RequestTimeout       no complete answer within the timeout        Reason.TIMEOUT
-    ├── Throttled            HTTP 429; retry_after                        Reason.THROTTLED
-    ├── ServerError          HTTP 5xx; retry_after                        Reason.SERVER_ERROR
-    ├── InvalidResponse      not a usable token response                  Reason.INVALID_RESPONSE
-    └── ClientError          HTTP 4xx with an error body (AADSTS code)    Reason.CLIENT_ERROR
+    ports.Failure            the root of every stage's failure (carries the Reason)
+    └── ExchangeError        every failed request; reason, request_id, details, hint
+        ├── NetworkError     no answer (refused, reset, DNS, TLS)     Reason.NETWORK
+        ├── RequestTimeout   no complete answer within the timeout    Reason.TIMEOUT
+        ├── Throttled        HTTP 429; retry_after                    Reason.THROTTLED
+        ├── ServerError      HTTP 5xx; retry_after                    Reason.SERVER_ERROR
+        ├── InvalidResponse  not a usable token response              Reason.INVALID_RESPONSE
+        └── ClientError      HTTP 4xx with an error body (AADSTS)     Reason.CLIENT_ERROR
                              configuration: only a config change fixes it
 
 No message ever holds the assertion, the access token or a response body: messages are built
@@ -18,9 +19,10 @@ from fixed text, status codes and the error fields Entra documents.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 from entra_tokend.model import Reason
+from entra_tokend.ports import Failure
 
 
 @dataclass(frozen=True)
@@ -39,11 +41,11 @@ class ErrorDetails:
         return {k: v for k, v in self.__dict__.items() if v is not None}
 
 
-class ExchangeError(Exception):
+class ExchangeError(Failure):
     """A failed token request. ``reason`` is its fixed ``Reason``; ``hint`` says what to check
     (or None); ``configuration`` is True when retrying soon cannot help."""
 
-    reason: ClassVar[Reason] = Reason.NETWORK
+    reason: Reason = Reason.NETWORK
 
     def __init__(
         self,
@@ -68,6 +70,20 @@ class ExchangeError(Exception):
         self.needs_assertion_claims = needs_assertion_claims
         # A new projected token (kubelet's rotation) may fix it: retry on rotation at once.
         self.rotation_may_fix = rotation_may_fix
+
+    def fields(self) -> dict[str, Any]:
+        """Log fields: request id, message, the service's error fields, the hint."""
+        fields: dict[str, Any] = {"request_id": self.request_id, "detail": self.message}
+        fields.update(self.details.fields())
+        if self.hint:
+            fields["hint"] = self.hint
+        return fields
+
+    def safe_detail(self) -> str:
+        """``AADSTS<code>`` and the hint when Entra sent a code, else the fixed message."""
+        if self.details.aadsts is None:
+            return self.message
+        return f"AADSTS{self.details.aadsts}" + (f": {self.hint}" if self.hint else "")
 
 
 class NetworkError(ExchangeError):

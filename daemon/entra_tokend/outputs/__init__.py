@@ -4,23 +4,26 @@ A format is a ``Renderer``: ``AccessToken -> bytes``, one small module per forma
 ``jsondoc``, ``header``, ``envfile``, ``template``, ``dockerconfig``). ``renderer_for`` builds
 it from a token's ``OutputSpec`` (formats with settings — variable names, a template — read
 them there); ``FileOutput`` hands the bytes to the atomic writer (``writer``). The runner
-sees only the ``Output`` protocol, so an output that is not a file (the local token endpoint's
-cache) plugs in the same way.
+sees only the ``ports.Output`` protocol (re-exported here), so an output that is not a file
+(the local token endpoint's cache) plugs in the same way.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
 
+from entra_tokend.files import read_regular
+from entra_tokend.logging import remember_secret
 from entra_tokend.model import AccessToken, OutputSpec
 from entra_tokend.outputs import dockerconfig, envfile, header, jsondoc, raw, template
 from entra_tokend.outputs.provenance import ExistingToken, ProvenanceStore
 from entra_tokend.outputs.writer import WriteError, write_atomic
+from entra_tokend.ports import Adoptable, Output
 
 Renderer = Callable[[AccessToken], bytes]
 """Turns an issued token into a file's complete contents."""
@@ -48,20 +51,6 @@ def renderer_for(spec: OutputSpec) -> Renderer:
     """The renderer of ``spec.format`` with ``spec``'s settings. Raises KeyError for an
     unknown format (config rejects those at load time)."""
     return FORMATS[spec.format](spec)
-
-
-class Output(Protocol):
-    """Where a runner delivers its tokens."""
-
-    async def deliver(self, token: AccessToken) -> None:
-        """Make ``token`` available to its consumer. Raises ``WriteError`` on failure, leaving
-        what was delivered before untouched."""
-        ...
-
-    def adoptable(self, now: float) -> ExistingToken | str | None:
-        """A token an earlier run delivered that may be served until it is due (``now`` is
-        unix time), why such a token is not adoptable (str), or None when there is none."""
-        ...
 
 
 class FileOutput:
@@ -111,6 +100,38 @@ class FileOutput:
             {self.spec.file_owner} if self.spec.file_owner is not None else set()
         )
         return self._store.adoptable(self._name, self._print, self.spec.path, owners, now)
+
+    def read_back(self, found: Adoptable) -> AccessToken | None:
+        """The access token an adopted file (``found``, just checked by ``adoptable``) holds,
+        for the formats that hold it as issued (``raw``, ``json``) so the endpoint can serve
+        it; None for the other formats or a file that no longer reads as one."""
+        if self.spec.format not in ("raw", "json") or self.spec.registries:
+            return None
+        try:
+            text = read_regular(self.spec.path, READ_BACK_LIMIT, follow_symlinks=False).decode()
+            value: object = text
+            if self.spec.format == "json":
+                value = json.loads(text).get("access_token")
+        except (OSError, ValueError, AttributeError):
+            return None
+        if not isinstance(value, str) or not value or any(c.isspace() for c in value):
+            return None
+        remember_secret(value)
+        issued = found.issued_at
+        lifetime = found.lifetime or (found.expires_on - issued if issued is not None else 0.0)
+        return AccessToken(
+            token=value,
+            token_type="Bearer",  # noqa: S106 - the scheme's name
+            expires_in=lifetime,
+            expires_on=found.expires_on,
+            refresh_in=None,
+            scope="",
+            request_id="",
+        )
+
+
+READ_BACK_LIMIT = 64 * 1024
+"""Bytes of a token file ``read_back`` reads at most (an Entra token is a few KiB)."""
 
 
 __all__ = [

@@ -1,72 +1,73 @@
 """An in-memory output: the latest token, for the managed-identity endpoint.
 
-``MemoryOutput`` implements the ``Output`` protocol. Alone it is the cache of an on-demand token
-(nothing on disk); wrapping a ``FileOutput`` (``inner``) it records what a file token's runner
-delivered, so the endpoint serves the same token instead of asking Entra again. Waiters (requests
-for a token not yet issued or too close to expiry) use ``changed``: it fires after each delivery
-and after each finished attempt (``attempt_finished``, which the runner's ``on_attempt`` calls),
-so a failed refresh wakes them too.
+``MemoryOutput`` implements ``ports.Output``. Alone it is the cache of an on-demand token
+(nothing on disk, nothing to adopt); wrapping a ``FileOutput`` (``inner``) it records what a
+file token's runner delivered, so the endpoint serves the same token instead of asking Entra
+again — including a token adopted from disk at start-up, when the file's format lets it be read
+back (``FileOutput.read_back``).
+
+It is also a listener of its runner's events (``observe``): a ``Failed`` event is kept as
+``failure`` until the next delivery, so the endpoint can answer at once with its reason. Waiters
+(requests for a token not yet issued or too close to expiry) use ``changed``: it fires after
+each delivery and each event. Times come from the injected clock.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable
 
-from entra_tokend.model import AccessToken
-from entra_tokend.outputs import Output
-from entra_tokend.outputs.provenance import ExistingToken
-from entra_tokend.outputs.writer import WriteError
+from entra_tokend.model import AccessToken, Clock
+from entra_tokend.outputs import FileOutput
+from entra_tokend.ports import Adoptable, Failed, RunnerEvent, Written
 
-__all__ = ["MemoryOutput", "WriteError"]
+__all__ = ["MemoryOutput"]
 
 
 class MemoryOutput:
-    """Keeps the latest delivered token. ``latest`` is None until the first delivery;
-    ``attempts`` counts finished refresh attempts (success or failure)."""
+    """Keeps the latest delivered token. ``latest`` is None until the first delivery (or a
+    read-back adoption); ``delivered_at`` the monotonic time of the last delivery (None for
+    an adopted token); ``failure`` the last attempt's failure, None after a success."""
 
     # One per token: slots and a lazily created Event keep it small (bench/FINDINGS.md).
-    __slots__ = (
-        "_changed",
-        "_inner",
-        "_monotonic",
-        "attempts",
-        "delivered_at",
-        "latest",
-        "refresh_requested",
-    )
+    __slots__ = ("_changed", "_clock", "_inner", "delivered_at", "failure", "latest")
 
-    def __init__(
-        self, inner: Output | None = None, *, monotonic: Callable[[], float] = time.monotonic
-    ) -> None:
+    def __init__(self, inner: FileOutput | None = None, *, clock: Clock) -> None:
         self._inner = inner
-        self._monotonic = monotonic
+        self._clock = clock
         self.latest: AccessToken | None = None
-        self.attempts = 0
-        self.delivered_at: float | None = None  # monotonic time of the last delivery
-        self.refresh_requested = False  # a forced refresh is pending (one per attempt)
+        self.delivered_at: float | None = None
+        self.failure: Failed | None = None
         # Created by the first waiter only: an Event (and its waiter deque) is ~0.9 KiB, and
         # most file tokens are never asked for through the endpoint.
         self._changed: asyncio.Event | None = None
 
     async def deliver(self, token: AccessToken) -> None:
-        """Deliver to ``inner`` first (a WriteError propagates, nothing recorded), then keep
-        ``token`` as the latest and wake waiters."""
+        """Deliver to ``inner`` first (a ``WriteError`` propagates, nothing recorded), then
+        keep ``token`` as the latest and wake waiters."""
         if self._inner is not None:
             await self._inner.deliver(token)
         self.latest = token
-        self.delivered_at = self._monotonic()
+        self.delivered_at = self._clock.monotonic()
+        self.failure = None
         self._notify()
 
-    def adoptable(self, now: float) -> ExistingToken | str | None:
-        """``inner``'s adoptable file, or None (memory does not survive a restart)."""
-        return self._inner.adoptable(now) if self._inner is not None else None
+    def adoptable(self, now: float) -> Adoptable | str | None:
+        """``inner``'s adoptable token, or None (memory does not survive a restart). A token
+        whose file can be read back is kept as ``latest`` (the endpoint serves it)."""
+        if self._inner is None:
+            return None
+        found = self._inner.adoptable(now)
+        if found is not None and not isinstance(found, str):
+            self.latest = self._inner.read_back(found)
+        return found
 
-    def attempt_finished(self) -> None:
-        """A refresh attempt ended (successful or not): wake waiters to look again."""
-        self.attempts += 1
-        self.refresh_requested = False
+    def observe(self, event: RunnerEvent) -> None:
+        """The runner's event listener: keep a failure until the next success (an expiry
+        changes neither); wake waiters."""
+        if isinstance(event, Failed):
+            self.failure = event
+        elif isinstance(event, Written):
+            self.failure = None
         self._notify()
 
     def _notify(self) -> None:
@@ -75,7 +76,7 @@ class MemoryOutput:
             self._changed = None
 
     async def changed(self, timeout: float) -> bool:
-        """Wait until the next delivery or finished attempt; False after ``timeout`` seconds."""
+        """Wait until the next delivery or event; False after ``timeout`` seconds."""
         if self._changed is None:
             self._changed = asyncio.Event()
         event = self._changed

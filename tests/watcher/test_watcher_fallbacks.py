@@ -1,6 +1,6 @@
-"""DirectoryWatcher's polling, resources and failure modes: idle polls, polling-only mode, a
-failing callback, no thread and one descriptor, an event-queue overflow, inotify limits reached.
-Real inotify and real files; see test_directory_watcher.py for the conventions.
+"""DirectoryWatcher when inotify alone is not enough: polling-only mode, idle costs, a failing
+callback, no thread and no leaked descriptor, queue overflow, and inotify's limits reached
+(real limits, lowered in a user namespace of its own).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from support.watcher import (
     DEADLINE,
     HOUR,
     Recorder,
+    no_fast_poll_fixture,  # noqa: F401 - fixture
     replace_file,
     run,
     watching,
@@ -127,7 +128,7 @@ def inotify_descriptors() -> int:
 
 def test_watching_runs_no_thread_and_stop_closes_the_descriptor(tmp_path: Path) -> None:
     # inotify is read on the event loop itself: no thread hand-off between the kernel's event
-    # and the check (watchdog's observer used three threads).
+    # and the check (each hand-off between threads is a chance to be scheduled late).
     volume = ProjectedVolume(tmp_path / "tokens")
     volume.write("token-0")
     threads = set(threading.enumerate())
@@ -145,6 +146,64 @@ def test_watching_runs_no_thread_and_stop_closes_the_descriptor(tmp_path: Path) 
             assert not watcher.using_inotify
         # The context manager's stop() is a second call.
         assert inotify_descriptors() == descriptors
+
+    run(scenario())
+
+
+def test_start_does_not_raise_for_a_path_under_a_file(tmp_path: Path) -> None:
+    # A misconfigured path whose "directory" is a regular file: wait, do not crash.
+    (tmp_path / "not-a-dir").write_text("x")
+    path = tmp_path / "not-a-dir" / "token"
+
+    async def scenario() -> None:
+        async with watching(path) as (watcher, recorder):
+            assert watcher.using_inotify
+            (tmp_path / "not-a-dir").unlink()
+            ProjectedVolume(tmp_path / "not-a-dir", filename="token").write("token-1")
+            await recorder.wait_for("token-1")
+
+    run(scenario())
+
+
+def test_a_file_moved_in_from_elsewhere_is_checked_without_waiting_for_the_debounce(
+    tmp_path: Path,
+) -> None:
+    # `mv` from another directory is a rename into the watched one (IN_MOVED_TO without its
+    # IN_MOVED_FROM): the publish step, like kubelet's ..data swap. Debounce and poll an hour.
+    directory = tmp_path / "tokens"
+    directory.mkdir()
+    (directory / "token").write_text("token-0")
+    staging = tmp_path / "staging"
+    staging.mkdir()
+
+    async def scenario() -> None:
+        async with watching(directory / "token", debounce=HOUR) as (_, recorder):
+            (staging / "token").write_text("token-1")
+            os.replace(staging / "token", directory / "token")
+            await recorder.wait_for("token-1")
+            assert recorder.seen == ["token-1"]
+
+    run(scenario())
+
+
+@pytest.mark.usefixtures("no_fast_poll")
+def test_directory_moved_away_and_replaced_is_seen_without_the_poll(tmp_path: Path) -> None:
+    # The watch follows the old directory to its new name; its IN_MOVE_SELF tells the watcher
+    # to find the directory by name again. Poll an hour: only inotify can deliver this.
+    directory = tmp_path / "tokens"
+    ProjectedVolume(directory).write("token-0")
+    ProjectedVolume(tmp_path / "tokens.new").write("token-1")
+
+    async def scenario() -> None:
+        async with watching(directory / "azure-identity-token") as (_, recorder):
+            directory.rename(tmp_path / "tokens.old")
+            (tmp_path / "tokens.new").rename(directory)
+            await recorder.wait_for("token-1")
+            # The new directory is watched, the old one is not.
+            ProjectedVolume(tmp_path / "tokens.old").write("stale")
+            ProjectedVolume(directory).write("token-2")
+            await recorder.wait_for("token-2")
+            assert "stale" not in recorder.seen
 
     run(scenario())
 
