@@ -87,6 +87,8 @@ IDENTITY_KEYS = (
     "token_proxy_ca_file",
     "token_proxy_ca_data",
 )
+IDENTITY_SELECTOR_KEYS = ("object_id", "resource_id")
+"""Identity keys the managed-identity endpoint selects by (besides ``client_id``); TOML only."""
 TOKEN_PROXY_KEYS = IDENTITY_KEYS[5:]
 """The identity-binding keys: any of them but ``token_proxy`` needs ``token_proxy``."""
 TOKEN_KEYS = (
@@ -115,7 +117,7 @@ FORMAT_KEYS = {
 ACR_SCOPE = "https://containerregistry.azure.net/.default"
 """The Entra scope an ACR exchange needs by default (Azure Container Registry's AAD audience)."""
 HOOK_KEYS = ("exec", "timeout", "pid_file", "signal")
-ENDPOINT_KEYS = ("listen", "secret_file", "secret_env", "allow", "idle_timeout")
+ENDPOINT_KEYS = ("listen", "secret_file", "secret_env", "allow", "idle_timeout", "imds")
 ENDPOINT_IDLE_TIMEOUT = 900.0
 """Default seconds without a request before an on-demand token's runner retires."""
 
