@@ -43,9 +43,7 @@ class EndpointDaemon:
         """AZURE_POD_IDENTITY_AUTHORITY_HOST: the IMDS protocol's base URL."""
         return f"http://127.0.0.1:{self.port}"
 
-    def raw(
-        self, target: str, headers: dict[str, str] | None = None
-    ) -> tuple[int, dict[str, Any]]:
+    def raw(self, target: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
         """GET ``target`` (path and query exactly as given); (status, JSON body)."""
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
         try:

@@ -93,7 +93,9 @@ def test_a_misspelt_selector_is_400_never_the_default_identity(
     assert "access_token" not in body
 
 
-def _query(ep: EndpointDaemon, text: str, version: str = "2019-08-01") -> tuple[int, dict[str, str]]:
+def _query(
+    ep: EndpointDaemon, text: str, version: str = "2019-08-01"
+) -> tuple[int, dict[str, str]]:
     return ep.raw(f"/msi/token?api-version={version}&" + text, {"X-IDENTITY-HEADER": ep.secret})
 
 
@@ -111,9 +113,7 @@ def _query(ep: EndpointDaemon, text: str, version: str = "2019-08-01") -> tuple[
         (f"resource={STORAGE}&client_id=", "client_id is empty"),
     ],
 )
-def test_bad_app_service_input_is_a_clear_400(
-    ep: EndpointDaemon, query: str, reason: str
-) -> None:
+def test_bad_app_service_input_is_a_clear_400(ep: EndpointDaemon, query: str, reason: str) -> None:
     status, body = _query(ep, query)
     assert (status, body["statusCode"]) == (400, 400), body
     assert body["message"].startswith(reason)
