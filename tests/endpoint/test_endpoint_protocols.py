@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import calendar
 import time
+from typing import Any
 from urllib.parse import quote
 
 import pytest
@@ -95,7 +96,7 @@ def test_a_misspelt_selector_is_400_never_the_default_identity(
 
 def _query(
     ep: EndpointDaemon, text: str, version: str = "2019-08-01"
-) -> tuple[int, dict[str, str]]:
+) -> tuple[int, dict[str, Any]]:
     return ep.raw(f"/msi/token?api-version={version}&" + text, {"X-IDENTITY-HEADER": ep.secret})
 
 
@@ -134,7 +135,7 @@ def test_a_denied_request_logs_the_allow_entry_that_would_admit_it(ep: EndpointD
 # ---- App Service 2017-09-01 -------------------------------------------------------------
 
 
-def _legacy(ep: EndpointDaemon, query: str, secret: str | None) -> tuple[int, dict[str, str]]:
+def _legacy(ep: EndpointDaemon, query: str, secret: str | None) -> tuple[int, dict[str, Any]]:
     headers = {} if secret is None else {"secret": secret}
     return ep.raw("/msi/token?api-version=2017-09-01&" + query, headers)
 
@@ -237,7 +238,7 @@ def test_imds_selects_by_each_selector(ep: EndpointDaemon, selector: str) -> Non
         ("api-version=2018-02-01&api-version=2018-02-01&resource=" + STORAGE, None, 400, "", ""),
     ],
 )
-def test_bad_imds_input_is_a_clear_4xx_in_its_shape(
+def test_bad_imds_input_is_a_clear_4xx_in_its_shape(  # noqa: PLR0917 (parametrized)
     ep: EndpointDaemon,
     query: str,
     headers: dict[str, str] | None,

@@ -163,12 +163,16 @@ class Endpoint:
 
     def _refused(self, request: Request, adapter: _Adapter, refusal: Refusal) -> Response:
         response = adapter.refuse(request, refusal)
-        fields = {"peer": request.peer, "protocol": adapter.name, "status": response.status}
+        fields: dict[str, object] = {
+            **refusal.log,
+            "peer": request.peer,
+            "protocol": adapter.name,
+            "status": response.status,
+            "reason": refusal.message,
+        }
         if refusal.kind in (Kind.CONFIGURATION, Kind.UNAVAILABLE):
             # Each failure is worth a line: they are bounded by the provider's attempts.
-            self._log.warning(
-                "endpoint request failed", **fields, reason=refusal.message, **refusal.log
-            )
+            self._log.warning("endpoint request failed", **fields)
             return response
         # One line per (kind, resource label) per DENIED_LOG_INTERVAL, whatever the peer: a
         # flood of bad requests from many addresses must not flood the log (each is still
@@ -179,9 +183,8 @@ class Endpoint:
         if now - last < DENIED_LOG_INTERVAL:
             self._denied_log[key] = (last, suppressed + 1)
             return response
-        extra = {"suppressed": suppressed} if suppressed else {}
-        self._log.warning(
-            "endpoint request denied", **fields, reason=refusal.message, **refusal.log, **extra
-        )
+        if suppressed:
+            fields["suppressed"] = suppressed
+        self._log.warning("endpoint request denied", **fields)
         self._denied_log[key] = (now, 0)
         return response

@@ -210,6 +210,6 @@ def refusal_for(exc: TokenUnavailable, label: str) -> Refusal:
     detail = str(getattr(exc, "detail", "") or "")
     message = f"{exc}: {detail}" if detail else str(exc)
     reason = getattr(exc, "reason", None)
-    log = {"detail": message, "reason": str(reason) if reason is not None else ""}
+    log = {"failure": str(reason) if reason is not None else "unknown"}
     kind = Kind.CONFIGURATION if configuration else Kind.UNAVAILABLE
     return Refusal(kind, message, log, label)
