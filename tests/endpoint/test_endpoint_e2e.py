@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from endpoint.ep_helpers import EndpointDaemon
-from testlib import run_cli, wait_until
+from testlib import run_cli, sample_names, wait_until
 
 STORAGE = "https://storage.azure.com"
 
@@ -207,3 +207,21 @@ def test_good_endpoint_config_prints_no_secret(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "s3cr3t-value" not in result.stdout + result.stderr
     assert 'resource = "https://storage.azure.com"' in result.stdout
+
+
+def test_the_shipped_alerts_and_dashboard_query_the_endpoint_series_it_serves(
+    ep: EndpointDaemon,
+) -> None:
+    from observability.obs_helpers import queried_metric_names
+
+    ep.get(STORAGE)
+    conn = http.client.HTTPConnection("127.0.0.1", ep.metrics_port, timeout=30)
+    conn.request("GET", "/metrics")
+    scrape = conn.getresponse().read().decode()
+    conn.close()
+    queried = {name for name in queried_metric_names() if "_endpoint_" in name}
+    assert queried == {
+        "entra_tokend_endpoint_requests_total",
+        "entra_tokend_endpoint_request_duration_seconds_bucket",
+    }
+    assert queried <= sample_names(scrape)
