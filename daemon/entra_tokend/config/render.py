@@ -7,13 +7,7 @@ import signal
 from collections.abc import Sequence
 from typing import Any
 
-from entra_tokend.config.schema import (
-    IDENTITY_KEYS,
-    IDENTITY_SELECTOR_KEYS,
-    POLICY_KEYS,
-    TOP_LEVEL,
-    Config,
-)
+from entra_tokend.config.schema import IDENTITY_KEYS, POLICY_KEYS, TOP_LEVEL, Config
 from entra_tokend.listener import address_text
 from entra_tokend.model import Identity, OutputSpec
 
@@ -113,7 +107,7 @@ def render_config(config: Config, notes: Sequence[str] = (), *, offline: bool = 
     for ident in config.identities.values():
         mode = _comment(exchange_mode(ident))
         lines += ["", f"[identity.{ident.name}]", f"# token requests: {mode}"]
-        for key in IDENTITY_KEYS + IDENTITY_SELECTOR_KEYS:
+        for key in IDENTITY_KEYS:
             value = getattr(ident, key)
             if value is not None:
                 lines.append(f"{key} = {_toml_value(str(value))}")

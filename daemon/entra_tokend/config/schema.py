@@ -86,10 +86,11 @@ IDENTITY_KEYS = (
     "token_proxy_sni_name",
     "token_proxy_ca_file",
     "token_proxy_ca_data",
+    # What the managed-identity endpoint selects by besides client_id (validate_endpoint).
+    "object_id",
+    "resource_id",
 )
-IDENTITY_SELECTOR_KEYS = ("object_id", "resource_id")
-"""Identity keys the managed-identity endpoint selects by (besides ``client_id``); TOML only."""
-TOKEN_PROXY_KEYS = IDENTITY_KEYS[5:]
+TOKEN_PROXY_KEYS = IDENTITY_KEYS[5:9]
 """The identity-binding keys: any of them but ``token_proxy`` needs ``token_proxy``."""
 TOKEN_KEYS = (
     "scope",

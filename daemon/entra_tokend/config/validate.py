@@ -25,7 +25,6 @@ from entra_tokend.config.schema import (
     HOOK_KEYS,
     IDENTITY_ENV,
     IDENTITY_KEYS,
-    IDENTITY_SELECTOR_KEYS,
     LOG_FORMATS,
     LOG_LEVELS,
     NAME_RE,
@@ -325,7 +324,7 @@ def identity_settings(
     name: str, table: dict[str, Any], env: Mapping[str, str], where: str, p: Problems
 ) -> dict[str, str]:
     """An identity's string settings, the default identity's falling back to AZURE_* vars."""
-    check_keys(table, IDENTITY_KEYS + IDENTITY_SELECTOR_KEYS, where, p)
+    check_keys(table, IDENTITY_KEYS, where, p)
     resolved: dict[str, str] = {}
     for key in IDENTITY_KEYS:
         setting: Any = table.get(key)
