@@ -57,7 +57,7 @@ __all__ = [
 
 IMDS_PATH = imds.PATH
 DENIED_LOG_INTERVAL = 10.0
-"""Seconds between log lines for denied requests of one (kind, resource label)."""
+"""Seconds between log lines for refused requests of one (kind, resource label)."""
 
 
 class _Adapter(Protocol):
@@ -170,13 +170,11 @@ class Endpoint:
             "status": response.status,
             "reason": refusal.message,
         }
-        if refusal.kind in (Kind.CONFIGURATION, Kind.UNAVAILABLE):
-            # Each failure is worth a line: they are bounded by the provider's attempts.
-            self._log.warning("endpoint request failed", **fields)
-            return response
+        failed = refusal.kind in (Kind.CONFIGURATION, Kind.UNAVAILABLE)
         # One line per (kind, resource label) per DENIED_LOG_INTERVAL, whatever the peer: a
-        # flood of bad requests from many addresses must not flood the log (each is still
-        # counted in the requests metric). Labels are bounded by the allow list.
+        # flood of bad requests from many addresses, or an app retrying a failure that is
+        # answered at once, must not flood the log (each is still counted in the requests
+        # metric). Labels are bounded by the allow list.
         now = time.monotonic()
         key = (str(refusal.kind), refusal.label)
         last, suppressed = self._denied_log.get(key, (-math.inf, 0))
@@ -185,6 +183,8 @@ class Endpoint:
             return response
         if suppressed:
             fields["suppressed"] = suppressed
-        self._log.warning("endpoint request denied", **fields)
+        self._log.warning(
+            "endpoint request failed" if failed else "endpoint request denied", **fields
+        )
         self._denied_log[key] = (now, 0)
         return response
