@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 import time
 from typing import Any
 
@@ -202,3 +203,29 @@ def test_database_audience_keeps_its_slash_through_azure_identity(ep: EndpointDa
     )
     got = run_python(code, ep.sdk_env())
     assert jwt_claims(got["token"])["aud"] == "https://database.windows.net/"
+
+
+@pytest.mark.parametrize("selector", [False, True])
+def test_a_2017_09_01_client_from_the_docs_gets_the_served_token(
+    ep: EndpointDaemon, selector: bool
+) -> None:
+    env = {k: v for k, v in ep.sdk_env().items() if not k.startswith("IDENTITY_")}
+    env.update(MSI_ENDPOINT=ep.url, MSI_SECRET=ep.secret)
+    resource = VAULT if selector else STORAGE
+    args = [resource, ep.other_client_id] if selector else [resource]
+    result = subprocess.run(
+        [sys.executable, str(SDK_DIR / "msi2017_client.py"), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    got = json.loads(result.stdout)
+    status, served = (
+        ep.get(resource, client_id=ep.other_client_id) if selector else ep.get(resource)
+    )
+    assert status == 200
+    assert (got["token"], got["expires_on"]) == (served["access_token"], int(served["expires_on"]))
+    assert got["resource"] == resource
