@@ -229,3 +229,22 @@ def test_a_2017_09_01_client_from_the_docs_gets_the_served_token(
     assert status == 200
     assert (got["token"], got["expires_on"]) == (served["access_token"], int(served["expires_on"]))
     assert got["resource"] == resource
+
+
+DENIED = """
+import json
+from azure.identity import ManagedIdentityCredential
+try:
+    ManagedIdentityCredential().get_token("https://not-allowed.example/.default")
+    print(json.dumps({"error": None}))
+except Exception as exc:
+    print(json.dumps({"error": type(exc).__name__, "message": str(exc)}))
+"""
+
+
+def test_a_denied_sdk_call_names_entra_tokends_allow_list(ep: EndpointDaemon) -> None:
+    got = run_python(DENIED, ep.sdk_env())
+    assert got["error"] == "CredentialUnavailableError"
+    assert "entra-tokend's [endpoint] allow list" in got["message"]
+    assert '"https://not-allowed.example"' in got["message"]  # the entry to add
+    assert ep.secret not in got["message"]
