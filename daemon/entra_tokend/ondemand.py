@@ -89,8 +89,7 @@ class _Entry:
 
 def _failed(failure: Failed) -> TokenUnavailable:
     return TokenUnavailable(
-        f"the token could not be obtained ({failure.reason}: {failure.detail}); "
-        "see the daemon's log",
+        f"the token could not be obtained ({failure.reason}); see the daemon's log",
         reason=failure.reason,
         configuration=failure.configuration,
         detail=failure.detail,
