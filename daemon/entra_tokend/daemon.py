@@ -141,10 +141,7 @@ class Daemon:
             return None
         if config.listen != self.config.listen:
             self.log.warning("listen changed; it takes effect at the next restart")
-        if config.endpoint != self.config.endpoint:
-            self.log.warning("[endpoint] changed; it takes effect at the next restart")
-            config = dataclasses.replace(config, endpoint=self.config.endpoint)
-        return config
+        return _keep_endpoint_listener(self.config.endpoint, config, self.log)
 
     # ---- run and stop --------------------------------------------------------------------
 
@@ -286,3 +283,16 @@ def _protect_endpoint_secret(spec: EndpointSpec) -> None:
     remember_secret(spec.secret)
     if spec.secret_source.startswith("secret_env = "):
         hide_from_hooks(spec.secret_source.removeprefix("secret_env = "))
+
+
+def _keep_endpoint_listener(running: EndpointSpec | None, config: Config, log: Any) -> Config:
+    """A reload applies the endpoint's allow-list, selectors, secret and ``imds`` at once (the
+    lookup is replaced); a new ``listen``, or the table added, waits for a restart (said so)."""
+    new = config.endpoint
+    if running is None and new is not None:
+        log.warning("[endpoint] added; it takes effect at the next restart")
+        return dataclasses.replace(config, endpoint=None)
+    if running is not None and new is not None and new.listen != running.listen:
+        log.warning("endpoint.listen changed; it takes effect at the next restart")
+        return dataclasses.replace(config, endpoint=dataclasses.replace(new, listen=running.listen))
+    return config

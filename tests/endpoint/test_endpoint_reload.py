@@ -1,9 +1,8 @@
 """SIGHUP reloads the endpoint's allow list, ``imds`` and the identities' selectors (issue 23
 §6); the listen address stays until a restart.
 
-The endpoint reads its configuration per request through a callable (``Endpoint(spec=...)``);
-the daemon's reload has to hand it the new ``[endpoint]`` instead of keeping the old one — that
-wiring is the core branch's, hence the xfail until it lands.
+The endpoint reads its configuration per request from the provider's lookup, which a reload
+replaces whole (with the running listener's address kept).
 """
 
 from __future__ import annotations
@@ -79,11 +78,6 @@ def reloadable(tmp_path: Path) -> Iterator[tuple[EndpointDaemon, Path, Any]]:
         emu.stop()
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="needs the core branch's reload wiring: Endpoint(spec=lambda: config.endpoint) and "
-    "a reload that keeps only [endpoint] listen",
-)
 def test_sighup_reloads_allow_imds_and_selectors(
     reloadable: tuple[EndpointDaemon, Path, Any], tmp_path: Path
 ) -> None:
