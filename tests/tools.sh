@@ -61,13 +61,23 @@ promtool --version 2>&1 | head -n 1
 prometheus --version 2>&1 | head -n 1
 systemd-analyze --version | head -n 1
 
-# node, npm and @azure/identity for the JavaScript managed-identity endpoint test
-# (tests/sdk/mi_probe.mjs), the package into a git-ignored cache next to the probe.
+# node, npm, @azure/identity and @azure/msal-node for the JavaScript managed-identity endpoint
+# tests (tests/sdk/mi_probe.mjs, msal_probe.mjs), the packages into a git-ignored cache next to
+# the probes.
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
   apt_update
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
 fi
 SDK_NPM="$(dirname "$0")/sdk/.npm"
-if [ ! -d "$SDK_NPM/node_modules/@azure/identity" ]; then
-  npm install --silent --no-audit --no-fund --prefix "$SDK_NPM" "@azure/identity@^4" >/dev/null
+if [ ! -d "$SDK_NPM/node_modules/@azure/identity" ] ||
+  ! grep -q msal-node "$SDK_NPM/package.json" 2>/dev/null; then
+  npm install --silent --no-audit --no-fund --prefix "$SDK_NPM" "@azure/identity@^4" \
+    "@azure/msal-node@^5" >/dev/null
+fi
+
+# confluent-kafka (librdkafka's azure_imds) is in the test extra. azure-cli pins its own
+# dependencies, so it gets a venv of its own (tests/endpoint/test_endpoint_az.py; CI stage "az").
+AZ_VENV="${ENTRA_TOKEND_AZ_VENV:-/work/venvs/az}"
+if [ "${ENTRA_TOKEND_INSTALL_AZ:-0}" = 1 ] && [ ! -x "$AZ_VENV/bin/az" ]; then
+  python3 -m venv "$AZ_VENV" && "$AZ_VENV/bin/pip" install -q azure-cli
 fi

@@ -153,6 +153,8 @@ IDENTITY_FIELDS: dict[str, st.SearchStrategy[Any]] = {
     "token_proxy_sni_name": maybe(st.sampled_from(["ib.aks.local", "a b", ""])),
     "token_proxy_ca_file": maybe(path_texts),
     "token_proxy_ca_data": maybe(st.sampled_from(["", "x", "-----BEGIN CERTIFICATE-----\n"])),
+    "object_id": maybe(st.sampled_from(["", "x", "00000000-0000-0000-0000-000000000000"])),
+    "resource_id": maybe(st.sampled_from(["", "/subscriptions/s/resourceGroups/g/providers/p"])),
 }
 identity_tables = st.fixed_dictionaries({}, optional=IDENTITY_FIELDS)
 owners = st.one_of(

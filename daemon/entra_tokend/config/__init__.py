@@ -9,6 +9,7 @@ operator fixes a config in one round trip. ``schema`` holds every key with its u
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -117,7 +118,12 @@ def _endpoint(raw: Raw, env: Mapping[str, str], p: Problems) -> EndpointSpec | N
             "stands between any local process and a token"
         )  # no early return: the grants are still checked, so every problem is reported
     return EndpointSpec(
-        listen=address, secret=secret, secret_source=source, grants=grants, idle_timeout=idle
+        listen=address,
+        secret=secret,
+        secret_source=source,
+        grants=grants,
+        idle_timeout=idle,
+        imds=validate_endpoint.endpoint_imds(raw.endpoint, p),
     )
 
 
@@ -217,7 +223,13 @@ def _identities(
                 ident.token_proxy_ca_file, f"{where}.token_proxy_ca_file{var}", p
             )
         if ident is not None:
-            identities[name] = ident
+            selectors = validate_endpoint.identity_selectors(table, where, p)
+            identities[name] = dataclasses.replace(
+                ident,
+                object_id=selectors.get("object_id"),
+                resource_id=selectors.get("resource_id"),
+            )
+    validate_endpoint.unique_selectors(identities, p)
     return identities
 
 

@@ -145,5 +145,6 @@ def render_config(config: Config, notes: Sequence[str] = (), *, offline: bool = 
             f"{name} = {_toml_value(value)}",
             f"allow = [{allow}]",
             f"idle_timeout = {ep.idle_timeout!r}",
+            f"imds = {'true' if ep.imds else 'false'}",
         ]
     return "\n".join(lines) + "\n"

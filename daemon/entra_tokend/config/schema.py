@@ -86,8 +86,11 @@ IDENTITY_KEYS = (
     "token_proxy_sni_name",
     "token_proxy_ca_file",
     "token_proxy_ca_data",
+    # What the managed-identity endpoint selects by besides client_id (validate_endpoint).
+    "object_id",
+    "resource_id",
 )
-TOKEN_PROXY_KEYS = IDENTITY_KEYS[5:]
+TOKEN_PROXY_KEYS = IDENTITY_KEYS[5:9]
 """The identity-binding keys: any of them but ``token_proxy`` needs ``token_proxy``."""
 TOKEN_KEYS = (
     "scope",
@@ -115,7 +118,7 @@ FORMAT_KEYS = {
 ACR_SCOPE = "https://containerregistry.azure.net/.default"
 """The Entra scope an ACR exchange needs by default (Azure Container Registry's AAD audience)."""
 HOOK_KEYS = ("exec", "timeout", "pid_file", "signal")
-ENDPOINT_KEYS = ("listen", "secret_file", "secret_env", "allow", "idle_timeout")
+ENDPOINT_KEYS = ("listen", "secret_file", "secret_env", "allow", "idle_timeout", "imds")
 ENDPOINT_IDLE_TIMEOUT = 900.0
 """Default seconds without a request before an on-demand token's runner retires."""
 
