@@ -12,6 +12,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from entra_tokend.hooks import OUTPUT_LIMIT, _exec, _read_pid
 from entra_tokend.logging import remember_secret
 from entra_tokend.model import Hook
@@ -19,7 +21,7 @@ from entra_tokend.model import Hook
 
 def test_a_pid_file_naming_one_of_the_daemons_threads_is_refused() -> None:
     """A thread id is a pid to kill(2): a pid file naming one of the daemon's own threads is
-    refused (read as a problem text), never signalled."""
+    refused (ValueError naming why), never signalled."""
     started, release = threading.Event(), threading.Event()
     ids: list[int] = []
 
@@ -35,7 +37,8 @@ def test_a_pid_file_naming_one_of_the_daemons_threads_is_refused() -> None:
         pid_file = Path(f"/tmp/entra-tokend-test-{os.getpid()}.pid")
         pid_file.write_text(f"{ids[0]}\n")
         try:
-            assert isinstance(_read_pid(pid_file), str)
+            with pytest.raises(ValueError, match="never signalled"):
+                _read_pid(pid_file)
         finally:
             pid_file.unlink()
     finally:
