@@ -8,8 +8,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from entra_tokend.config.schema import IDENTITY_KEYS, POLICY_KEYS, TOP_LEVEL, Config
-from entra_tokend.listener import address_text
 from entra_tokend.model import Identity, OutputSpec
+from entra_tokend.util.net import address_text
 
 
 def _toml_string(text: str) -> str:
@@ -56,9 +56,28 @@ def _toml_value(value: Any) -> str:
     return _toml_string(str(value))
 
 
+def _pending(config: Config, key: str) -> list[str]:
+    """``key = "VALUE"`` for a setting the host checks have not resolved yet (offline)."""
+    if config.host is None:
+        return []
+    lines = [
+        f"{o.key.rpartition('.')[2]} = {_toml_value(o.value)}"
+        for o in config.host.owners
+        if o.key == key
+    ]
+    name = key.removeprefix("token.").removesuffix(".template_file")
+    lines += [
+        f"template_file = {_toml_value(str(path))}"
+        for token, path in config.host.templates
+        if key.endswith(".template_file") and token == name
+    ]
+    return lines
+
+
 def _output_lines(config: Config, out: OutputSpec) -> list[str]:
     """A token's file settings where they differ from the top level, and its format's."""
-    lines = []
+    where = f"token.{out.name}"
+    lines = _pending(config, f"{where}.file_owner") + _pending(config, f"{where}.file_group")
     if out.file_mode != config.file_mode:
         lines.append(f'file_mode = "{out.file_mode:04o}"')
     if out.file_owner != config.file_owner and out.file_owner is not None:
@@ -70,6 +89,8 @@ def _output_lines(config: Config, out: OutputSpec) -> list[str]:
         lines.append(f"env_expires_name = {_toml_value(out.env_expires_name)}")
     if out.format == "template" and out.template is not None:
         lines.append(f"template = {_toml_value(out.template)}")
+    elif out.format == "template":
+        lines += _pending(config, f"{where}.template_file")
     if out.registries:
         lines.append(f"registry = {_toml_value(list(out.registries))}")
     return lines
@@ -84,11 +105,14 @@ def render_config(config: Config, notes: Sequence[str] = (), *, offline: bool = 
     """The effective configuration as TOML text that ``load_config`` accepts again.
 
     ``notes`` (what the host checks found: output_dir, listeners, projected tokens) become
-    comments at the top; ``offline`` says they were not made.
+    comments at the top; ``offline`` says they were not made, and names the settings only the
+    pod supplies (``Config.run_time``), which stay commented out.
     """
     lines = [f"# effective configuration{f' (from {config.source})' if config.source else ''}"]
     if offline:
         lines.append("# offline: output_dir, listen, projected tokens and CA files not checked")
+        lines.append("#   (nor users, groups, template_file or secret_file)")
+        lines += [f"# supplied at run time: {_comment(key)}" for key in config.run_time]
     elif notes:
         lines.append("# host checks:")
         lines += [f"#   {_comment(note)}" for note in notes]
@@ -104,12 +128,16 @@ def render_config(config: Config, notes: Sequence[str] = (), *, offline: bool = 
             if value is not None:
                 top[key] = value
     lines += [f"{k} = {_toml_value(v)}" for k, v in top.items()]
+    lines += _pending(config, "file_owner") + _pending(config, "file_group")
     for ident in config.identities.values():
         mode = _comment(exchange_mode(ident))
         lines += ["", f"[identity.{ident.name}]", f"# token requests: {mode}"]
         for key in IDENTITY_KEYS:
             value = getattr(ident, key)
-            if value is not None:
+            later = [k for k in config.run_time if k.startswith(f"identity.{ident.name}.{key} ")]
+            if later:
+                lines.append(f"#{key} = ...  # supplied at run time {later[0].partition(' ')[2]}")
+            elif value is not None:
                 lines.append(f"{key} = {_toml_value(str(value))}")
     for tok in config.tokens.values():
         lines += [
