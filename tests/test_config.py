@@ -1,8 +1,9 @@
 """Configuration: every problem named on its own line; the CLI exits 2 with them on stderr.
 
-The rules are checked in process through ``load_config`` (flags as ``Overrides``, the
-environment as a mapping); a few tests run the real ``check-config`` for the exit codes and the
-shape of what an operator sees.
+The rules are checked in process through ``preflight.load`` (the pure ``load_config`` and the
+host checks, as ``run`` and ``check-config`` call them; flags as ``Overrides``, the environment
+as a mapping); a few tests run the real ``check-config`` for the exit codes and the shape of
+what an operator sees.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from entra_tokend.config import Config, ConfigError, Overrides, load_config, render_config
+from entra_tokend import preflight
+from entra_tokend.config import Config, ConfigError, Overrides, render_config
 from testlib import STORAGE, VAULT, run_cli, write_projected_token
 
 
@@ -31,13 +33,14 @@ def azure_env(tmp_path: Path) -> dict[str, str]:
 def load(
     env: dict[str, str], *, toml: str | None = None, tmp: Path | None = None, **flags: Any
 ) -> Config:
-    """``load_config`` as ``check-config`` calls it; ``flags`` are ``Overrides`` fields."""
+    """The configuration as ``run`` and ``check-config`` load it (``load_config``, then the
+    host checks); ``flags`` are ``Overrides`` fields."""
     if toml is not None:
         assert tmp is not None
         path = tmp / "config.toml"
         path.write_text(toml)
         flags["config"] = str(path)
-    return load_config(Overrides(**flags), env)
+    return preflight.load(Overrides(**flags), env)
 
 
 def problems(env: dict[str, str], *needles: str, **kwargs: Any) -> list[str]:

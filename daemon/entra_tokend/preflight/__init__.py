@@ -36,11 +36,22 @@ from entra_tokend.preflight.lines import (
     output_dir_problem,
     print_problems,
 )
-from entra_tokend.preflight.running import check_host, startup_checks
+from entra_tokend.preflight.running import (
+    check_host,
+    check_listeners,
+    check_output_dir,
+    check_projected_tokens,
+    check_proxies,
+    startup_checks,
+)
 
 __all__ = [
     "Findings",
     "check_host",
+    "check_listeners",
+    "check_output_dir",
+    "check_projected_tokens",
+    "check_proxies",
     "listen_problem",
     "load",
     "output_dir_problem",

@@ -89,7 +89,10 @@ def world_writable(mode: int) -> str | None:
     return None
 
 
-def _read(path: Path, limit: int, where: str, p: Problems) -> tuple[bytes, os.stat_result] | None:
+def _read(
+    path: Path, limit: int, where: str, p: Problems, *, ca: bool = False
+) -> tuple[bytes, os.stat_result] | None:
+    """``read_bounded`` with each failure as one problem line naming ``where`` and ``path``."""
     try:
         return read_bounded(path, limit)  # a FIFO there never blocks a reload
     except FileTooLarge:
@@ -99,7 +102,13 @@ def _read(path: Path, limit: int, where: str, p: Problems) -> tuple[bytes, os.st
             f"{where}: {path} {'is a directory' if exc.is_directory else 'is not a regular file'}"
         )
     except OSError as exc:
-        p.add(f"{where}: cannot read {path}: {exc.strerror or exc}")
+        # (CA files have always been worded "PATH cannot be read"; the others "cannot read PATH".)
+        why = exc.strerror or exc
+        p.add(
+            f"{where}: {path} cannot be read: {why}"
+            if ca
+            else f"{where}: cannot read {path}: {why}"
+        )
     return None
 
 
@@ -108,7 +117,7 @@ def ca_file(path: Path, where: str, p: Problems) -> None:
     if not path.is_file():
         p.add(f"{where}: {path} is not a readable file")
         return
-    _read(path, MAX_CA_BYTES, where, p)
+    _read(path, MAX_CA_BYTES, where, p, ca=True)
 
 
 def token_proxy_ca_file(path: Path, where: str, p: Problems) -> None:
@@ -118,7 +127,7 @@ def token_proxy_ca_file(path: Path, where: str, p: Problems) -> None:
     (``_internal/token_binding_transport_mixin.py`` ``_load_ca_file_to_data``: "CA file ... is
     empty" on the first read); later, mid-rotation, an empty file keeps the previous trust.
     """
-    read = _read(path, MAX_CA_BYTES, where, p)
+    read = _read(path, MAX_CA_BYTES, where, p, ca=True)
     if read is not None and (why := pem_problem(read[0].decode("utf-8", errors="replace"))):
         p.add(f"{where}: {path} {why}")
 
