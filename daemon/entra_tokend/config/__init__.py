@@ -155,8 +155,10 @@ def _endpoint(raw: Raw, env: Mapping[str, str], look: _Lookups, p: Problems) -> 
         look.secret_file = file_path
         secret = ""  # read by the host checks (preflight.resolve)
         source = f"secret_file = {file_path}"
-    elif env_secret is None:
-        return None
+    elif env_secret is None:  # reported; the grants are still checked (every problem at once)
+        if not p.lines:  # never an endpoint without a secret
+            p.add("endpoint: set secret_file or secret_env")
+        secret, source = "", f"secret_env = {raw.endpoint.get('secret_env')}"
     else:
         secret = env_secret
         source = f"secret_env = {raw.endpoint.get('secret_env')}"
