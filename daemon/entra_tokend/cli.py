@@ -172,39 +172,8 @@ def _config_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser for every command."""
-    parser = _Parser(
-        prog="entra-tokend",
-        description="Keeps Microsoft Entra access tokens fresh on disk using Workload ID.",
-        epilog=MAIN_EPILOG,
-        formatter_class=_help_formatter,
-    )
-    _Parser.root = parser
-    parser.add_argument("--version", action="version", version=f"entra-tokend {__version__}")
-    sub = parser.add_subparsers(
-        dest="command", metavar="COMMAND", parser_class=_Parser, title="commands"
-    )
-    run = sub.add_parser(
-        "run",
-        help="keep tokens fresh until SIGTERM (--once: get them once and exit)",
-        description="Keep every configured token fresh on disk until SIGTERM/SIGINT.",
-        epilog=RUN_EPILOG,
-        formatter_class=_help_formatter,
-    )
-    _config_flags(run)
-    run.add_argument(
-        "--once",
-        action="store_true",
-        help="acquire every token once, write it, then exit (init containers, scripts)",
-    )
-    run.add_argument(
-        "--deadline",
-        type=float,
-        metavar="SECONDS",
-        help=f"with --once: give up after this many seconds (default {DEFAULT_DEADLINE}; "
-        "key once_deadline)",
-    )
+def _check_config_parser(sub: argparse._SubParsersAction[_Parser]) -> None:
+    """The ``check-config`` command's parser."""
     check = sub.add_parser(
         "check-config",
         help="validate the configuration (and the host, unless --offline); print it",
@@ -221,6 +190,10 @@ def build_parser() -> argparse.ArgumentParser:
         "user, group or file checks; pod-supplied variables may be absent (CI of "
         "configuration repositories)",
     )
+
+
+def _dev_parser(sub: argparse._SubParsersAction[_Parser]) -> None:
+    """The ``dev`` command's parser."""
     dev = sub.add_parser(
         "dev",
         help="run the daemon against the built-in local emulator",
@@ -261,6 +234,43 @@ def build_parser() -> argparse.ArgumentParser:
         help="AKS identity bindings: token requests go through the emulator's token proxy "
         "(the env file gains AZURE_KUBERNETES_TOKEN_PROXY, _SNI_NAME and _CA_FILE)",
     )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for every command."""
+    parser = _Parser(
+        prog="entra-tokend",
+        description="Keeps Microsoft Entra access tokens fresh on disk using Workload ID.",
+        epilog=MAIN_EPILOG,
+        formatter_class=_help_formatter,
+    )
+    _Parser.root = parser
+    parser.add_argument("--version", action="version", version=f"entra-tokend {__version__}")
+    sub = parser.add_subparsers(
+        dest="command", metavar="COMMAND", parser_class=_Parser, title="commands"
+    )
+    run = sub.add_parser(
+        "run",
+        help="keep tokens fresh until SIGTERM (--once: get them once and exit)",
+        description="Keep every configured token fresh on disk until SIGTERM/SIGINT.",
+        epilog=RUN_EPILOG,
+        formatter_class=_help_formatter,
+    )
+    _config_flags(run)
+    run.add_argument(
+        "--once",
+        action="store_true",
+        help="acquire every token once, write it, then exit (init containers, scripts)",
+    )
+    run.add_argument(
+        "--deadline",
+        type=float,
+        metavar="SECONDS",
+        help=f"with --once: give up after this many seconds (default {DEFAULT_DEADLINE}; "
+        "key once_deadline)",
+    )
+    _check_config_parser(sub)
+    _dev_parser(sub)
     sub.add_parser("emulator", help="run the local Entra + kubelet emulator", add_help=False)
     health = sub.add_parser(
         "healthcheck",
