@@ -259,3 +259,15 @@ def test_a_secret_file_that_is_not_a_private_small_file_is_refused(
     (line,) = result.stderr.splitlines()
     assert line.startswith(f"entra-tokend: config: endpoint.secret_file: {path} "), line
     assert needle in line
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can give a file to another user")
+def test_a_secret_file_owned_by_another_user_is_accepted_with_a_warning(tmp_path: Path) -> None:
+    path = tmp_path / "secret"
+    path.write_text(SECRET)
+    path.chmod(0o600)
+    os.chown(path, 12345, 12345)
+    config = endpoint_config(tmp_path, path)
+    result = run_cli("check-config", "--config", str(config), env=offline_env(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert f"endpoint.secret_file: {path} is owned by uid 12345" in result.stdout

@@ -112,3 +112,21 @@ def test_the_version_is_written_once() -> None:
     (assign,) = [n for n in init.body if isinstance(n, ast.Assign)]
     assert isinstance(assign.value, ast.Constant)  # a literal setuptools reads statically
     assert assign.value.value == entra_tokend.__version__
+
+
+def test_a_caller_refuses_a_file_by_its_fstat_before_anything_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(b"x" * 10)
+    path.chmod(0o606)
+    seen: list[int] = []
+
+    def private(st: os.stat_result) -> None:
+        seen.append(st.st_mode & 0o777)
+        if st.st_mode & 0o002:
+            raise PermissionError(errno.EPERM, "writable by others")
+
+    with pytest.raises(PermissionError, match="writable by others"):
+        read_bounded(path, 10, check=private)
+    path.chmod(0o600)
+    assert read_bounded(path, 10, check=private)[0] == b"x" * 10
+    assert seen == [0o606, 0o600]

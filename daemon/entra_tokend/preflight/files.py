@@ -5,10 +5,12 @@
 
 from __future__ import annotations
 
+import errno
 import grp
 import os
 import pwd
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
 from entra_tokend.config.schema import ENV_OUTPUT_DIR
@@ -89,12 +91,24 @@ def world_writable(mode: int) -> str | None:
     return None
 
 
+class _Refused(OSError):
+    """A file refused for its ``fstat`` (owner, mode) before anything was read."""
+
+
 def _read(
-    path: Path, limit: int, where: str, p: Problems, *, ca: bool = False
+    path: Path,
+    limit: int,
+    where: str,
+    p: Problems,
+    *,
+    ca: bool = False,
+    check: Callable[[os.stat_result], None] | None = None,
 ) -> tuple[bytes, os.stat_result] | None:
     """``read_bounded`` with each failure as one problem line naming ``where`` and ``path``."""
     try:
-        return read_bounded(path, limit)  # a FIFO there never blocks a reload
+        return read_bounded(path, limit, check=check)  # a FIFO there never blocks a reload
+    except _Refused as exc:
+        p.add(f"{where}: {path} {exc.strerror}")
     except FileTooLarge:
         p.add(f"{where}: {path} is larger than {limit} bytes")
     except NotRegularFile as exc:
@@ -150,17 +164,15 @@ def secret_file(path: Path, where: str, p: Problems, warnings: list[str]) -> str
 
     Symlinks are followed: a Kubernetes Secret volume holds ``NAME -> ..data/NAME`` and
     ``..data -> ..2026_...`` (kubelet's atomic writer). A file other users may *write* is
-    refused (they could choose the secret); one they may *read* is accepted with a warning
+    refused before it is read (they could choose the secret); one they may *read*, or one
+    owned by a user other than root and the daemon's, is accepted with a warning
     (Kubernetes' default ``defaultMode`` is 0644; the secret is then known to every process
     of the container that can see the volume). Problems name the file, never its content.
     """
-    read = _read(path, MAX_SECRET_BYTES, where, p)
+    read = _read(path, MAX_SECRET_BYTES, where, p, check=_private)
     if read is None:
         return None
     data, st = read
-    if st.st_mode & stat.S_IWOTH:
-        p.add(f"{where}: {path} is writable by every user; make it 0600 or 0400")
-        return None
     try:
         text = data.decode("utf-8").strip()
     except UnicodeDecodeError:
@@ -174,9 +186,21 @@ def secret_file(path: Path, where: str, p: Problems, warnings: list[str]) -> str
     if why := secret_problem(text, "secret_file"):
         p.add(why)
         return None
-    if st.st_mode & (stat.S_IROTH | stat.S_IWOTH):
+    if st.st_mode & stat.S_IROTH:
         warnings.append(
             f"{where}: {path} is readable by every user (mode {stat.S_IMODE(st.st_mode):04o}); "
             "make it 0400 or 0600 (Kubernetes: defaultMode: 0400 on the Secret volume)"
         )
+    if st.st_uid not in (0, os.geteuid()):
+        warnings.append(
+            f"{where}: {path} is owned by uid {st.st_uid}, neither root nor this daemon's uid "
+            f"{os.geteuid()}; that user can change the secret"
+        )
     return text
+
+
+def _private(st: os.stat_result) -> None:
+    """Refuse, before reading, a secret file that other users may write (they could choose
+    the secret every local process then needs)."""
+    if st.st_mode & stat.S_IWOTH:
+        raise _Refused(errno.EPERM, "is writable by every user; make it 0600 or 0400")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -32,7 +33,11 @@ class FileTooLarge(OSError):
 
 
 def read_bounded(
-    path: Path, limit: int, *, follow_symlinks: bool = True
+    path: Path,
+    limit: int,
+    *,
+    follow_symlinks: bool = True,
+    check: Callable[[os.stat_result], None] | None = None,
 ) -> tuple[bytes, os.stat_result]:
     """The content (at most ``limit`` bytes) of the regular file at ``path`` and its ``fstat``.
 
@@ -40,7 +45,9 @@ def read_bounded(
     two of them) unless ``follow_symlinks`` is false. Raises OSError: ``NotRegularFile`` for a
     FIFO, device, socket or directory, ``FileTooLarge`` when ``fstat`` reports more than
     ``limit`` bytes or more arrive (a file growing, a procfs file reporting size 0), ELOOP for
-    a symlink when ``follow_symlinks`` is false. Nothing is read before the checks pass.
+    a symlink when ``follow_symlinks`` is false. ``check`` sees the ``fstat`` result before
+    anything is read and may raise (an OSError) to refuse the file, e.g. for its owner or mode.
+    Nothing is read before the checks pass.
     """
     flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
     if not follow_symlinks:
@@ -52,6 +59,8 @@ def read_bounded(
             raise NotRegularFile(path, st.st_mode)
         if st.st_size > limit:
             raise FileTooLarge(path, limit)
+        if check is not None:
+            check(st)
         chunks: list[bytes] = []
         size = 0
         while size <= limit and (chunk := os.read(fd, limit + 1 - size)):
