@@ -271,3 +271,14 @@ def test_a_secret_file_owned_by_another_user_is_accepted_with_a_warning(tmp_path
     result = run_cli("check-config", "--config", str(config), env=offline_env(tmp_path))
     assert result.returncode == 0, result.stderr
     assert f"endpoint.secret_file: {path} is owned by uid 12345" in result.stdout
+
+
+def test_check_config_names_the_trust_the_daemon_will_use(tmp_path: Path) -> None:
+    """Issue 26 §8: "(default trust store)" was printed while SSL_CERT_FILE was set."""
+    env = {**offline_env(tmp_path), "SSL_CERT_FILE": str(tmp_path / "corp-ca.pem")}
+    result = run_cli("check-config", "--token", f"a={STORAGE}", env=env)
+    assert result.returncode == 0, result.stderr
+    (line,) = [x for x in result.stdout.splitlines() if x.startswith("# token requests:")]
+    assert line.endswith(f"(trusting SSL_CERT_FILE {tmp_path / 'corp-ca.pem'})")
+    result = run_cli("check-config", "--token", f"a={STORAGE}", env=offline_env(tmp_path))
+    assert "(default trust store (certifi))" in result.stdout

@@ -339,7 +339,8 @@ def _check_config(args: argparse.Namespace) -> int:
     if checked.problems:
         return _print_problems(checked.problems)
     notes = [*checked.notes, *(f"warning: {line}" for line in found.warnings)]
-    sys.stdout.write(render_config(config, notes))
+    trust = preflight.default_trust(os.environ)
+    sys.stdout.write(render_config(config, notes, default_trust=trust))
     return EXIT_OK
 
 

@@ -11,6 +11,9 @@ from entra_tokend.config.schema import IDENTITY_KEYS, POLICY_KEYS, TOP_LEVEL, Co
 from entra_tokend.model import Identity, OutputSpec
 from entra_tokend.util.net import address_text
 
+DEFAULT_TRUST = "default trust store"
+"""The trust of an identity without a CA setting, when the host's variables are unknown."""
+
 
 def _toml_string(text: str) -> str:
     """A TOML basic string: backslash, quote and control characters escaped (PEM text has
@@ -28,10 +31,11 @@ def _toml_string(text: str) -> str:
     return '"' + "".join(out) + '"'
 
 
-def exchange_mode(ident: Identity) -> str:
-    """One line saying where ``ident``'s token requests go and whom they trust."""
+def exchange_mode(ident: Identity, default_trust: str = DEFAULT_TRUST) -> str:
+    """One line saying where ``ident``'s token requests go and whom they trust
+    (``default_trust`` words the trust without a CA setting)."""
     if ident.token_proxy is None:
-        trust = f"trusting {ident.ca_file}" if ident.ca_file else "default trust store"
+        trust = f"trusting {ident.ca_file}" if ident.ca_file else default_trust
         return f"direct to {ident.authority_host} ({trust})"
     name = ident.token_proxy_sni_name or "the URL's host"
     if ident.token_proxy_ca_file is not None:
@@ -39,7 +43,7 @@ def exchange_mode(ident: Identity) -> str:
     elif ident.token_proxy_ca_data is not None:
         trust = "trusting only token_proxy_ca_data"
     else:
-        trust = "default trust store"
+        trust = default_trust
     return (
         f"through the identity-binding token proxy {ident.token_proxy} "
         f"(TLS server name {name}; {trust})"
@@ -101,12 +105,19 @@ def _comment(text: str) -> str:
     return "".join(c if c.isprintable() else "?" for c in text)
 
 
-def render_config(config: Config, notes: Sequence[str] = (), *, offline: bool = False) -> str:
+def render_config(
+    config: Config,
+    notes: Sequence[str] = (),
+    *,
+    offline: bool = False,
+    default_trust: str = DEFAULT_TRUST,
+) -> str:
     """The effective configuration as TOML text that ``load_config`` accepts again.
 
     ``notes`` (what the host checks found: output_dir, listeners, projected tokens) become
     comments at the top; ``offline`` says they were not made, and names the settings only the
-    pod supplies (``Config.run_time``), which stay commented out.
+    pod supplies (``Config.run_time``), which stay commented out. ``default_trust`` words
+    the trust of identities without a CA setting (the host checks' ``default_trust``).
     """
     lines = [f"# effective configuration{f' (from {config.source})' if config.source else ''}"]
     if offline:
@@ -130,7 +141,7 @@ def render_config(config: Config, notes: Sequence[str] = (), *, offline: bool = 
     lines += [f"{k} = {_toml_value(v)}" for k, v in top.items()]
     lines += _pending(config, "file_owner") + _pending(config, "file_group")
     for ident in config.identities.values():
-        mode = _comment(exchange_mode(ident))
+        mode = _comment(exchange_mode(ident, default_trust))
         lines += ["", f"[identity.{ident.name}]", f"# token requests: {mode}"]
         for key in IDENTITY_KEYS:
             value = getattr(ident, key)

@@ -42,6 +42,7 @@ from entra_tokend.preflight.running import (
     check_output_dir,
     check_projected_tokens,
     check_proxies,
+    default_trust,
     startup_checks,
 )
 
@@ -52,6 +53,7 @@ __all__ = [
     "check_output_dir",
     "check_projected_tokens",
     "check_proxies",
+    "default_trust",
     "listen_problem",
     "load",
     "output_dir_problem",

@@ -19,6 +19,13 @@ from entra_tokend.preflight import files
 from entra_tokend.preflight.lines import Findings, listen_problem, output_dir_problem
 
 
+def default_trust(env: Mapping[str, str]) -> str:
+    """How check-config words the trust of an identity without a CA setting: the CA variables
+    the daemon's TLS contexts read (``SSL_CERT_FILE``, ``SSL_CERT_DIR``), else certifi's."""
+    found = [f"{name} {env[name]}" for name in ("SSL_CERT_FILE", "SSL_CERT_DIR") if env.get(name)]
+    return "trusting " + " and ".join(found) if found else "default trust store (certifi)"
+
+
 def check_output_dir(config: Config, found: Findings) -> bool:
     """Can ``run`` create (or use) and lock output_dir? Creates nothing. Returns True when a
     running entra-tokend holds it (so its listeners are expected to be in use)."""
