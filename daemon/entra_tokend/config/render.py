@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from entra_tokend.config.schema import IDENTITY_KEYS, POLICY_KEYS, TOP_LEVEL, Config
-from entra_tokend.model import Identity, OutputSpec
+from entra_tokend.model import EndpointSpec, Identity, OutputSpec
 from entra_tokend.util.net import address_text
 
 DEFAULT_TRUST = "default trust store"
@@ -169,20 +169,24 @@ def render_config(
                 lines.append(f"pid_file = {_toml_value(str(tok.hook.pid_file))}")
             lines.append(f"signal = {_toml_value(signal.Signals(tok.hook.signal).name)}")
     if config.endpoint is not None:
-        ep = config.endpoint
-        host, port = ep.listen
-        listen = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        allow = ", ".join(
-            f"{{resource = {_toml_value(g.resource)}, identity = {_toml_value(g.identity)}}}"
-            for g in ep.grants
-        )
-        name, _, value = ep.secret_source.partition(" = ")
-        lines += [
-            "",
-            "[endpoint]  # the secret itself is never printed",
-            f"listen = {_toml_value(listen)}",
-            f"{name} = {_toml_value(value)}",
-            f"allow = [{allow}]",
-            f"idle_timeout = {ep.idle_timeout!r}",
-        ]
+        lines += _endpoint_lines(config.endpoint)
     return "\n".join(lines) + "\n"
+
+
+def _endpoint_lines(ep: EndpointSpec) -> list[str]:
+    """The ``[endpoint]`` table (naming where the secret comes from, never the secret)."""
+    host, port = ep.listen
+    listen = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    allow = ", ".join(
+        f"{{resource = {_toml_value(g.resource)}, identity = {_toml_value(g.identity)}}}"
+        for g in ep.grants
+    )
+    name, _, value = ep.secret_source.partition(" = ")
+    return [
+        "",
+        "[endpoint]  # the secret itself is never printed",
+        f"listen = {_toml_value(listen)}",
+        f"{name} = {_toml_value(value)}",
+        f"allow = [{allow}]",
+        f"idle_timeout = {ep.idle_timeout!r}",
+    ]
