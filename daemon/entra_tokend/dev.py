@@ -16,7 +16,8 @@ import socket
 import sys
 from pathlib import Path
 
-from entra_tokend.config import ConfigError, Overrides, load_config, parse_listen
+from entra_tokend import preflight
+from entra_tokend.config import ConfigError, Overrides, parse_listen
 
 DEV_ENDPOINT_SECRET_ENV = "ENTRA_TOKEND_DEV_IDENTITY_HEADER"  # noqa: S105 - a variable name
 DEV_ENDPOINT_ALLOW = ("https://storage.azure.com", "https://vault.azure.net")
@@ -98,7 +99,7 @@ def run_dev(args: argparse.Namespace) -> int:
             log_format=args.log_format,
         )
         try:
-            config = load_config(overrides, os.environ)
+            config = preflight.load(overrides, os.environ)
         except ConfigError as exc:
             for line in exc.problems:
                 print(f"entra-tokend: config: {line}", file=sys.stderr)
@@ -131,7 +132,7 @@ entra-tokend dev — a local Entra tenant and kubelet at {emu.authority_host}
         )
 
         async def main() -> int:
-            daemon = Daemon(config, reload=lambda: load_config(overrides, os.environ))
+            daemon = Daemon(config, reload=lambda: preflight.load(overrides, os.environ))
             return await daemon.run()
 
         return asyncio.run(main())
