@@ -6,9 +6,10 @@ Usage (as root, inside the container, with the image's own interpreter)::
 
 GROUPS is a comma-separated list of supplementary group ids (may be empty), as Kubernetes
 gives a pod's fsGroup to every container. In order: every capability leaves the bounding set
-and the inheritable set, no_new_privs is set, then the groups, GID and UID change (a non-zero UID clears the permitted
-and effective sets), and COMMAND replaces this process (it keeps the PID, so under
-systemd-nspawn it is the container's PID 1, as an image's ENTRYPOINT is under Docker). The ids
+and the inheritable set, no_new_privs is set, then the groups, GID and UID change (a non-zero
+UID clears the permitted and effective sets), and COMMAND replaces this process (it keeps the
+PID, so under systemd-nspawn it is the container's PID 1, as an image's ENTRYPOINT is under
+Docker). The ids
 are numbers on purpose: the image's /etc/passwd is not consulted (runAsUser works the same way),
 which is also why systemd-nspawn's --user cannot be used here: it resolves the user with
 ``getent`` inside the container, and a distroless image has none.
@@ -85,7 +86,9 @@ def main(argv: list[str]) -> int:
     groups = [int(g) for g in argv[2].split(",") if g]
     drop_to(uid, gid, groups)
     command = argv[4:]
-    os.execvp(command[0], command)
+    # Replacing this process is the point: COMMAND is the container's process, not a child.
+    os.execvp(command[0], command)  # noqa: S606
+    return 1  # not reached: execvp returns only by raising
 
 
 if __name__ == "__main__":

@@ -166,7 +166,7 @@ HOST_CA=${PIP_CERT:-${SSL_CERT_FILE:-/etc/ssl/certs/ca-certificates.crt}}
 printf '[global]\ncert = /etc/entra-tokend-ci-ca.pem\n' >"$WORK/pip.conf"
 t=$(date +%s%N)
 log "building $IMAGE"
-if ! "${B[@]}" bud --isolation chroot --format docker --pull=never --quiet \
+if ! "${B[@]}" bud --isolation chroot --format docker --pull=never \
     --build-arg DEBIAN_IMAGE="$DEBIAN_REF" --build-arg RUNTIME_IMAGE="$RUNTIME_REF" \
     --build-arg VERSION="$VERSION" --build-arg REVISION="$REVISION" \
     -v "$HOST_CA:/etc/entra-tokend-ci-ca.pem:ro" -v "$WORK/pip.conf:/etc/pip.conf:ro" \
