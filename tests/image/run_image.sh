@@ -2,7 +2,7 @@
 # The container image, built from the Dockerfile and run (CI stage "image", run by .ci/run).
 #
 # Build: no registry is reachable, so both base images are made here from Debian bookworm with
-# mmdebstrap (cached) and imported into a buildah store of this run's own:
+# mmdebstrap and imported into a buildah store (both cached):
 #   debian:12-slim stand-in       the minbase variant (apt, dpkg, a shell: what the build stage needs)
 #   distroless python3 stand-in   Debian's python3 (CPython 3.11, as gcr.io/distroless/python3-debian12)
 #                                 extracted without maintainer scripts, as distroless does; no shell;
@@ -29,7 +29,8 @@
 # and systemd-container with apt-get when missing.
 #
 # Environment: ENTRA_TOKEND_CI_CACHE (default /var/cache/entra-tokend-ci) holds the two trees,
-# each keyed by a hash of its recipe; KEEP_WORK=1 keeps the work directory.
+# each keyed by a hash of its recipe, and a buildah store with them imported as images;
+# KEEP_WORK=1 keeps the work directory.
 set -euo pipefail
 shopt -s inherit_errexit
 
@@ -55,8 +56,13 @@ elapsed() { awk -v a="$1" -v b="$(date +%s%N)" 'BEGIN { printf "%.1f", (b - a) /
 log() { printf '%s [%7ss] %s\n' "image-ci" "$(elapsed "$T0")" "$*" >&2; }
 pass() { passed=$((passed + 1)); echo "PASS $1"; }
 fail() { failed=$((failed + 1)); echo "FAIL $1: $2"; }
-die() { echo "FAIL setup: $*"; echo "$passed passed, $((failed + 1)) failed"; exit 1; }
-trap 'echo "FAIL setup: command failed (line $LINENO)"' ERR
+die() { FINISHED=1; echo "FAIL setup: $*"; echo "$passed passed, $((failed + 1)) failed"; exit 1; }
+# A command failing under `set -e` ends the stage: say so in the stage's own terms.
+early_exit() {
+  local rc=$?
+  [ "$rc" = 0 ] || [ -n "${FINISHED:-}" ] || { echo "FAIL setup: stopped early (exit status $rc)"; echo "$passed passed, $((failed + 1)) failed"; }
+}
+trap early_exit EXIT
 
 [ "$(id -u)" = 0 ] || die "needs root (mmdebstrap, buildah, systemd-nspawn, mount)"
 need=()
@@ -107,17 +113,36 @@ distroless_finish() {
   done
 }
 mkdir -p "$CACHE"
+exec 9>"$CACHE/image.lock"  # one run at a time builds the trees and uses the store
+flock 9
 t=$(date +%s%N)
-cached_tree debian "minbase" --variant=minbase
+# debian:12-slim is minbase with debuerreotype's "slim" dpkg excludes (kept in the tree's dpkg
+# configuration, so the build stage's own installs are slimmed too).
+SLIM=()
+for dir in doc groff info linda lintian locale man; do SLIM+=("--dpkgopt=path-exclude=/usr/share/$dir/*"); done
+SLIM+=("--dpkgopt=path-include=/usr/share/doc/*/copyright")
+cached_tree debian "minbase ${SLIM[*]}" --variant=minbase "${SLIM[@]}"
 DEBIAN_TREE=$TREE
 cached_tree runtime "extract $RUNTIME_PACKAGES" --variant=extract --include="$RUNTIME_PACKAGES"
 RUNTIME_TREE=$TREE
 TIMES[trees]=$(elapsed "$t")
 log "trees: $DEBIAN_TREE $RUNTIME_TREE"
 
+VERSION=$("$PY" -c 'import tomllib,sys; print(tomllib.load(open(sys.argv[1], "rb"))["project"]["version"])' "$REPO/pyproject.toml")
+IMAGE=localhost/entra-tokend-ci/entra-tokend:$VERSION
 WORK=$(mktemp -d /var/tmp/entra-tokend-image.XXXXXX)
 VOL="$WORK/tokens"
-B=(buildah --root "$WORK/storage" --runroot "$WORK/runroot" --storage-driver vfs)
+# The base images stay imported in a buildah store beside the trees (keyed by both); what a run
+# adds to it (the built image, working containers) is removed at exit, and at start in case an
+# earlier run was killed.
+STORE="$CACHE/image-buildah-$(printf '%s\n' "$DEBIAN_TREE" "$RUNTIME_TREE" | sha256sum | cut -c1-16)"
+find "$CACHE" -maxdepth 1 -name 'image-buildah-*' ! -path "$STORE" -exec rm -rf {} +
+B=(buildah --root "$STORE" --runroot "$WORK/runroot" --storage-driver vfs)
+tidy_store() {  # each may find nothing to remove
+  "${B[@]}" rm --all >/dev/null 2>&1 || true
+  "${B[@]}" rmi -f "$IMAGE" >/dev/null 2>&1 || true
+  "${B[@]}" rmi --prune >/dev/null 2>&1 || true
+}
 # Common to both containers: read-only root, nothing of the host's /etc, not registered with a
 # systemd the host does not run. --no-new-privileges: allowPrivilegeEscalation: false.
 NSPAWN=(systemd-nspawn -q --register=no --keep-unit --read-only --timezone=off --resolv-conf=off
@@ -125,14 +150,16 @@ NSPAWN=(systemd-nspawn -q --register=no --keep-unit --read-only --timezone=off -
 NSPAWN_PID=""
 EMU_PID=""
 cleanup() {
+  local rc=$?
   set +e
   if [ -n "$NSPAWN_PID" ] && kill -0 "$NSPAWN_PID" 2>/dev/null; then
     kill -KILL "$NSPAWN_PID"; wait "$NSPAWN_PID" 2>/dev/null
   fi
   if [ -n "$EMU_PID" ]; then kill -TERM "$EMU_PID" 2>/dev/null; wait "$EMU_PID" 2>/dev/null; fi
   mountpoint -q "$VOL" && umount "$VOL"
-  "${B[@]}" rm --all >/dev/null 2>&1
+  tidy_store
   if [ "${KEEP_WORK:-0}" = 1 ]; then log "work directory kept: $WORK"; else rm -rf "$WORK"; fi
+  (exit "$rc"); early_exit
 }
 trap cleanup EXIT
 
@@ -148,18 +175,23 @@ import_tree() {
   "${B[@]}" commit --quiet --format docker --rm "$ctr" "$2" >/dev/null
 }
 t=$(date +%s%N)
-import_tree "$DEBIAN_TREE" "$DEBIAN_REF" --cmd '["bash"]' \
-  --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
-# distroless python3-debian12:nonroot's configuration.
-import_tree "$RUNTIME_TREE" "$RUNTIME_REF" --user 65532:65532 --workingdir /home/nonroot \
-  --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin --entrypoint '["/usr/bin/python3.11"]'
+tidy_store
+if ! "${B[@]}" inspect --type image "$DEBIAN_REF" >/dev/null 2>&1; then
+  import_tree "$DEBIAN_TREE" "$DEBIAN_REF" --cmd '["bash"]' \
+    --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+  log "imported $DEBIAN_REF"
+fi
+if ! "${B[@]}" inspect --type image "$RUNTIME_REF" >/dev/null 2>&1; then
+  # distroless python3-debian12:nonroot's configuration.
+  import_tree "$RUNTIME_TREE" "$RUNTIME_REF" --user 65532:65532 --workingdir /home/nonroot \
+    --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin --entrypoint '["/usr/bin/python3.11"]'
+  log "imported $RUNTIME_REF"
+fi
 TIMES[import]=$(elapsed "$t")
-log "base images imported: $DEBIAN_REF $RUNTIME_REF"
+log "base images: $DEBIAN_REF $RUNTIME_REF (store $STORE)"
 
 # ---------------------------------------------------------------- build the Dockerfile
-VERSION=$("$PY" -c 'import tomllib,sys; print(tomllib.load(open(sys.argv[1], "rb"))["project"]["version"])' "$REPO/pyproject.toml")
 REVISION=$(git -C "$REPO" rev-parse HEAD 2>/dev/null || echo unknown)
-IMAGE=localhost/entra-tokend-ci/entra-tokend:$VERSION
 # pip in the build stage trusts what the host's pip trusts (a TLS-intercepting egress proxy's CA
 # included) through a pip.conf bound in for the build only: the runtime stage copies nothing of it.
 HOST_CA=${PIP_CERT:-${SSL_CERT_FILE:-/etc/ssl/certs/ca-certificates.crt}}
@@ -347,5 +379,6 @@ TIMES[run]=$(elapsed "$t")
 summary=""
 for k in trees import build prepare first_tokens run; do summary+="$k ${TIMES[$k]:-?} s, "; done
 log "timings: ${summary}total $(elapsed "$T0") s"
+FINISHED=1
 echo "$passed passed, $failed failed"
 [ "$failed" = 0 ] || exit 1
