@@ -23,6 +23,7 @@
 #              cannot write the volume; without the fsGroup it cannot read it
 #   healthcheck the image's HEALTHCHECK command, run inside the daemon's container as 65532,
 #              exits 0 (and 1 when pointed at a port nothing listens on)
+#   rotation   a projected-token rotation (kubelet's ..data swap, by the emulator) is noticed
 #   stop       SIGTERM to the container's PID 1 (the daemon) ends it with status 0
 # Prints one PASS/FAIL line per check and "N passed, N failed"; exits non-zero on any failure.
 # Needs root and network access to the Debian mirror and PyPI; installs mmdebstrap, buildah
@@ -361,6 +362,22 @@ if [ "$hc_rc" = 0 ] && [ "$bad_rc" = 1 ]; then
 else
   fail healthcheck "exit $hc_rc (${hc_out//$'\n'/ }); against a closed port exit $bad_rc"
 fi
+
+# rotation: the emulator, as kubelet, swaps ..data in the projected volume bound into the
+# container; the daemon notices through the read-only bind mount.
+"$PY" - "$(emu_env AZURE_AUTHORITY_HOST)" "$(emu_env SSL_CERT_FILE)" <<'EOF_PY'
+import ssl, sys, urllib.request
+ctx = ssl.create_default_context(cafile=sys.argv[2])
+req = urllib.request.Request(sys.argv[1] + "/_admin/rotate", data=b'{"ttl": 3700}', method="POST")
+urllib.request.urlopen(req, context=ctx, timeout=10).read()
+EOF_PY
+rotated=no
+for _ in $(seq 1 300); do
+  if grep -q '"event": "projected token rotated"' "$WORK/daemon.log"; then rotated=yes; break; fi
+  sleep 0.1
+done
+if [ "$rotated" = yes ]; then pass "rotation: a kubelet-style ..data swap in the bound token volume was noticed"
+else fail rotation "no \"projected token rotated\" event within 30 s"; fi
 
 # stop: SIGTERM to nspawn is passed to the container's PID 1, the daemon, which exits 0.
 kill -TERM "$NSPAWN_PID"
