@@ -109,8 +109,14 @@ distroless_finish() {
   chmod 1777 "$1/tmp"
   # base-files' postinst (not run by an extraction) makes /var/run a link to /run.
   rmdir "$1/var/run" && ln -s /run "$1/var/run"
+  local found
+  found=$(shells_in "$1")
+  [ -z "$found" ] || die "the runtime stand-in has a shell ($found): RUNTIME_PACKAGES pulled one in"
+}
+shells_in() {  # $1: a root directory; prints the shells found in it
+  local sh
   for sh in bin/sh bin/bash bin/dash usr/bin/sh usr/bin/bash usr/bin/dash; do
-    if [ -e "$1/$sh" ]; then die "the runtime stand-in has a shell ($sh): RUNTIME_PACKAGES pulled one in"; fi
+    if [ -e "$1/$sh" ] || [ -L "$1/$sh" ]; then printf '%s ' "$sh"; fi
   done
 }
 mkdir -p "$CACHE"
@@ -223,7 +229,7 @@ DCTR=$("${B[@]}" from --quiet --pull=never "$IMAGE")
 DROOT=$("${B[@]}" mount "$DCTR")
 ACTR=$("${B[@]}" from --quiet --pull=never "$DEBIAN_REF")
 AROOT=$("${B[@]}" mount "$ACTR")
-shells=$(cd "$DROOT" && ls -d bin/sh bin/bash bin/dash usr/bin/sh usr/bin/bash usr/bin/dash 2>/dev/null || true)
+shells=$(shells_in "$DROOT")
 # One CPython on both sides: the build stage's python3 made the venv the runtime's python3 runs.
 venv_python=$(sed -n 's/^version *= *//p' "$DROOT/opt/entra-tokend/pyvenv.cfg")
 runtime_python=$("${NSPAWN[@]}" -D "$DROOT" --pipe /usr/bin/python3 -c 'import platform; print(platform.python_version())' \
@@ -309,7 +315,7 @@ if [[ "$arm" =~ ^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$ ]] \
    && [ "$("$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))["access_token"].count("."))' "$VOL/storage.json")" = 2 ]; then
   pass "tokens: /tokens/arm (aud $(claim aud <<<"$arm")) and /tokens/storage.json, owner $(stat -c '%u:%g mode %a' "$VOL/arm")"
 else
-  fail tokens "$(ls -ln "$VOL" 2>&1 | tr '\n' ';')"
+  fail tokens "$(find "$VOL" -mindepth 1 -printf '%f %U:%G %m; ')"
   tail -n 20 "$WORK/daemon.log" >&2
 fi
 
