@@ -19,6 +19,7 @@
 #   tokens     the daemon wrote /tokens/arm and /tokens/storage.json (JWTs for the scopes) 0640, fsGroup
 #   identity   the daemon process: UID/GID 65532, groups 2000, every capability set empty,
 #              no_new_privs, root filesystem mounted read-only
+#   readonly   as the daemon's user inside its container, only /tokens takes a new file
 #   app        a second container (debian stand-in) as 10001:10001 + fsGroup reads the token and
 #              cannot write the volume; without the fsGroup it cannot read it
 #   healthcheck the image's HEALTHCHECK command, run inside the daemon's container as 65532,
@@ -285,7 +286,7 @@ t=$(date +%s%N)
   --bind="$VOL:/tokens" --bind-ro="$WORK/config:/etc/entra-tokend" \
   --bind-ro="$(dirname "$TOKEN_FILE"):/var/run/secrets/azure/tokens" \
   --bind-ro="$(emu_env SSL_CERT_FILE):$CI_DIR/emulator-ca.pem" \
-  --bind-ro="$HERE/drop_privileges.py:$CI_DIR/drop_privileges.py" \
+  --bind-ro="$HERE/drop_privileges.py:$CI_DIR/drop_privileges.py" --bind-ro="$DROOT/tmp:/tmp" \
   "${DROP[@]}" "${ENTRYPOINT[@]}" run --config /etc/entra-tokend/entra-tokend.toml \
   >"$WORK/daemon.log" 2>&1 </dev/null &
 NSPAWN_PID=$!
@@ -333,6 +334,20 @@ if [ "$(field Uid)" = "$ids" ] && [ "$(field Gid)" = "$ids" ] && [ "$(field Grou
 else
   fail identity "cmdline=[$cmdline] Uid=[$(field Uid)] Gid=[$(field Gid)] Groups=[$(field Groups)] CapEff=$(field CapEff) CapBnd=$(field CapBnd) CapInh=$(field CapInh) NoNewPrivs=$(field NoNewPrivs) root=$root_opts"
 fi
+
+# readonly: where the daemon's user can create a file inside its container (nspawn's own /tmp
+# tmpfs is replaced by the image's read-only /tmp, as readOnlyRootFilesystem leaves it).
+probe='import os
+for d in ("/", "/tmp", "/var/tmp", "/run", "/home/nonroot", "/opt/entra-tokend", "/etc/entra-tokend", "/tokens"):
+    try:
+        open(os.path.join(d, ".probe"), "x").close()
+    except OSError as e:
+        continue
+    os.unlink(os.path.join(d, ".probe"))
+    print(d)'
+writable=$(nsenter -t "$LEADER" -m -u -i -n -p -r -w -- "${DROP[@]}" /usr/bin/python3 -I -c "$probe" 2>&1 | tr '\n' ' ' || true)
+if [ "$writable" = "/tokens " ]; then pass "readonly: as $DAEMON_UID only /tokens is writable (/, /tmp, /var/tmp, /run, the home, the venv, the config are not)"
+else fail readonly "writable as $DAEMON_UID: [$writable]"; fi
 
 # The app container: the debian stand-in, the volume read-only, as the manifest's app container.
 # It reports a digest of what it read, never the token.
