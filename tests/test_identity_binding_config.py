@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from entra_tokend.config import ConfigError, Overrides, load_config
-from entra_tokend.config.host import token_proxy_ca_file
+from entra_tokend import preflight
+from entra_tokend.config import ConfigError, Overrides
 from entra_tokend.config.validate import Problems
 from entra_tokend.emulator import Emulator
+from entra_tokend.preflight.files import token_proxy_ca_file
 from support import STORAGE, run_cli, write_config
 
 SNI = "ib.aks.local"
@@ -29,7 +30,7 @@ def _problems(tmp_path: Path, env: dict[str, str], body: str = "") -> list[str]:
         "AZURE_FEDERATED_TOKEN_FILE": str(tmp_path / "sa"),
     }
     try:
-        load_config(
+        preflight.load(
             Overrides(config=str(config), output_dir=str(tmp_path / "out")), {**base, **env}
         )
     except ConfigError as exc:

@@ -26,10 +26,11 @@ from typing import Any
 
 import pytest
 
+import entra_tokend
 from support import REPO, base_env, run_cli, tool, wait_until
 from support.deploy import stages
 
-VERSION = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+VERSION = entra_tokend.__version__  # the one source (pyproject: dynamic = ["version"])
 IMAGE_UID = 65532
 BLOCK_CRYPTOGRAPHY = (
     "import runpy, sys\n"

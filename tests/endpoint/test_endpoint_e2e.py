@@ -187,7 +187,10 @@ def test_bad_endpoint_config_is_exit_2_naming_the_key(
         "AZURE_CLIENT_ID": "c",
         "AZURE_FEDERATED_TOKEN_FILE": str(tmp_path / "sa"),
     }
-    result = run_cli(*_config(tmp_path, endpoint), env=env)
+    # Not --offline: that leaves an unset secret_env variable to the pod and never reads
+    # secret_file; check-config without it reports both (with every other problem).
+    args = [arg for arg in _config(tmp_path, endpoint) if arg != "--offline"]
+    result = run_cli(*args, env=env)
     assert result.returncode == 2, result.stdout + result.stderr
     assert problem in result.stderr
     assert "s3cr3t-value" not in result.stdout + result.stderr

@@ -30,7 +30,7 @@ def endpoint(
     table: Any, env: Mapping[str, str], base: Path, p: Problems
 ) -> tuple[tuple[str, int], tuple[Grant, ...], float, str | None, Path | None] | None:
     """The ``[endpoint]`` table's pure part: (listen, grants, idle_timeout, secret_env value,
-    secret_file path). Reading ``secret_file`` is a host check (``host.secret_file``).
+    secret_file path). Reading ``secret_file`` is a host check (``entra_tokend.preflight``).
 
     ``listen`` must be a loopback address (``127.0.0.1:PORT``, ``[::1]:PORT``): anyone who can
     reach the endpoint gets tokens. Exactly one of ``secret_file``/``secret_env`` names the
@@ -77,6 +77,9 @@ def endpoint(
     elif secret_env is not None:
         if not isinstance(secret_env, str) or not secret_env or has_nul(secret_env, where, p):
             p.add(f"{where}.secret_env: must be the name of an environment variable")
+        elif not env.get(secret_env, "").strip() and p.offline:
+            p.later.append(f"{where}.secret_env ({secret_env})")
+            env_value = ""  # a placeholder: an offline Config is rendered, never run
         elif not env.get(secret_env, "").strip():
             p.add(f"{where}.secret_env: environment variable {secret_env} is not set or empty")
         else:
@@ -178,3 +181,24 @@ def unique_selectors(identities: Mapping[str, Identity], p: Problems) -> None:
             first = seen.setdefault(value.lower(), name)
             if first != name:
                 p.add(f"identity.{name}.{key}: identity.{first} has the same {key}")
+
+
+MIN_ENDPOINT_SECRET = 16
+"""Characters: an X-IDENTITY-HEADER secret shorter than this is refused (Azure's is a GUID)."""
+
+
+def secret_problem(secret: str, key: str) -> str | None:
+    """Why ``secret`` (from ``endpoint.KEY``) cannot be the header secret, or None. The text
+    never shows the secret."""
+    if not secret.isprintable() or not secret.isascii():
+        return (
+            f"endpoint.{key}: the secret must be printable ASCII (an HTTP header value); "
+            "e.g. a random GUID"
+        )
+    if len(secret) < MIN_ENDPOINT_SECRET:
+        return (
+            f"endpoint.{key}: the secret has {len(secret)} characters; use at least "
+            f"{MIN_ENDPOINT_SECRET} random ones (e.g. a random GUID), since it is all that "
+            "stands between any local process and a token"
+        )
+    return None
