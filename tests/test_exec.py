@@ -1,0 +1,149 @@
+"""``entra-tokend exec`` (issue 25): a program run with fresh tokens in its environment, its
+exit status passed through, signals forwarded, restarted or signalled on a refresh.
+
+Real subprocesses against the emulator; the programs are small Python scripts that record what
+they saw (their environment, the signals they got) in files the test waits for."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from entra_tokend.emulator import Emulator
+from testlib import (
+    STORAGE,
+    VAULT,
+    DaemonProcess,
+    emulator_env,
+    jwt_claims,
+    run_cli,
+    wait_until,
+    write_config,
+)
+
+Factory = Callable[..., DaemonProcess]
+
+# Records its token variables, then each signal it gets (one line each) until TERM or INT.
+RECORDER = """\
+import json, os, signal, sys, time
+record = sys.argv[1]
+def log(line):
+    with open(record, "a") as f:
+        f.write(line + "\\n")
+def got(sig, _frame):
+    log(signal.Signals(sig).name)
+    if sig in (signal.SIGTERM, signal.SIGINT):
+        sys.exit(int(os.environ.get("EXIT_ON_STOP", "0")))
+for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGUSR1,
+            signal.SIGUSR2):
+    signal.signal(sig, got)
+if os.environ.get("IGNORE_TERM"):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+env = {k: v for k, v in os.environ.items() if "ACCESS_TOKEN" in k}
+log("env " + json.dumps(env))
+while True:
+    time.sleep(60)
+"""
+
+
+def _recorder(tmp_path: Path) -> list[str]:
+    script = tmp_path / "recorder.py"
+    script.write_text(RECORDER)
+    return [sys.executable, str(script), str(tmp_path / "record")]
+
+
+def _lines(tmp_path: Path) -> list[str]:
+    path = tmp_path / "record"
+    text = path.read_text() if path.exists() else ""
+    return [line for line in text.split("\n")[:-1] if line]
+
+
+def _envs(tmp_path: Path) -> list[dict[str, str]]:
+    return [json.loads(line[4:]) for line in _lines(tmp_path) if line.startswith("env ")]
+
+
+def _config(tmp_path: Path, tokens: dict[str, str] | None = None, body: str = "") -> str:
+    path = write_config(
+        tmp_path / "c.toml",
+        tokens if tokens is not None else {"a": STORAGE},
+        body=body,
+        backoff_initial=0.05,
+        backoff_max=0.2,
+        min_refresh_interval=0,
+    )
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("code", "status"),
+    [
+        ("sys.exit(0)", 0),
+        ("sys.exit(3)", 3),
+        ("os.kill(os.getpid(), signal.SIGKILL)", 137),
+    ],
+)
+def test_the_programs_exit_status_is_execs(
+    emulator: Emulator, tmp_path: Path, code: str, status: int
+) -> None:
+    out = tmp_path / "out"
+    program = (
+        "import os, signal, sys\n"
+        "assert os.environ['A_ACCESS_TOKEN'] == open(sys.argv[1]).read(), 'token differs'\n"
+        "assert int(os.environ['A_ACCESS_TOKEN_EXPIRES_ON']) > 0\n" + code
+    )
+    result = run_cli(
+        "exec",
+        "--config",
+        _config(tmp_path),
+        "--",
+        sys.executable,
+        "-c",
+        program,
+        str(out / "a"),
+        env=emulator_env(emulator, out),
+    )
+    assert result.returncode == status, result.stderr
+
+
+def test_env_format_tokens_set_their_variables(emulator: Emulator, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    body = f'[token.pg]\nscope = "{VAULT}"\nformat = "env"\nenv_name = "PGPASSWORD"\n'
+    result = run_cli(
+        "exec",
+        "--config",
+        _config(tmp_path, {"storage-1": STORAGE}, body),
+        "--",
+        sys.executable,
+        "-c",
+        "import json, os; print(json.dumps(dict(os.environ)))",
+        env=emulator_env(emulator, out),
+    )
+    assert result.returncode == 0, result.stderr
+    env = json.loads(result.stdout)
+    assert (out / "pg").read_text() == (
+        f"PGPASSWORD={env['PGPASSWORD']}\nPGPASSWORD_EXPIRES_ON={env['PGPASSWORD_EXPIRES_ON']}\n"
+    )
+    assert env["STORAGE_1_ACCESS_TOKEN"] == (out / "storage-1").read_text()
+    assert jwt_claims(env["PGPASSWORD"])["aud"].startswith("https://vault.azure.net")
+
+
+def test_signals_are_forwarded(emulator: Emulator, tmp_path: Path, daemon_factory: Factory) -> None:
+    env = {**emulator_env(emulator, tmp_path / "out"), "EXIT_ON_STOP": "7"}
+    d = daemon_factory("exec", "--config", _config(tmp_path), "--", *_recorder(tmp_path), env=env)
+    wait_until(lambda: _envs(tmp_path), timeout=60, what="the program's start")
+    sent = [signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGQUIT]
+    for sig in sent:
+        d.signal(sig)
+        wait_until(lambda s=sig: s.name in _lines(tmp_path), timeout=30, what=sig.name)  # type: ignore[misc]
+    d.signal(signal.SIGTERM)
+    assert d.proc.wait(timeout=30) == 7  # the program's own status after TERM
+    assert [line for line in _lines(tmp_path) if not line.startswith("env ")] == [
+        *(s.name for s in sent),
+        "SIGTERM",
+    ]
