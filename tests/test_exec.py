@@ -147,3 +147,112 @@ def test_signals_are_forwarded(emulator: Emulator, tmp_path: Path, daemon_factor
         *(s.name for s in sent),
         "SIGTERM",
     ]
+
+
+def test_a_refresh_restarts_the_program_with_the_new_token(
+    emulator: Emulator, tmp_path: Path, daemon_factory: Factory
+) -> None:
+    emulator.access_token_lifetime = 2
+    out = tmp_path / "out"
+    d = daemon_factory(
+        "exec",
+        "--config",
+        _config(tmp_path),
+        "--",
+        *_recorder(tmp_path),
+        env=emulator_env(emulator, out),
+    )
+    wait_until(lambda: len(_envs(tmp_path)) >= 2, timeout=60, what="a restart")
+    first, second = (env["A_ACCESS_TOKEN"] for env in _envs(tmp_path)[:2])
+    assert first != second
+    assert jwt_claims(second)["iat"] >= jwt_claims(first)["iat"]
+    assert second in emulator.issued_tokens
+    restarted = d.wait_event("program restarted")
+    assert d.count("token refreshed; restarting the program", token="a") >= 1
+    # The first program got SIGTERM (and exited 0 on it) before the second started.
+    lines = _lines(tmp_path)
+    assert lines[1] == "SIGTERM" and lines[2].startswith("env ")
+    assert restarted["pid"] != d.wait_event("program started")["pid"]
+    d.signal(signal.SIGTERM)
+    assert d.proc.wait(timeout=30) == 0
+
+
+def test_signal_on_refresh_keeps_the_program(
+    emulator: Emulator, tmp_path: Path, daemon_factory: Factory
+) -> None:
+    emulator.access_token_lifetime = 2
+    out = tmp_path / "out"
+    d = daemon_factory(
+        "exec",
+        "--config",
+        _config(tmp_path),
+        "--signal",
+        "HUP",
+        "--",
+        *_recorder(tmp_path),
+        env=emulator_env(emulator, out),
+    )
+    wait_until(lambda: "SIGHUP" in _lines(tmp_path), timeout=60, what="SIGHUP on a refresh")
+    assert d.count("token refreshed; signalling the program", token="a", signal="SIGHUP") >= 1
+    assert len(_envs(tmp_path)) == 1 and d.count("program restarted") == 0
+    d.signal(signal.SIGTERM)
+    assert d.proc.wait(timeout=30) == 0
+
+
+def test_sigterm_then_the_grace_period_then_sigkill(
+    emulator: Emulator, tmp_path: Path, daemon_factory: Factory
+) -> None:
+    env = {**emulator_env(emulator, tmp_path / "out"), "IGNORE_TERM": "1"}
+    d = daemon_factory(
+        "exec",
+        "--config",
+        _config(tmp_path),
+        "--grace",
+        "0.5",
+        "--",
+        *_recorder(tmp_path),
+        env=env,
+    )
+    wait_until(lambda: _envs(tmp_path), timeout=60, what="the program's start")
+    d.signal(signal.SIGTERM)
+    assert d.proc.wait(timeout=30) == 128 + signal.SIGKILL
+    d.wait_event("program still running after the grace period; killing it")
+    assert "SIGTERM" not in _lines(tmp_path)  # ignored, as the program chose
+
+
+@pytest.mark.parametrize(("kind", "status"), [("missing", 127), ("not executable", 126)])
+def test_a_program_that_cannot_start(
+    emulator: Emulator, tmp_path: Path, kind: str, status: int
+) -> None:
+    program = tmp_path / "prog"
+    if kind == "not executable":
+        program.write_text("#!/bin/sh\nexit 0\n")
+        program.chmod(0o644)
+    result = run_cli(
+        "exec",
+        "--config",
+        _config(tmp_path),
+        "--",
+        str(program),
+        env=emulator_env(emulator, tmp_path / "out"),
+    )
+    assert result.returncode == status
+    line = next(json.loads(x) for x in result.stderr.splitlines() if "could not start" in x)
+    reason = "No such file or directory" if status == 127 else "Permission denied"
+    assert line["reason"] == reason and line["program"] == str(program)
+
+
+def test_configuration_errors_exit_2(emulator: Emulator, tmp_path: Path) -> None:
+    env = emulator_env(emulator, tmp_path / "out")
+    bad = write_config(tmp_path / "bad.toml", {"a": STORAGE}, refresh_bogus=1)
+    result = run_cli("exec", "--config", str(bad), "--", "true", env=env)
+    assert result.returncode == 2 and "refresh_bogus" in result.stderr
+    body = "".join(f'[token.{n}]\nscope = "{STORAGE}"\nformat = "env"\n' for n in ("x", "y"))
+    result = run_cli("exec", "--config", _config(tmp_path, {}, body), "--", "true", env=env)
+    assert result.returncode == 2
+    assert "token.x and token.y would both set ACCESS_TOKEN" in result.stderr
+    result = run_cli("exec", "--config", _config(tmp_path), env=env)
+    assert result.returncode == 2 and "a command is needed" in result.stderr
+    result = run_cli("exec", "--signal", "NOPE", "--", "true", env=env)
+    assert result.returncode == 2 and "unknown signal" in result.stderr
+    assert not (tmp_path / "out" / "x").exists()
