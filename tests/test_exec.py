@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +22,8 @@ from testlib import (
     STORAGE,
     VAULT,
     DaemonProcess,
+    base_env,
+    cli,
     emulator_env,
     jwt_claims,
     run_cli,
@@ -171,7 +175,8 @@ def test_a_refresh_restarts_the_program_with_the_new_token(
     assert d.count("token refreshed; restarting the program", token="a") >= 1
     # The first program got SIGTERM (and exited 0 on it) before the second started.
     lines = _lines(tmp_path)
-    assert lines[1] == "SIGTERM" and lines[2].startswith("env ")
+    assert lines[1] == "SIGTERM"
+    assert lines[2].startswith("env ")
     assert restarted["pid"] != d.wait_event("program started")["pid"]
     d.signal(signal.SIGTERM)
     assert d.proc.wait(timeout=30) == 0
@@ -194,7 +199,8 @@ def test_signal_on_refresh_keeps_the_program(
     )
     wait_until(lambda: "SIGHUP" in _lines(tmp_path), timeout=60, what="SIGHUP on a refresh")
     assert d.count("token refreshed; signalling the program", token="a", signal="SIGHUP") >= 1
-    assert len(_envs(tmp_path)) == 1 and d.count("program restarted") == 0
+    assert len(_envs(tmp_path)) == 1
+    assert d.count("program restarted") == 0
     d.signal(signal.SIGTERM)
     assert d.proc.wait(timeout=30) == 0
 
@@ -239,20 +245,80 @@ def test_a_program_that_cannot_start(
     assert result.returncode == status
     line = next(json.loads(x) for x in result.stderr.splitlines() if "could not start" in x)
     reason = "No such file or directory" if status == 127 else "Permission denied"
-    assert line["reason"] == reason and line["program"] == str(program)
+    assert line["reason"] == reason
+    assert line["program"] == str(program)
 
 
 def test_configuration_errors_exit_2(emulator: Emulator, tmp_path: Path) -> None:
     env = emulator_env(emulator, tmp_path / "out")
     bad = write_config(tmp_path / "bad.toml", {"a": STORAGE}, refresh_bogus=1)
     result = run_cli("exec", "--config", str(bad), "--", "true", env=env)
-    assert result.returncode == 2 and "refresh_bogus" in result.stderr
+    assert result.returncode == 2
+    assert "refresh_bogus" in result.stderr
     body = "".join(f'[token.{n}]\nscope = "{STORAGE}"\nformat = "env"\n' for n in ("x", "y"))
     result = run_cli("exec", "--config", _config(tmp_path, {}, body), "--", "true", env=env)
     assert result.returncode == 2
     assert "token.x and token.y would both set ACCESS_TOKEN" in result.stderr
     result = run_cli("exec", "--config", _config(tmp_path), env=env)
-    assert result.returncode == 2 and "a command is needed" in result.stderr
+    assert result.returncode == 2
+    assert "a command is needed" in result.stderr
     result = run_cli("exec", "--signal", "NOPE", "--", "true", env=env)
-    assert result.returncode == 2 and "unknown signal" in result.stderr
+    assert result.returncode == 2
+    assert "unknown signal" in result.stderr
     assert not (tmp_path / "out" / "x").exists()
+
+
+ORPHANER = """\
+import os, sys
+fifo, ready = sys.argv[1], sys.argv[2]
+if os.fork() == 0:
+    if os.fork() == 0:  # an orphan once its parent exits; it exits when the test says so
+        os.execv("/bin/sh", ["sh", "-c", f"read x < {fifo}", "orphan-of-exec"])
+    os._exit(0)
+os.wait()
+open(ready, "w").close()
+os.execv("/bin/sleep", ["sleep", "1000"])
+"""
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def test_as_pid_1_exec_reaps_orphans(emulator: Emulator, tmp_path: Path) -> None:
+    """In a container without an init, exec is PID 1: its program's orphans must not stay
+    zombies, and the program's status still comes back (one owner of waitpid)."""
+    if shutil.which("unshare") is None:
+        pytest.skip("util-linux unshare is not installed")
+    from entra_tokend.reaper import children
+
+    fifo, ready = tmp_path / "fifo", tmp_path / "ready"
+    os.mkfifo(fifo)
+    (tmp_path / "orphaner.py").write_text(ORPHANER)
+    program = [sys.executable, str(tmp_path / "orphaner.py"), str(fifo), str(ready)]
+    argv = cli("exec", "--config", _config(tmp_path), "--", *program)
+    proc = subprocess.Popen(
+        ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child", *argv],
+        env=base_env(emulator_env(emulator, tmp_path / "out")),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_until(ready.exists, timeout=60, what="the program's start")
+        inner = wait_until(lambda: next(iter(children(proc.pid)), None), timeout=10)
+        orphan = wait_until(
+            lambda: next((p for p in children(inner) if "orphan-of-exec" in _cmdline(p)), None),
+            timeout=10,
+            what="the orphan re-parented to exec",
+        )
+        fifo.write_text("x\n")  # the orphan exits: a zombie until PID 1 reaps it
+        wait_until(lambda: orphan not in children(inner), timeout=10, what="the orphan reaped")
+        os.kill(inner, signal.SIGTERM)  # unshare itself ignores SIGTERM while it waits
+        assert proc.wait(30) == 128 + signal.SIGTERM  # sleep's status, passed through
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
