@@ -198,15 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"with --once: give up after this many seconds (default {DEFAULT_DEADLINE}; "
         "key once_deadline)",
     )
-    exe = sub.add_parser(
-        "exec",
-        help="run a program with fresh tokens in its environment; restart or signal it on refresh",
-        description=execcli.DESCRIPTION,
-        epilog=execcli.EPILOG,
-        formatter_class=_help_formatter,
-    )
-    _config_flags(exe)
-    execcli.add_arguments(exe, DEFAULT_DEADLINE)
+    execcli.add_parser(sub, _config_flags, _help_formatter, DEFAULT_DEADLINE)
     check = sub.add_parser(
         "check-config",
         help="validate the configuration (and the host, unless --offline); print it",

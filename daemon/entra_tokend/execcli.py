@@ -1,8 +1,8 @@
 """``entra-tokend exec``: its flags and the command (the supervisor is ``supervise``).
 
-``cli`` builds the subcommand with the configuration flags every command shares and calls
-``add_arguments`` for the rest; after the configuration is loaded and checked it calls
-``exec_command``. Only argparse-level imports at module level: ``--help`` stays light.
+``cli`` calls ``add_parser`` with the configuration flags every command shares, and
+``exec_command`` once the configuration is loaded and checked. Only argparse-level imports
+at module level: ``--help`` stays light.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import math
 import os
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from entra_tokend.config import Config
@@ -66,8 +66,22 @@ def _seconds(text: str) -> float:
     return value
 
 
-def add_arguments(p: argparse.ArgumentParser, default_deadline: float) -> None:
-    """exec's own flags (the configuration flags are the caller's) and ``CMD ARGS...``."""
+def add_parser(
+    sub: Any,
+    config_flags: Callable[[argparse.ArgumentParser], None],
+    formatter: Any,
+    default_deadline: float,
+) -> None:
+    """Add ``exec`` to ``sub`` (the CLI's subparsers): ``config_flags`` adds the flags every
+    command shares, then exec's own and ``CMD ARGS...``."""
+    p = sub.add_parser(
+        "exec",
+        help="run a program with fresh tokens in its environment; restart or signal it on refresh",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=formatter,
+    )
+    config_flags(p)
     p.add_argument(
         "--deadline",
         type=float,
@@ -106,7 +120,12 @@ def add_arguments(p: argparse.ArgumentParser, default_deadline: float) -> None:
         help="seconds CMD has to exit after SIGTERM (a stop or a restart) before SIGKILL "
         "(default 10)",
     )
-    p.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]")
+    p.add_argument(
+        "argv",
+        nargs=argparse.REMAINDER,
+        metavar="-- CMD [ARGS...]",
+        help="the program and its arguments, looked up on PATH",
+    )
 
 
 def exec_command(
