@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from entra_tokend.emulator import Emulator
+from entra_tokend.emulator import Emulator, Fault
 from testlib import (
     STORAGE,
     VAULT,
@@ -322,3 +322,44 @@ def test_as_pid_1_exec_reaps_orphans(emulator: Emulator, tmp_path: Path) -> None
         if proc.poll() is None:
             proc.kill()
             proc.wait(30)
+
+
+def test_a_configuration_error_from_entra_never_starts_the_program(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    emulator.inject(Fault("status", status=400, aadsts=700213, count=100))
+    marker = tmp_path / "started"
+    result = run_cli(
+        "exec", "--config", _config(tmp_path), "--", "touch", str(marker),
+        env=emulator_env(emulator, tmp_path / "out"),
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "configuration error from Entra; giving up" in result.stderr
+    assert not marker.exists()
+
+
+def test_the_program_starts_with_no_signal_blocked_or_ignored(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    """exec holds its signals during start-up (``signals.hold``), and may itself have been
+    started with SIGHUP ignored (nohup): the program inherits neither."""
+    program = "print(open('/proc/self/status').read())"
+
+    def ignore_hup() -> None:
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+    result = subprocess.run(
+        cli("exec", "--config", _config(tmp_path), "--", sys.executable, "-c", program),
+        env=base_env(emulator_env(emulator, tmp_path / "out")),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        preexec_fn=ignore_hup,
+    )
+    assert result.returncode == 0, result.stderr
+    status = dict(line.split(":\t", 1) for line in result.stdout.splitlines() if ":\t" in line)
+    assert int(status["SigBlk"], 16) == 0
+    ignored = int(status["SigIgn"], 16)
+    for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):
+        assert not ignored >> (sig - 1) & 1, sig.name
