@@ -363,3 +363,50 @@ def test_the_program_starts_with_no_signal_blocked_or_ignored(
     ignored = int(status["SigIgn"], 16)
     for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):
         assert not ignored >> (sig - 1) & 1, sig.name
+
+
+def test_a_sigterm_during_start_up_ends_exec_before_the_program(
+    emulator: Emulator, tmp_path: Path, daemon_factory: Factory
+) -> None:
+    """Held from the CLI's first line (``signals.hold``), then applied: a SIGHUP is ignored
+    (nothing to forward it to), a SIGTERM ends exec with 128+15 and no program."""
+    emulator.inject(Fault("hang", count=1000, delay=30))  # the program cannot start meanwhile
+    marker = tmp_path / "started"
+    d = daemon_factory(
+        "exec", "--config", _config(tmp_path), "--", "touch", str(marker),
+        env=emulator_env(emulator, tmp_path / "out"),
+    )  # fmt: skip
+
+    def held() -> bool:
+        try:
+            status = Path(f"/proc/{d.pid}/status").read_text()
+        except OSError:
+            return d.proc.poll() is not None
+        blocked = next(x for x in status.splitlines() if x.startswith("SigBlk:"))
+        return bool(int(blocked.split()[1], 16) >> (signal.SIGTERM - 1) & 1)
+
+    wait_until(held, timeout=30, what="SIGTERM held")
+    d.signal(signal.SIGHUP)
+    d.signal(signal.SIGTERM)
+    assert d.proc.wait(timeout=30) == 128 + signal.SIGTERM
+    d.wait_event("signal ignored: the program has not started", signal="SIGHUP")
+    d.wait_event("stopping before the program started", signal="SIGTERM")
+    assert not marker.exists()
+
+
+def test_variable_names_and_signal_names() -> None:
+    from entra_tokend.model import OutputSpec, TokenSpec
+    from entra_tokend.supervise import clashes, parse_signal, variables
+
+    def spec(name: str, fmt: str = "raw", env_name: str = "ACCESS_TOKEN") -> TokenSpec:
+        output = OutputSpec(Path("/t") / name, fmt, env_name=env_name)
+        return TokenSpec(name, STORAGE, "default", output)
+
+    assert variables(spec("my-db.x")) == ("MY_DB_X_ACCESS_TOKEN", "MY_DB_X_ACCESS_TOKEN_EXPIRES_ON")
+    assert variables(spec("1a"))[0] == "_1A_ACCESS_TOKEN"
+    assert variables(spec("pg", "env", "PGPASSWORD"))[0] == "PGPASSWORD"
+    assert clashes([spec("a-b"), spec("a_b")]) != []
+    assert clashes([spec("a"), spec("b", "env")]) == []
+    assert parse_signal("hup") == parse_signal("SIGHUP") == parse_signal("1") == signal.SIGHUP
+    with pytest.raises(ValueError, match="unknown signal"):
+        parse_signal("SIGNOPE")
