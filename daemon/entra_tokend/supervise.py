@@ -203,6 +203,9 @@ class ExecSupervisor:
                 self._kill_timer = None
             if self._restarting and self._stop_signal is None:
                 self._restarting = False
+                self._log.info(
+                    "program stopped for a restart", pid=pid, exit_status=exit_status(status)
+                )
                 continue
             self._log.info("program exited", pid=pid, exit_status=exit_status(status))
             return exit_status(status)
