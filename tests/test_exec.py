@@ -417,3 +417,22 @@ def test_variable_names_and_signal_names() -> None:
     assert parse_signal("hup") == parse_signal("SIGHUP") == parse_signal("1") == signal.SIGHUP
     with pytest.raises(ValueError, match="unknown signal"):
         parse_signal("SIGNOPE")
+
+
+def test_a_valid_file_from_an_earlier_run_is_replaced(emulator: Emulator, tmp_path: Path) -> None:
+    """The program always starts with a token acquired now (as ``run --once``), even when a
+    still-valid one from a moment ago is on disk (default refresh settings)."""
+    out = tmp_path / "out"
+    config = write_config(tmp_path / "c.toml", {"a": STORAGE})
+    seen = []
+    for _ in range(2):
+        result = run_cli(
+            "exec", "--config", str(config), "--",
+            sys.executable, "-c", "import os; print(os.environ['A_ACCESS_TOKEN'])",
+            env=emulator_env(emulator, out),
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        seen.append(result.stdout.strip())
+    assert seen[0] != seen[1]
+    assert seen == emulator.issued_tokens[-2:]
+    assert (out / "a").read_text() == seen[1]
