@@ -27,6 +27,7 @@ from testlib import (
     emulator_env,
     jwt_claims,
     run_cli,
+    sample_value,
     wait_until,
     write_config,
 )
@@ -146,8 +147,11 @@ def test_env_format_tokens_set_their_variables(emulator: Emulator, tmp_path: Pat
 
 def test_signals_are_forwarded(emulator: Emulator, tmp_path: Path, daemon_factory: Factory) -> None:
     env = {**emulator_env(emulator, tmp_path / "out"), "EXIT_ON_STOP": "7"}
+    env["ENTRA_TOKEND_LISTEN"] = "127.0.0.1:0"  # metrics as in run
     d = daemon_factory("exec", "--config", _config(tmp_path), "--", *_recorder(tmp_path), env=env)
     wait_until(lambda: _envs(tmp_path), timeout=60, what="the program's start")
+    expiry = sample_value(d.scrape(), "entra_tokend_token_expiry_timestamp_seconds", token="a")
+    assert int(expiry or 0) == int(_envs(tmp_path)[0]["A_ACCESS_TOKEN_EXPIRES_ON"])
     sent = [signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGQUIT]
     for sig in sent:
         d.signal(sig)
