@@ -71,8 +71,9 @@ def _child_setup() -> None:
     if _prctl is not None:
         _prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     signal.pthread_sigmask(signal.SIG_SETMASK, ())
-    for sig in CHILD_DEFAULT_SIGNALS:
-        signal.signal(sig, signal.SIG_DFL)
+    with contextlib.suppress(ValueError, OSError):  # never fail a start over this
+        for sig in CHILD_DEFAULT_SIGNALS:
+            signal.signal(sig, signal.SIG_DFL)
 
 
 def children(pid: int | None = None) -> set[int]:
