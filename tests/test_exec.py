@@ -407,7 +407,8 @@ def test_a_sigterm_during_start_up_ends_exec_before_the_program(
 
 def test_variable_names_and_signal_names() -> None:
     from entra_tokend.model import OutputSpec, TokenSpec
-    from entra_tokend.supervise import clashes, parse_signal, variables
+    from entra_tokend.signals import parse_signal
+    from entra_tokend.supervise import clashes, variables
 
     def spec(name: str, fmt: str = "raw", env_name: str = "ACCESS_TOKEN") -> TokenSpec:
         output = OutputSpec(Path("/t") / name, fmt, env_name=env_name)

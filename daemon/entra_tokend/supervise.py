@@ -301,14 +301,3 @@ class ExecSupervisor:
 
 def _name(sig: int) -> str:
     return signal.Signals(sig).name
-
-
-def parse_signal(text: str) -> int:
-    """``HUP``, ``SIGHUP``, ``hup`` or ``1`` → 1. Raises ValueError for an unknown signal."""
-    name = text.strip().upper()
-    try:
-        if name.isdigit():
-            return int(signal.Signals(int(name)))
-        return int(signal.Signals[name if name.startswith("SIG") else f"SIG{name}"])
-    except (KeyError, ValueError):
-        raise ValueError(f"unknown signal {text!r} (HUP, USR1, 10...)") from None
