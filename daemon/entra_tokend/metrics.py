@@ -31,6 +31,8 @@ REASONS: tuple[str, ...] = tuple(str(reason) for reason in Reason)
 """The fixed set of refresh failure reasons (the ``reason`` label)."""
 
 RESULTS: tuple[str, ...] = ("success", "failure")
+FILE_FAILURES: tuple[str, ...] = ("missing_claim", "write_error", "hook")
+"""The ``reason`` label of ``entra_tokend_file_render_failures_total``."""
 
 ENDPOINT_RESULTS: tuple[str, ...] = ("ok", "unauthorized", "forbidden", "bad_request", "error")
 """The ``result`` label of endpoint requests."""
@@ -354,6 +356,13 @@ class Metrics:
             registry=r,
         )
         self._endpoint_resources: set[str] = set()
+        self._file_failures = Counter(
+            "entra_tokend_file_render_failures",
+            "[file.NAME] renders that left the previous file in place, by reason "
+            "(missing_claim, write_error; hook: its hook failed after a write).",
+            ["file", "reason"],
+            registry=r,
+        )
         # The registry's collectors in registration order (its exposition order), for render().
         self._parts: tuple[Collector, ...] = (
             tokens,
@@ -366,6 +375,7 @@ class Metrics:
             self._build_info,
             self._endpoint_requests,
             self._endpoint_duration,
+            self._file_failures,
         )
         self._variants: dict[str, _Variant] = {}
         self.tokens_rendered = 0
@@ -469,6 +479,20 @@ class Metrics:
         series = self._record(token)
         series.hook_failures = (series.hook_failures or 0.0) + 1
         series.changed()
+
+    def file_configured(self, name: str) -> None:
+        """Create ``[file.NAME]``'s failure series at zero (label ``file`` is its name)."""
+        for reason in FILE_FAILURES:
+            self._file_failures.labels(file=name, reason=reason)
+
+    def file_removed(self, name: str) -> None:
+        """Drop a removed file's series."""
+        for reason in FILE_FAILURES:
+            _remove(self._file_failures, name, reason)
+
+    def file_render_failed(self, name: str, reason: str) -> None:
+        """Count a failed render (or hook) of ``[file.NAME]``; ``reason`` in FILE_FAILURES."""
+        self._file_failures.labels(file=name, reason=reason).inc()
 
     def set_output_dir_world_writable(self, insecure: bool) -> None:
         """Set ``entra_tokend_output_dir_world_writable`` to 1 or 0."""

@@ -13,7 +13,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from entra_tokend.config import host, validate, validate_endpoint, validate_outputs
+from entra_tokend.config import (
+    host,
+    validate,
+    validate_endpoint,
+    validate_files,
+    validate_outputs,
+)
 from entra_tokend.config.render import render_config
 from entra_tokend.config.schema import (
     DEFAULT_IDENTITY,
@@ -244,6 +250,7 @@ def load_config(
         file_group=host.owner(values["file_group"], "file_group", p, group=True),
     )
     tokens = _tokens(raw, output_dir, defaults, p)
+    files = validate_files.files(raw.files, tokens, defaults, raw.base, p)
     endpoint = _endpoint(raw, env, p)
     identities = _identities(raw, tokens, env, p, endpoint, host_checks=host_checks)
     if host_checks:
@@ -268,4 +275,5 @@ def load_config(
         tokens=tokens,
         source=raw.source,
         endpoint=endpoint,
+        files=files,
     )

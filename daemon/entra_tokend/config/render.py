@@ -9,7 +9,7 @@ from typing import Any
 
 from entra_tokend.config.schema import IDENTITY_KEYS, POLICY_KEYS, TOP_LEVEL, Config
 from entra_tokend.listener import address_text
-from entra_tokend.model import Identity, OutputSpec
+from entra_tokend.model import Hook, Identity, OutputSpec
 
 
 def _toml_string(text: str) -> str:
@@ -75,6 +75,39 @@ def _output_lines(config: Config, out: OutputSpec) -> list[str]:
     return lines
 
 
+def _file_lines(config: Config) -> list[str]:
+    """The ``[file.NAME]`` tables (files rendered from several tokens)."""
+    lines: list[str] = []
+    for spec in config.files.values():
+        lines += [
+            "",
+            f"[file.{spec.name}]",
+            f"path = {_toml_value(str(spec.path.relative_to(config.output_dir)))}",
+            f"tokens = {_toml_value(list(spec.tokens))}",
+            f"template = {_toml_value(spec.template)}",
+        ]
+        if spec.file_mode != config.file_mode:
+            lines.append(f'file_mode = "{spec.file_mode:04o}"')
+        for key, value, default in (
+            ("file_owner", spec.file_owner, config.file_owner),
+            ("file_group", spec.file_group, config.file_group),
+        ):
+            if value != default and value is not None:
+                lines.append(f"{key} = {value}")
+        if spec.hook:
+            lines += [f"[file.{spec.name}.hook]", *_hook_lines(spec.hook)]
+    return lines
+
+
+def _hook_lines(hook: Hook) -> list[str]:
+    lines = [f"exec = {_toml_value(list(hook.exec))}"] if hook.exec else []
+    lines.append(f"timeout = {hook.timeout!r}")
+    if hook.pid_file:
+        lines.append(f"pid_file = {_toml_value(str(hook.pid_file))}")
+    lines.append(f"signal = {_toml_value(signal.Signals(hook.signal).name)}")
+    return lines
+
+
 def _comment(text: str) -> str:
     # Printable characters only: a comment ends at a newline (a path may hold one).
     return "".join(c if c.isprintable() else "?" for c in text)
@@ -129,6 +162,7 @@ def render_config(config: Config, notes: Sequence[str] = (), *, offline: bool = 
             if tok.hook.pid_file:
                 lines.append(f"pid_file = {_toml_value(str(tok.hook.pid_file))}")
             lines.append(f"signal = {_toml_value(signal.Signals(tok.hook.signal).name)}")
+    lines += _file_lines(config)
     if config.endpoint is not None:
         ep = config.endpoint
         host, port = ep.listen

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from entra_tokend.model import EndpointSpec, Identity, Policy, TokenSpec
+from entra_tokend.model import EndpointSpec, FileSpec, Identity, Policy, TokenSpec
 
 DEFAULT_AUTHORITY = "https://login.microsoftonline.com"
 DEFAULT_IDENTITY = "default"
@@ -75,7 +75,7 @@ POLICY_KEYS = (
     "config_error_backoff_max",
 )
 """Top-level keys that form the scheduler ``Policy`` (same names on both sides)."""
-TABLES = ("identity", "token", "hook", "endpoint")
+TABLES = ("identity", "token", "hook", "endpoint", "file")
 IDENTITY_KEYS = (
     "tenant_id",
     "client_id",
@@ -114,6 +114,17 @@ FORMAT_KEYS = {
 """Token keys that only mean something with certain formats."""
 ACR_SCOPE = "https://containerregistry.azure.net/.default"
 """The Entra scope an ACR exchange needs by default (Azure Container Registry's AAD audience)."""
+FILE_KEYS = (
+    "path",
+    "template",
+    "template_file",
+    "tokens",
+    "file_mode",
+    "file_owner",
+    "file_group",
+    "hook",
+)
+"""Keys of a ``[file.NAME]`` table (a file rendered from several tokens)."""
 HOOK_KEYS = ("exec", "timeout", "pid_file", "signal")
 ENDPOINT_KEYS = ("listen", "secret_file", "secret_env", "allow", "idle_timeout")
 ENDPOINT_IDLE_TIMEOUT = 900.0
@@ -169,3 +180,5 @@ class Config:
     source: Path | None = None
     endpoint: EndpointSpec | None = None
     """The managed-identity endpoint, or None when ``[endpoint]`` is absent."""
+    files: Mapping[str, FileSpec] = field(default_factory=dict)
+    """Files rendered from several tokens (``[file.NAME]``), by name."""
