@@ -69,7 +69,8 @@ def _file(
             p.add(f"{where}.{key}: {problem}")
         if problems:
             text = None
-    needed = _needed(table.get("tokens"), named, tokens, where, p)
+    # Only a usable template's tokens are compared with `tokens`: one mistake, one line.
+    needed = None if text is None else _needed(table.get("tokens"), named, tokens, where, p)
     mode = defaults.file_mode
     if "file_mode" in table:
         mode = validate.file_mode(table["file_mode"], f"{where}.file_mode", p)
