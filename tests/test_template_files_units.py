@@ -16,6 +16,7 @@ import pytest
 from entra_tokend.metrics import Metrics
 from entra_tokend.model import AccessToken, FileSpec, OutputSpec, Policy, SystemClock
 from entra_tokend.outputs import multi, renderer_for
+from entra_tokend.outputs import template as template_format
 from entra_tokend.outputs.claims import MissingClaim, claim_values
 from entra_tokend.ports import Expired, Written
 from entra_tokend.readiness import Readiness
@@ -59,7 +60,7 @@ def test_check_names_unknown_tokens_and_fields_and_returns_the_tokens_named() ->
     problems, _ = multi.check("${graph.access_token} ${storage.nope}", tokens)
     assert problems == [
         "unknown token 'graph' in ${graph.access_token} (tokens: kv.prod-1, storage)",
-        f"unknown field 'nope' in ${{storage.nope}} (fields: {', '.join(multi.single.FIELDS)})",
+        f"unknown field 'nope' in ${{storage.nope}} (fields: {', '.join(template_format.FIELDS)})",
     ]
     (problem,), _ = multi.check("cost: $5 or $storage", tokens)
     assert problem.startswith("template syntax error")
