@@ -42,12 +42,15 @@ def readyz(daemon: DaemonProcess) -> tuple[int, dict[str, Any]]:
 
 
 def test_two_tokens_and_a_claim_in_one_file(emulator: Emulator, tmp_path: Path) -> None:
-    out = tmp_path / "out"
+    out, hooked = tmp_path / "out", tmp_path / "hooked"
     config = write_config(
         tmp_path / "c.toml",
         body=TWO + '[file.app]\npath="app/app.env"\nfile_mode="0600"\ntemplate="""'
         "STORAGE=$storage.access_token\nVAULT=${vault.access_token}\n"
-        'USER=${storage.oid}\nTENANT=$vault.tid\nEXPIRES=$vault.expires_on_rfc3339\n"""\n',
+        'USER=${storage.oid}\nTENANT=$vault.tid\nEXPIRES=$vault.expires_on_rfc3339\n"""\n'
+        # The file's hook runs after the write, with the file's name and path.
+        '[file.app.hook]\nexec=["sh", "-c", "echo $ENTRA_TOKEND_TOKEN >\\"$0\\"; '
+        f'cat \\"$ENTRA_TOKEND_TOKEN_FILE\\" >>\\"$0\\"", "{hooked}"]\n',
     )
     result = run_cli("run", "--once", "--config", str(config), env=emulator_env(emulator, out))
     assert result.returncode == 0, result.stderr
@@ -60,6 +63,7 @@ def test_two_tokens_and_a_claim_in_one_file(emulator: Emulator, tmp_path: Path) 
     assert values["TENANT"] == emulator.tenant_id
     assert values["EXPIRES"].endswith("Z")
     assert target.stat().st_mode & 0o777 == 0o600
+    assert hooked.read_text() == "app\n" + target.read_text()
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import pytest
 
 from entra_tokend.metrics import Metrics
 from entra_tokend.model import AccessToken, FileSpec, OutputSpec, Policy, SystemClock
-from entra_tokend.outputs import multi, renderer_for
+from entra_tokend.outputs import FileOutput, ProvenanceStore, WriteError, multi, renderer_for
 from entra_tokend.outputs import template as template_format
 from entra_tokend.outputs.claims import MissingClaim, claim_values
 from entra_tokend.ports import Expired, Written
@@ -102,6 +102,19 @@ def test_single_token_template_reaches_claims() -> None:
     assert render(token(jwt(oid=OID, tid="t-9"))) == f"user={OID} tenant=t-9".encode()
     with pytest.raises(MissingClaim):
         render(token("opaque"))
+
+
+def test_a_token_file_whose_template_needs_a_missing_claim_is_not_written(
+    tmp_path: Path,
+) -> None:
+    spec = OutputSpec(path=tmp_path / "t", format="template", template="user=$oid")
+    output = FileOutput(spec, tmp_path, name="t", print_="p", store=ProvenanceStore(tmp_path))
+    with pytest.raises(WriteError) as caught:
+        asyncio.run(output.deliver(token("SECRET-opaque-value")))
+    assert caught.value.configuration  # backs off as a configuration mistake
+    assert "not a JWT" in str(caught.value)
+    assert "SECRET" not in str(caught.value)
+    assert not spec.path.exists()
 
 
 # ---- the consumer of runner events ---------------------------------------------------------
