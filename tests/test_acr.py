@@ -1,30 +1,42 @@
 """The ACR exchange stage in process: challenge discovery, the exchange request, the earliest
 expiry, error classes — against httpx.MockTransport playing the registry (Entra is a fake
-inner stage; the end-to-end test with the emulator and a real registry is in test_outputs_e2e)."""
+inner stage); then the bounds on what a registry answers, the reuse of the held Entra token and
+its cost in Entra requests per hour, against the emulator on a simulated clock."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
 import json
-from collections.abc import AsyncIterator
+import math
+import random
+import time
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from urllib.parse import parse_qs
 
 import httpx
 import pytest
 
+from entra_tokend.emulator import Emulator
+from entra_tokend.emulator.faults import Fault
 from entra_tokend.exchange import (
     AcrExchange,
     ClientError,
     ClientPool,
+    EntraExchange,
+    ExchangeError,
+    InvalidResponse,
     RequestTimeout,
     ServerError,
     Throttled,
 )
+from entra_tokend.exchange import acr as acr_module
+from entra_tokend.exchange.acr import MIN_REFRESH_LIFETIME, REUSE_FRACTION
 from entra_tokend.logging import redact_text
-from entra_tokend.model import AccessToken, Identity
+from entra_tokend.model import AccessToken, Identity, Policy, Reason
 from entra_tokend.outputs import dockerconfig
+from entra_tokend.scheduler import TokenSchedule
 
 IDENT = Identity(
     name="default",
@@ -224,3 +236,200 @@ def test_a_trickling_registry_ends_within_the_request_timeout() -> None:
             await pool.aclose()
 
     asyncio.run(go())
+
+
+# ------------------------------------------------ against the emulator, on a simulated clock
+class SimClock:
+    """Wall and monotonic time moved by the test; the emulator reads the same wall clock."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+        self.mono = 0.0
+
+    def wall(self) -> float:
+        return self.now
+
+    def monotonic(self) -> float:
+        return self.mono
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+        self.mono += seconds
+
+
+class Emulated:
+    """An HTTPS emulator (Entra and a registry it serves itself) and the daemon's two exchange
+    stages pointed at it, all on one simulated clock."""
+
+    def __init__(self, emu: Emulator, clock: SimClock) -> None:
+        self.emu = emu
+        self.clock = clock
+        self.registry = emu.authority_host.removeprefix("https://")
+        emu.add_registry(self.registry)
+        self.identity = Identity(
+            name="default",
+            tenant_id=emu.tenant_id,
+            client_id=emu.client_id,
+            token_file=emu.token_file,
+            authority_host=emu.authority_host,
+            ca_file=emu.ca_file,
+        )
+        self.assertion = emu.issue_assertion(ttl=7 * 86400.0)
+
+    def exchanges(self, count: int = 1) -> list[AccessToken | ExchangeError]:
+        """``count`` ACR exchanges with one stage (so a held Entra token carries over)."""
+
+        async def go() -> list[AccessToken | ExchangeError]:
+            pool = ClientPool(env={})
+            stage = AcrExchange(EntraExchange(pool, self.clock), [self.registry], pool, self.clock)
+            results: list[AccessToken | ExchangeError] = []
+            try:
+                for _ in range(count):
+                    try:
+                        results.append(await stage.exchange(self.identity, ACR, self.assertion))
+                    except ExchangeError as exc:
+                        results.append(exc)
+            finally:
+                await pool.aclose()
+            return results
+
+        return asyncio.run(go())
+
+    def entra_requests(self) -> int:
+        return len(self.emu.token_requests())
+
+    def acr_exchanges(self) -> int:
+        return sum(r.endpoint == "acr_exchange" for r in self.emu.acr_requests())
+
+
+ACR = "https://containerregistry.azure.net/.default"
+
+
+@pytest.fixture(name="emulated")
+def emulated_fixture(tmp_path: Path) -> Iterator[Emulated]:
+    clock = SimClock()
+    with Emulator(tmp_path / "emu", tls=True, clock=clock.wall) as emu:
+        yield Emulated(emu, clock)
+
+
+@pytest.mark.parametrize(
+    "exp",
+    [
+        "past",  # a refresh token already ended
+        "near",  # ends in 2 s: an exchange every few seconds
+        "NaN",
+        "1e400",  # inf once parsed
+        "1" + "0" * 400,  # an integer no float holds
+        "-1e400",
+    ],
+)
+def test_a_refresh_token_exp_out_of_bounds_is_an_invalid_response(
+    emulated: Emulated, exp: str
+) -> None:
+    now = emulated.clock.wall()
+    text = {"past": str(int(now - 60)), "near": str(int(now + 2))}.get(exp, exp)
+    emulated.emu.inject(Fault("refresh_exp", target="acr_exchange", exp=text))
+    failed, recovered = emulated.exchanges(2)
+    assert isinstance(failed, InvalidResponse)
+    assert failed.reason is Reason.INVALID_RESPONSE
+    assert "exp" in failed.message
+    assert emulated.registry in failed.message
+    # The next attempt works, with a new Entra token: a failed exchange drops the held one.
+    assert isinstance(recovered, AccessToken)
+    assert math.isfinite(recovered.expires_on)
+    assert emulated.entra_requests() == 2
+
+
+def test_a_refresh_token_at_the_lower_bound_is_accepted(emulated: Emulated) -> None:
+    exp = int(emulated.clock.wall()) + MIN_REFRESH_LIFETIME + 1
+    emulated.emu.inject(Fault("refresh_exp", target="acr_exchange", exp=str(exp)))
+    (token,) = emulated.exchanges()
+    assert isinstance(token, AccessToken)
+    assert token.expires_on == exp
+
+
+@pytest.mark.parametrize("status", [200, 401])
+def test_an_echoed_entra_token_is_refused_and_never_in_the_correlation_id(
+    emulated: Emulated, status: int
+) -> None:
+    emulated.emu.inject(Fault("echo", target="acr_exchange", status=status))
+    (failed,) = emulated.exchanges()
+    assert isinstance(failed, InvalidResponse if status == 200 else ClientError)
+    if status == 200:
+        assert "echoed" in failed.message
+    sent = emulated.emu.issued_tokens[-1]
+    correlation = failed.details.correlation_id or ""
+    assert correlation  # said, but redacted
+    text = f"{failed} {failed.message} {failed.hint} {failed.details.fields()}"
+    for start in range(0, len(sent) - 16, 8):
+        assert sent[start : start + 16] not in text
+
+
+def test_the_held_entra_token_is_reused_while_half_its_life_is_left(emulated: Emulated) -> None:
+    lifetime = emulated.emu.access_token_lifetime
+    first = emulated.exchanges()[0]
+    assert isinstance(first, AccessToken)
+
+    async def at(offsets: list[float]) -> list[str]:
+        pool = ClientPool(env={})
+        clock = emulated.clock
+        stage = AcrExchange(EntraExchange(pool, clock), [emulated.registry], pool, clock)
+        start = clock.wall()
+        tokens: list[str] = []
+        try:
+            for offset in offsets:
+                clock.now = start + offset
+                got = await stage.exchange(emulated.identity, ACR, emulated.assertion)
+                tokens.append(got.token)
+        finally:
+            await pool.aclose()
+        return tokens
+
+    before = emulated.entra_requests()
+    tokens = asyncio.run(at([0, 60, lifetime * REUSE_FRACTION, lifetime * REUSE_FRACTION + 1]))
+    assert emulated.entra_requests() - before == 2
+    assert tokens[0] == tokens[1] == tokens[2] != tokens[3]
+    assert emulated.acr_exchanges() == 5  # every exchange still asked the registry
+
+
+def entra_requests_per_hour(emulated: Emulated, hours: float) -> tuple[float, float]:
+    """Run the ACR exchange on the scheduler's plan for ``hours`` of simulated time: (Entra
+    requests, registry exchanges) per hour."""
+    clock = emulated.clock
+    schedule = TokenSchedule(Policy(), clock, random.Random(7))
+
+    async def go() -> None:
+        pool = ClientPool(env={})
+        stage = AcrExchange(EntraExchange(pool, clock), [emulated.registry], pool, clock)
+        end = clock.wall() + hours * 3600
+        try:
+            while clock.wall() < end:
+                schedule.started()
+                token = await stage.exchange(emulated.identity, ACR, emulated.assertion)
+                delay = schedule.succeeded(token.expires_on, token.expires_in, token.refresh_in)
+                clock.advance(delay)
+        finally:
+            await pool.aclose()
+
+    entra, acr = emulated.entra_requests(), emulated.acr_exchanges()
+    asyncio.run(go())
+    return (emulated.entra_requests() - entra) / hours, (emulated.acr_exchanges() - acr) / hours
+
+
+def test_acr_costs_fewer_entra_requests_with_hour_long_entra_tokens(
+    emulated: Emulated, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """60-minute Entra tokens, 3-hour refresh tokens, the default policy (refresh at half the
+    lifetime ±10 %), 24 simulated hours: the refresh is planned on the Entra token's hour, so
+    about two exchanges an hour either way; without reuse each costs an Entra request, with it
+    every refresh that lands with half the Entra token's life left (about half of them, by the
+    jitter) costs none. The registry is asked as often as before."""
+    assert emulated.emu.access_token_lifetime == 3600
+    assert emulated.emu.acr_refresh_token_lifetime == 10800
+    monkeypatch.setattr(acr_module, "REUSE_FRACTION", math.inf)  # never reuse: as before
+    entra_before, acr_before = entra_requests_per_hour(emulated, 24)
+    monkeypatch.undo()
+    entra_after, acr_after = entra_requests_per_hour(emulated, 24)
+    assert 1.9 <= entra_before <= 2.3
+    assert entra_after <= 0.75 * entra_before
+    assert acr_after <= acr_before * 1.05

@@ -287,3 +287,27 @@ def test_docker_config_through_the_emulator_and_no_secret_in_logs(
         assert secret.rsplit(".", 1)[-1] not in text
     # The failed refreshes left the file from the first run as it was.
     assert json.loads((out / "docker" / "config.json").read_text()) == doc
+
+
+def test_a_registry_answer_out_of_bounds_keeps_the_docker_config(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    """A refresh token whose exp is already past fails the refresh as invalid_response, and
+    the docker config of the last good refresh stays as it was (other exp values: test_acr)."""
+    name = emulator.authority_host.removeprefix("http://")
+    emulator.add_registry(name)
+    out = tmp_path / "out"
+    config = write_config(
+        tmp_path / "c.toml", f'[token.acr]\nformat="docker-config"\nregistry=["http://{name}"]\n'
+    )
+    env = emulator_env(emulator, out)
+    assert run_cli("run", "--once", "--config", str(config), env=env).returncode == 0
+    good = (out / "acr").read_bytes()
+    text = str(int(emulator.clock() - 60))
+    emulator.inject(Fault("refresh_exp", target="acr_exchange", exp=text, count=1000))
+    failed = run_cli("run", "--once", "--deadline", "3", "--config", str(config), env=env)
+    assert failed.returncode != 0
+    events = [json.loads(line) for line in failed.stderr.splitlines() if line.startswith("{")]
+    reasons = {e.get("reason") for e in events if e.get("event") == "token refresh failed"}
+    assert "invalid_response" in reasons
+    assert (out / "acr").read_bytes() == good

@@ -291,8 +291,8 @@ def test_a_config_file_that_is_a_fifo_or_a_device_is_a_config_error(
 
 def test_a_token_proxy_ca_file_that_is_a_fifo_is_a_config_error(tmp_path: Path) -> None:
     """Second review, 3: a FIFO as AZURE_KUBERNETES_CA_FILE blocked check-config and run."""
-    from entra_tokend.config.host import token_proxy_ca_file
     from entra_tokend.config.validate import Problems
+    from entra_tokend.preflight.files import token_proxy_ca_file
 
     fifo = tmp_path / "ca"
     os.mkfifo(fifo)

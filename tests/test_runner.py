@@ -19,6 +19,7 @@ from entra_tokend.assertion import Assertion, AssertionMissing, parse_assertion
 from entra_tokend.config import Overrides, load_config
 from entra_tokend.daemon import Daemon
 from entra_tokend.exchange import ClientError, ErrorDetails, ServerError, Throttled
+from entra_tokend.exposition import registry
 from entra_tokend.metrics import Metrics
 from entra_tokend.model import AccessToken, Identity, OutputSpec, Policy, Reason, TokenSpec
 from entra_tokend.outputs import ExistingToken, WriteError
@@ -151,7 +152,7 @@ class Harness:
         self.readiness.start()
 
     def failures(self, reason: Reason) -> float:
-        value = self.metrics.registry.get_sample_value(
+        value = registry(self.metrics).get_sample_value(
             "entra_tokend_token_refresh_failures_total",
             {"token": "storage", "reason": str(reason)},
         )

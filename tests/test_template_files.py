@@ -1,19 +1,16 @@
 """``[file.NAME]`` end to end: the real daemon against the emulator renders one file from
 several tokens and their claims, waits for every token, re-renders on a refresh and at a
-reload, keeps the old file when a reload is rejected, and counts in /readyz; and the Redis
-recipe (user name from ``oid``, the token as password) against a real Redis 7."""
+reload, keeps the old file when a reload is rejected, and counts in /readyz. (The Redis recipe
+with the user name from ``oid`` is in tests/recipes/test_redis.py.)"""
 
 from __future__ import annotations
 
 import json
-import shutil
 import signal
-import socket
-import subprocess
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +21,6 @@ from testlib import DaemonProcess, emulator_env, jwt_claims, run_cli, wait_until
 
 STORAGE = "https://storage.azure.com/.default"
 VAULT = "https://vault.azure.net/.default"
-REDIS = "https://redis.azure.com/.default"
 TWO = f'[token.storage]\nscope="{STORAGE}"\n[token.vault]\nscope="{VAULT}"\n'
 
 
@@ -147,94 +143,3 @@ def test_reload_rerenders_from_held_tokens_and_a_rejected_one_keeps_the_file(
     values = env_lines(target)
     assert values["T"].partition(" U=")[0] == (tmp_path / "out" / "storage").read_text()
     assert len(emulator.token_requests()) == requests  # rendered from the tokens it holds
-
-
-@pytest.fixture
-def redis_port(tmp_path: Path) -> Iterator[int]:
-    server = shutil.which("redis-server")
-    if server is None or shutil.which("redis-cli") is None:
-        pytest.skip("redis-server/redis-cli not installed (Debian package redis; tests/tools.sh)")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
-    proc = subprocess.Popen(
-        [
-            server,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(tmp_path),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_until(lambda: redis_cli(port, "PING").stdout.strip() == "PONG", 30)
-        yield port
-    finally:
-        proc.terminate()
-        proc.wait(10)
-
-
-def redis_cli(port: int, *args: str, env: dict[str, str] | None = None) -> Any:
-    return subprocess.run(
-        ["redis-cli", "-p", str(port), *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env=env,
-        check=False,
-    )
-
-
-def test_redis_recipe_user_from_oid_and_the_token_as_password(
-    emulator: Emulator, tmp_path: Path, redis_port: int
-) -> None:
-    out = tmp_path / "out"
-    config = write_config(
-        tmp_path / "c.toml",
-        body=f'[token.redis]\nscope="{REDIS}"\n[file.redis-cli]\npath="redis.env"\n'
-        'template="REDIS_USER=${redis.oid}\\nREDISCLI_AUTH=${redis.access_token}\\n"\n',
-    )
-    result = run_cli("run", "--once", "--config", str(config), env=emulator_env(emulator, out))
-    assert result.returncode == 0, result.stderr
-    values = env_lines(out / "redis.env")
-    # What Azure Cache for Redis does with an Entra user: name = object id, password = token.
-    created = redis_cli(
-        redis_port,
-        "ACL",
-        "SETUSER",
-        values["REDIS_USER"],
-        "on",
-        f">{values['REDISCLI_AUTH']}",
-        "~*",
-        "+@all",
-    )
-    assert created.stdout.strip() == "OK", created.stderr
-    # Only the Entra user may connect from now on (redis-cli falls back to the default user).
-    assert redis_cli(redis_port, "ACL", "SETUSER", "default", "off").stdout.strip() == "OK"
-    shell = subprocess.run(
-        [
-            "bash",
-            "-c",
-            'set -a; . "$1"; redis-cli -p "$2" --user "$REDIS_USER" ACL WHOAMI',
-            "-",
-            str(out / "redis.env"),
-            str(redis_port),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env={"PATH": "/usr/bin:/bin"},
-        check=False,
-    )
-    assert shell.stdout.strip() == jwt_claims(values["REDISCLI_AUTH"])["oid"], shell.stderr
-    wrong = redis_cli(redis_port, "--user", values["REDIS_USER"], "--pass", "not-it", "PING")
-    assert "PONG" not in wrong.stdout
-    assert "WRONGPASS" in wrong.stdout + wrong.stderr

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from entra_tokend import exposition
 from entra_tokend.metrics import Metrics
 from entra_tokend.model import AccessToken, FileSpec, OutputSpec, Policy, SystemClock
 from entra_tokend.outputs import FileOutput, ProvenanceStore, WriteError, multi, renderer_for
@@ -64,7 +65,7 @@ def test_check_names_unknown_tokens_and_fields_and_returns_the_tokens_named() ->
     ]
     (problem,), _ = multi.check("cost: $5 or $storage", tokens)
     assert problem.startswith("template syntax error")
-    assert multi.check("", tokens)[0] == ["must not be empty (a token file is never empty)"]
+    assert multi.check(" \n", tokens)[0][0].startswith("is empty;")
 
 
 def test_render_substitutes_each_tokens_fields_and_claims_and_nothing_else() -> None:
@@ -182,8 +183,7 @@ def test_a_render_error_at_reload_keeps_the_old_file(tmp_path: Path) -> None:
         files.apply({"app": _spec(tmp_path, "U=$a.oid B=$b.oid\n")}, set(), running=True)
         await _settle(files)
         assert target.read_bytes() == before
-        scrape = metrics.registry
-        value = scrape.get_sample_value(
+        value = exposition.registry(metrics).get_sample_value(
             "entra_tokend_file_render_failures_total", {"file": "app", "reason": "missing_claim"}
         )
         assert value == 1
@@ -206,7 +206,7 @@ TOKENS = f'[token.storage]\nscope="{STORAGE}"\n[token.vault]\nscope="{VAULT}"\n'
     [
         ('[file.app]\ntemplate="${storage.nope}"\n', "file.app.template: unknown field 'nope'"),
         ('[file.app]\ntemplate="${graph.oid}"\n', "file.app.template: unknown token 'graph'"),
-        ('[file.app]\ntemplate=""\n', "file.app.template: must not be empty"),
+        ('[file.app]\ntemplate=""\n', "file.app.template: is empty"),
         ('[file.app]\ntemplate="no placeholder"\n', "file.app.template: names no token"),
         ('[file.app]\ntemplate="$x"\n', "file.app.template: template syntax error"),
         ('[file.app]\ntemplate="$storage.oid"\ncolour=1\n', "file.app: unknown key 'colour'"),
@@ -218,7 +218,7 @@ TOKENS = f'[token.storage]\nscope="{STORAGE}"\n[token.vault]\nscope="{VAULT}"\n'
         ('[file.app]\ntemplate="$storage.oid"\ntokens=["vault"]\n', "file.app.tokens: the tem"),
         ('[file.app]\ntemplate_file="missing.tmpl"\n', "file.app.template_file: cannot read"),
         ("[file.app]\n", "file.app.template: give exactly one"),
-        ('[token.t]\nscope="S"\nformat="template"\ntemplate=""\n', "token.t.template: must not"),
+        ('[token.t]\nscope="S"\nformat="template"\ntemplate=""\n', "token.t.template: is empty"),
         ('[token.t]\nscope="S"\nformat="template"\ntemplate="$oidd"\n', "token.t.template: unk"),
     ],
 )
@@ -238,19 +238,35 @@ def test_check_config_prints_the_file_table_and_reads_it_back(tmp_path: Path) ->
     config = write_config(
         tmp_path / "c.toml",
         body=TOKENS + '[file.app]\ntemplate_file="app.tmpl"\npath="sub/app.toml"\n'
-        'tokens=["storage", "vault"]\nfile_mode="0600"\n[file.app.hook]\nexec=["true"]\n',
+        'file_mode="0600"\n[file.app.hook]\nexec=["true"]\n',
     )
-    result = run_cli(
-        "check-config", "--offline", "--config", str(config), env=offline_env(tmp_path)
-    )
+    result = run_cli("check-config", "--config", str(config), env=offline_env(tmp_path))
     assert result.returncode == 0, result.stderr
     effective = tomllib.loads(result.stdout)["file"]["app"]
-    assert effective["tokens"] == ["storage", "vault"]
+    assert effective["tokens"] == ["storage", "vault"]  # the tokens the template names
     assert effective["template"] == (tmp_path / "app.tmpl").read_text()
     assert effective["path"] == "sub/app.toml"
     assert effective["file_mode"] == "0600"
     assert effective["hook"]["exec"] == ["true"]
     again = tmp_path / "again.toml"
     again.write_text(result.stdout)
-    result = run_cli("check-config", "--offline", "--config", str(again), env=offline_env(tmp_path))
+    result = run_cli("check-config", "--config", str(again), env=offline_env(tmp_path))
     assert result.returncode == 0, result.stderr
+    # Offline the template file is not read: the setting is shown as given.
+    result = run_cli(
+        "check-config", "--offline", "--config", str(config), env=offline_env(tmp_path)
+    )
+    assert result.returncode == 0, result.stderr
+    offline = tomllib.loads(result.stdout)["file"]["app"]
+    assert offline["template_file"] == str(tmp_path / "app.tmpl")
+    assert "template" not in offline
+
+
+def test_a_template_file_naming_an_unknown_token_is_a_config_error(tmp_path: Path) -> None:
+    (tmp_path / "app.tmpl").write_text("${graph.access_token}\n")
+    config = write_config(
+        tmp_path / "c.toml", body=TOKENS + '[file.app]\ntemplate_file="app.tmpl"\n'
+    )
+    result = run_cli("check-config", "--config", str(config), env=offline_env(tmp_path))
+    assert result.returncode == 2, result.stdout
+    assert "config: file.app.template_file: unknown token 'graph'" in result.stderr

@@ -57,17 +57,26 @@ Signals: SIGTERM/SIGINT stop, SIGHUP reloads the configuration.
 
 {EXIT_CODES}"""
 
-CHECK_EPILOG = f"""\
+CHECK_EPILOG = """\
 Without --offline, check-config makes every start-up check `run` makes: output_dir
 can be created and written (and the mode it gets), the listen addresses can be bound,
 each identity's projected token is present, a JWT and unexpired (its iss/sub/aud and
-expiry are printed as comments), CA files are readable and proxy settings parse.
+expiry are printed as comments), users and groups exist, template, secret and CA files
+are readable and proxy settings parse.
+
+--offline checks the configuration alone, for CI of a configuration repository: no
+file, user, group, listener or network look-up, and the settings only the pod supplies
+(AZURE_TENANT_ID, AZURE_CLIENT_ID, AZURE_FEDERATED_TOKEN_FILE, an endpoint secret_env
+variable) may be absent: they are printed as "supplied at run time".
 
 examples:
   entra-tokend check-config --config /etc/entra-tokend/entra-tokend.toml
   entra-tokend check-config --offline --config deploy/entra-tokend.toml
 
-{EXIT_CODES}"""
+exit codes:
+  0  the configuration is valid (and, without --offline, the host is ready for it);
+     the effective configuration is printed as TOML
+  2  one line per problem on stderr, naming the key, flag or variable to fix"""
 
 DEV_EPILOG = """\
 examples:
@@ -164,39 +173,8 @@ def _config_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser for every command."""
-    parser = _Parser(
-        prog="entra-tokend",
-        description="Keeps Microsoft Entra access tokens fresh on disk using Workload ID.",
-        epilog=MAIN_EPILOG,
-        formatter_class=_help_formatter,
-    )
-    _Parser.root = parser
-    parser.add_argument("--version", action="version", version=f"entra-tokend {__version__}")
-    sub = parser.add_subparsers(
-        dest="command", metavar="COMMAND", parser_class=_Parser, title="commands"
-    )
-    run = sub.add_parser(
-        "run",
-        help="keep tokens fresh until SIGTERM (--once: get them once and exit)",
-        description="Keep every configured token fresh on disk until SIGTERM/SIGINT.",
-        epilog=RUN_EPILOG,
-        formatter_class=_help_formatter,
-    )
-    _config_flags(run)
-    run.add_argument(
-        "--once",
-        action="store_true",
-        help="acquire every token once, write it, then exit (init containers, scripts)",
-    )
-    run.add_argument(
-        "--deadline",
-        type=float,
-        metavar="SECONDS",
-        help=f"with --once: give up after this many seconds (default {DEFAULT_DEADLINE}; "
-        "key once_deadline)",
-    )
+def _check_config_parser(sub: argparse._SubParsersAction[_Parser]) -> None:
+    """The ``check-config`` command's parser."""
     check = sub.add_parser(
         "check-config",
         help="validate the configuration (and the host, unless --offline); print it",
@@ -209,9 +187,14 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument(
         "--offline",
         action="store_true",
-        help="check only the configuration itself: no output_dir, listen, projected token "
-        "or CA file checks (CI of configuration repositories)",
+        help="check only the configuration itself: no output_dir, listen, projected token, "
+        "user, group or file checks; pod-supplied variables may be absent (CI of "
+        "configuration repositories)",
     )
+
+
+def _dev_parser(sub: argparse._SubParsersAction[_Parser]) -> None:
+    """The ``dev`` command's parser."""
     dev = sub.add_parser(
         "dev",
         help="run the daemon against the built-in local emulator",
@@ -252,6 +235,43 @@ def build_parser() -> argparse.ArgumentParser:
         help="AKS identity bindings: token requests go through the emulator's token proxy "
         "(the env file gains AZURE_KUBERNETES_TOKEN_PROXY, _SNI_NAME and _CA_FILE)",
     )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for every command."""
+    parser = _Parser(
+        prog="entra-tokend",
+        description="Keeps Microsoft Entra access tokens fresh on disk using Workload ID.",
+        epilog=MAIN_EPILOG,
+        formatter_class=_help_formatter,
+    )
+    _Parser.root = parser
+    parser.add_argument("--version", action="version", version=f"entra-tokend {__version__}")
+    sub = parser.add_subparsers(
+        dest="command", metavar="COMMAND", parser_class=_Parser, title="commands"
+    )
+    run = sub.add_parser(
+        "run",
+        help="keep tokens fresh until SIGTERM (--once: get them once and exit)",
+        description="Keep every configured token fresh on disk until SIGTERM/SIGINT.",
+        epilog=RUN_EPILOG,
+        formatter_class=_help_formatter,
+    )
+    _config_flags(run)
+    run.add_argument(
+        "--once",
+        action="store_true",
+        help="acquire every token once, write it, then exit (init containers, scripts)",
+    )
+    run.add_argument(
+        "--deadline",
+        type=float,
+        metavar="SECONDS",
+        help=f"with --once: give up after this many seconds (default {DEFAULT_DEADLINE}; "
+        "key once_deadline)",
+    )
+    _check_config_parser(sub)
+    _dev_parser(sub)
     sub.add_parser("emulator", help="run the local Entra + kubelet emulator", add_help=False)
     # Their flags are parsed by their own modules (injectcli.py, webhook.py).
     sub.add_parser("inject", help="add the sidecar to annotated Kubernetes YAML", add_help=False)
@@ -291,44 +311,75 @@ def _print_problems(problems: Sequence[str]) -> int:
     return EXIT_CONFIG
 
 
-def _run(args: argparse.Namespace) -> int:
-    import asyncio  # noqa: PLC0415
+def _check_config(args: argparse.Namespace) -> int:
+    """``check-config``: the configuration (pure), then — unless ``--offline`` — the host
+    checks ``run`` makes; the effective configuration as TOML on stdout."""
+    import time  # noqa: PLC0415
 
-    from entra_tokend.config import ConfigError, Overrides, load_config  # noqa: PLC0415
+    from entra_tokend.config import (  # noqa: PLC0415
+        ConfigError,
+        Overrides,
+        load_config,
+        render_config,
+    )
 
     overrides = _overrides(args)
     assert isinstance(overrides, Overrides)
-    offline = getattr(args, "offline", False)
-    try:
-        config = load_config(overrides, os.environ, host_checks=not offline)
-    except ConfigError as exc:
-        return _print_problems(exc.problems)
+    if args.offline:
+        try:
+            config = load_config(overrides, os.environ, offline=True)
+        except ConfigError as exc:
+            return _print_problems(exc.problems)
+        sys.stdout.write(render_config(config, offline=True))
+        return EXIT_OK
     from entra_tokend import preflight  # noqa: PLC0415
 
-    if args.command == "check-config":
-        import time  # noqa: PLC0415
+    found = preflight.Findings()
+    try:
+        config = preflight.load(overrides, os.environ, found)
+    except ConfigError as exc:
+        return _print_problems(exc.problems)
+    checked = preflight.check_host(config, os.environ, time.time())
+    if checked.problems:
+        return _print_problems(checked.problems)
+    notes = [*checked.notes, *(f"warning: {line}" for line in found.warnings)]
+    trust = preflight.default_trust(os.environ)
+    sys.stdout.write(render_config(config, notes, default_trust=trust))
+    return EXIT_OK
 
-        from entra_tokend.config import render_config  # noqa: PLC0415
 
-        found = (
-            preflight.Findings()
-            if offline
-            else preflight.check_host(config, os.environ, time.time())
-        )
-        if found.problems:
-            return _print_problems(found.problems)
-        sys.stdout.write(render_config(config, found.notes, offline=offline))
-        return EXIT_OK
+def _run(args: argparse.Namespace) -> int:
+    import asyncio  # noqa: PLC0415
+
+    from entra_tokend import preflight  # noqa: PLC0415
+    from entra_tokend.config import Config, ConfigError, Overrides  # noqa: PLC0415
+
+    overrides = _overrides(args)
+    assert isinstance(overrides, Overrides)
+    found = preflight.Findings()
+    try:
+        config = preflight.load(overrides, os.environ, found)
+    except ConfigError as exc:
+        return _print_problems(exc.problems)
     problems = preflight.startup_checks(config, os.environ)
     if problems:
         return _print_problems(problems)
     from entra_tokend.daemon import Daemon  # noqa: PLC0415
-    from entra_tokend.logging import configure_logging  # noqa: PLC0415
+    from entra_tokend.logging import configure_logging, get_logger  # noqa: PLC0415
 
     configure_logging(config.log_format, config.log_level)
+    for line in found.warnings:
+        get_logger().warning("configuration accepted with a risk", detail=line)
+
+    def reload() -> Config:
+        found = preflight.Findings()
+        config = preflight.load(overrides, os.environ, found)
+        for line in found.warnings:
+            get_logger().warning("configuration accepted with a risk", detail=line)
+        return config
 
     async def main() -> int:
-        daemon = Daemon(config, reload=lambda: load_config(overrides, os.environ))
+        daemon = Daemon(config, reload=reload)
         return await daemon.run(once=args.once)
 
     return asyncio.run(main())
@@ -377,6 +428,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from entra_tokend.dev import run_dev  # noqa: PLC0415
 
             return run_dev(args)
+        if args.command == "check-config":
+            return _check_config(args)
         return _run(args)
     except KeyboardInterrupt:
         return EXIT_FAILURE

@@ -20,6 +20,7 @@ from typing import Any
 
 from entra_tokend import __version__, sdnotify, signals
 from entra_tokend.config import Config, ConfigError
+from entra_tokend.configwatch import ConfigWatch
 from entra_tokend.exchange import ClientPool, EntraExchange
 from entra_tokend.hooks import hide_from_hooks, run_hook
 from entra_tokend.logging import get_logger, remember_secret
@@ -87,6 +88,7 @@ class Daemon:
         self.endpoint: EndpointService | None = None
         self._listeners: list[Listening] = []
         self._once: OnceSupervisor | None = None
+        self._config_watch: ConfigWatch | None = None
         self._stopping = asyncio.Event()
         self.clock_check_interval = MAX_SLEEP
         if config.endpoint is not None:  # also in --once, which serves no endpoint
@@ -139,10 +141,7 @@ class Daemon:
             return None
         if config.listen != self.config.listen:
             self.log.warning("listen changed; it takes effect at the next restart")
-        if config.endpoint != self.config.endpoint:
-            self.log.warning("[endpoint] changed; it takes effect at the next restart")
-            config = dataclasses.replace(config, endpoint=self.config.endpoint)
-        return config
+        return _keep_endpoint_listener(self.config.endpoint, config, self.log)
 
     # ---- run and stop --------------------------------------------------------------------
 
@@ -174,6 +173,11 @@ class Daemon:
             pid=os.getpid(),
         )
         self.tokens.watch(self.config.poll_interval)
+        if not once and self.config.source is not None:  # a ConfigMap edit applies itself
+            self._config_watch = ConfigWatch(
+                self.config.source, self.reload, loop=loop, poll_interval=self.config.poll_interval
+            )
+            self._config_watch.start()
         helpers = [asyncio.create_task(self._clock_watch())]
         if once:
             self._once = OnceSupervisor(
@@ -227,6 +231,8 @@ class Daemon:
     async def _shutdown(self, helpers: list[asyncio.Task[None]]) -> None:
         sdnotify.notify("STOPPING=1")
         self.log.info("entra-tokend stopping")
+        if self._config_watch is not None:
+            self._config_watch.stop()
         for listener in self._listeners:  # the endpoint first: its runners stop with it
             await listener.stop()
         self._listeners, self.endpoint = [], None
@@ -279,3 +285,16 @@ def _protect_endpoint_secret(spec: EndpointSpec) -> None:
     remember_secret(spec.secret)
     if spec.secret_source.startswith("secret_env = "):
         hide_from_hooks(spec.secret_source.removeprefix("secret_env = "))
+
+
+def _keep_endpoint_listener(running: EndpointSpec | None, config: Config, log: Any) -> Config:
+    """A reload applies the endpoint's allow-list, selectors, secret and ``imds`` at once (the
+    lookup is replaced); a new ``listen``, or the table added, waits for a restart (said so)."""
+    new = config.endpoint
+    if running is None and new is not None:
+        log.warning("[endpoint] added; it takes effect at the next restart")
+        return dataclasses.replace(config, endpoint=None)
+    if running is not None and new is not None and new.listen != running.listen:
+        log.warning("endpoint.listen changed; it takes effect at the next restart")
+        return dataclasses.replace(config, endpoint=dataclasses.replace(new, listen=running.listen))
+    return config

@@ -17,8 +17,8 @@ import structlog
 
 # JWTs (access tokens, assertions) all start with a base64url '{"' header: eyJ. A JWE has five
 # dot-separated parts, a JWS three. Only from the start of a base64url run (lookbehind) and
-# without backtracking (possessive): tried at every "eyJ" inside one long run, the pattern was
-# quadratic ("eyJ" * 43,000 in an error text: 8 s on the event loop; review of round 4).
+# without backtracking (possessive): otherwise, tried at every "eyJ" inside one long run, the
+# pattern is quadratic in the run's length, and an error text is input from outside.
 _JWT_RE = re.compile(
     r"(?<![A-Za-z0-9_-])eyJ[A-Za-z0-9_-]{4,}+\.[A-Za-z0-9_-]{4,}+(?:\.[A-Za-z0-9_-]*+){1,3}+"
 )
@@ -39,15 +39,14 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARN
 # hash (the interpreter's keyed SipHash, 64 bits). A line is scanned once, position by
 # position: where the next _PREFIX characters are a known prefix, the slice of each known
 # length is hashed and looked up. Cost per line grows with the line, not with the number of
-# secrets (a loop over every secret cost 0.24 ms per line at 1,000 tokens, and grew with each
-# token), and the process keeps no copy of a token it has delivered just to redact it (idle
-# memory per token 8.2 -> 6.6 KiB here at 1,000 tokens; bench/FINDINGS.md round 4). A
-# different secret with the same prefix, length and 64-bit hash would be redacted too:
-# over-redaction, never a leak.
+# secrets (a loop over every secret would grow with every token configured), and the process
+# keeps no copy of a token it has delivered just to redact it (memory per token). A different
+# secret with the same prefix, length and 64-bit hash would be redacted too: over-redaction,
+# never a leak.
 #
 # Values and parts starting with "eyJ" (base64url JSON: JWT/JWE headers and payloads, whole
 # JWTs) are not registered: the shape rules redact every one of them, and they share their
-# first characters by the thousand (one issuer, one header), which made each occurrence of
+# first characters by the thousand (one issuer, one header), which would make each occurrence of
 # that prefix in a line cost a hash per distinct length. A JWT's signature is registered.
 # _SCAN_BUDGET bounds the candidate checks per character of a line; a line that needs more
 # (a hostile service issuing secrets that share a prefix, then echoing it) is withheld whole.

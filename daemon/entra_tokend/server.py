@@ -8,26 +8,22 @@ them) are documented in ``httpserver``: head size, read timeout, connection coun
 connections are evicted oldest first, so they cannot starve the probes).
 
 ``/metrics`` renders on the loop in steps, formatting only the tokens whose values changed since
-the last scrape of the same format (``Metrics.render``): a scrape of 1,000 unchanged tokens is
-little more than a join, and a first scrape holds the loop for one batch of tokens at a time.
-
-An ``Accept`` header that prometheus_client cannot parse (``application/openmetrics-text;
-version=abc``) gets the classic text format rather than an error.
+the last scrape of the same format (:class:`~entra_tokend.exposition.Exposition`): a scrape of
+1,000 unchanged tokens is little more than a join, and a first scrape holds the loop for one
+batch of tokens at a time. The format comes from ``Accept`` (``exposition.negotiate``); a header
+it cannot parse gets the classic text format rather than an error.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import weakref
 from collections.abc import Callable
 
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, choose_encoder, generate_latest
-from prometheus_client.utils import parse_version
-
+from entra_tokend.exposition import Exposition, Format, negotiate
 from entra_tokend.httpserver import Handler, HttpServer, Limits, Request, Response, bound_port
-from entra_tokend.metrics import Encoder, Metrics
+from entra_tokend.metrics import Metrics
 
 __all__ = ["MAX_CONNECTIONS", "MAX_HEAD_BYTES", "READ_TIMEOUT", "bound_port", "start_server"]
 
@@ -54,24 +50,23 @@ def _limits() -> Limits:
     )
 
 
-async def _render(metrics: Metrics, encoder: Encoder, key: str) -> bytes:
-    """``metrics.render`` driven on the event loop, which gets at least as long as each step
-    took before the next one runs.
+async def _render(exposition: Exposition, fmt: Format) -> bytes:
+    """``exposition.render`` driven on the event loop, which gets at least as long as each
+    step took before the next one runs.
 
     On the loop, not in a worker thread: a render in a thread holds the GIL for its whole
     length, and whenever the kernel preempts that thread (2 cores, other processes) or it runs
-    a garbage collection, the loop cannot run either; with 1,000 tokens that made ``/healthz``
-    wait up to 30-80 ms during scrapes (bench/FINDINGS.md, issue 18). A render formats only the
-    tokens that changed since the last scrape of its format, ``RENDER_BATCH`` per step.
+    a garbage collection, the loop cannot run either, so ``/healthz`` would wait for the whole
+    render. A render formats only the tokens that changed since the last scrape of its format,
+    ``RENDER_BATCH`` per step.
 
     Sleeping as long as the step took, not just yielding: answering a request takes the loop
     several iterations (read, parse, write, each its own callback), and with a bare yield every
-    iteration would run one more step first — a request arriving during the first scrape of
-    1,000 tokens waited ~20 ms in OpenMetrics that way. Now such a render takes at most half of
-    the loop's time, and other work waits for at most one step.
+    iteration would run one more step first. This way a render takes at most half of the
+    loop's time, and other work waits for at most one step.
     """
     loop = asyncio.get_running_loop()
-    steps = metrics.render(encoder, key)
+    steps = exposition.render(fmt)
     while True:
         started = loop.time()
         try:
@@ -82,52 +77,31 @@ async def _render(metrics: Metrics, encoder: Encoder, key: str) -> bytes:
         await asyncio.sleep(loop.time() - started)
 
 
-def negotiate(accept: str) -> tuple[Encoder, str]:
-    """The exposition format for an ``Accept`` header: prometheus_client's choice, with the
-    OpenMetrics version it echoes reduced to ``1.0.0`` or ``2.0.0`` (the only distinction its
-    encoder makes). The set of answers is closed — at most 14 content types — so a client
-    cannot mint a new format, and a full render with it, per request (``version=1.0.1``,
-    ``1.0.2``, ...: review of round 4). An unparsable header gets the classic text format."""
-    try:
-        encoder, content_type = choose_encoder(accept)
-    except (ValueError, TypeError):  # e.g. version=abc
-        return generate_latest, CONTENT_TYPE_LATEST
-    if isinstance(encoder, functools.partial) and "version" in encoder.keywords:
-        asked = str(encoder.keywords["version"])
-        try:
-            canonical = "2.0.0" if parse_version(asked) >= (2, 0, 0) else "1.0.0"
-        except (ValueError, TypeError):
-            return generate_latest, CONTENT_TYPE_LATEST
-        if asked != canonical:
-            encoder = functools.partial(encoder.func, **{**encoder.keywords, "version": canonical})
-            content_type = content_type.replace(f"version={asked};", f"version={canonical};", 1)
-    return encoder, content_type
-
-
 class _SingleFlight:
     """Concurrent renders of one format share one, and renders of different formats take
     turns: a flood of scrapes (pipelined requests on many connections, every format there is)
     costs one render at a time, not one per request or per format."""
 
-    def __init__(self) -> None:
-        self._pending: dict[str, asyncio.Future[bytes]] = {}
+    def __init__(self, exposition: Exposition) -> None:
+        self._exposition = exposition
+        self._pending: dict[Format, asyncio.Future[bytes]] = {}
         self._turn = asyncio.Lock()
 
-    async def render(self, metrics: Metrics, encoder: Encoder, key: str) -> bytes:
-        pending = self._pending.get(key)
+    async def render(self, fmt: Format) -> bytes:
+        pending = self._pending.get(fmt)
         if pending is None:
-            pending = asyncio.ensure_future(self._in_turn(metrics, encoder, key))
-            self._pending[key] = pending
-            pending.add_done_callback(lambda _: self._pending.pop(key, None))
+            pending = asyncio.ensure_future(self._in_turn(fmt))
+            self._pending[fmt] = pending
+            pending.add_done_callback(lambda _: self._pending.pop(fmt, None))
         return await asyncio.shield(pending)
 
-    async def _in_turn(self, metrics: Metrics, encoder: Encoder, key: str) -> bytes:
+    async def _in_turn(self, fmt: Format) -> bytes:
         async with self._turn:
-            return await _render(metrics, encoder, key)
+            return await _render(self._exposition, fmt)
 
 
-def _routes(metrics: Metrics, readiness: ReadinessFn) -> dict[str, Handler]:
-    renders = _SingleFlight()
+def _routes(exposition: Exposition, readiness: ReadinessFn) -> dict[str, Handler]:
+    renders = _SingleFlight(exposition)
 
     async def healthz(_: Request) -> Response:
         return Response(200, b"ok\n")
@@ -142,19 +116,26 @@ def _routes(metrics: Metrics, readiness: ReadinessFn) -> dict[str, Handler]:
         return Response(200 if ready else 503, body + b"\n", "application/json")
 
     async def metrics_page(request: Request) -> Response:
-        encoder, content_type = negotiate(request.headers.get("accept", ""))
-        body = await renders.render(metrics, encoder, content_type)
-        return Response(200, body, content_type)
+        fmt = negotiate(request.headers.get("accept", ""))
+        body = await renders.render(fmt)
+        return Response(200, body, fmt.content_type)
 
     return {"/healthz": healthz, "/readyz": readyz, "/metrics": metrics_page}
 
 
 async def start_server(
-    host: str, port: int, metrics: Metrics, readiness: ReadinessFn
+    host: str,
+    port: int,
+    metrics: Metrics,
+    readiness: ReadinessFn,
+    exposition: Exposition | None = None,
 ) -> asyncio.AbstractServer:
     """Start serving ``/metrics``, ``/healthz`` and ``/readyz`` on *host*:*port* in the
-    running event loop (port 0 picks a free port; see :func:`bound_port`). Raises OSError."""
-    http = HttpServer(_routes(metrics, readiness), _limits)
+    running event loop (port 0 picks a free port; see :func:`bound_port`). ``/metrics``
+    renders *metrics* through *exposition* (a new one by default; tests pass theirs to read
+    its cache). Raises OSError."""
+    routes = _routes(exposition or Exposition(metrics), readiness)
+    http = HttpServer(routes, _limits)
     server = await http.start(host, port)
     _servers[server] = http
     return server

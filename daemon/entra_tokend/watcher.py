@@ -8,12 +8,11 @@ holds ``NAME`` and decides, on the event loop, whether what ``NAME`` resolves to
 
 How a change is recognised, cheaply and without reading the token:
 
-1. The watcher's inotify instance (made with watchdog's bindings: ``inotify_init``,
-   ``inotify_add_watch``, ``inotify_rm_watch``, ``InotifyConstants``) is non-blocking and read
-   by the event loop itself (``loop.add_reader``): no thread, no hand-off between threads, and a
-   read that finds nothing returns at once. watchdog's observer would put three threads between
-   the kernel and the loop (its reader, the watch's emitter and the dispatcher), and on a busy
-   machine each hand-off is a chance to be scheduled late (bench/FINDINGS.md, issue 18).
+1. The watcher's inotify instance (``inotify_init1``, ``inotify_add_watch``,
+   ``inotify_rm_watch`` through ctypes; constants from ``<sys/inotify.h>``) is non-blocking and
+   read by the event loop itself (``loop.add_reader``): no thread, no hand-off between threads,
+   and a read that finds nothing returns at once. On a busy machine every hand-off between
+   threads is a chance to be scheduled late.
 2. Any create/delete/move/modify/attribute change/close-after-write in the directory schedules a
    check on the loop after ``debounce`` seconds (2 ms by default: kubelet's swap of ``..data``
    is one atomic rename, so there is no half-written state to wait out — the few milliseconds
@@ -41,6 +40,7 @@ The callback only says "the token may have changed": the daemon compares content
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import errno
 import os
 import struct
@@ -64,6 +64,30 @@ _READ_SIZE = 64 * 1024
 
 # struct inotify_event (inotify(7)): int wd; uint32_t mask, cookie, len; char name[len].
 _EVENT_HEADER = struct.Struct("iIII")
+
+# Event bits and flags of <sys/inotify.h> (the Linux ABI; identical on every architecture).
+IN_MODIFY = 0x2
+IN_ATTRIB = 0x4
+IN_CLOSE_WRITE = 0x8
+IN_MOVED_FROM = 0x40
+IN_MOVED_TO = 0x80
+IN_CREATE = 0x100
+IN_DELETE = 0x200
+IN_DELETE_SELF = 0x400
+IN_MOVE_SELF = 0x800
+IN_UNMOUNT = 0x2000
+IN_Q_OVERFLOW = 0x4000
+IN_IGNORED = 0x8000
+IN_ONLYDIR = 0x01000000
+IN_DONT_FOLLOW = 0x02000000
+
+# Only events that can change what the path resolves to. Leaving out open/access/
+# close-without-write keeps the daemon's own reads of the token from waking it.
+_MASK = IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO | IN_MODIFY | IN_ATTRIB
+_MASK |= IN_CLOSE_WRITE | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR | IN_DONT_FOLLOW
+# The watched directory itself was deleted, moved away or unmounted; IN_IGNORED: the kernel
+# dropped the watch.
+_GONE = IN_DELETE_SELF | IN_MOVE_SELF | IN_UNMOUNT | IN_IGNORED
 
 # (resolved path, st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns)
 _Signature = tuple[str, int, int, int, int, int]
@@ -97,80 +121,56 @@ def _nearest_existing_dir(directory: Path) -> Path:
 
 
 def _raise_errno(what: str) -> NoReturn:
-    """Raise OSError for the errno a failed call of watchdog's ctypes bindings left."""
-    import ctypes  # noqa: PLC0415 - only after a failed inotify call
-
+    """Raise OSError for the errno a failed libc call left."""
     err = ctypes.get_errno()
     raise OSError(err, f"{what}: {os.strerror(err)}")
 
 
-class _Inotify:
-    """One non-blocking inotify instance, read by the event loop.
-
-    Built on watchdog's ctypes bindings of the inotify system calls and its constants (the same
-    names since watchdog 4), not on its observer or its ``InotifyFD``: that class is a thread
-    whose read first waits in ``poll()`` with no timeout and whose ``close()`` only releases
-    the descriptor once its thread has read.
-    """
-
-    __slots__ = ("_add_watch", "_rm_watch", "fd", "gone", "mask", "moved_in", "overflow")
-
-    # ctypes functions (watchdog types their watch descriptors as a NewType of int).
-    _add_watch: Callable[..., int]
-    _rm_watch: Callable[..., int]
+class _Libc:
+    """The three inotify system calls of the C library, typed."""
 
     def __init__(self) -> None:
-        """Raises OSError (no inotify instances left: EMFILE), ImportError or watchdog's
-        unsupported-libc error (no inotify on this platform)."""
-        # Imported here, not at module level: a daemon told to poll never loads ctypes' libc
-        # bindings, and the import itself fails where there is no inotify.
-        from watchdog.observers import inotify_c  # noqa: PLC0415
-
-        c = inotify_c.InotifyConstants
-        fd = inotify_c.inotify_init()
-        if fd < 0:
-            _raise_errno("inotify_init")
+        """Raises OSError when this C library has no inotify (not Linux)."""
+        libc = ctypes.CDLL(None, use_errno=True)
         try:
-            os.set_blocking(fd, False)
-            os.set_inheritable(fd, False)  # close-on-exec: hooks must not inherit it
-        except OSError:
-            os.close(fd)
-            raise
+            self.init1 = libc.inotify_init1
+            self.add_watch = libc.inotify_add_watch
+            self.rm_watch = libc.inotify_rm_watch
+        except AttributeError as exc:
+            raise OSError(errno.ENOSYS, "this C library has no inotify") from exc
+        self.init1.argtypes = [ctypes.c_int]
+        self.add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
+        self.rm_watch.argtypes = [ctypes.c_int, ctypes.c_int]
+        for function in (self.init1, self.add_watch, self.rm_watch):
+            function.restype = ctypes.c_int
+
+
+class _Inotify:
+    """One non-blocking, close-on-exec inotify instance, read by the event loop."""
+
+    __slots__ = ("_libc", "fd")
+
+    def __init__(self) -> None:
+        """Raises OSError: no inotify instances left (EMFILE), or no inotify here."""
+        self._libc = _Libc()
+        # IN_NONBLOCK and IN_CLOEXEC are O_NONBLOCK and O_CLOEXEC by definition; close-on-exec
+        # so that hooks do not inherit the descriptor.
+        fd = self._libc.init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        if fd < 0:
+            _raise_errno("inotify_init1")
         self.fd = fd
-        self._add_watch = inotify_c.inotify_add_watch
-        self._rm_watch = inotify_c.inotify_rm_watch
-        # Only events that can change what the path resolves to. Leaving out open/access/
-        # close-without-write keeps the daemon's own reads of the token from waking it.
-        self.mask = (
-            c.IN_CREATE
-            | c.IN_DELETE
-            | c.IN_MOVED_FROM
-            | c.IN_MOVED_TO
-            | c.IN_MODIFY
-            | c.IN_ATTRIB
-            | c.IN_CLOSE_WRITE
-            | c.IN_DELETE_SELF
-            | c.IN_MOVE_SELF
-            | c.IN_ONLYDIR
-            | c.IN_DONT_FOLLOW
-        )
-        self.moved_in = c.IN_MOVED_TO
-        self.overflow = c.IN_Q_OVERFLOW
-        # The watched directory itself was deleted, moved away or unmounted; IN_IGNORED: the
-        # kernel dropped the watch.
-        self.gone = c.IN_DELETE_SELF | c.IN_MOVE_SELF | c.IN_UNMOUNT | c.IN_IGNORED
 
     def add_watch(self, directory: str) -> int:
         """Watch ``directory`` (not following a final symlink); its watch descriptor. Raises
         OSError (ENOENT, ENOTDIR, EACCES, ENOSPC when no inotify watches are left)."""
-        wd = self._add_watch(self.fd, os.fsencode(directory), self.mask)
+        wd: int = self._libc.add_watch(self.fd, os.fsencode(directory), _MASK)
         if wd < 0:
             _raise_errno(f"inotify_add_watch {directory}")
         return wd
 
     def remove_watch(self, wd: int) -> None:
         """Stop a watch; one the kernel already dropped (EINVAL) is ignored."""
-        self._rm_watch(self.fd, wd)
+        self._libc.rm_watch(self.fd, wd)
 
     def read(self) -> Iterator[tuple[int, int, bytes]]:
         """(wd, mask, name) of each event queued now; nothing when none is (never blocks).
@@ -196,11 +196,10 @@ class _Inotify:
 
 
 def _open_inotify() -> _Inotify | None:
-    """An inotify instance, or None where inotify cannot be used (not Linux, no instances
-    left)."""
+    """An inotify instance, or None where there is none (not Linux, no instances left)."""
     try:
         return _Inotify()
-    except Exception as exc:  # ImportError, OSError, watchdog's unsupported-libc error
+    except OSError as exc:
         log.warning(
             "inotify unavailable; falling back to polling the token file",
             error=f"{type(exc).__name__}: {exc}",
@@ -301,18 +300,18 @@ class DirectoryWatcher:
         noted = publish = False
         try:
             for wd, mask, name in inotify.read():
-                if mask & inotify.overflow:
+                if mask & IN_Q_OVERFLOW:
                     # Events were lost: one of them may have named the file.
                     self._touched = publish = noted = True
                     continue
                 if wd != self._wd:
                     continue  # from a watch already replaced
                 noted = True
-                if mask & inotify.gone:
+                if mask & _GONE:
                     self._watch_dead = True
                 elif name == self._name and self._watched == self._dir:
                     self._touched = True
-                if mask & inotify.moved_in:
+                if mask & IN_MOVED_TO:
                     publish = True
         except OSError as exc:
             # Not expected of an inotify descriptor; never spin on it: poll instead.
@@ -410,7 +409,7 @@ class DirectoryWatcher:
             # Polling only by choice (use_inotify=False): a present file only needs the slow
             # poll, a missing one a fast one. Inotify wanted but unavailable (no instance left:
             # max_user_instances is shared by every container of the UID on the node): the
-            # fast poll, or a rotation would wait up to poll_interval (review of round 4).
+            # fast poll, or a rotation would wait up to poll_interval.
             fast = self._signature is None or self._use_inotify
         else:
             fast = self._wd is None or self._watched != self._dir

@@ -147,7 +147,9 @@ class FileTokens:
             if memory is not None:
                 key = (runner.spec.identity, runner.spec.scope)
                 shared.setdefault(key, SharedToken(runner, memory))
-        return Lookup(dict(config.identities), dict(self.sources), shared, config.policy)
+        return Lookup(
+            dict(config.identities), dict(self.sources), shared, config.policy, config.endpoint
+        )
 
     def watch(self, poll_interval: float) -> None:
         """Watch every identity's projected token (idempotent per source)."""

@@ -57,6 +57,8 @@ IDENTITY_KEYS = frozenset(
         "token_proxy_sni_name",
         "token_proxy_ca_file",
         "token_proxy_ca_data",
+        "object_id",
+        "resource_id",
     }
 )
 TOKEN_KEYS = frozenset({"scope", "identity", "path", "format", "hook"})

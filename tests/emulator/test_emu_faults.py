@@ -181,6 +181,17 @@ def test_fault_from_dict_rejects_unknown_input() -> None:
     )
 
 
+def test_registry_answer_faults_need_the_exchange_target_and_a_number() -> None:
+    with pytest.raises(ValueError, match="acr_exchange"):
+        Fault("echo")  # aimed at Entra's token endpoint, which cannot echo a sent token
+    with pytest.raises(ValueError, match="JSON number"):
+        Fault("refresh_exp", target="acr_exchange", exp="soon")
+    with pytest.raises(ValueError, match="JSON number"):
+        Fault("refresh_exp", target="acr_exchange")
+    fault = Fault.from_dict({"kind": "refresh_exp", "target": "acr_exchange", "exp": "1e400"})
+    assert fault.exp == "1e400"
+
+
 def test_malformed_chunked_body_gets_400_and_a_closed_connection(emulator: Emulator) -> None:
     url = urlsplit(emulator.token_endpoint)
     with socket.create_connection((url.hostname or "", url.port or 80), timeout=10) as sock:

@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from entra_tokend.exposition import Exposition
 from entra_tokend.metrics import Metrics
 from entra_tokend.model import Reason
 from entra_tokend.server import bound_port, start_server, stop_server
@@ -56,6 +57,7 @@ class LiveServer:
 
     def __init__(self, metrics: Metrics, readiness: Readiness) -> None:
         self.metrics = metrics
+        self.exposition = Exposition(metrics)
         self.readiness = readiness
         self.port = 0
         self.server: asyncio.AbstractServer | None = None
@@ -76,7 +78,7 @@ class LiveServer:
         asyncio.set_event_loop(loop)
         try:
             server = loop.run_until_complete(
-                start_server("127.0.0.1", 0, self.metrics, self.readiness)
+                start_server("127.0.0.1", 0, self.metrics, self.readiness, self.exposition)
             )
         except BaseException as exc:
             self._error = exc
@@ -141,6 +143,8 @@ def populate(metrics: Metrics) -> None:
     metrics.assertion_loaded("default", 1_900_000_500.0)
     metrics.assertion_rotated("default")
     metrics.hook_failed("graph")
+    metrics.endpoint_configured(["https://vault.azure.net"])
+    metrics.endpoint_request("ok", "https://vault.azure.net", 0.0004)
     metrics.set_ready(True)
 
 

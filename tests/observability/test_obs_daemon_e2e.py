@@ -107,6 +107,19 @@ def test_daemon_metrics_readiness_and_failure_reasons(
     assert last is not None
     assert started <= last <= finished
 
+    _assert_counts(scrape, fresh)
+    _assert_exposition(port, scrape, promtool, written)
+
+    assert daemon.stop() == 0
+    log = daemon.log_text()
+    assert written not in log
+    assert fresh not in log
+    for event in daemon.events():  # every line is JSON (events() raises otherwise)
+        assert {"timestamp", "level", "event"} <= set(event)
+
+
+def _assert_counts(scrape: str, fresh: str) -> None:
+    """One failure per injected reason, one success, the rotation and the exchange timings."""
     failures = {
         reason: sample_value(
             scrape, "entra_tokend_token_refresh_failures_total", token="graph", reason=reason
@@ -134,10 +147,19 @@ def test_daemon_metrics_readiness_and_failure_reasons(
     count = sample_value(scrape, "entra_tokend_exchange_duration_seconds_count", identity="default")
     assert count == len(FAULTS_BY_REASON) + 1
 
+
+def _assert_exposition(port: int, scrape: str, promtool: str, written: str) -> None:
+    """What the alerts and dashboard query exists, promtool accepts the scrape, OpenMetrics is
+    served without _created series, and no endpoint carries the token."""
     # The shipped alerts and dashboard query only what the real daemon serves; promtool agrees.
-    # (The hook counter exists only for tokens with a hook; this one has none.)
-    hook_only = {"entra_tokend_hook_failures_total"}
-    assert sorted(queried_metric_names() - sample_names(scrape) - hook_only) == []
+    # (The hook counter exists only for tokens with a hook, the endpoint's series only with an
+    # [endpoint]; this daemon has neither — tests/endpoint scrapes a daemon with one.)
+    not_here = {
+        "entra_tokend_hook_failures_total",
+        "entra_tokend_endpoint_requests_total",
+        "entra_tokend_endpoint_request_duration_seconds_bucket",
+    }
+    assert sorted(queried_metric_names() - sample_names(scrape) - not_here) == []
     lint = run_promtool(promtool, "check", "metrics", stdin=scrape)
     assert lint.returncode == 0, lint.stdout + lint.stderr
     openmetrics = request(
@@ -148,10 +170,3 @@ def test_daemon_metrics_readiness_and_failure_reasons(
     # No endpoint ever carries the token.
     for path in ("/metrics", "/readyz", "/healthz"):
         assert written.encode() not in request(port, path).body
-
-    assert daemon.stop() == 0
-    log = daemon.log_text()
-    assert written not in log
-    assert fresh not in log
-    for event in daemon.events():  # every line is JSON (events() raises otherwise)
-        assert {"timestamp", "level", "event"} <= set(event)

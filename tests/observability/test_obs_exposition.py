@@ -1,21 +1,33 @@
-"""``Metrics.render``, the cached per-token exposition of ``/metrics``, against prometheus_client.
+"""``Exposition.render``, the cached per-token exposition of ``/metrics``, against
+prometheus_client.
 
-The reference is prometheus_client's own encoder over the registry (``encoder(registry)``):
-every render below must be byte-identical to it, in every format ``choose_encoder`` can pick,
-through a scenario with every kind of change a daemon makes. No timing is measured here; that
-a scrape re-renders only changed tokens is read from ``Metrics.tokens_rendered``.
+The reference is prometheus_client's own encoder, chosen by its own ``choose_encoder``, over
+the metrics' families (``encoder(registry(m))``): every render below must be byte-identical to
+it, in every format ``choose_encoder`` can pick, through a scenario with every kind of change a
+daemon makes; and ``negotiate`` must answer each Accept header with the content type
+``choose_encoder`` gives. These tests are what pyproject's prometheus-client range rests on. No
+timing is measured here; that a scrape re-renders only changed tokens is read from
+``Exposition.tokens_rendered``.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, choose_encoder, generate_latest
 from prometheus_client.registry import Collector
 
-from entra_tokend.metrics import RENDER_BATCH, Encoder, Metrics
+from entra_tokend.exposition import (
+    RENDER_BATCH,
+    TEXT_0_0_4,
+    Exposition,
+    Format,
+    negotiate,
+    registry,
+)
+from entra_tokend.metrics import Metrics
 from entra_tokend.model import Reason
 from testlib import samples
 
@@ -64,19 +76,30 @@ ODD_VALUES = [
 ]
 
 
-def formats() -> list[tuple[Encoder, str]]:
-    """(encoder, content type) for each Accept header, and the server's unparsable-Accept one."""
-    chosen = [choose_encoder(accept) for accept in ACCEPTS]
-    return [*chosen, (generate_latest, CONTENT_TYPE_LATEST)]
+Encoder = Callable[[Collector], bytes]
+UNPARSABLE = "application/openmetrics-text;version=abc"
 
 
-def ids(fmt: tuple[Encoder, str]) -> str:
-    return fmt[1]
+def reference(accept: str) -> tuple[Encoder, str]:
+    """prometheus_client's encoder and content type for *accept*: ``choose_encoder``'s, and for
+    a version that is not numbers (which ``choose_encoder`` raises on) the text format."""
+    if accept == UNPARSABLE:
+        return generate_latest, CONTENT_TYPE_LATEST
+    return choose_encoder(accept)
 
 
-def render(metrics: Metrics, encoder: Encoder, key: str) -> tuple[bytes, int]:
+def formats() -> list[tuple[Format, Encoder]]:
+    """(our format, the reference encoder) for each Accept header and an unparsable one."""
+    return [(negotiate(accept), reference(accept)[0]) for accept in [*ACCEPTS, UNPARSABLE]]
+
+
+def ids(fmt: tuple[Format, Encoder]) -> str:
+    return fmt[0].content_type
+
+
+def render(exposition: Exposition, fmt: Format) -> tuple[bytes, int]:
     """Drive the render to the end: (body, number of steps it yielded)."""
-    steps = metrics.render(encoder, key)
+    steps = exposition.render(fmt)
     yielded = 0
     while True:
         try:
@@ -134,15 +157,23 @@ def scenario(m: Metrics) -> Iterator[str]:
     yield "one token changed"
 
 
+@pytest.mark.parametrize("accept", [*ACCEPTS, UNPARSABLE])
+def test_negotiate_answers_as_choose_encoder(accept: str) -> None:
+    """The content type prometheus_client would answer with (OpenMetrics versions reduced to
+    1.0.0 or 2.0.0, which is all its encoder distinguishes)."""
+    assert negotiate(accept).content_type == reference(accept)[1]
+
+
 @pytest.mark.parametrize("fmt", formats(), ids=ids)
-def test_render_is_byte_identical_to_prometheus_client(fmt: tuple[Encoder, str]) -> None:
-    encoder, key = fmt
+def test_render_is_byte_identical_to_prometheus_client(fmt: tuple[Format, Encoder]) -> None:
+    ours, encoder = fmt
     m = Metrics()
+    exposition = Exposition(m)
     for step in scenario(m):
-        body, _ = render(m, encoder, key)
-        assert body == encoder(m.registry), step
+        body, _ = render(exposition, ours)
+        assert body == encoder(registry(m)), step
         # A second scrape with nothing changed serves the cached lines: still identical.
-        again, _ = render(m, encoder, key)
+        again, _ = render(exposition, ours)
         assert again == body, step
 
 
@@ -150,11 +181,12 @@ def test_scenario_reaches_every_state() -> None:
     """The byte-identity test above is only as good as its scenario: it must produce escaped
     label values, non-finite values, every reason, hooks, and the removal of series."""
     m = Metrics()
-    bodies = {step: render(m, generate_latest, "text")[0].decode() for step in scenario(m)}
+    exposition = Exposition(m)
+    bodies = {step: render(exposition, TEXT_0_0_4)[0].decode() for step in scenario(m)}
     body = bodies["every failure reason, hook failures"]
     for escaped in ('\\"', "\\\\", "\\n"):
         assert escaped in body
-    assert all(f" {v}\n" in body for v in ("NaN", "+Inf", "-Inf", "1e+22"))
+    assert all(f" {v}\n" in body for v in ("NaN", "+Inf", "-Inf", "1e+22", "1.234567e+06"))
     reasons = {
         dict(labels)["reason"]
         for (name, labels) in samples(body)
@@ -164,50 +196,57 @@ def test_scenario_reaches_every_state() -> None:
     assert 'entra_tokend_hook_failures_total{token="t000"} 1.0' in body
     assert 'token="t002"' not in bodies["removed"]
     assert 'token="t002"' in bodies["reloaded"]
+    dots = render(exposition, negotiate(ACCEPTS[4]))[0].decode()
+    assert "entra__tokend__token__refreshes__total{" in dots  # escaping=dots renames
 
 
 def test_formats_alternating_share_the_cache_correctly() -> None:
     """More formats than the cache keeps, scraped in turn: each answer is still exact."""
     fmts = formats()[:4]
     m = Metrics()
+    exposition = Exposition(m)
     for step in scenario(m):
-        for encoder, key in fmts + fmts[::-1]:
-            assert render(m, encoder, key)[0] == encoder(m.registry), (step, key)
+        for ours, encoder in fmts + fmts[::-1]:
+            assert render(exposition, ours)[0] == encoder(registry(m)), (step, ours)
+    assert len(exposition.formats_cached) == 2
 
 
 def test_a_scrape_renders_only_the_tokens_that_changed() -> None:
     m = Metrics()
+    exposition = Exposition(m)
     for i in range(300):
         m.token_configured(f"t{i:03d}", "default")
-    encoder, key = choose_encoder("application/openmetrics-text;version=1.0.0")
-    render(m, encoder, key)
-    assert m.tokens_rendered == 300
-    render(m, encoder, key)
-    assert m.tokens_rendered == 300  # nothing changed: nothing rendered
+    accept = "application/openmetrics-text;version=1.0.0"
+    ours, (encoder, _) = negotiate(accept), choose_encoder(accept)
+    render(exposition, ours)
+    assert exposition.tokens_rendered == 300
+    render(exposition, ours)
+    assert exposition.tokens_rendered == 300  # nothing changed: nothing rendered
     m.token_written("t007", expires_on=1_900_000_000.0, now=1_899_996_400.0)
     m.refresh_failed("t123", Reason.THROTTLED)
     m.hook_failed("t200")
     m.token_removed("t299")
-    body, _ = render(m, encoder, key)
-    assert m.tokens_rendered == 303
-    assert body == encoder(m.registry)
+    body, _ = render(exposition, ours)
+    assert exposition.tokens_rendered == 303
+    assert body == encoder(registry(m))
     m.token_configured("t299", "default")  # back, with a fresh record
-    assert render(m, encoder, key)[0] == encoder(m.registry)
-    assert m.tokens_rendered == 304
+    assert render(exposition, ours)[0] == encoder(registry(m))
+    assert exposition.tokens_rendered == 304
     # Another format has its own cache (and renders everything once).
-    render(m, generate_latest, "text")
-    assert m.tokens_rendered == 604
+    render(exposition, TEXT_0_0_4)
+    assert exposition.tokens_rendered == 604
 
 
 def test_render_yields_between_batches_of_tokens() -> None:
     """A first scrape of many tokens lets the event loop run after every RENDER_BATCH tokens;
     a scrape with nothing changed runs in one step."""
     m = Metrics()
+    exposition = Exposition(m)
     for i in range(3 * RENDER_BATCH + 1):
         m.token_configured(f"t{i:03d}", "default")
-    _, yielded = render(m, generate_latest, "text")
+    _, yielded = render(exposition, TEXT_0_0_4)
     assert yielded == 4
-    _, yielded = render(m, generate_latest, "text")
+    _, yielded = render(exposition, TEXT_0_0_4)
     assert yielded == 0
 
 
@@ -216,10 +255,11 @@ def test_changes_while_a_render_is_in_progress() -> None:
     progress shows the tokens configured when it began, each exactly once; the next render
     shows the new state exactly."""
     m = Metrics()
+    exposition = Exposition(m)
     names = [f"t{i:03d}" for i in range(3 * RENDER_BATCH)]
     for name in names:
         m.token_configured(name, "default")
-    steps = m.render(generate_latest, "text")
+    steps = exposition.render(TEXT_0_0_4)
     next(steps)  # the first batch is rendered
     m.token_written(names[0], expires_on=1.0, now=2.0)  # already rendered in this scrape
     m.token_written(names[-1], expires_on=3.0, now=4.0)  # not yet rendered
@@ -237,19 +277,4 @@ def test_changes_while_a_render_is_in_progress() -> None:
     assert sorted(tokens) == names
     assert got[(expiry, frozenset({("token", names[0])}))] == 0.0  # as it was in batch 1
     assert got[(expiry, frozenset({("token", names[-1])}))] == 3.0
-    assert render(m, generate_latest, "text")[0] == generate_latest(m.registry)
-
-
-def _two_lines_per_sample(registry: Collector) -> bytes:
-    # An encoder whose output the cache cannot split (each sample on two lines).
-    return generate_latest(registry).replace(b"} ", b"}\n ")
-
-
-def test_an_unsplittable_format_is_rendered_whole() -> None:
-    encoder = _two_lines_per_sample
-    m = Metrics()
-    m.token_configured("graph", "default")
-    m.token_written("graph", expires_on=1_900_000_000.0, now=1_899_996_400.0)
-    body, _ = render(m, encoder, "odd")
-    assert body == encoder(m.registry)
-    assert body != generate_latest(m.registry)  # the odd encoder really was used
+    assert render(exposition, TEXT_0_0_4)[0] == generate_latest(registry(m))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 import entra_tokend
+from entra_tokend.exposition import registry
 from entra_tokend.metrics import EXCHANGE_BUCKETS, REASONS, Metrics
 from entra_tokend.model import Reason
 from observability.obs_helpers import LiveServer, populate, run_promtool
@@ -181,15 +182,14 @@ def test_token_removed_drops_its_series_and_orphaned_identity(live: LiveServer) 
 def test_metrics_instances_are_independent() -> None:
     a, b = Metrics(), Metrics()
     a.token_configured("graph", "default")
-    assert a.registry is not b.registry
     assert (
-        b.registry.get_sample_value(
+        registry(b).get_sample_value(
             "entra_tokend_token_refreshes_total", {"token": "graph", "result": "success"}
         )
         is None
     )
     assert (
-        a.registry.get_sample_value(
+        registry(a).get_sample_value(
             "entra_tokend_token_refreshes_total", {"token": "graph", "result": "success"}
         )
         == 0

@@ -23,6 +23,7 @@ import pytest
 import yaml
 from prometheus_client.exposition import generate_latest
 
+from entra_tokend.exposition import registry
 from entra_tokend.metrics import Metrics
 from entra_tokend.model import Reason
 from observability.obs_helpers import PROMETHEUS_DIR, LiveServer, free_port
@@ -112,7 +113,7 @@ def _comparable(value: float) -> float | str:
 def expected(metrics: Metrics) -> Series:
     """The registry's series, read by prometheus_client's parser (the reference)."""
     return {
-        k: _comparable(v) for k, v in samples(generate_latest(metrics.registry).decode()).items()
+        k: _comparable(v) for k, v in samples(generate_latest(registry(metrics)).decode()).items()
     }
 
 
@@ -151,7 +152,8 @@ def test_prometheus_stores_what_the_daemon_exposes(live: LiveServer, server: Pro
         return server.series() == expected(m)
 
     wait_until(caught_up, 60, what=f"Prometheus to store the exposition ({server.log})")
-    assert any("openmetrics" in key for key in m.formats_cached)  # what Prometheus asked for
+    # What Prometheus asked for:
+    assert any("openmetrics" in key for key in live.exposition.formats_cached)
 
     # Changes between scrapes arrive (the cache re-renders only these tokens), and a removed
     # token's series go stale.

@@ -281,7 +281,7 @@ def test_a_client_cannot_mint_formats_with_version_numbers(live: LiveServer) -> 
     assert types == {
         "application/openmetrics-text; version=1.0.0; charset=utf-8; escaping=underscores"
     }
-    assert live.metrics.formats_cached == sorted(types)
+    assert live.exposition.formats_cached == sorted(types)
     reply = request(
         live.port, "/metrics", headers={"Accept": "application/openmetrics-text; version=2.7.1"}
     )

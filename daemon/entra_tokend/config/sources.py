@@ -25,7 +25,7 @@ from entra_tokend.config.schema import (
     Overrides,
 )
 from entra_tokend.config.validate import Problems, check_keys, type_name, typed
-from entra_tokend.files import NotRegularFile, read_regular
+from entra_tokend.util.files import FileTooLarge, NotRegularFile, read_regular
 
 
 @dataclass
@@ -55,10 +55,9 @@ def read_toml(path: Path) -> dict[str, Any]:
     try:
         # Non-blocking and bounded: a FIFO or /dev/zero swapped in before a SIGHUP must be a
         # config error, not a frozen or exhausted daemon.
-        data = read_regular(path, MAX_CONFIG_BYTES)
-        if len(data) > MAX_CONFIG_BYTES:
-            raise ConfigError([f"config file {path}: larger than {MAX_CONFIG_BYTES} bytes"])
-        text = data.decode("utf-8")
+        text = read_regular(path, MAX_CONFIG_BYTES).decode("utf-8")
+    except FileTooLarge:
+        raise ConfigError([f"config file {path}: larger than {MAX_CONFIG_BYTES} bytes"]) from None
     except NotRegularFile:
         raise ConfigError([f"config file {path}: not a regular file"]) from None
     except FileNotFoundError:

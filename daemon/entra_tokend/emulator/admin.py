@@ -18,13 +18,32 @@ from __future__ import annotations
 import ipaddress
 import json
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from entra_tokend.emulator.faults import Fault
+from entra_tokend.emulator.proxy import IdentityBindingProxy
+from entra_tokend.emulator.recorder import RecordedRequest
+from entra_tokend.emulator.registry import RegistryTokenService
 from entra_tokend.emulator.wire import Request, Response
 
-if TYPE_CHECKING:
-    from entra_tokend.emulator.server import Emulator
+
+class Administered(Protocol):
+    """What the admin API drives: the parts of ``Emulator`` it reads and sets (declared here,
+    so that this module does not import the facade that mounts it)."""
+
+    access_token_lifetime: float
+    acr_refresh_token_lifetime: float
+    registries: RegistryTokenService
+    proxy: IdentityBindingProxy | None
+
+    def token_requests(self) -> list[RecordedRequest]: ...
+    def pending_faults(self) -> int: ...
+    def inject(self, *faults: Fault) -> None: ...
+    def clear_faults(self) -> None: ...
+    def reject_current_assertion_as_expired(self) -> None: ...
+    def rotate(self, ttl: float | None = None, *, expired: bool = False) -> str: ...
+    def rotate_proxy_ca(self, *, keep_previous: bool = False) -> None: ...
+
 
 Action = Callable[[Any], dict[str, Any]]
 
@@ -52,7 +71,7 @@ def _seconds(data: Any, minimum: float) -> float:
 class AdminApi:
     """Maps ``/_admin`` requests to the emulator's public methods."""
 
-    def __init__(self, emu: Emulator) -> None:
+    def __init__(self, emu: Administered) -> None:
         self.emu = emu
         self.posts: dict[str, Action] = {
             "/_admin/faults": self._faults,

@@ -204,7 +204,8 @@ def _add_feature_args(p: argparse.ArgumentParser) -> None:
         default=[],
         metavar="HOST:PORT",
         help="serve Azure Container Registry's token service for this registry name "
-        "(repeatable); its docker-registry TLS files are written to the state dir",
+        "(repeatable); a ready docker-registry config (TLS, token auth at this emulator) "
+        "is written to the state dir, its path in the banner",
     )
     p.add_argument(
         "--acr-refresh-token-lifetime",
@@ -233,6 +234,22 @@ def _identity(state_dir: Path, tenant: str | None, client: str | None) -> tuple[
     return tenant, client
 
 
+def registry_config_path(setup: RegistrySetup) -> Path:
+    """Where ``write_registry_config`` puts ``setup``'s config: beside its TLS files."""
+    return setup.tls_cert.parent / "config.yml"
+
+
+def write_registry_config(setup: RegistrySetup) -> Path:
+    """Write a ready ``docker-registry serve`` config for ``setup`` (listening on its
+    ``service`` address, TLS from the emulator's CA, token auth at the emulator, storage in
+    ``storage/`` beside it) and return its path. JSON is YAML, so it is written as JSON."""
+    path = registry_config_path(setup)
+    storage = path.parent / "storage"
+    storage.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(setup.distribution_config(storage), indent=2) + "\n")
+    return path
+
+
 def _banner(
     emu: Emulator, env_file: Path, rotate_every: float | None, setups: list[RegistrySetup]
 ) -> list[str]:
@@ -256,6 +273,7 @@ def _banner(
             f"  registry {setup.service}: realm {setup.realm}, issuer {setup.issuer!r}",
             f"    rootcertbundle {setup.rootcertbundle}",
             f"    TLS {setup.tls_cert} / {setup.tls_key}",
+            f"    run it:       docker-registry serve {registry_config_path(setup)}",
         ]
     if setups:
         lines.append(f"  ACR exchange:   POST {emu.acr_exchange_url}")
@@ -312,6 +330,8 @@ def main(argv: list[str]) -> int:
         if faults:
             emu.inject(*faults)
         setups = [emu.add_registry(name) for name in args.registry]
+        for setup in setups:
+            write_registry_config(setup)
         env_file = emu.write_env_file(args.env_file or state_dir / "env")
         lines = _banner(emu, env_file, rotate_every, setups)
         if faults:

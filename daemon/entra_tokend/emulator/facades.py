@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -33,6 +33,7 @@ class RegistryFacade:
 
     registries: RegistryTokenService
     recorder: Recorder
+    clock: Callable[[], float]
     state_dir: Path
     tenant: Tenant
 
@@ -49,6 +50,7 @@ class RegistryFacade:
             verify_entra=lambda t: self.tenant.verify_access_token(t, audience=ACR_RESOURCE),
             refresh_token_lifetime=refresh_lifetime,
             access_token_lifetime=access_lifetime,
+            clock=self.clock,
         )
 
     @property
@@ -205,6 +207,8 @@ class EnvironmentFacade:
         if self.ca_file is not None:
             env["SSL_CERT_FILE"] = str(self.ca_file)
             env["REQUESTS_CA_BUNDLE"] = str(self.ca_file)
+            # node ignores SSL_CERT_FILE; @azure/identity and msal-node trust this one.
+            env["NODE_EXTRA_CA_CERTS"] = str(self.ca_file)
         if self.proxy is not None:
             env["AZURE_KUBERNETES_TOKEN_PROXY"] = self.proxy.url
             env["AZURE_KUBERNETES_SNI_NAME"] = self.proxy.sni_name

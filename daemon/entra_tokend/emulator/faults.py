@@ -5,11 +5,15 @@ the identity-binding proxy itself, or the registry token service's ``/oauth2/exc
 ``/oauth2/token``. Each applies to the next ``count`` requests of its target, in the order
 queued. Answer-type faults are shaped like the real service they stand in for: Entra's
 AADSTS body for ``token``, ACR's ``{"errors": [...]}`` for the registry, a plain-text line for
-the proxy (which answers its own failures with a non-Entra body).
+the proxy (which answers its own failures with a non-Entra body). Two kinds play a registry
+that answers the exchange wrongly: ``refresh_exp`` (a refresh token whose ``exp`` claim is the
+fault's ``exp``, verbatim JSON: ``1e400``, ``NaN``, a time in the past) and ``echo`` (the Entra
+token the client sent, as the refresh token and as the correlation id).
 """
 
 from __future__ import annotations
 
+import json
 import secrets
 import threading
 import uuid
@@ -23,12 +27,23 @@ from entra_tokend.emulator._crypto import b64url
 from entra_tokend.emulator.wire import Delay, Hang, Outcome, Reset, Response
 
 FaultKind = Literal[
-    "status", "delay", "reset", "html", "non_json", "no_access_token", "no_expires_in", "hang"
+    "status",
+    "delay",
+    "reset",
+    "html",
+    "non_json",
+    "no_access_token",
+    "no_expires_in",
+    "hang",
+    "refresh_exp",
+    "echo",
 ]
 FaultTarget = Literal["token", "proxy", "acr_exchange", "acr_token"]
 FAULT_KINDS: frozenset[str] = frozenset(get_args(FaultKind))
 FAULT_TARGETS: frozenset[str] = frozenset(get_args(FaultTarget))
-_FIELDS = {"kind", "count", "status", "retry_after", "delay", "error", "aadsts", "target"}
+_FIELDS = {"kind", "count", "status", "retry_after", "delay", "error", "aadsts", "target", "exp"}
+_REFRESH_HEADER = b'{"alg":"ES256","typ":"JWT"}'  # unsigned: the client reads claims only
+_REGISTRY_ANSWERS = frozenset({"refresh_exp", "echo"})  # kinds only an exchange can answer
 _HTML_PAGE = (
     b"<!DOCTYPE html><html><head><title>Service unavailable</title></head>"
     b"<body><h1>Our services aren't available right now</h1>"
@@ -46,8 +61,10 @@ class Fault:
     without answering until ``stop()`` (or ``delay`` seconds when positive), then closes it;
     "reset" aborts the connection with a TCP RST and no answer. ``error`` and ``aadsts``
     override the OAuth error and AADSTS code of an Entra-shaped "status" answer (``error`` is
-    the ``code`` of an ACR-shaped one). Raises ``ValueError`` for an unknown kind or target,
-    a count below 1 or a negative delay.
+    the ``code`` of an ACR-shaped one). ``exp`` is the JSON text of the ``exp`` claim a
+    "refresh_exp" answer's refresh token carries; "refresh_exp" and "echo" target
+    ``acr_exchange`` only. Raises ``ValueError`` for an unknown kind or target, a count below
+    1, a negative delay, or an ``exp`` that is not a JSON number.
     """
 
     kind: FaultKind
@@ -58,6 +75,7 @@ class Fault:
     error: str | None = None
     aadsts: int | None = None
     target: FaultTarget = "token"
+    exp: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in FAULT_KINDS:
@@ -72,6 +90,10 @@ class Fault:
             raise ValueError("fault count must be at least 1")
         if self.delay < 0:
             raise ValueError("fault delay must not be negative")
+        if self.kind in _REGISTRY_ANSWERS and self.target != "acr_exchange":
+            raise ValueError(f'fault kind {self.kind!r} needs target "acr_exchange"')
+        if self.kind == "refresh_exp" and not _is_json_number(self.exp):
+            raise ValueError('fault kind "refresh_exp" needs exp: a JSON number such as 1e400')
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Fault:
@@ -95,6 +117,7 @@ class Fault:
             error=None if data.get("error") is None else str(data["error"]),
             aadsts=None if data.get("aadsts") is None else int(data["aadsts"]),
             target=target,  # type: ignore[arg-type]  # checked against FAULT_TARGETS above
+            exp=None if data.get("exp") is None else str(data["exp"]),
         )
 
 
@@ -139,11 +162,17 @@ class FaultQueue:
         return None
 
 
-def apply(fault: Fault, normal: Callable[[], Response], lifetime: int) -> Outcome:
+def apply(
+    fault: Fault,
+    normal: Callable[[], Response],
+    lifetime: int,
+    form: Callable[[], dict[str, str]] = dict,
+) -> Outcome:
     """The outcome of ``fault``: a socket action, a delayed normal answer, or a fault answer.
 
     ``normal`` computes the normal answer (used by "delay", after the wait); ``lifetime`` is
-    the access-token lifetime (seconds) a well-formed-but-broken Entra body advertises.
+    the access-token lifetime (seconds) a well-formed-but-broken Entra body advertises;
+    ``form`` gives the request's form fields (what "echo" sends back).
     """
     if fault.kind == "reset":
         return Reset()
@@ -151,6 +180,8 @@ def apply(fault: Fault, normal: Callable[[], Response], lifetime: int) -> Outcom
         return Hang(fault.delay if fault.delay > 0 else None)
     if fault.kind == "delay":
         return Delay(fault.delay, normal)
+    if fault.kind == "echo":
+        return _echo(fault, form().get("access_token", ""))
     return answer(fault, lifetime)
 
 
@@ -164,6 +195,10 @@ def answer(fault: Fault, lifetime: int) -> Response:
     status = fault.status or 200
     if fault.kind == "non_json":
         return Response(status, b'{"token_type":"Bearer","expires_in":', headers=extra)
+    if fault.kind == "refresh_exp":
+        claims = f'{{"exp":{fault.exp},"grant_type":"refresh_token"}}'.encode()
+        token = f"{b64url(_REFRESH_HEADER)}.{b64url(claims)}.{_noise()}"
+        return Response.json(status, {"refresh_token": token}, extra)
     if fault.target in ("acr_exchange", "acr_token"):
         # A 200 that lacks the token field the client needs.
         return Response.json(status, {"token_type": "Bearer"}, extra)
@@ -195,6 +230,24 @@ def _status_answer(fault: Fault, extra: dict[str, str]) -> Response:
 ACR_CORRELATION_HEADER = "X-Ms-Correlation-Request-Id"
 # Distribution's error codes (docker/distribution registry/api/errcode) per status.
 _ACR_CODES = {401: "UNAUTHORIZED", 403: "DENIED", 404: "NAME_UNKNOWN", 429: "TOOMANYREQUESTS"}
+
+
+def _echo(fault: Fault, sent: str) -> Response:
+    """A registry echoing the Entra token it was sent: as the refresh token (status 200) or in
+    an error, and as the correlation id either way."""
+    status = fault.status or 200
+    body: dict[str, Any] = {"refresh_token": sent}
+    if status != 200:
+        body = {"errors": [{"code": _ACR_CODES.get(status, "UNKNOWN"), "message": "echo"}]}
+    return Response.json(status, body, {ACR_CORRELATION_HEADER: sent})
+
+
+def _is_json_number(text: str | None) -> bool:
+    try:
+        value = json.loads(text) if text is not None else None
+    except ValueError:
+        return False
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _noise() -> str:

@@ -49,8 +49,10 @@ class ClusterIssuer:
         service_account: str,
         token_ttl: float,
         audiences: Sequence[str] = (TOKEN_EXCHANGE_AUDIENCE,),
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.keys_dir = keys_dir
+        self.clock = clock  # unix seconds: iat/nbf/exp of the tokens signed
         self.volume = volume
         self.base_url = base_url
         self.namespace = namespace
@@ -122,7 +124,7 @@ class ClusterIssuer:
         """
         key = self._foreign_key() if untrusted_key else self.key
         lifetime = float(ttl if ttl is not None else self.token_ttl)
-        now = time.time()
+        now = self.clock()
         iat = now - lifetime - 60 if expired else now
         claims: dict[str, Any] = {
             "aud": audience if audience is not None else list(self.audiences),

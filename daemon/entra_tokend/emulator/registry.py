@@ -153,11 +153,13 @@ class RegistryTokenService:
         verify_entra: Callable[[str], dict[str, Any]],
         refresh_token_lifetime: float = 10800.0,
         access_token_lifetime: float = 4500.0,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.directory = directory
+        self.clock = clock  # unix seconds: "now" for issued and checked tokens
         self.verify_entra = verify_entra
-        # ~3 h: the refresh token lifetime issue 14 states for ACR; 75 min: the access token
-        # in Azure/acr docs/AAD-OAuth.md's example claim set (exp - iat = 4500 s).
+        # ~3 h: ACR's refresh-token lifetime; 75 min: the access token in Azure/acr
+        # docs/AAD-OAuth.md's example claim set (exp - iat = 4500 s).
         self.refresh_token_lifetime = float(refresh_token_lifetime)
         self.access_token_lifetime = float(access_token_lifetime)
         self._lock = threading.Lock()
@@ -256,7 +258,7 @@ class RegistryTokenService:
         actions = registry.actions_for(client_id)
         if actions is None:
             raise AcrError(403, "DENIED", "retrieving permissions failed")
-        now = int(time.time())
+        now = int(self.clock())
         jti = str(uuid.uuid4())
         refresh = self.key.sign_jwt(
             {
@@ -293,7 +295,7 @@ class RegistryTokenService:
         claims = self._verify_refresh(registry, refresh_token)
         held = claims.get("permissions", {}).get("actions", [])
         access = [a for a in (_grant(s, set(held)) for s in scopes) if a is not None]
-        now = int(time.time())
+        now = int(self.clock())
         lifetime = max(int(self.access_token_lifetime), 1)
         token = self.key.sign_jwt(
             {
@@ -371,7 +373,7 @@ class RegistryTokenService:
             raise _unauthorized("invalid refresh token")
         if claims.get("aud") != registry.name:
             raise _unauthorized("the refresh token is for another registry")
-        now = time.time()
+        now = self.clock()
         exp = claims.get("exp")
         if not isinstance(exp, int) or now >= exp:
             raise _unauthorized("the refresh token has expired")

@@ -14,19 +14,36 @@ from __future__ import annotations
 
 import base64
 import binascii
-import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from entra_tokend.emulator import errors, faults
-from entra_tokend.emulator.admin import AdminApi
-from entra_tokend.emulator.faults import ACR_CORRELATION_HEADER, FaultTarget
-from entra_tokend.emulator.recorder import RecordedRequest
+from entra_tokend.emulator.admin import AdminApi, Administered
+from entra_tokend.emulator.faults import ACR_CORRELATION_HEADER, FaultQueue, FaultTarget
+from entra_tokend.emulator.recorder import RecordedRequest, Recorder
 from entra_tokend.emulator.registry import AcrError
+from entra_tokend.emulator.tenant import Tenant
 from entra_tokend.emulator.wire import Endpoint, Outcome, Request, Response
 
-if TYPE_CHECKING:
-    from entra_tokend.emulator.server import Emulator
+
+class Routed(Administered, Protocol):
+    """What the main listener's routes use of ``Emulator`` (declared here, so that this
+    module does not import the facade that mounts it)."""
+
+    faults: FaultQueue
+    recorder: Recorder
+    tenant: Tenant
+    clock: Callable[[], float]
+
+    @property
+    def registry_realm(self) -> str: ...
+    def new_correlation_id(self) -> str: ...
+    def cluster_discovery(self) -> dict[str, Any]: ...
+    def cluster_jwks(self) -> dict[str, Any]: ...
+    def instance_discovery(self) -> dict[str, Any]: ...
+    def entra_jwks(self) -> dict[str, Any]: ...
+    def tenant_discovery(self) -> dict[str, Any]: ...
+
 
 FAULT_TARGETS: dict[Endpoint, FaultTarget] = {
     Endpoint.TOKEN: "token",
@@ -91,7 +108,7 @@ def basic_credentials(headers: dict[str, str] | Any) -> tuple[str, str] | None:
 class MainRoutes:
     """The ``wire.Service`` of the emulator's main listener."""
 
-    def __init__(self, emu: Emulator) -> None:
+    def __init__(self, emu: Routed) -> None:
         self.emu = emu
         self.admin = AdminApi(emu)
 
@@ -102,7 +119,8 @@ class MainRoutes:
         fault = self.emu.faults.take((target,)) if target is not None else None
         if fault is not None:
             lifetime = max(int(self.emu.access_token_lifetime), 1)
-            return endpoint, faults.apply(fault, lambda: self.answer(request, endpoint), lifetime)
+            normal = lambda: self.answer(request, endpoint)  # noqa: E731
+            return endpoint, faults.apply(fault, normal, lifetime, request.form)
         return endpoint, self.answer(request, endpoint)
 
     def record(self, request: Request, endpoint: Endpoint, status: int) -> None:
@@ -110,7 +128,7 @@ class MainRoutes:
         form = request.form() if request.method == "POST" and endpoint is not Endpoint.ADMIN else {}
         self.emu.recorder.record(
             RecordedRequest(
-                time=time.time(),
+                time=self.emu.clock(),
                 path=request.target,
                 method=request.method,
                 headers=dict(request.headers),

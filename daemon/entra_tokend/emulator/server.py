@@ -15,7 +15,9 @@ Nothing here imports the daemon: the emulator stays an independent check of it.
 from __future__ import annotations
 
 import ssl
+import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -79,6 +81,7 @@ class Emulator(RegistryFacade, BindingFacade, EnvironmentFacade):
         proxy_base_path: str = DEFAULT_BASE_PATH,
         acr_refresh_token_lifetime: float = 10800.0,
         acr_access_token_lifetime: float = 4500.0,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         if token_ttl <= 0:
             raise ValueError("token_ttl must be positive")
@@ -94,7 +97,10 @@ class Emulator(RegistryFacade, BindingFacade, EnvironmentFacade):
         self.verbose = verbose
         self.volume = ProjectedVolume(self.state_dir / "serviceaccount")
         self.faults = FaultQueue()
-        self.recorder = Recorder()
+        # "Now" for every token issued or checked and every request recorded (unix seconds):
+        # tests that simulate hours pass a clock they advance.
+        self.clock = clock
+        self.recorder = Recorder(clock)
         self.cluster = ClusterIssuer(
             self.state_dir / "keys",
             self.volume,
@@ -102,6 +108,7 @@ class Emulator(RegistryFacade, BindingFacade, EnvironmentFacade):
             namespace=namespace,
             service_account=service_account,
             token_ttl=float(token_ttl),
+            clock=clock,
             audiences=[IDENTITY_BINDING_AUDIENCE if identity_binding else TOKEN_EXCHANGE_AUDIENCE],
         )
         self.tenant = Tenant(
@@ -110,6 +117,7 @@ class Emulator(RegistryFacade, BindingFacade, EnvironmentFacade):
             cluster_issuer=lambda: self.issuer,
             assertion_key=lambda: self.cluster.key,
             access_token_lifetime=access_token_lifetime,
+            clock=clock,
         )
         self.registries = self._make_registries(
             acr_refresh_token_lifetime, acr_access_token_lifetime

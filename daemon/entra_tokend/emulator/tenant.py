@@ -74,8 +74,10 @@ class Tenant:
         cluster_issuer: Callable[[], str],
         assertion_key: Callable[[], SigningKey],
         access_token_lifetime: float = 3600.0,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.tenant_id = tenant_id
+        self.clock = clock  # unix seconds: what "now" is for validity windows and tokens
         self.authority_host = authority_host
         self.cluster_issuer = cluster_issuer
         self.assertion_key = assertion_key
@@ -184,7 +186,7 @@ class Tenant:
             raise errors.signing_key_unknown(kid, str(claims.get("iss", "")))
         if not key.verify_jwt(assertion):
             raise errors.assertion_bad_signature()
-        now = time.time()
+        now = self.clock()
         exp = _number(claims.get("exp"))
         nbf = _number(claims.get("nbf"))
         with self._lock:
@@ -218,7 +220,7 @@ class Tenant:
 
     def _issue_access_token(self, app: App, resource: str) -> dict[str, Any]:
         lifetime = max(int(self.access_token_lifetime), 1)
-        now = int(time.time())
+        now = int(self.clock())
         claims = {
             "aud": resource,
             "iss": self.sts_issuer,
@@ -271,7 +273,7 @@ class Tenant:
         if claims.get("aud") != audience:
             raise AccessTokenInvalid(f"audience is not {audience}")
         exp = _number(claims.get("exp"))
-        if exp is None or time.time() >= exp:
+        if exp is None or self.clock() >= exp:
             raise AccessTokenInvalid("token expired")
         return claims
 

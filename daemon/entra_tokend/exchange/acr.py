@@ -18,10 +18,17 @@ authentication - AAD-OAuth", docs/AAD-OAuth.md in Azure/acr, and the Azure SDK f
    ``tenant`` (the identity's tenant id), ``access_token`` (the Entra token). 200 answers
    ``{"refresh_token": "<JWT>"}``; its ``exp`` claim is when it ends (about 3 h).
 
+The Entra token is only a means to the exchange: it is reused for the next exchange while it
+has at least half its life left (``REUSE_FRACTION``), so a refresh planned at half of the Entra
+token's hour, a retry after a registry's failure or a rotation costs no Entra request.
+
 Every registry must succeed for the exchange to succeed: see ``AcrExchange.exchange`` for why.
 Failures: 401/403 are configuration errors (``ClientError``, hint: role assignment, registry
 name); 429 ``Throttled`` and 5xx ``ServerError`` honour Retry-After; other answers
-``InvalidResponse``. Messages name the registry and ACR's correlation id header, never a token.
+``InvalidResponse`` — among them a refresh token whose ``exp`` is not a finite time between
+``MIN_REFRESH_LIFETIME`` and ``MAX_LIFETIME`` seconds ahead, and one that is the Entra token
+sent (an echoed credential is not a registry's). Messages name the registry and ACR's
+correlation id header (redacted before it is cut), never a token.
 """
 
 from __future__ import annotations
@@ -37,7 +44,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from entra_tokend.exchange.entra import B64TOKEN_RE, parse_retry_after, read_capped
+from entra_tokend.exchange.answers import B64TOKEN_RE, MAX_LIFETIME, parse_retry_after
+from entra_tokend.exchange.entra import read_capped
 from entra_tokend.exchange.errors import (
     ClientError,
     ErrorDetails,
@@ -48,7 +56,7 @@ from entra_tokend.exchange.errors import (
     Throttled,
 )
 from entra_tokend.exchange.transport import ClientPool
-from entra_tokend.logging import remember_secret
+from entra_tokend.logging import redact_cut, remember_secret
 from entra_tokend.model import (
     ACR_NULL_USER,
     AccessToken,
@@ -65,6 +73,12 @@ HINT_ROLE = (
     "grant the identity AcrPull (or AcrPush) on registry {registry}, and check the registry "
     "name and the scope (https://containerregistry.azure.net/.default)"
 )
+REUSE_FRACTION = 0.5
+"""The held Entra token is used for another exchange while at least this fraction of its
+lifetime is left (so a registry always receives a token with a comfortable margin)."""
+MIN_REFRESH_LIFETIME = 300
+"""The shortest refresh-token lifetime accepted (seconds). ACR issues about 3 h; one that ends
+within minutes would have the daemon exchange again every few seconds."""
 _PARAM_RE = re.compile(r'(\w+)\s*=\s*(?:"([^"]*)"|([^\s,]+))')
 _LOOPBACK = ("localhost", "127.0.0.1", "::1")
 
@@ -79,9 +93,9 @@ def parse_challenge(header: str | None) -> dict[str, str]:
 
 
 def jwt_exp(token: str) -> float | None:
-    """The ``exp`` claim (unix seconds) of a JWT, unverified; None when unreadable."""
-    import base64  # noqa: PLC0415 - small, only here
-
+    """The ``exp`` claim (unix seconds) of a JWT, unverified: None when the token is not a
+    readable JWT or has no ``exp``; NaN when ``exp`` is there but not a number; ``inf`` for a
+    number too large for a float."""
     parts = token.split(".")
     if len(parts) != 3:
         return None
@@ -89,10 +103,15 @@ def jwt_exp(token: str) -> float | None:
         claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
     except ValueError:
         return None
-    exp = claims.get("exp") if isinstance(claims, dict) else None
-    if isinstance(exp, bool) or not isinstance(exp, int | float):
+    if not isinstance(claims, dict) or "exp" not in claims:
         return None
-    return float(exp)
+    exp = claims["exp"]
+    if isinstance(exp, bool) or not isinstance(exp, int | float):
+        return math.nan
+    try:
+        return float(exp)
+    except OverflowError:
+        return math.inf
 
 
 def _base_url(registry: str) -> str:
@@ -133,6 +152,8 @@ class AcrExchange:
         self._pool = pool
         self._clock: Clock = clock or SystemClock()
         self._endpoints: dict[str, tuple[str, str]] = {}  # registry -> (exchange URL, service)
+        # The last Entra token and what it was for: reused while young (see _entra).
+        self._held: tuple[tuple[Identity, str], AccessToken] | None = None
 
     async def exchange(self, identity: Identity, scope: str, assertion: str) -> AccessToken:
         """The Entra token for ``scope`` plus one ACR refresh token per registry.
@@ -140,9 +161,11 @@ class AcrExchange:
         Returns an ``AccessToken`` whose ``extra`` maps ``host[:port]`` → refresh token, whose
         ``expires_on`` is the earliest refresh token ``exp`` (when the file on disk stops
         working: the expiry gauge) and whose ``expires_in`` is the shortest lifetime of every
-        credential involved, the Entra token's included (seconds; the scheduler refreshes at
-        ``refresh_at`` of it). ``refresh_in`` is Entra's hint only when the Entra token is the
-        shortest-lived. Raises ``ExchangeError`` when the Entra request or any registry fails.
+        credential involved, the Entra token's whole lifetime included (seconds; the scheduler
+        refreshes at ``refresh_at`` of it). ``refresh_in`` is Entra's hint only when the Entra
+        token is the shortest-lived. ``token`` is the Entra token used, perhaps one held from an
+        earlier exchange (see ``_entra``). Raises ``ExchangeError`` when the Entra request or
+        any registry fails.
 
         All or nothing, on purpose: a failed registry fails the whole refresh and the file on
         disk stays as it was, so no registry's still-valid entry is ever removed or replaced
@@ -151,30 +174,31 @@ class AcrExchange:
         the others' entries are not renewed either and end at their own ``exp`` (about 3 h);
         a token per registry keeps registries independent.
         """
-        entra = await self._inner.exchange(identity, scope, assertion)
-        remember_secret(entra.token)  # it never reaches a file, but may reach a log
+        entra = await self._entra(identity, scope, assertion)
         sent_at = self._clock.wall()
         results = await asyncio.gather(
-            *(self._one(identity, r, entra.token) for r in self.registries),
+            *(self._one(identity, r, entra, sent_at) for r in self.registries),
             return_exceptions=True,
         )
         refresh: dict[str, str] = {}
-        for registry, result in zip(self.registries, results, strict=True):
-            if isinstance(result, BaseException):
-                raise result  # an ExchangeError naming the registry (or a bug: the runner's)
-            refresh[registry_key(registry)] = result
-        # On disk are only the refresh tokens: the file ends when the first of them does (the
-        # expiry gauge and EXPIRED state). The refresh is planned on the shortest lifetime of
-        # every credential involved, the Entra token included (the scheduler plans on
-        # min(expires_in, time left)).
+        # The refresh is planned on the shortest lifetime of every credential involved, the
+        # Entra token included: the scheduler plans on min(expires_in, time left). For a held
+        # Entra token that is its whole lifetime, as when it was fresh: it was reused with at
+        # least half of it left, so the next refresh is due about when it ends, and that
+        # refresh gets a new one.
         lifetimes = {"entra": entra.expires_in}
         file_expires = math.inf
-        for registry, token in refresh.items():
-            exp = jwt_exp(token)
-            # A refresh token without exp is assumed to last as long as the Entra token.
-            exp = exp if exp is not None else entra.expires_on
+        for registry, result in zip(self.registries, results, strict=True):
+            if isinstance(result, BaseException):
+                # A registry may have refused this Entra token: the next attempt gets a new one.
+                self._held = None
+                raise result  # an ExchangeError naming the registry (or a bug: the runner's)
+            token, exp = result
+            refresh[registry_key(registry)] = token
+            # On disk are only the refresh tokens: the file ends when the first of them does
+            # (the expiry gauge and EXPIRED state).
             file_expires = min(file_expires, exp)
-            lifetimes[registry] = max(exp - sent_at, 0.0)
+            lifetimes[registry] = exp - sent_at
         shortest = min(lifetimes, key=lambda k: lifetimes[k])
         return AccessToken(
             token=entra.token,
@@ -188,6 +212,20 @@ class AcrExchange:
             client_id=entra.client_id,
             extra=refresh,
         )
+
+    async def _entra(self, identity: Identity, scope: str, assertion: str) -> AccessToken:
+        """The held Entra token for (identity, scope) while at least ``REUSE_FRACTION`` of its
+        lifetime is left, else a new one from the inner stage (then held)."""
+        held = self._held
+        if held is not None and held[0] == (identity, scope):
+            token = held[1]
+            if token.expires_on - self._clock.wall() >= token.expires_in * REUSE_FRACTION:
+                remember_secret(token.token)  # kept among the remembered while in use
+                return token
+        token = await self._inner.exchange(identity, scope, assertion)
+        remember_secret(token.token)  # it never reaches a file, but may reach a log
+        self._held = ((identity, scope), token)
+        return token
 
     async def _endpoint(self, identity: Identity, registry: str) -> tuple[str, str]:
         """(exchange URL, service) of ``registry``, from its ``/v2/`` challenge (cached)."""
@@ -231,8 +269,11 @@ class AcrExchange:
         self._endpoints[registry] = (url, service)
         return url, service
 
-    async def _one(self, identity: Identity, registry: str, entra_token: str) -> str:
-        """One registry's refresh token. Raises ``ExchangeError`` naming the registry."""
+    async def _one(
+        self, identity: Identity, registry: str, entra: AccessToken, sent_at: float
+    ) -> tuple[str, float]:
+        """One registry's refresh token and its expiry (unix seconds). Raises
+        ``ExchangeError`` naming the registry."""
         name = registry_key(registry)
         url, service = await self._endpoint(identity, registry)
         request_id = str(uuid.uuid4())
@@ -240,7 +281,7 @@ class AcrExchange:
             "grant_type": "access_token",
             "service": service,
             "tenant": identity.tenant_id,
-            "access_token": entra_token,
+            "access_token": entra.token,
         }
         try:
             # The whole exchange within request_timeout, as for Entra: httpx's timeouts are per
@@ -268,11 +309,18 @@ class AcrExchange:
                 request_id=request_id,
             ) from None
         correlation = next((headers[h] for h in CORRELATION_HEADERS if h in headers), None)
+        # Redacted before it is cut: a registry may echo a secret there, and a cut secret
+        # matches no redaction rule any more.
         details = ErrorDetails(
-            status=status, correlation_id=correlation[:100] if correlation else None
+            status=status, correlation_id=redact_cut(correlation, 100) if correlation else None
         )
         if status == 200:
-            return _refresh_token(body, name, request_id, details)
+            token = _refresh_token(body, name, request_id, details, entra.token)
+            exp = jwt_exp(token)
+            # A refresh token without exp is assumed to last as long as the Entra token.
+            return token, _checked_exp(
+                entra.expires_on if exp is None else exp, sent_at, name, request_id, details
+            )
         self._endpoints.pop(registry, None)  # re-read the challenge next time
         retry_after = parse_retry_after(headers.get("retry-after"), self._clock.wall())
         summary = f"registry {name}: token exchange answered HTTP {status}"
@@ -303,7 +351,24 @@ class AcrExchange:
         raise InvalidResponse(summary, request_id=request_id, details=details)
 
 
-def _refresh_token(body: bytes, name: str, request_id: str, details: ErrorDetails) -> str:
+def _checked_exp(
+    exp: float, sent_at: float, name: str, request_id: str, details: ErrorDetails
+) -> float:
+    """``exp`` when it is finite and ``MIN_REFRESH_LIFETIME``..``MAX_LIFETIME`` seconds after
+    ``sent_at``; else InvalidResponse (the file on disk stays as it is)."""
+    if math.isfinite(exp) and MIN_REFRESH_LIFETIME <= exp - sent_at <= MAX_LIFETIME:
+        return exp
+    raise InvalidResponse(
+        f"registry {name}: the refresh token's exp is not a time {MIN_REFRESH_LIFETIME} s to "
+        f"{MAX_LIFETIME} s ahead",
+        request_id=request_id,
+        details=details,
+    )
+
+
+def _refresh_token(
+    body: bytes, name: str, request_id: str, details: ErrorDetails, sent: str
+) -> str:
     try:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError):
@@ -312,6 +377,13 @@ def _refresh_token(body: bytes, name: str, request_id: str, details: ErrorDetail
     if not isinstance(token, str) or not B64TOKEN_RE.match(token):
         raise InvalidResponse(
             f"registry {name}: token exchange answer has no usable refresh_token",
+            request_id=request_id,
+            details=details,
+        )
+    if token == sent:
+        raise InvalidResponse(
+            f"registry {name}: answered with the Entra token it was sent (an echoed "
+            "credential); refusing to write it",
             request_id=request_id,
             details=details,
         )

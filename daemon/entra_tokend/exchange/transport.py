@@ -16,18 +16,17 @@ excludes the token proxy's address.
 Requests go straight to httpx's transport layer (``httpx.AsyncHTTPTransport``, one
 ``httpcore`` connection pool each) through a ``Channel``, not through ``httpx.AsyncClient``: a
 token request needs none of the client's layers (authentication, redirects, a cookie jar,
-event hooks, URL merging), and skipping them cut the event loop's CPU per token request by
-~8 % here (bench/FINDINGS.md, round 4). Without a cookie jar nothing a server sets is sent
-back on a later request. No ``Accept-Encoding`` is sent, and a compressed answer is refused
-(``entra.read_capped``).
+event hooks, URL merging), and each of them costs the event loop CPU on every request.
+Without a cookie jar nothing a server sets is sent back on a later request. No
+``Accept-Encoding`` is sent, and a compressed answer is refused (``entra.read_capped``).
 
 Concurrency is spread over several transports per key, each with at most
 ``SHARD_CONNECTIONS`` connections; a leased request goes to the transport with the fewest
 requests in flight (so sequential requests keep reusing one connection). httpcore's pool
 checks every one of its connections on every request event (``_assign_requests_to_connections``:
 ``has_expired``, a readability probe through anyio's extra attributes, getpeername included),
-so one pool's CPU per request grows with its size: one connection per pool was the cheapest
-of 1, 2, 4 and 16 at concurrency 16 and 64 (bench/FINDINGS.md, issue 18, round 4).
+so one pool's CPU per request grows with its size; many small pools cost less than one large
+one for the same concurrency.
 """
 
 from __future__ import annotations
@@ -38,6 +37,7 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import certifi
 import httpx
 
 from entra_tokend import __version__
@@ -144,8 +144,6 @@ def default_cafile() -> str | None:
     certifi's bundle."""
     cafile = os.environ.get("SSL_CERT_FILE") or None
     if cafile is None and not os.environ.get("SSL_CERT_DIR"):
-        import certifi  # noqa: PLC0415 - httpx's own dependency; only needed for the default
-
         cafile = certifi.where()
     return cafile
 

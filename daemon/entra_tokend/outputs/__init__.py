@@ -17,7 +17,6 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from entra_tokend.files import read_regular
 from entra_tokend.logging import remember_secret
 from entra_tokend.model import AccessToken, OutputSpec
 from entra_tokend.outputs import dockerconfig, envfile, header, jsondoc, raw, template
@@ -25,6 +24,7 @@ from entra_tokend.outputs.claims import MissingClaim
 from entra_tokend.outputs.provenance import ExistingToken, ProvenanceStore
 from entra_tokend.outputs.writer import WriteError, write_atomic
 from entra_tokend.ports import Adoptable, Output
+from entra_tokend.util.files import read_regular
 
 Renderer = Callable[[AccessToken], bytes]
 """Turns an issued token into a file's complete contents."""

@@ -22,12 +22,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-# The one import of the JWT-claims helper for outputs (it may move to a util module).
-from entra_tokend.assertion import AssertionMalformed, decode_claims
 from entra_tokend.model import AccessToken
+from entra_tokend.util.formats import CLAIM_FIELDS
+from entra_tokend.util.jwt import MalformedJWT, decode_claims
 
-CLAIM_FIELDS = ("oid", "tid", "appid", "azp", "aud", "exp", "iat")
-"""Template fields read from the access token's claims."""
+__all__ = ["CLAIM_FIELDS", "MAX_CLAIM_CHARS", "MissingClaim", "claim_values"]
 
 MAX_CLAIM_CHARS = 1024
 """Characters: a longer claim value is refused (no identifier, audience or time is that long)."""
@@ -61,7 +60,7 @@ def claim_values(token: AccessToken, names: Iterable[str]) -> dict[str, str]:
         return {}
     try:
         claims = decode_claims(token.token)
-    except AssertionMalformed:
+    except MalformedJWT:
         raise MissingClaim(
             "the access token is not a JWT (an opaque or encrypted token): its claims "
             "cannot be read"

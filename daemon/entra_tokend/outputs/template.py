@@ -21,41 +21,12 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from entra_tokend.model import AccessToken, OutputSpec
-from entra_tokend.outputs.claims import CLAIM_FIELDS, claim_values
+from entra_tokend.outputs.claims import claim_values
+from entra_tokend.util.formats import CLAIM_FIELDS
+from entra_tokend.util.formats import TEMPLATE_FIELDS as FIELDS
+from entra_tokend.util.formats import check_template as check
 
-FIELDS = (
-    "access_token",
-    "expires_on",
-    "expires_on_rfc3339",
-    "token_type",
-    "scope",
-    "resource",
-    "tenant_id",
-    "client_id",
-    "token_name",
-    *CLAIM_FIELDS,
-)
-
-
-def check(text: str) -> list[str]:
-    """Problems with a template (empty when usable): one text per syntax error or unknown
-    field, naming the field, e.g. ``unknown field 'acess_token'``; an empty template is one."""
-    if not text:
-        return ["must not be empty (a token file is never empty)"]
-    template = string.Template(text)
-    if not template.is_valid():
-        # substitute() reports the position of the first bad '$'.
-        try:
-            template.substitute(dict.fromkeys(template.get_identifiers(), ""))
-        except ValueError as exc:
-            return [f"template syntax error: {exc} (write $$ for a literal '$')"]
-        except KeyError:  # pragma: no cover - identifiers were all supplied
-            pass
-    return [
-        f"unknown field '{name}' (fields: {', '.join(FIELDS)})"
-        for name in template.get_identifiers()
-        if name not in FIELDS
-    ]
+__all__ = ["FIELDS", "check", "fields", "renderer"]
 
 
 def fields(token: AccessToken, token_name: str) -> dict[str, str]:

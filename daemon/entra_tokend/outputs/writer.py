@@ -2,24 +2,37 @@
 
 ``write_atomic`` replaces a file so that a reader at any moment sees the old complete file or
 the new complete file — never a partial, empty or foreign one, even if the process is
-SIGKILLed between any two steps or the disk fills. It performs, in order:
+SIGKILLed between any two steps or the disk fills. The code is tagged ``# (1)``…``# (10)``
+with these steps:
 
-1. Open the target's directory (``O_DIRECTORY``); every later step is relative to that fd, so a
+1. Refuse empty data: an empty token file is never a valid one.
+2. Open the target's directory (``O_DIRECTORY``); every later step is relative to that fd, so a
    directory swapped in mid-write cannot redirect us. With ``root`` (the output_dir), each
-   component below it is opened with ``O_NOFOLLOW``: a subdirectory a neighbour replaced by a
-   symlink cannot send a token file (and, as root, a rename) anywhere else.
-2. Create a temp file in that directory with an unpredictable name and
+   component below it is opened with ``O_NOFOLLOW`` and must not be another user's directory
+   that others may write: a subdirectory a neighbour replaced by a symlink cannot send a token
+   file (and, as root, a rename) anywhere else.
+3. Refuse a directory at the target's name (the rename would fail there anyway; say why).
+4. Create a temp file in that directory with an unpredictable name and
    ``O_CREAT|O_EXCL|O_NOFOLLOW`` (mode 0600): a planted file or symlink makes this fail
    instead of being followed or reused.
-3. Write every byte (a short write is continued; ENOSPC/EIO/EROFS fail the write).
-4. ``fchown`` (if an owner/group is configured), ``fchmod`` to the configured mode, then
-   ``fsync`` the file: data, owner and mode are durable before the file gets its name.
-5. ``rename`` the temp file over the target: atomic; a symlink planted at the target is
-   replaced, never followed; a directory planted there makes the write fail, untouched.
-6. ``fsync`` the directory, so the rename survives a crash.
+5. Write every byte (a short write is continued; ENOSPC/EIO/EROFS fail the write).
+6. ``fchown`` (if an owner/group is configured), then ``fchmod`` to the configured mode
+   (after the chown, which clears set-id bits).
+7. ``fsync`` the file: data, owner and mode are durable before the file gets its name.
+8. ``rename`` the temp file over the target: atomic; a symlink planted at the target is
+   replaced, never followed.
+9. ``fsync`` the directory, so the rename survives a crash (a filesystem that cannot fsync a
+   directory, EINVAL/ENOTSUP, is not a failure: the file is already in place).
+10. If any step before the rename fails, unlink the temp file; the target is untouched.
 
-If any step fails the temp file is unlinked and the target is untouched. Temp files a killed
-process left behind carry our marker and are removed by ``remove_stale_temp_files`` at start.
+What it does not guarantee: a reader that opened the old file keeps reading the old inode
+(and hard links to the old file keep the old bytes); two writers of one target are not
+serialised — the last rename wins, which is why the daemon holds the directory's lock; with
+``durable=False`` (steps 7 and 9 skipped) a power loss may lose the new file or leave an empty
+one under the name, though readers of a running system still see only complete files; a
+filesystem whose rename is not atomic (some network filesystems) voids the promise; and a temp
+file a killed process left behind stays until ``remove_stale_temp_files`` runs at start (it
+carries our marker, so it is recognised).
 """
 
 from __future__ import annotations
@@ -115,20 +128,20 @@ def write_atomic(
 ) -> None:
     """Replace ``path`` with ``data`` atomically (see the module doc). Raises WriteError.
 
-    ``durable=False`` skips the two fsyncs (steps 4 and 6): still atomic for readers, but a
+    ``durable=False`` skips the two fsyncs (steps 7 and 9): still atomic for readers, but a
     crash may lose the new file or leave it empty. Only for advisory files (provenance
     records), whose loss costs one refresh after a restart and nothing else."""
-    if not data:
+    if not data:  # (1)
         raise WriteError(f"refusing to write an empty file to {path}")
     directory = path.parent
     try:
-        dir_fd = _open_directory(directory, root)
+        dir_fd = _open_directory(directory, root)  # (2)
     except OSError as exc:
         raise WriteError(f"cannot open directory {directory}: {_describe(exc)}") from None
     tmp = temp_name(path.name)
     created = False
     try:
-        try:
+        try:  # (3)
             st = os.stat(path.name, dir_fd=dir_fd, follow_symlinks=False)
         except FileNotFoundError:
             pass
@@ -136,25 +149,25 @@ def write_atomic(
             if stat.S_ISDIR(st.st_mode):
                 raise WriteError(f"{path} is a directory; not replacing it with a token file")
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        fd = os.open(tmp, flags, 0o600, dir_fd=dir_fd)
+        fd = os.open(tmp, flags, 0o600, dir_fd=dir_fd)  # (4)
         created = True
         try:
-            view = memoryview(data)
+            view = memoryview(data)  # (5)
             while view:
                 written = os.write(fd, view)
                 view = view[written:]
-            if uid is not None or gid is not None:
+            if uid is not None or gid is not None:  # (6)
                 os.fchown(fd, -1 if uid is None else uid, -1 if gid is None else gid)
             # After fchown: chown clears set-id bits, and the mode is the operator's to choose.
             os.fchmod(fd, mode)
-            if durable:
+            if durable:  # (7)
                 os.fsync(fd)
         finally:
             os.close(fd)
-        os.rename(tmp, path.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        os.rename(tmp, path.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)  # (8)
         created = False
         try:
-            if durable:
+            if durable:  # (9)
                 os.fsync(dir_fd)
         except OSError as exc:
             # The file is already replaced; a filesystem that cannot fsync a directory is no
@@ -164,7 +177,7 @@ def write_atomic(
     except OSError as exc:
         raise WriteError(f"cannot write {path}: {_describe(exc)}") from None
     finally:
-        if created:
+        if created:  # (10)
             with contextlib.suppress(OSError):
                 os.unlink(tmp, dir_fd=dir_fd)
         os.close(dir_fd)
