@@ -9,8 +9,7 @@ The families, in exposition order::
                   ..._assertion_rotations
     per token     ..._hook_failures
     the rest      ..._ready, ..._output_dir_world_writable, ..._build_info,
-                  ..._endpoint_requests, ..._endpoint_request_duration_seconds,
-                  ..._file_render_failures
+                  ..._endpoint_requests, ..._endpoint_request_duration_seconds
 
 :func:`registry` describes them with prometheus_client's public metric families, and
 prometheus_client's public encoders render them: that is the reference. :class:`Exposition`
@@ -41,6 +40,7 @@ from prometheus_client.metrics_core import (
 from prometheus_client.openmetrics import exposition as openmetrics
 from prometheus_client.registry import Collector
 
+from entra_tokend.exposition_files import file_families
 from entra_tokend.metrics import HistogramSeries, Metrics, TokenSeries
 
 _Samples = Callable[[str, TokenSeries], Sequence[tuple[Sequence[str], float]]]
@@ -203,15 +203,7 @@ def _other_families(m: Metrics) -> list[Metric]:
         "result",
         m.endpoint_duration,
     )
-    files = CounterMetricFamily(
-        "entra_tokend_file_render_failures",
-        "[file.NAME] renders that left the previous file in place, by reason "
-        "(missing_claim, write_error; hook: its hook failed after a write).",
-        labels=["file", "reason"],
-    )
-    for (name, reason), value in m.file_failures.items():
-        files.add_metric([name, reason], value)
-    return [ready, world_writable, build_info, requests, duration, files]
+    return [ready, world_writable, build_info, requests, duration, *file_families(m)]
 
 
 class _Families(Collector):
