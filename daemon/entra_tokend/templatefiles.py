@@ -124,6 +124,10 @@ class TemplateFile:
     def retire(self) -> None:
         """Stop rendering (removed or replaced at a reload); a render in flight completes."""
         self._retired = True
+        self.disarm()
+
+    def disarm(self) -> None:
+        """Cancel the readiness recheck at the tokens' expiry (the daemon stops)."""
         if self._timer is not None:
             self._timer.cancel()
 
@@ -279,6 +283,5 @@ class TemplateFiles:
         """The renders pending or in flight, to await: they complete (``--once`` writes its
         files before it exits), and no event starts another once the runners have stopped."""
         for file in self.files.values():
-            if file._timer is not None:
-                file._timer.cancel()
+            file.disarm()
         return [f.task for f in self.files.values() if f.task is not None and not f.task.done()]
