@@ -1,5 +1,5 @@
-"""Command line: ``run``, ``run --once``, ``check-config``, ``dev``, ``emulator``, ``healthcheck``,
-``inject``, ``webhook``.
+"""Command line: ``run``, ``run --once``, ``exec``, ``check-config``, ``dev``, ``emulator``,
+``healthcheck``, ``inject``, ``webhook``.
 
 Exit codes: 0 success; 1 runtime failure (``run --once`` could not get every token in time);
 2 configuration or usage error, one line per problem on stderr, never a traceback.
@@ -14,7 +14,7 @@ import re
 import sys
 from collections.abc import Sequence
 
-from entra_tokend import __version__, signals
+from entra_tokend import __version__, execcli, signals
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -39,6 +39,7 @@ MAIN_EPILOG = f"""\
 examples:
   entra-tokend run --output-dir /tokens --token storage=https://storage.azure.com/.default
   entra-tokend run --once --deadline 30 --config /etc/entra-tokend/entra-tokend.toml
+  entra-tokend exec --config /etc/entra-tokend/entra-tokend.toml -- ./job.sh
   entra-tokend check-config --config /etc/entra-tokend/entra-tokend.toml
   entra-tokend check-config --offline --config entra-tokend.toml   # CI, no host checks
   entra-tokend dev                                                 # try it locally
@@ -270,6 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"with --once: give up after this many seconds (default {DEFAULT_DEADLINE}; "
         "key once_deadline)",
     )
+    execcli.add_parser(sub, _config_flags, _help_formatter, DEFAULT_DEADLINE)
     _check_config_parser(sub)
     _dev_parser(sub)
     sub.add_parser("emulator", help="run the local Entra + kubelet emulator", add_help=False)
@@ -370,6 +372,8 @@ def _run(args: argparse.Namespace) -> int:
     configure_logging(config.log_format, config.log_level)
     for line in found.warnings:
         get_logger().warning("configuration accepted with a risk", detail=line)
+    if args.command == "exec":
+        return execcli.exec_command(config, args, _print_problems)
 
     def reload() -> Config:
         found = preflight.Findings()
@@ -388,7 +392,7 @@ def _run(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``entra-tokend`` console script."""
     args_list = list(sys.argv[1:] if argv is None else argv)
-    if args_list[:1] in (["run"], ["dev"]):
+    if args_list[:1] in (["run"], ["dev"], ["exec"]):
         signals.hold()  # until the daemon's handlers are in place (see ``signals``)
     if args_list[:1] == ["emulator"]:
         try:

@@ -1,7 +1,8 @@
 """Dockerfile and .dockerignore: lint-clean, shell-less non-root runtime, daemon-only install.
 
-No Docker engine runs here, so the build itself is not exercised; these tests pin down what the
-build depends on instead, and run the daemon the way the image installs it (no emulator extra).
+These tests pin down what the build depends on and run the daemon the way the image installs it
+(no emulator extra). The build itself, and the built image run read-only as 65532 without
+capabilities, is CI's "image" stage (tests/image/run_image.sh: buildah and systemd-nspawn, root).
 """
 
 from __future__ import annotations

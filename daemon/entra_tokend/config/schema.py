@@ -237,6 +237,12 @@ class Config:
     Config are empty placeholders."""
 
     @property
+    def written(self) -> list[TokenSpec | FileSpec]:
+        """Every file the daemon writes: the tokens', then the ``[file.NAME]`` ones (each has
+        ``path`` and ``hook``)."""
+        return [*self.tokens.values(), *self.files.values()]
+
+    @property
     def resolved(self) -> bool:
         """True when nothing waits for the host checks (see ``host``) and nothing for the pod."""
         return not self.run_time and (self.host is None or not self.host.pending)
