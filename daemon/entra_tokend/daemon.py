@@ -107,9 +107,7 @@ class Daemon:
         self.config = config
         if self.endpoint is not None:
             self.endpoint.provider.replace(self.tokens.lookup(config))
-        self._output_dir.make_token_dirs(
-            {spec.path.parent for spec in config.tokens.values()}, clean=False
-        )
+        self._output_dir.make_token_dirs({s.path.parent for s in config.written}, clean=False)
         self.tokens.watch(config.poll_interval)
         self.log.info(
             "configuration reloaded",
@@ -201,7 +199,7 @@ class Daemon:
         loop.set_exception_handler(self._loop_exception)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)
-        hooks = any(spec.hook for spec in self.config.tokens.values())
+        hooks = any(spec.hook for spec in self.config.written)
         # Hooks' escaped descendants, and every orphan when we are PID 1, become ours to reap.
         if (hooks or os.getpid() == 1) and REAPER.enable():
             loop.add_signal_handler(signal.SIGCHLD, REAPER.on_sigchld)
