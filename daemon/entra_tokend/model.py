@@ -189,6 +189,27 @@ class TokenSpec:
         return self.output.registries
 
 
+@dataclass(frozen=True)
+class FileSpec:
+    """A file rendered from several tokens (``[file.NAME]``, ``outputs.multi``).
+
+    ``path`` is absolute, inside output_dir; ``template`` the checked template text (already
+    read from ``template_file``); ``tokens`` the configured tokens it needs, in order: every
+    token the template names, plus any listed in ``tokens`` — the file is written only while
+    each is held and unexpired, and again whenever one of them is refreshed. File mode, owner
+    and group as for a token's ``OutputSpec``; ``hook`` runs after each write.
+    """
+
+    name: str
+    path: Path
+    template: str
+    tokens: tuple[str, ...]
+    file_mode: int = 0o640
+    file_owner: int | None = None
+    file_group: int | None = None
+    hook: Hook | None = None
+
+
 def registry_key(registry: str) -> str:
     """The ``host[:port]`` a registry is known by in a docker config (scheme removed)."""
     return registry.removeprefix("http://").removeprefix("https://")

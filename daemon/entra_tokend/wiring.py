@@ -4,7 +4,9 @@
 (made by ``runner.build``, like every runner). ``apply(config)`` is a reload's diff: an
 unchanged token keeps its runner and schedule (new tunables apply from its next decision), a
 changed one gets a new runner (which adopts its file when it starts, if provably its own), a
-removed one stops and its file is left. With the endpoint configured, each file's output is
+removed one stops and its file is left. Files rendered from several tokens (``[file.NAME]``)
+are consumers of those runners' events (``templatefiles.TemplateFiles``, a listener of every
+runner built here), rebuilt by the same rules. With the endpoint configured, each file's output is
 wrapped in a ``MemoryOutput`` so the endpoint can share the token; ``lookup`` gives the
 endpoint's ``ondemand.Lookup`` for the current configuration (rebuilt whole on each reload).
 """
@@ -26,6 +28,7 @@ from entra_tokend.outputs.provenance import fingerprint
 from entra_tokend.ports import Exchange, Listener
 from entra_tokend.readiness import Readiness
 from entra_tokend.runner import Deps, TokenRunner, build
+from entra_tokend.templatefiles import TemplateFiles
 
 
 class FileTokens:
@@ -57,6 +60,7 @@ class FileTokens:
         self.sources: dict[str, CredentialSource] = {}
         self.runners: dict[str, TokenRunner] = {}
         self.memories: dict[str, MemoryOutput] = {}
+        self.files = TemplateFiles(deps, root=output_dir.root, readiness=readiness, metrics=metrics)
         self.running = False
 
     def apply(self, config: Config) -> None:
@@ -71,6 +75,7 @@ class FileTokens:
         for name in set(self.sources) - set(config.identities):
             self.sources.pop(name).close()
         old, self.runners = self.runners, {}
+        replaced: set[str] = set()
         for name, spec in config.tokens.items():
             runner = old.pop(name, None)
             if (
@@ -82,12 +87,15 @@ class FileTokens:
             else:
                 if runner is not None:
                     self._retire(runner)
+                replaced.add(name)
                 runner = self._new_runner(config, name)
             self.runners[name] = runner
         for name, runner in old.items():
             self._retire(runner)
             self._metrics.token_removed(name)
             self._log.info("token removed from configuration; its file is left", token=name)
+        self.files.deps = self.deps
+        self.files.apply(config.files, replaced | set(old), running=self.running)
         if self.running:
             self.start()
             self._readiness.update()
@@ -103,7 +111,7 @@ class FileTokens:
             store=self._output_dir.provenance,
         )
         output: Output = file
-        listeners: list[Listener] = []
+        listeners: list[Listener] = [self.files.observe]
         if self._share:
             # The endpoint serves a file token's latest token; without an endpoint nothing
             # reads it, so the wrapper is not kept per token.
@@ -128,6 +136,7 @@ class FileTokens:
         self.running = True
         for runner in self.runners.values():
             runner.start()
+        self.files.fetch_missing(self.runners)
 
     def lookup(self, config: Config) -> Lookup:
         """The endpoint's view of ``config``: identities, sources, the first file token of
@@ -162,4 +171,4 @@ class FileTokens:
                 tasks.append(runner.task)
         for source in self.sources.values():
             source.close()
-        return tasks
+        return [*tasks, *self.files.stop()]

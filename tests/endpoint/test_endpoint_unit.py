@@ -122,13 +122,9 @@ def test_provider_failures_are_rendered_per_protocol_with_the_detail(
     assert AADSTS in body["error_description"]
 
 
-def test_a_failure_without_the_new_attributes_is_a_5xx() -> None:
-    class Old(TokenUnavailable):
-        def __init__(self) -> None:
-            Exception.__init__(self, "timed out waiting for the token")
-
+def test_a_transient_failure_is_a_5xx_with_its_message() -> None:
     setup = Setup()
-    setup.provider.failure = Old()
+    setup.provider.failure = TokenUnavailable("timed out waiting for the token")
     status, body = setup.app_service(f"resource={STORAGE}")
     assert (status, body["message"]) == (500, "timed out waiting for the token")
 

@@ -19,6 +19,7 @@ IDENTITY_KEYS = frozenset(schema.IDENTITY_KEYS)
 TOKEN_KEYS = frozenset(schema.TOKEN_KEYS)
 HOOK_KEYS = frozenset(schema.HOOK_KEYS)
 ENDPOINT_KEYS = frozenset(schema.ENDPOINT_KEYS)
+FILE_KEYS = frozenset(schema.FILE_KEYS)
 FORMAT_KEYS = {key: frozenset(formats) for key, formats in schema.FORMAT_KEYS.items()}
 """Token keys that only mean something with certain formats: key -> those formats."""
 
@@ -37,14 +38,17 @@ def unknown_keys(doc: Mapping[str, Any]) -> list[str]:
         bad += [f"token.{name}.hook.{k}" for k in table.get("hook", {}) if k not in HOOK_KEYS]
     bad += [f"hook.{k}" for k in doc.get("hook", {}) if k not in HOOK_KEYS]
     bad += [f"endpoint.{k}" for k in doc.get("endpoint", {}) if k not in ENDPOINT_KEYS]
+    for name, table in _tables(doc, "file").items():
+        bad += [f"file.{name}.{k}" for k in table if k not in FILE_KEYS]
+        bad += [f"file.{name}.hook.{k}" for k in table.get("hook", {}) if k not in HOOK_KEYS]
     return bad
 
 
 def missing_keys(doc: Mapping[str, Any]) -> list[str]:
     """Keys of the schema that a parsed config never shows: each top-level key and table, each
     identity key in some ``[identity.*]``, each token key in some ``[token.*]``, each hook key
-    in ``[hook]`` and in some ``[token.*.hook]``, each endpoint key in ``[endpoint]``. Format
-    keys count only in a token of a format they belong to."""
+    in ``[hook]`` and in some ``[token.*.hook]``, each endpoint key in ``[endpoint]``, each file
+    key in some ``[file.*]``. Format keys count only in a token of a format they belong to."""
     tokens = _tables(doc, "token").values()
     shown_identity = {k for table in _tables(doc, "identity").values() for k in table}
     shown_token = {
@@ -61,4 +65,6 @@ def missing_keys(doc: Mapping[str, Any]) -> list[str]:
     missing += [f"hook.{k}" for k in sorted(HOOK_KEYS - set(doc.get("hook", {})))]
     missing += [f"token.*.hook.{k}" for k in sorted(HOOK_KEYS - shown_token_hook)]
     missing += [f"endpoint.{k}" for k in sorted(ENDPOINT_KEYS - set(doc.get("endpoint", {})))]
+    shown_file = {k for table in _tables(doc, "file").values() for k in table}
+    missing += [f"file.*.{k}" for k in sorted(FILE_KEYS - shown_file)]
     return missing

@@ -19,7 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from entra_tokend.config import validate, validate_endpoint, validate_identity, validate_outputs
+from entra_tokend.config import (
+    validate,
+    validate_endpoint,
+    validate_files,
+    validate_identity,
+    validate_outputs,
+)
 from entra_tokend.config.render import render_config
 from entra_tokend.config.schema import (
     DEFAULT_IDENTITY,
@@ -63,6 +69,7 @@ class _Lookups:
     token_proxy_ca_files: list[tuple[str, Path]] = field(default_factory=list)
     secret_file: Path | None = None
     own: set[str] = field(default_factory=set)  # token.NAME.file_owner keys set per token
+    file_templates: list[tuple[str, Path]] = field(default_factory=list)
 
     def owner(self, value: Any, where: str, p: Problems, *, group: bool) -> int | None:
         """A ``file_owner``/``file_group`` value: an integer is an id, checked here; a name
@@ -79,15 +86,22 @@ class _Lookups:
             self.owners.append(OwnerLookup(where, str(value), group, ()))
         return None
 
-    def frozen(self, output_dir: Path, tokens: Mapping[str, TokenSpec]) -> HostLookups:
-        # A top-level owner applies to every token that does not set its own.
+    def frozen(
+        self, output_dir: Path, tokens: Mapping[str, TokenSpec], files: Mapping[str, Any]
+    ) -> HostLookups:
+        # A top-level owner applies to every token (and [file.NAME]) that does not set its own.
         owners = []
         for found in self.owners:
             users: tuple[str, ...]
             if found.key.startswith("token."):
                 users = (found.key.split(".")[1],)
+            elif found.key.startswith("file."):
+                users = (f"file:{found.key.removeprefix('file.').rpartition('.')[0]}",)
             else:
                 users = tuple(n for n in tokens if f"token.{n}.{found.key}" not in self.own)
+                users += tuple(
+                    f"file:{n}" for n in files if f"file.{n}.{found.key}" not in self.own
+                )
             owners.append(OwnerLookup(found.key, found.value, found.group, users))
         return HostLookups(
             output_dir=output_dir,
@@ -96,6 +110,7 @@ class _Lookups:
             secret_file=self.secret_file,
             ca_files=tuple(self.ca_files),
             token_proxy_ca_files=tuple(self.token_proxy_ca_files),
+            file_templates=tuple(self.file_templates),
         )
 
 
@@ -314,9 +329,10 @@ def load_config(overrides: Overrides, env: Mapping[str, str], *, offline: bool =
         file_group=look.owner(values["file_group"], "file_group", p, group=True),
     )
     tokens = _tokens(raw, output_dir, defaults, look, p)
+    files = validate_files.files(raw.files, tokens, defaults, base=raw.base, look=look, p=p)
     endpoint = _endpoint(raw, env, look, p)
     identities = _identities(raw, tokens, env, p, endpoint=endpoint, look=look)
-    lookups = look.frozen(output_dir, tokens)
+    lookups = look.frozen(output_dir, tokens, raw.files)
     if p.lines:
         raise ConfigError(p.lines, lookups)
     return Config(
@@ -339,4 +355,5 @@ def load_config(overrides: Overrides, env: Mapping[str, str], *, offline: bool =
         endpoint=endpoint,
         host=lookups,
         run_time=tuple(p.later),
+        files=files,
     )

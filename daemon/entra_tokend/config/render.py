@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from entra_tokend.config.schema import IDENTITY_KEYS, POLICY_KEYS, TOP_LEVEL, Config
-from entra_tokend.model import EndpointSpec, Identity, OutputSpec
+from entra_tokend.model import EndpointSpec, Hook, Identity, OutputSpec
 from entra_tokend.util.net import address_text
 
 DEFAULT_TRUST = "default trust store"
@@ -100,6 +100,47 @@ def _output_lines(config: Config, out: OutputSpec) -> list[str]:
     return lines
 
 
+def _file_lines(config: Config) -> list[str]:
+    """The ``[file.NAME]`` tables (files rendered from several tokens); offline, a
+    ``template_file`` and user or group names as given."""
+    lines: list[str] = []
+    for spec in config.files.values():
+        where = f"file.{spec.name}"
+        lines += ["", f"[{where}]"]
+        lines.append(f"path = {_toml_value(str(spec.path.relative_to(config.output_dir)))}")
+        if spec.tokens:
+            lines.append(f"tokens = {_toml_value(list(spec.tokens))}")
+        if spec.template:
+            lines.append(f"template = {_toml_value(spec.template)}")
+        elif config.host is not None:
+            lines += [
+                f"template_file = {_toml_value(str(path))}"
+                for name, path in config.host.file_templates
+                if name == spec.name
+            ]
+        lines += _pending(config, f"{where}.file_owner") + _pending(config, f"{where}.file_group")
+        if spec.file_mode != config.file_mode:
+            lines.append(f'file_mode = "{spec.file_mode:04o}"')
+        for key, value, default in (
+            ("file_owner", spec.file_owner, config.file_owner),
+            ("file_group", spec.file_group, config.file_group),
+        ):
+            if value != default and value is not None:
+                lines.append(f"{key} = {value}")
+        if spec.hook:
+            lines += [f"[{where}.hook]", *_hook_lines(spec.hook)]
+    return lines
+
+
+def _hook_lines(hook: Hook) -> list[str]:
+    lines = [f"exec = {_toml_value(list(hook.exec))}"] if hook.exec else []
+    lines.append(f"timeout = {hook.timeout!r}")
+    if hook.pid_file:
+        lines.append(f"pid_file = {_toml_value(str(hook.pid_file))}")
+    lines.append(f"signal = {_toml_value(signal.Signals(hook.signal).name)}")
+    return lines
+
+
 def _comment(text: str) -> str:
     # Printable characters only: a comment ends at a newline (a path may hold one).
     return "".join(c if c.isprintable() else "?" for c in text)
@@ -168,6 +209,7 @@ def render_config(
             if tok.hook.pid_file:
                 lines.append(f"pid_file = {_toml_value(str(tok.hook.pid_file))}")
             lines.append(f"signal = {_toml_value(signal.Signals(tok.hook.signal).name)}")
+    lines += _file_lines(config)
     if config.endpoint is not None:
         lines += _endpoint_lines(config.endpoint)
     return "\n".join(lines) + "\n"

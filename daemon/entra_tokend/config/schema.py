@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from entra_tokend.model import EndpointSpec, Identity, Policy, TokenSpec
+from entra_tokend.model import EndpointSpec, FileSpec, Identity, Policy, TokenSpec
 
 DEFAULT_AUTHORITY = "https://login.microsoftonline.com"
 DEFAULT_IDENTITY = "default"
@@ -75,7 +75,7 @@ POLICY_KEYS = (
     "config_error_backoff_max",
 )
 """Top-level keys that form the scheduler ``Policy`` (same names on both sides)."""
-TABLES = ("identity", "token", "hook", "endpoint")
+TABLES = ("identity", "token", "hook", "endpoint", "file")
 IDENTITY_KEYS = (
     "tenant_id",
     "client_id",
@@ -117,6 +117,17 @@ FORMAT_KEYS = {
 """Token keys that only mean something with certain formats."""
 ACR_SCOPE = "https://containerregistry.azure.net/.default"
 """The Entra scope an ACR exchange needs by default (Azure Container Registry's AAD audience)."""
+FILE_KEYS = (
+    "path",
+    "template",
+    "template_file",
+    "tokens",
+    "file_mode",
+    "file_owner",
+    "file_group",
+    "hook",
+)
+"""Keys of a ``[file.NAME]`` table (a file rendered from several tokens)."""
 HOOK_KEYS = ("exec", "timeout", "pid_file", "signal")
 ENDPOINT_KEYS = ("listen", "secret_file", "secret_env", "allow", "idle_timeout", "imds")
 ENDPOINT_IDLE_TIMEOUT = 900.0
@@ -152,7 +163,8 @@ class Overrides:
 class OwnerLookup:
     """A ``file_owner``/``file_group`` name ``load_config`` leaves to the host checks (chown(1)
     semantics: a user or group name first, then a numeric id). ``key`` is where it was set
-    (``file_owner``, ``token.NAME.file_group``); ``tokens`` the tokens whose files get it."""
+    (``file_owner``, ``token.NAME.file_group``, ``file.NAME.file_owner``); ``tokens`` the
+    tokens whose files get it, and ``file:NAME`` for each ``[file.NAME]`` that does."""
 
     key: str
     value: str
@@ -177,11 +189,13 @@ class HostLookups:
     secret_file: Path | None = None
     ca_files: tuple[tuple[str, Path], ...] = ()
     token_proxy_ca_files: tuple[tuple[str, Path], ...] = ()
+    file_templates: tuple[tuple[str, Path], ...] = ()
+    """(file name, path) of each ``[file.NAME] template_file`` to read and check."""
 
     @property
     def pending(self) -> bool:
         """True while values of the configuration wait for these lookups."""
-        return bool(self.owners or self.templates or self.secret_file)
+        return bool(self.owners or self.templates or self.secret_file or self.file_templates)
 
 
 @dataclass(frozen=True)
@@ -211,6 +225,8 @@ class Config:
     source: Path | None = None
     endpoint: EndpointSpec | None = None
     """The managed-identity endpoint, or None when ``[endpoint]`` is absent."""
+    files: Mapping[str, FileSpec] = field(default_factory=dict)
+    """Files rendered from several tokens (``[file.NAME]``), by name."""
     host: HostLookups | None = None
     """What the host checks look up (None: nothing, e.g. a Config built by hand in a test).
     While ``host.pending``, owner ids, template texts and the endpoint secret named there are
@@ -219,6 +235,12 @@ class Config:
     """``check-config --offline`` only: settings only the pod supplies (AZURE_TENANT_ID, ...,
     an endpoint secret variable) that were absent, as ``KEY (VARIABLE)``; their values in this
     Config are empty placeholders."""
+
+    @property
+    def written(self) -> list[TokenSpec | FileSpec]:
+        """Every file the daemon writes: the tokens', then the ``[file.NAME]`` ones (each has
+        ``path`` and ``hook``)."""
+        return [*self.tokens.values(), *self.files.values()]
 
     @property
     def resolved(self) -> bool:

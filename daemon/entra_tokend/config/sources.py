@@ -41,6 +41,7 @@ class Raw:
     hook: Any = None
     has_hook: bool = False
     endpoint: Any = None
+    files: dict[str, Any] = field(default_factory=dict)
 
 
 MAX_CONFIG_BYTES = 1024 * 1024
@@ -168,4 +169,5 @@ def gather(overrides: Overrides, env: Mapping[str, str], p: Problems) -> Raw:
         hook=data.get("hook"),
         has_hook="hook" in data,
         endpoint=data.get("endpoint"),
+        files=_table(data, "file", where, p),
     )

@@ -20,6 +20,7 @@ from pathlib import Path
 from entra_tokend.logging import remember_secret
 from entra_tokend.model import AccessToken, OutputSpec
 from entra_tokend.outputs import dockerconfig, envfile, header, jsondoc, raw, template
+from entra_tokend.outputs.claims import MissingClaim
 from entra_tokend.outputs.provenance import ExistingToken, ProvenanceStore
 from entra_tokend.outputs.writer import WriteError, write_atomic
 from entra_tokend.ports import Adoptable, Output
@@ -76,11 +77,16 @@ class FileOutput:
     async def deliver(self, token: AccessToken) -> None:
         """Render and atomically replace the file, then record its provenance. Raises
         ``WriteError`` when the file could not be replaced (also for a token the format cannot
-        hold, e.g. an ``env`` value that would need quoting)."""
+        hold, e.g. an ``env`` value that would need quoting, or a claim a template uses that the
+        token lacks: a configuration mistake, so it backs off as one)."""
         try:
             data = self._render(token)
         except envfile.UnsafeValue as exc:
             raise WriteError(str(exc)) from None
+        except MissingClaim as exc:
+            error = WriteError(f"{self.spec.path}: {exc}")
+            error.configuration = True
+            raise error from None
         await asyncio.to_thread(self._write, data, token)
 
     def _write(self, data: bytes, token: AccessToken) -> None:

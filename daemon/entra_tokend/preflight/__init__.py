@@ -25,9 +25,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
-from entra_tokend.config import Config, ConfigError, HostLookups, Overrides, load_config
+from entra_tokend.config import (
+    Config,
+    ConfigError,
+    HostLookups,
+    Overrides,
+    load_config,
+    validate_files,
+)
 from entra_tokend.config.validate import Problems
-from entra_tokend.model import OutputSpec
+from entra_tokend.model import FileSpec, OutputSpec
 from entra_tokend.preflight import files
 from entra_tokend.preflight.files import world_writable
 from entra_tokend.preflight.lines import (
@@ -68,6 +75,7 @@ __all__ = [
 class _Answers:
     ids: dict[str, int | None] = field(default_factory=dict)  # OwnerLookup.key -> id
     templates: dict[str, str | None] = field(default_factory=dict)  # token name -> text
+    file_templates: dict[str, str | None] = field(default_factory=dict)  # file name -> text
     secret: str | None = None
 
 
@@ -78,6 +86,8 @@ def _look_up(lookups: HostLookups, p: Problems, warnings: list[str]) -> _Answers
         answers.ids[owner.key] = files.owner(owner.value, owner.key, p, group=owner.group)
     for name, path in lookups.templates:
         answers.templates[name] = files.template_file(path, f"token.{name}.template_file", p)
+    for name, path in lookups.file_templates:
+        answers.file_templates[name] = files.text_file(path, f"file.{name}.template_file", p)
     if lookups.secret_file is not None:
         where = "endpoint.secret_file"
         answers.secret = files.secret_file(lookups.secret_file, where, p, warnings)
@@ -120,6 +130,9 @@ def resolve(config: Config, found: Findings | None = None) -> Config:
         name: replace(spec, output=_output(spec.output, lookups, answers))
         for name, spec in config.tokens.items()
     }
+    file_specs = _files(config, answers, p)
+    if p.lines:
+        raise ConfigError(p.lines)
     endpoint = config.endpoint
     if endpoint is not None and lookups.secret_file is not None:
         assert answers.secret is not None  # else a problem was reported
@@ -131,7 +144,38 @@ def resolve(config: Config, found: Findings | None = None) -> Config:
         endpoint=endpoint,
         file_owner=top.get("file_owner", config.file_owner),
         file_group=top.get("file_group", config.file_group),
-        host=replace(lookups, owners=(), templates=(), secret_file=None),
+        files=file_specs,
+        host=replace(lookups, owners=(), templates=(), secret_file=None, file_templates=()),
+    )
+
+
+def _files(config: Config, answers: _Answers, p: Problems) -> dict[str, FileSpec]:
+    """``config.files`` with owner ids and ``template_file`` texts filled in and checked."""
+    out: dict[str, FileSpec] = {}
+    for name, spec in config.files.items():
+        resolved: FileSpec | None = _file_owners(spec, config, answers)
+        if resolved is not None and name in answers.file_templates:
+            text = answers.file_templates[name]
+            where = f"file.{name}.template_file"
+            resolved = (
+                None
+                if text is None
+                else validate_files.template(resolved, text, config.tokens, where, p)
+            )
+        if resolved is not None:
+            out[name] = resolved
+    return out
+
+
+def _file_owners(spec: FileSpec, config: Config, answers: _Answers) -> FileSpec:
+    ids: dict[str, int | None] = {}
+    for owner in config.host.owners if config.host is not None else ():
+        if f"file:{spec.name}" in owner.tokens:
+            ids["file_group" if owner.group else "file_owner"] = answers.ids[owner.key]
+    return replace(
+        spec,
+        file_owner=ids.get("file_owner", spec.file_owner),
+        file_group=ids.get("file_group", spec.file_group),
     )
 
 

@@ -148,15 +148,20 @@ def token_proxy_ca_file(path: Path, where: str, p: Problems) -> None:
 
 def template_file(path: Path, where: str, p: Problems) -> str | None:
     """The checked UTF-8 text of a ``template_file``."""
+    text = text_file(path, where, p)
+    return None if text is None else template_text(text, where, p)
+
+
+def text_file(path: Path, where: str, p: Problems) -> str | None:
+    """The UTF-8 text of a template file (at most MAX_TEMPLATE_BYTES), unchecked."""
     read = _read(path, MAX_TEMPLATE_BYTES, where, p)
     if read is None:
         return None
     try:
-        text = read[0].decode()
+        return read[0].decode()
     except UnicodeDecodeError:
         p.add(f"{where}: {path} is not UTF-8 text")
         return None
-    return template_text(text, where, p)
 
 
 def secret_file(path: Path, where: str, p: Problems, warnings: list[str]) -> str | None:
