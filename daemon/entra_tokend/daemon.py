@@ -98,7 +98,9 @@ class Daemon:
     # ---- reload --------------------------------------------------------------------------
 
     def reload(self) -> None:
-        """Re-read the configuration (SIGHUP); a bad one is logged and the running one kept."""
+        """Put back every token file deleted or replaced, then re-read the configuration
+        (SIGHUP); a bad one is logged and the running one kept."""
+        self.tokens.check_outputs()
         config = self._reloaded()
         if config is None:
             return

@@ -7,10 +7,13 @@ changed one gets a new runner (which adopts its file when it starts, if provably
 removed one stops and its file is left. With the endpoint configured, each file's output is
 wrapped in a ``MemoryOutput`` so the endpoint can share the token; ``lookup`` gives the
 endpoint's ``ondemand.Lookup`` for the current configuration (rebuilt whole on each reload).
+Each token file is watched (``outputwatch``): a file another writer deleted or replaced is put
+back by its runner (``TokenRunner.output_changed``).
 """
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 
 from entra_tokend.config import Config
@@ -23,6 +26,7 @@ from entra_tokend.outputdir import OutputDirectory
 from entra_tokend.outputs import FileOutput, Output
 from entra_tokend.outputs.memory import MemoryOutput
 from entra_tokend.outputs.provenance import fingerprint
+from entra_tokend.outputwatch import OutputWatch
 from entra_tokend.ports import Exchange, Listener
 from entra_tokend.readiness import Readiness
 from entra_tokend.runner import Deps, TokenRunner, build
@@ -58,6 +62,7 @@ class FileTokens:
         self.runners: dict[str, TokenRunner] = {}
         self.memories: dict[str, MemoryOutput] = {}
         self.running = False
+        self._outputs: OutputWatch | None = None  # made by the first ``watch``
 
     def apply(self, config: Config) -> None:
         """Make the sources and runners match ``config`` (start new runners when running)."""
@@ -115,11 +120,15 @@ class FileTokens:
             exchange = AcrExchange(exchange, spec.registries, self._pool, self.deps.clock)
         runner = build(spec, self.deps, source, exchange, output, listeners=listeners)
         self._readiness.track(name, runner)
+        if self._outputs is not None:
+            self._outputs.add(spec.path, runner.output_changed)
         return runner
 
     def _retire(self, runner: TokenRunner) -> None:
         """Stop a token's runner (it unsubscribes) and take it out of readiness and sharing."""
         runner.stop()
+        if self._outputs is not None:
+            self._outputs.remove(runner.spec.path, runner.output_changed)
         self.memories.pop(runner.spec.name, None)
         self._readiness.untrack(runner.spec.name)
 
@@ -141,9 +150,21 @@ class FileTokens:
         return Lookup(dict(config.identities), dict(self.sources), shared, config.policy)
 
     def watch(self, poll_interval: float) -> None:
-        """Watch every identity's projected token (idempotent per source)."""
+        """Watch every identity's projected token (idempotent per source) and every token
+        file (from the first call, on the running loop)."""
         for source in self.sources.values():
             source.watch(poll_interval)
+        if self._outputs is None:
+            self._outputs = OutputWatch(asyncio.get_running_loop(), poll_interval)
+            for runner in self.runners.values():
+                self._outputs.add(runner.spec.path, runner.output_changed)
+            self._outputs.start()
+        self._outputs.poll_interval = poll_interval
+
+    def check_outputs(self) -> None:
+        """Have every runner check its file now, putting back a deleted or replaced one."""
+        for runner in self.runners.values():
+            runner.output_changed()
 
     def wake(self) -> None:
         """Make every runner re-evaluate its schedule (a wall-clock jump)."""
@@ -153,6 +174,8 @@ class FileTokens:
     def stop(self) -> list[object]:
         """Stop every runner and source; returns the runners' tasks to await."""
         self.running = False
+        if self._outputs is not None:
+            self._outputs.stop()
         tasks: list[object] = []
         for runner in self.runners.values():
             runner.stop()

@@ -28,7 +28,7 @@ import math
 import os
 import stat
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from entra_tokend.model import STATE_DIR, AccessToken, Identity, TokenSpec
@@ -47,6 +47,8 @@ class ExistingToken:
     expires_on: float
     lifetime: float | None = None
     """The lifetime the refresh was planned on (the shortest credential involved)."""
+    content: bytes | None = field(default=None, repr=False, compare=False)
+    """The file's bytes as checked (so a deleted or replaced file can be put back)."""
 
 
 def fingerprint(spec: TokenSpec, identity: Identity) -> str:
@@ -173,7 +175,7 @@ class ProvenanceStore:
             return "token file changed since this daemon wrote it"
         if not all(map(math.isfinite, (expires_on, issued_at, lifetime))) or expires_on <= now:
             return "token expired"
-        return ExistingToken(issued_at=issued_at, expires_on=expires_on, lifetime=lifetime)
+        return ExistingToken(issued_at, expires_on, lifetime, content=data)
 
 
 __all__ = ["ExistingToken", "ProvenanceStore", "fingerprint"]
