@@ -192,7 +192,8 @@ class Daemon:
         else:
             helpers.append(asyncio.create_task(self._watchdog()))
         self.tokens.start()
-        self.readiness.start()
+        if not once:  # --once has no readiness to announce: its verdict is OnceSupervisor's line
+            self.readiness.start()
         try:
             if self._once is not None:
                 return await self._once.wait()

@@ -22,7 +22,7 @@ from entra_tokend.files import read_regular
 from entra_tokend.logging import remember_secret
 from entra_tokend.model import AccessToken, OutputSpec
 from entra_tokend.outputs import dockerconfig, envfile, header, jsondoc, raw, template
-from entra_tokend.outputs.provenance import ExistingToken, ProvenanceStore
+from entra_tokend.outputs.provenance import ExistingToken, Fingerprint, ProvenanceStore
 from entra_tokend.outputs.writer import WriteError, write_atomic
 from entra_tokend.ports import Adoptable, Output
 
@@ -82,7 +82,13 @@ class FileOutput:
     )
 
     def __init__(
-        self, spec: OutputSpec, root: Path, *, name: str, print_: str, store: ProvenanceStore
+        self,
+        spec: OutputSpec,
+        root: Path,
+        *,
+        name: str,
+        print_: Fingerprint,
+        store: ProvenanceStore,
     ) -> None:
         self.spec = spec
         self.root = root
