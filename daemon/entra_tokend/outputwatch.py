@@ -14,9 +14,11 @@ to its file's name, and the runner asks its output whether what it delivered is 
 2. An event naming a watched file (created, deleted, moved in or away, written) marks it; the
    marked files' callbacks run together ``debounce`` seconds later (the daemon's own rename
    marks its file too: the check then finds its own bytes and does nothing).
-3. A directory removed or moved away (or an overflowed event queue) marks every file below it;
-   a poll every ``poll_interval`` calls back every file and re-watches directories that came
-   back. Without inotify the poll is all there is.
+3. A directory removed or moved away (or an overflowed event queue) marks every file below it.
+   It is watched again as soon as an event of a watched directory names it (the runner making
+   it again beside other token files), else at the next poll: every ``poll_interval`` every
+   file is called back and every directory not watched is tried again. Without inotify the
+   poll is all there is.
 
 The callback only says "the file may have changed"; what changed is the output's business.
 """
@@ -52,6 +54,7 @@ class OutputWatch:
         self._files: dict[Path, Callback] = {}
         self._watches: dict[Path, int] = {}  # directory -> watch descriptor
         self._dirs: dict[int, Path] = {}  # watch descriptor -> directory
+        self._unwatched: set[Path] = set()  # wanted, but gone or not there yet
         self._marked: set[Path] = set()
         self._flush_handle: asyncio.Handle | None = None
         self._poll_handle: asyncio.TimerHandle | None = None
@@ -99,6 +102,7 @@ class OutputWatch:
             inotify.close()
         self._watches.clear()
         self._dirs.clear()
+        self._unwatched.clear()
 
     def check_all(self) -> None:
         """Call every callback now (the poll; SIGHUP)."""
@@ -111,7 +115,9 @@ class OutputWatch:
         try:
             wd = self._inotify.add_watch(str(directory))
         except OSError:
-            return  # not there (yet) or no watches left: the poll covers it
+            self._unwatched.add(directory)  # not there (yet) or no watches left
+            return
+        self._unwatched.discard(directory)
         self._watches[directory] = wd
         self._dirs[wd] = directory
 
@@ -132,11 +138,15 @@ class OutputWatch:
             elif mask & _GONE:
                 del self._dirs[wd]
                 self._watches.pop(directory, None)
+                self._unwatched.add(directory)
                 self._marked.update(p for p in self._files if p.parent == directory)
             else:
                 path = directory / os.fsdecode(name)
                 if path in self._files:
                     self._marked.add(path)
+                elif path in self._unwatched:  # a token directory made again
+                    self._watch(path)
+                    self._marked.update(p for p in self._files if p.parent == path)
         if self._marked and self._flush_handle is None:
             self._flush_handle = self._loop.call_later(self._debounce, self._flush)
 

@@ -62,7 +62,7 @@ class FileTokens:
         self.runners: dict[str, TokenRunner] = {}
         self.memories: dict[str, MemoryOutput] = {}
         self.running = False
-        self._outputs: OutputWatch | None = None  # made by the first ``watch``
+        self.output_watch: OutputWatch | None = None  # the token files'; made by ``watch``
 
     def apply(self, config: Config) -> None:
         """Make the sources and runners match ``config`` (start new runners when running)."""
@@ -120,15 +120,15 @@ class FileTokens:
             exchange = AcrExchange(exchange, spec.registries, self._pool, self.deps.clock)
         runner = build(spec, self.deps, source, exchange, output, listeners=listeners)
         self._readiness.track(name, runner)
-        if self._outputs is not None:
-            self._outputs.add(spec.path, runner.output_changed)
+        if self.output_watch is not None:
+            self.output_watch.add(spec.path, runner.output_changed)
         return runner
 
     def _retire(self, runner: TokenRunner) -> None:
         """Stop a token's runner (it unsubscribes) and take it out of readiness and sharing."""
         runner.stop()
-        if self._outputs is not None:
-            self._outputs.remove(runner.spec.path, runner.output_changed)
+        if self.output_watch is not None:
+            self.output_watch.remove(runner.spec.path, runner.output_changed)
         self.memories.pop(runner.spec.name, None)
         self._readiness.untrack(runner.spec.name)
 
@@ -154,12 +154,12 @@ class FileTokens:
         file (from the first call, on the running loop)."""
         for source in self.sources.values():
             source.watch(poll_interval)
-        if self._outputs is None:
-            self._outputs = OutputWatch(asyncio.get_running_loop(), poll_interval)
+        if self.output_watch is None:
+            self.output_watch = OutputWatch(asyncio.get_running_loop(), poll_interval)
             for runner in self.runners.values():
-                self._outputs.add(runner.spec.path, runner.output_changed)
-            self._outputs.start()
-        self._outputs.poll_interval = poll_interval
+                self.output_watch.add(runner.spec.path, runner.output_changed)
+            self.output_watch.start()
+        self.output_watch.poll_interval = poll_interval
 
     def check_outputs(self) -> None:
         """Have every runner check its file now, putting back a deleted or replaced one."""
@@ -174,8 +174,8 @@ class FileTokens:
     def stop(self) -> list[object]:
         """Stop every runner and source; returns the runners' tasks to await."""
         self.running = False
-        if self._outputs is not None:
-            self._outputs.stop()
+        if self.output_watch is not None:
+            self.output_watch.stop()
         tasks: list[object] = []
         for runner in self.runners.values():
             runner.stop()

@@ -23,7 +23,7 @@ from entra_tokend.logging import remember_secret
 from entra_tokend.model import AccessToken, OutputSpec
 from entra_tokend.outputs import dockerconfig, envfile, header, jsondoc, raw, template
 from entra_tokend.outputs.provenance import ExistingToken, Fingerprint, ProvenanceStore
-from entra_tokend.outputs.writer import WriteError, write_atomic
+from entra_tokend.outputs.writer import WriteError, make_directories, write_atomic
 from entra_tokend.ports import Adoptable, Output
 
 Renderer = Callable[[AccessToken], bytes]
@@ -133,6 +133,9 @@ class FileOutput:
 
     def _write(self, data: bytes, token: AccessToken | None) -> tuple[int, int, int, int] | None:
         spec = self.spec
+        if token is None:  # a restore: a token subdirectory removed with the file is made again
+            with contextlib.suppress(OSError):  # else the write below fails and says why
+                make_directories(spec.path.parent, self.root)
         write_atomic(
             spec.path, data, spec.file_mode, spec.file_owner, spec.file_group, root=self.root
         )
