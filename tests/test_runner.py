@@ -143,6 +143,7 @@ class FakeOutput:
         if self.fail is not None:
             raise self.fail
         self.delivered.append(token.token)
+        self.lost = None
 
     def adoptable(self, now: float) -> ExistingToken | str | None:
         return self.existing
