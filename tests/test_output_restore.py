@@ -116,12 +116,14 @@ def test_a_replaced_token_file_is_put_back_and_the_replacement_logged(
 def test_a_token_directory_removed_with_its_file_is_made_again(
     emulator: Emulator, tmp_path: Path, daemon_factory: Callable[..., DaemonProcess]
 ) -> None:
-    """Another case of the kind: ``rm -rf`` of a token's subdirectory."""
+    """Another case of the kind: a token's subdirectory removed (moved away and deleted)."""
     body = '[token.c]\nscope = "https://graph.microsoft.com/.default"\npath = "sub/c"\n'
     d, out = _start(daemon_factory, emulator, tmp_path, body)
     written = (out / "sub" / "c").read_bytes()
     requests = len(emulator.token_requests())
-    shutil.rmtree(out / "sub")
+    # Moved away first: ``rm -rf`` in place races the put-back (rmdir: "not empty").
+    os.rename(out / "sub", tmp_path / "trash")
+    shutil.rmtree(tmp_path / "trash")
     d.wait_event("token file restored", token="c")
     assert (out / "sub" / "c").read_bytes() == written
     assert len(emulator.token_requests()) == requests
