@@ -1,8 +1,9 @@
 """Configuration: every problem named on its own line; the CLI exits 2 with them on stderr.
 
-The rules are checked in process through ``load_config`` (flags as ``Overrides``, the
-environment as a mapping); a few tests run the real ``check-config`` for the exit codes and the
-shape of what an operator sees.
+The rules are checked in process through ``preflight.load`` (the pure ``load_config`` and the
+host checks, as ``run`` and ``check-config`` call them; flags as ``Overrides``, the environment
+as a mapping); a few tests run the real ``check-config`` for the exit codes and the shape of
+what an operator sees.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from entra_tokend import preflight
 from entra_tokend.config import Config, ConfigError, Overrides, load_config, render_config
 from testlib import STORAGE, VAULT, run_cli, write_projected_token
 
@@ -31,13 +33,14 @@ def azure_env(tmp_path: Path) -> dict[str, str]:
 def load(
     env: dict[str, str], *, toml: str | None = None, tmp: Path | None = None, **flags: Any
 ) -> Config:
-    """``load_config`` as ``check-config`` calls it; ``flags`` are ``Overrides`` fields."""
+    """The configuration as ``run`` and ``check-config`` load it (``load_config``, then the
+    host checks); ``flags`` are ``Overrides`` fields."""
     if toml is not None:
         assert tmp is not None
         path = tmp / "config.toml"
         path.write_text(toml)
         flags["config"] = str(path)
-    return load_config(Overrides(**flags), env)
+    return preflight.load(Overrides(**flags), env)
 
 
 def problems(env: dict[str, str], *needles: str, **kwargs: Any) -> list[str]:
@@ -278,3 +281,59 @@ def test_usage_error_exits_2() -> None:
     assert result.returncode == 2
     assert "--no-such-flag" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+# ---- load_config is pure; the host checks fill in what it leaves -------------------------
+
+
+def test_load_config_leaves_host_lookups_to_the_host_checks(
+    azure_env: dict[str, str], tmp_path: Path
+) -> None:
+    (tmp_path / "t.tmpl").write_text("token=$access_token\n")
+    secret = tmp_path / "secret"
+    secret.write_text("0123456789abcdef0123456789abcdef")
+    secret.chmod(0o600)
+    toml = (
+        'file_owner = "root"\n'
+        f'[token.a]\nscope = "{STORAGE}"\nfile_group = "root"\nformat = "template"\n'
+        'template_file = "t.tmpl"\n'
+        f'[token.b]\nscope = "{STORAGE}"\n'
+        f'[token.c]\nscope = "{STORAGE}"\nfile_owner = 5\n'
+        f'[endpoint]\nsecret_file = "{secret}"\nallow = ["https://storage.azure.com"]\n'
+    )
+    path = tmp_path / "config.toml"
+    path.write_text(toml)
+    pure = load_config(Overrides(config=str(path)), azure_env)
+    assert not pure.resolved
+    assert pure.host is not None
+    assert [(o.key, o.value, o.tokens) for o in pure.host.owners] == [
+        ("file_owner", "root", ("a", "b")),  # c sets its own owner
+        ("token.a.file_group", "root", ("a",)),
+    ]
+    assert pure.host.templates == (("a", tmp_path / "t.tmpl"),)
+    assert pure.tokens["a"].output.template is None
+    assert pure.endpoint is not None
+    assert pure.endpoint.secret == ""
+
+    config = preflight.resolve(pure)
+    assert config.resolved
+    out = {name: spec.output for name, spec in config.tokens.items()}
+    assert (config.file_owner, out["a"].file_owner, out["b"].file_owner) == (0, 0, 0)
+    assert (out["c"].file_owner, out["a"].file_group, out["b"].file_group) == (5, 0, None)
+    assert out["a"].template == "token=$access_token\n"
+    assert config.endpoint is not None
+    assert config.endpoint.secret == "0123456789abcdef0123456789abcdef"
+
+
+def test_an_offline_config_is_never_resolved_for_running(tmp_path: Path) -> None:
+    env = {"ENTRA_TOKEND_OUTPUT_DIR": str(tmp_path / "out")}
+    offline = load_config(Overrides(tokens=[f"a={STORAGE}"]), env, offline=True)
+    assert offline.run_time == (
+        "identity.default.tenant_id (AZURE_TENANT_ID)",
+        "identity.default.client_id (AZURE_CLIENT_ID)",
+        "identity.default.token_file (AZURE_FEDERATED_TOKEN_FILE)",
+    )
+    assert not offline.resolved
+    with pytest.raises(ConfigError) as info:
+        preflight.resolve(offline)
+    assert info.value.problems[0].startswith("identity.default.tenant_id (AZURE_TENANT_ID): ")

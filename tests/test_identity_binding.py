@@ -21,7 +21,8 @@ from typing import Any
 import httpx
 import pytest
 
-from entra_tokend.config import ConfigError, Overrides, load_config
+from entra_tokend import preflight
+from entra_tokend.config import ConfigError, Overrides
 from entra_tokend.emulator import Emulator
 from entra_tokend.emulator.proxy import IdentityBindingProxy
 from entra_tokend.emulator.recorder import RecordedRequest
@@ -371,7 +372,7 @@ def _problems(tmp_path: Path, env: dict[str, str], body: str = "") -> list[str]:
         "AZURE_FEDERATED_TOKEN_FILE": str(tmp_path / "sa"),
     }
     try:
-        load_config(
+        preflight.load(
             Overrides(config=str(config), output_dir=str(tmp_path / "out")), {**base, **env}
         )
     except ConfigError as exc:

@@ -265,7 +265,8 @@ def test_a_pid_file_naming_one_of_the_daemons_threads_is_refused() -> None:
         pid_file = Path(f"/tmp/entra-tokend-test-{os.getpid()}.pid")
         pid_file.write_text(f"{ids[0]}\n")
         try:
-            assert isinstance(_read_pid(pid_file), str)
+            with pytest.raises(ValueError, match="never signalled"):
+                _read_pid(pid_file)
         finally:
             pid_file.unlink()
     finally:
@@ -291,8 +292,8 @@ def test_a_config_file_that_is_a_fifo_or_a_device_is_a_config_error(
 
 def test_a_token_proxy_ca_file_that_is_a_fifo_is_a_config_error(tmp_path: Path) -> None:
     """Second review, 3: a FIFO as AZURE_KUBERNETES_CA_FILE blocked check-config and run."""
-    from entra_tokend.config.host import token_proxy_ca_file
     from entra_tokend.config.validate import Problems
+    from entra_tokend.preflight.files import token_proxy_ca_file
 
     fifo = tmp_path / "ca"
     os.mkfifo(fifo)

@@ -59,9 +59,19 @@ promtool --version 2>&1 | head -n 1
 prometheus --version 2>&1 | head -n 1
 systemd-analyze --version | head -n 1
 
-# @azure/identity for the JavaScript managed-identity endpoint test (tests/sdk/mi_probe.mjs),
-# into a git-ignored cache next to the probe; skipped when node/npm are missing.
+# @azure/identity and @azure/msal-node for the JavaScript managed-identity endpoint tests
+# (tests/sdk/mi_probe.mjs, msal_probe.mjs), into a git-ignored cache next to the probes; skipped
+# when node/npm are missing.
 SDK_NPM="$(dirname "$0")/sdk/.npm"
-if command -v npm >/dev/null 2>&1 && [ ! -d "$SDK_NPM/node_modules/@azure/identity" ]; then
-  npm install --silent --no-audit --no-fund --prefix "$SDK_NPM" "@azure/identity@^4" >/dev/null
+if command -v npm >/dev/null 2>&1 && { [ ! -d "$SDK_NPM/node_modules/@azure/identity" ] ||
+  ! grep -q msal-node "$SDK_NPM/package.json" 2>/dev/null; }; then
+  npm install --silent --no-audit --no-fund --prefix "$SDK_NPM" "@azure/identity@^4" \
+    "@azure/msal-node@^5" >/dev/null
+fi
+
+# confluent-kafka (librdkafka's azure_imds) is in the test extra. azure-cli pins its own
+# dependencies, so it gets a venv of its own (tests/endpoint/test_endpoint_az.py; CI stage "az").
+AZ_VENV="${ENTRA_TOKEND_AZ_VENV:-/work/venvs/az}"
+if [ "${ENTRA_TOKEND_INSTALL_AZ:-0}" = 1 ] && [ ! -x "$AZ_VENV/bin/az" ]; then
+  python3 -m venv "$AZ_VENV" && "$AZ_VENV/bin/pip" install -q azure-cli
 fi

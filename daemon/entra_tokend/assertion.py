@@ -6,13 +6,8 @@ it needs to schedule and to explain failures: ``exp``, ``iat``, ``iss``, ``sub``
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
-import json
 import math
-import os
-import stat
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,9 +15,14 @@ from typing import Any
 
 from entra_tokend.model import Reason
 from entra_tokend.ports import Failure
+from entra_tokend.util import jwt
+from entra_tokend.util.files import FileTooLarge, NotRegularFile, read_regular
 
 # A projected token is a few KiB; anything far larger is not one.
 MAX_ASSERTION_BYTES = 64 * 1024
+_TOO_LARGE = (
+    f"token file is larger than {MAX_ASSERTION_BYTES} bytes; a projected token is far smaller"
+)
 
 
 class AssertionUnavailable(Failure):
@@ -67,26 +67,12 @@ class Assertion:
         return {"iss": self.iss, "sub": self.sub, "aud": list(self.aud), "exp": self.expires_on}
 
 
-def _b64url_decode(segment: str) -> bytes:
-    return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
-
-
 def decode_claims(token: str) -> dict[str, Any]:
     """Return a JWT's payload without verifying it. Raises AssertionMalformed."""
-    parts = token.split(".")
-    if len(parts) != 3 or not all(parts[:2]):
-        raise AssertionMalformed(
-            "token file does not hold a JWT (expected three dot-separated parts)"
-        )
     try:
-        claims = json.loads(_b64url_decode(parts[1]))
-    except (binascii.Error, ValueError, UnicodeDecodeError):
-        raise AssertionMalformed(
-            "token file holds a JWT whose payload is not base64url JSON"
-        ) from None
-    if not isinstance(claims, dict):
-        raise AssertionMalformed("token file holds a JWT whose payload is not a JSON object")
-    return claims
+        return jwt.decode_claims(token)
+    except jwt.MalformedJWT as exc:
+        raise AssertionMalformed(f"token file {exc}") from None
 
 
 # Claims are unix seconds; beyond year 9999 (or negative) no clock or datetime can represent
@@ -113,10 +99,7 @@ def _string(value: Any) -> str | None:
 def parse_assertion(content: bytes) -> Assertion:
     """Parse a token file's bytes into an Assertion. Raises AssertionMalformed."""
     if len(content) > MAX_ASSERTION_BYTES:
-        raise AssertionMalformed(
-            f"token file is larger than {MAX_ASSERTION_BYTES} bytes; a projected token is "
-            "far smaller"
-        )
+        raise AssertionMalformed(_TOO_LARGE)
     try:
         token = content.decode("ascii").strip()
     except UnicodeDecodeError:
@@ -147,26 +130,18 @@ def read_assertion(path: Path) -> Assertion:
     ``AssertionUnavailable`` (``AssertionMissing``, ``AssertionMalformed``).
     """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        content = read_regular(path, MAX_ASSERTION_BYTES)
     except FileNotFoundError:
         raise AssertionMissing(f"projected token file {path} does not exist") from None
+    except NotRegularFile as exc:
+        what = "is a directory" if exc.is_directory else "is not a regular file"
+        raise AssertionMalformed(f"projected token path {path} {what}") from None
+    except FileTooLarge:
+        raise AssertionMalformed(_TOO_LARGE) from None
     except OSError as exc:
         raise AssertionUnavailable(
             f"cannot read projected token file {path}: {exc.strerror}"
         ) from None
-    try:
-        mode = os.fstat(fd).st_mode
-        if stat.S_ISDIR(mode):
-            raise AssertionMalformed(f"projected token path {path} is a directory")
-        if not stat.S_ISREG(mode):
-            raise AssertionMalformed(f"projected token path {path} is not a regular file")
-        content = os.read(fd, MAX_ASSERTION_BYTES + 1)
-    except OSError as exc:
-        raise AssertionUnavailable(
-            f"cannot read projected token file {path}: {exc.strerror}"
-        ) from None
-    finally:
-        os.close(fd)
     return parse_assertion(content)
 
 

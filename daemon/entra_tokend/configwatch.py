@@ -18,8 +18,8 @@ import hashlib
 from collections.abc import Callable
 from pathlib import Path
 
-from entra_tokend.files import read_regular
 from entra_tokend.logging import get_logger
+from entra_tokend.util.files import read_regular
 from entra_tokend.watcher import DirectoryWatcher
 
 MAX_CONFIG_BYTES = 1024 * 1024

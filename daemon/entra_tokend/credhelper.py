@@ -39,8 +39,8 @@ from typing import Any, TextIO
 from urllib.parse import urlsplit
 
 from entra_tokend import __version__
-from entra_tokend.assertion import decode_claims
-from entra_tokend.files import read_regular
+from entra_tokend.util.files import FileTooLarge, read_regular
+from entra_tokend.util.jwt import decode_claims
 
 ENV_DOCKER_CONFIG = "ENTRA_TOKEND_DOCKER_CONFIG"
 DEFAULT_DOCKER_CONFIG = "/run/entra-tokend/docker/config.json"
@@ -87,10 +87,10 @@ def _load(path: Path) -> dict[str, Any]:
         data = read_regular(path, MAX_CONFIG_BYTES)
     except FileNotFoundError:
         return {}
+    except FileTooLarge:
+        raise HelperError(f"{path} is larger than {MAX_CONFIG_BYTES} bytes") from None
     except OSError as exc:
         raise HelperError(f"cannot read {path}: {exc.strerror or type(exc).__name__}") from None
-    if len(data) > MAX_CONFIG_BYTES:
-        raise HelperError(f"{path} is larger than {MAX_CONFIG_BYTES} bytes")
     try:
         doc = json.loads(data)
     except ValueError:

@@ -2,9 +2,10 @@
 
 ``Daemon.run`` locks and prepares output_dir, opens the listeners (metrics server, endpoint;
 each stopped through one ``stop()``), installs the signal handlers and starts the token
-runners, then waits for SIGTERM/SIGINT — or, with ``once``, for ``once.OnceSupervisor``'s
-verdict. SIGHUP re-reads the configuration and applies the difference (``wiring.FileTokens``);
-the endpoint gets a new ``ondemand.Lookup``. What happens to a token, and when, is the runner's
+runners, then waits for SIGTERM/SIGINT — or for a supervisor's verdict: ``once.OnceSupervisor``
+(``run --once``) or ``supervise.ExecSupervisor`` (``exec``), which may take signals over.
+SIGHUP re-reads the configuration and applies the difference (``wiring.FileTokens``); the
+endpoint gets a new ``ondemand.Lookup``. What happens to a token, and when, is the runner's
 and the scheduler's business; nothing here knows about HTTP requests or file formats.
 """
 
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import functools
 import os
 import signal
 from collections.abc import Callable
@@ -29,7 +29,7 @@ from entra_tokend.model import Clock, EndpointSpec, SystemClock
 from entra_tokend.once import OnceSupervisor
 from entra_tokend.ondemand import EndpointService, OnDemandTokens
 from entra_tokend.outputdir import OutputDirectory
-from entra_tokend.ports import Exchange
+from entra_tokend.ports import Exchange, Supervisor
 from entra_tokend.readiness import Readiness
 from entra_tokend.reaper import REAPER
 from entra_tokend.runner import Deps
@@ -87,7 +87,7 @@ class Daemon:
         )
         self.endpoint: EndpointService | None = None
         self._listeners: list[Listening] = []
-        self._once: OnceSupervisor | None = None
+        self._supervisor: Supervisor | None = None
         self._config_watch: ConfigWatch | None = None
         self._stopping = asyncio.Event()
         self.clock_check_interval = MAX_SLEEP
@@ -109,9 +109,7 @@ class Daemon:
         self.config = config
         if self.endpoint is not None:
             self.endpoint.provider.replace(self.tokens.lookup(config))
-        self._output_dir.make_token_dirs(
-            {spec.path.parent for spec in config.tokens.values()}, clean=False
-        )
+        self._output_dir.make_token_dirs({s.path.parent for s in config.written}, clean=False)
         self.tokens.watch(config.poll_interval)
         self.log.info(
             "configuration reloaded",
@@ -143,77 +141,75 @@ class Daemon:
             return None
         if config.listen != self.config.listen:
             self.log.warning("listen changed; it takes effect at the next restart")
-        if config.endpoint != self.config.endpoint:
-            self.log.warning("[endpoint] changed; it takes effect at the next restart")
-            config = dataclasses.replace(config, endpoint=self.config.endpoint)
-        return config
+        return _keep_endpoint_listener(self.config.endpoint, config, self.log)
 
     # ---- run and stop --------------------------------------------------------------------
 
     def stop(self) -> None:
         """Ask the daemon to finish (SIGTERM/SIGINT)."""
         self._stopping.set()
-        if self._once is not None:
-            self._once.stop()
+        if self._supervisor is not None:
+            self._supervisor.stop()
 
-    async def run(self, *, once: bool = False) -> int:
-        """Run until a signal (or, with ``once``, until every token is on disk).
-
-        Returns the exit code: 0, 1 (``once`` failed: deadline or configuration error from
-        Entra) or 2 (output_dir or a listen address unusable).
-        """
+    async def run(self, *, once: bool = False, supervisor: Supervisor | None = None) -> int:
+        """Run until a signal, or until ``supervisor``'s ``wait`` returns (``once``: a
+        ``OnceSupervisor``, every token on disk). Returns the exit code: 0, 1 (``once``:
+        deadline or configuration error from Entra), 2 (output_dir or a listen address
+        unusable) or the supervisor's."""
         if not prepare_output(self._output_dir, self.config, self.log):
             return EXIT_CONFIG
         loop = asyncio.get_running_loop()
-        self._install_signals(loop, once=once)
+        if once:
+            supervisor = OnceSupervisor(
+                self.tokens.runners, self.clock, self.config.once_deadline, self.log
+            )
+        self._supervisor = supervisor
+        self._install_signals(loop)
         if not once and not await self._open_listeners():
             self._output_dir.release()
             return EXIT_CONFIG
         self.log.info(
             "entra-tokend starting",
             version=__version__,
-            mode="once" if once else "run",
+            mode="once" if once else "exec" if supervisor else "run",
             tokens=sorted(self.tokens.runners),
             output_dir=str(self.config.output_dir),
             pid=os.getpid(),
         )
         self.tokens.watch(self.config.poll_interval)
-        if not once and self.config.source is not None:  # a ConfigMap edit applies itself
+        if supervisor is None and self.config.source is not None:  # a ConfigMap edit applies
             self._config_watch = ConfigWatch(
                 self.config.source, self.reload, loop=loop, poll_interval=self.config.poll_interval
             )
             self._config_watch.start()
         helpers = [asyncio.create_task(self._clock_watch())]
-        if once:
-            self._once = OnceSupervisor(
-                self.tokens.runners, self.clock, self.config.once_deadline, self.log
-            )
-            self._once.attach()
-        else:
+        if supervisor is not None:
+            supervisor.attach()
+        if not once:
             helpers.append(asyncio.create_task(self._watchdog()))
         self.tokens.start()
         if not once:  # --once has no readiness to announce: its verdict is OnceSupervisor's line
             self.readiness.start()
         try:
-            if self._once is not None:
-                return await self._once.wait()
+            if supervisor is not None:
+                return await supervisor.wait()
             await self._stopping.wait()
             return EXIT_OK
         finally:
             await self._shutdown(helpers)
 
-    def _install_signals(self, loop: asyncio.AbstractEventLoop, *, once: bool) -> None:
+    def _install_signals(self, loop: asyncio.AbstractEventLoop) -> None:
         loop.set_exception_handler(self._loop_exception)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)
-        hooks = any(spec.hook for spec in self.config.tokens.values())
+        hooks = any(spec.hook for spec in self.config.written)
         # Hooks' escaped descendants, and every orphan when we are PID 1, become ours to reap.
         if (hooks or os.getpid() == 1) and REAPER.enable():
             loop.add_signal_handler(signal.SIGCHLD, REAPER.on_sigchld)
-        # --once has no reload to apply (it ends when every token is on disk), and SIGHUP's
-        # default action would end it: logged and ignored.
-        ignore = functools.partial(self.log.info, "SIGHUP ignored: run --once does not reload")
-        loop.add_signal_handler(signal.SIGHUP, ignore if once else self.reload)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        if self._supervisor is not None:  # --once ignores SIGHUP; exec forwards signals
+            for number, handler in self._supervisor.signal_handlers().items():
+                loop.add_signal_handler(number, handler)
         signals.release()  # held since the CLI's first line (``signals``): delivered now
 
     async def _open_listeners(self) -> bool:
@@ -289,3 +285,16 @@ def _protect_endpoint_secret(spec: EndpointSpec) -> None:
     remember_secret(spec.secret)
     if spec.secret_source.startswith("secret_env = "):
         hide_from_hooks(spec.secret_source.removeprefix("secret_env = "))
+
+
+def _keep_endpoint_listener(running: EndpointSpec | None, config: Config, log: Any) -> Config:
+    """A reload applies the endpoint's allow-list, selectors, secret and ``imds`` at once (the
+    lookup is replaced); a new ``listen``, or the table added, waits for a restart (said so)."""
+    new = config.endpoint
+    if running is None and new is not None:
+        log.warning("[endpoint] added; it takes effect at the next restart")
+        return dataclasses.replace(config, endpoint=None)
+    if running is not None and new is not None and new.listen != running.listen:
+        log.warning("endpoint.listen changed; it takes effect at the next restart")
+        return dataclasses.replace(config, endpoint=dataclasses.replace(new, listen=running.listen))
+    return config

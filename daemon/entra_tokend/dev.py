@@ -15,8 +15,12 @@ import secrets
 import socket
 import sys
 from pathlib import Path
+from typing import Any
 
-from entra_tokend.config import ConfigError, Overrides, load_config, parse_listen
+from entra_tokend import preflight
+from entra_tokend.config import ConfigError, Overrides, parse_listen
+from entra_tokend.daemon import Daemon
+from entra_tokend.logging import configure_logging
 
 DEV_ENDPOINT_SECRET_ENV = "ENTRA_TOKEND_DEV_IDENTITY_HEADER"  # noqa: S105 - a variable name
 DEV_ENDPOINT_ALLOW = ("https://storage.azure.com", "https://vault.azure.net")
@@ -42,10 +46,54 @@ def _free_listen(listen: str) -> str:
             return f"{host}:{s.getsockname()[1]}"
 
 
+def _write_dev_config(emu: Any, state_dir: Path, endpoint_listen: str) -> tuple[Path, str]:
+    """The dev TOML (a docker config for a registry the emulator serves, and the endpoint);
+    returns its path and the registry's name."""
+    dev_config = state_dir / "entra-tokend.toml"
+    allow = ", ".join(f'"{r}"' for r in DEV_ENDPOINT_ALLOW)
+    # A registry served by the emulator itself: the docker config for skopeo/crane/helm.
+    registry = emu.authority_host.removeprefix("https://")
+    emu.add_registry(registry)
+    dev_config.write_text(
+        f'[token.registry]\nregistry = "{registry}"\nformat = "docker-config"\n'
+        'path = "docker/config.json"\n'
+        f'[endpoint]\nlisten = "{endpoint_listen}"\n'
+        f'secret_env = "{DEV_ENDPOINT_SECRET_ENV}"\nallow = [{allow}]\n'
+    )
+    return dev_config, registry
+
+
+def _banner(emu: Any, args: argparse.Namespace, paths: dict[str, str]) -> str:
+    """What ``dev`` prints on stderr: where everything is and how to use it."""
+    output_dir, listen, endpoint_listen = paths["output"], paths["listen"], paths["endpoint"]
+    binding = ""
+    if emu.proxy is not None:
+        binding = (
+            f"  identity binding: token proxy {emu.proxy.url} "
+            f"(SNI {emu.proxy.sni_name}, CA {emu.proxy.ca_file});\n"
+            "            azure-identity needs "
+            "WorkloadIdentityCredential(enable_azure_proxy=True)\n"
+        )
+    return f"""
+entra-tokend dev — a local Entra tenant and kubelet at {emu.authority_host}
+{binding}  tokens:   {output_dir}/storage, {output_dir}/graph
+            (each lives {args.access_token_lifetime:.0f} s and is refreshed well before it expires)
+  registry: {output_dir}/docker/config.json — a docker config for {paths["registry"]}
+            (skopeo --authfile, DOCKER_CONFIG={output_dir}/docker, crane, oras, helm)
+  metrics:  http://{listen}/metrics   readiness: http://{listen}/readyz
+  your app: set -a; . {paths["env_file"]}; set +a   (azure-identity and @azure/identity work
+            against the emulator too: the file sets SSL_CERT_FILE and NODE_EXTRA_CA_CERTS)
+  SDK apps (managed-identity endpoint; allowed: {", ".join(DEV_ENDPOINT_ALLOW)}):
+            export IDENTITY_ENDPOINT=http://{endpoint_listen}/msi/token
+            export IDENTITY_HEADER={os.environ[DEV_ENDPOINT_SECRET_ENV]}
+  Ctrl-C stops.
+"""
+
+
 def run_dev(args: argparse.Namespace) -> int:
     """Start the emulator, point the daemon at it, run until Ctrl-C."""
     try:
-        from entra_tokend.emulator import Emulator  # noqa: PLC0415
+        from entra_tokend.emulator import Emulator  # noqa: PLC0415 - the optional extra
     except ImportError as exc:
         missing = (exc.name or "a module").split(".")[0]  # the package to install
         print(
@@ -54,9 +102,6 @@ def run_dev(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    from entra_tokend.daemon import Daemon  # noqa: PLC0415
-    from entra_tokend.logging import configure_logging  # noqa: PLC0415
-
     state_dir = Path(args.state_dir).absolute()
     output_dir = Path(args.output_dir).absolute()
     listen = _free_listen(args.listen)
@@ -79,17 +124,7 @@ def run_dev(args: argparse.Namespace) -> int:
         # The managed-identity endpoint, with a secret generated for this run only.
         endpoint_listen = _free_listen("127.0.0.1:8081")
         os.environ[DEV_ENDPOINT_SECRET_ENV] = secrets.token_urlsafe(32)
-        dev_config = state_dir / "entra-tokend.toml"
-        allow = ", ".join(f'"{r}"' for r in DEV_ENDPOINT_ALLOW)
-        # A registry served by the emulator itself: the docker config for skopeo/crane/helm.
-        registry = emu.authority_host.removeprefix("https://")
-        emu.add_registry(registry)
-        dev_config.write_text(
-            f'[token.registry]\nregistry = "{registry}"\nformat = "docker-config"\n'
-            'path = "docker/config.json"\n'
-            f'[endpoint]\nlisten = "{endpoint_listen}"\n'
-            f'secret_env = "{DEV_ENDPOINT_SECRET_ENV}"\nallow = [{allow}]\n'
-        )
+        dev_config, registry = _write_dev_config(emu, state_dir, endpoint_listen)
         overrides = Overrides(
             config=str(dev_config),
             tokens=list(DEV_TOKENS),
@@ -98,40 +133,23 @@ def run_dev(args: argparse.Namespace) -> int:
             log_format=args.log_format,
         )
         try:
-            config = load_config(overrides, os.environ)
+            config = preflight.load(overrides, os.environ)
         except ConfigError as exc:
             for line in exc.problems:
                 print(f"entra-tokend: config: {line}", file=sys.stderr)
             return 2
         configure_logging(config.log_format, config.log_level)
-        binding = ""
-        if emu.proxy is not None:
-            binding = (
-                f"  identity binding: token proxy {emu.proxy.url} "
-                f"(SNI {emu.proxy.sni_name}, CA {emu.proxy.ca_file});\n"
-                "            azure-identity needs "
-                "WorkloadIdentityCredential(enable_azure_proxy=True)\n"
-            )
-        print(
-            f"""
-entra-tokend dev — a local Entra tenant and kubelet at {emu.authority_host}
-{binding}  tokens:   {output_dir}/storage, {output_dir}/graph
-            (each lives {args.access_token_lifetime:.0f} s and is refreshed well before it expires)
-  registry: {output_dir}/docker/config.json — a docker config for {registry}
-            (skopeo --authfile, DOCKER_CONFIG={output_dir}/docker, crane, oras, helm)
-  metrics:  http://{listen}/metrics   readiness: http://{listen}/readyz
-  your app: set -a; . {env_file}; set +a   (azure-identity works against the emulator too)
-  SDK apps (managed-identity endpoint; allowed: {", ".join(DEV_ENDPOINT_ALLOW)}):
-            export IDENTITY_ENDPOINT=http://{endpoint_listen}/msi/token
-            export IDENTITY_HEADER={os.environ[DEV_ENDPOINT_SECRET_ENV]}
-  Ctrl-C stops.
-""",
-            file=sys.stderr,
-            flush=True,
-        )
+        paths = {
+            "output": str(output_dir),
+            "listen": listen,
+            "endpoint": endpoint_listen,
+            "registry": registry,
+            "env_file": str(env_file),
+        }
+        print(_banner(emu, args, paths), file=sys.stderr, flush=True)
 
         async def main() -> int:
-            daemon = Daemon(config, reload=lambda: load_config(overrides, os.environ))
+            daemon = Daemon(config, reload=lambda: preflight.load(overrides, os.environ))
             return await daemon.run()
 
         return asyncio.run(main())

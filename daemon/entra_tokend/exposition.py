@@ -40,6 +40,7 @@ from prometheus_client.metrics_core import (
 from prometheus_client.openmetrics import exposition as openmetrics
 from prometheus_client.registry import Collector
 
+from entra_tokend.exposition_files import file_families
 from entra_tokend.metrics import HistogramSeries, Metrics, TokenSeries
 
 _Samples = Callable[[str, TokenSeries], Sequence[tuple[Sequence[str], float]]]
@@ -200,7 +201,7 @@ def _other_families(m: Metrics) -> list[Metric]:
         "result",
         m.endpoint_duration,
     )
-    return [ready, world_writable, build_info, requests, duration]
+    return [ready, world_writable, build_info, requests, duration, *file_families(m)]
 
 
 class _Families(Collector):

@@ -24,10 +24,10 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from entra_tokend.files import NotRegularFile, read_regular
 from entra_tokend.logging import redact_cut
 from entra_tokend.model import Hook
 from entra_tokend.reaper import MARKER_VARIABLE, REAPER
+from entra_tokend.util.files import NotRegularFile, read_regular
 
 OUTPUT_LIMIT = 4096  # bytes of a hook's output kept for the log; the rest is read and dropped
 _PID_FILE_LIMIT = 64

@@ -12,12 +12,11 @@ from __future__ import annotations
 import errno
 import socket
 
+from entra_tokend.util.net import address_text
+
+__all__ = ["address_text", "bind_listener", "listening_text"]
+
 _NO_IPV6 = (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL, errno.EPROTONOSUPPORT)
-
-
-def address_text(host: str, port: int) -> str:
-    """``host:port``, with an IPv6 address in brackets (``[::]:9464``)."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def bind_listener(host: str, port: int) -> socket.socket:

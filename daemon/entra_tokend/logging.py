@@ -44,10 +44,11 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARN
 # secret with the same prefix, length and 64-bit hash would be redacted too: over-redaction,
 # never a leak.
 #
-# Values and parts starting with "eyJ" (base64url JSON: JWT/JWE headers and payloads, whole
-# JWTs) are not registered: the shape rules redact every one of them, and they share their
-# first characters by the thousand (one issuer, one header), which would make each occurrence of
-# that prefix in a line cost a hash per distinct length. A JWT's signature is registered.
+# Values the shape rules redact whole (JWTs, and base64url parts starting with "eyJ": JWT/JWE
+# headers and payloads) are not registered: they share their first characters by the
+# thousand (one issuer, one header), which would make each occurrence of that prefix in a line
+# cost a hash per distinct length. A JWT's signature is registered, and so is every other
+# value, whatever its first characters.
 # _SCAN_BUDGET bounds the candidate checks per character of a line; a line that needs more
 # (a hostile service issuing secrets that share a prefix, then echoing it) is withheld whole.
 _MAX_SECRETS = 8192
@@ -70,7 +71,7 @@ def remember_secret(*values: str) -> None:
     # character (an endpoint secret may have them) appears escaped in a JSON log line.
     escaped = [e for value in values if (e := json.dumps(value)[1:-1]) != value]
     for value in (*values, *escaped, *(p for p in parts if len(p) >= 16)):
-        if len(value) < _MIN_SECRET_LENGTH or value.startswith("eyJ"):
+        if len(value) < _MIN_SECRET_LENGTH or _shape_redacts(value):
             continue
         digest = hash(value)
         entry = _remembered.pop(digest, None)
@@ -80,6 +81,13 @@ def remember_secret(*values: str) -> None:
         _remembered[digest] = entry  # now the newest
         if len(_remembered) > _MAX_SECRETS:
             _forget(next(iter(_remembered)))
+
+
+def _shape_redacts(value: str) -> bool:
+    """True when the shape rules alone redact every occurrence of ``value`` whole (a JWT, or
+    an ``eyJ`` part that is base64url): such values are not registered. Any other value is,
+    ``eyJ`` prefix or not — an opaque token or endpoint secret may start that way."""
+    return bool(_JWT_RE.fullmatch(value) or _JWT_PART_RE.fullmatch(value))
 
 
 def _forget(digest: int) -> None:

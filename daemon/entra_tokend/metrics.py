@@ -25,6 +25,8 @@ REASONS: tuple[str, ...] = tuple(str(reason) for reason in Reason)
 """The fixed set of refresh failure reasons (the ``reason`` label)."""
 
 RESULTS: tuple[str, ...] = ("success", "failure")
+FILE_FAILURES: tuple[str, ...] = ("missing_claim", "write_error", "hook")
+"""The ``reason`` label of ``entra_tokend_file_render_failures_total``."""
 
 ENDPOINT_RESULTS: tuple[str, ...] = ("ok", "unauthorized", "forbidden", "bad_request", "error")
 """The ``result`` label of endpoint requests."""
@@ -126,7 +128,8 @@ class Metrics:
     * ``assertion_rotations``: identity -> changes of the projected token seen;
     * ``ready``, ``output_dir_world_writable``: 0 or 1; ``version``: the running version;
     * ``endpoint_requests``: (result, resource) -> count; ``endpoint_duration``: result ->
-      :class:`HistogramSeries`.
+      :class:`HistogramSeries`;
+    * ``file_failures``: (file, reason) -> failed renders of a ``[file.NAME]``.
     """
 
     def __init__(self) -> None:
@@ -140,6 +143,7 @@ class Metrics:
         self.endpoint_requests: dict[tuple[str, str], float] = {}
         self.endpoint_duration: dict[str, HistogramSeries] = {}
         self._endpoint_resources: set[str] = set()
+        self.file_failures: dict[tuple[str, str], float] = {}
         # token -> identity, so an identity's series go away with its last token.
         self._identities: dict[str, str] = {}
 
@@ -248,6 +252,20 @@ class Metrics:
         series = self._record(token)
         series.redelivered = (series.redelivered or 0.0) + 1
         series.changed()
+
+    def file_configured(self, name: str) -> None:
+        """Create ``[file.NAME]``'s failure series at zero (label ``file`` is its name)."""
+        for reason in FILE_FAILURES:
+            self.file_failures.setdefault((name, reason), 0.0)
+
+    def file_removed(self, name: str) -> None:
+        """Drop a removed file's series."""
+        for reason in FILE_FAILURES:
+            self.file_failures.pop((name, reason), None)
+
+    def file_render_failed(self, name: str, reason: str) -> None:
+        """Count a failed render (or hook) of ``[file.NAME]``; ``reason`` in FILE_FAILURES."""
+        self.file_failures[(name, reason)] = self.file_failures.get((name, reason), 0.0) + 1
 
     def set_output_dir_world_writable(self, insecure: bool) -> None:
         """Set ``entra_tokend_output_dir_world_writable`` to 1 or 0."""

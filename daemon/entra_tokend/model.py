@@ -109,6 +109,9 @@ class Identity:
     ``token_proxy_sni_name`` is the TLS server name sent to it and checked against its
     certificate; ``token_proxy_ca_file`` (re-read when it changes) or ``token_proxy_ca_data``
     (PEM text) is the only trust for it. Without a CA the default trust store applies.
+
+    Managed-identity endpoint selectors (besides ``client_id``): ``object_id`` (a GUID, the
+    identity's principal id) and ``resource_id`` (its ARM resource id); None when not declared.
     """
 
     name: str
@@ -121,6 +124,8 @@ class Identity:
     token_proxy_sni_name: str | None = None
     token_proxy_ca_file: Path | None = None
     token_proxy_ca_data: str | None = field(default=None, repr=False)
+    object_id: str | None = None
+    resource_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -184,6 +189,27 @@ class TokenSpec:
         return self.output.registries
 
 
+@dataclass(frozen=True)
+class FileSpec:
+    """A file rendered from several tokens (``[file.NAME]``, ``outputs.multi``).
+
+    ``path`` is absolute, inside output_dir; ``template`` the checked template text (already
+    read from ``template_file``); ``tokens`` the configured tokens it needs, in order: every
+    token the template names, plus any listed in ``tokens`` — the file is written only while
+    each is held and unexpired, and again whenever one of them is refreshed. File mode, owner
+    and group as for a token's ``OutputSpec``; ``hook`` runs after each write.
+    """
+
+    name: str
+    path: Path
+    template: str
+    tokens: tuple[str, ...]
+    file_mode: int = 0o640
+    file_owner: int | None = None
+    file_group: int | None = None
+    hook: Hook | None = None
+
+
 def registry_key(registry: str) -> str:
     """The ``host[:port]`` a registry is known by in a docker config (scheme removed)."""
     return registry.removeprefix("http://").removeprefix("https://")
@@ -232,8 +258,27 @@ def resource_key(resource: str) -> str:
 
 
 def scope_of(resource: str) -> str:
-    """The client-credential scope of a resource: ``resource_key(resource) + "/.default"``."""
-    return resource_key(resource) + "/.default"
+    """The client-credential scope of a resource exactly as given: ``<resource>/.default``
+    (a trailing slash kept: ``https://database.windows.net/`` → ``…//.default``, the v1
+    audience with its slash); a ``/.default`` scope is returned as is."""
+    value = resource.strip()
+    return value if value.endswith("/.default") else value + "/.default"
+
+
+_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:[!-~]+$")
+_BROKEN_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+
+
+def is_resource_uri(value: str) -> bool:
+    """True for an absolute URI a resource (or app ID URI) can be: ``scheme://host[/path]``
+    or ``api://...``; printable ASCII, no blanks, no query or fragment, no broken
+    percent-escape."""
+    if not _URI.match(value) or "?" in value or "#" in value or _BROKEN_ESCAPE.search(value):
+        return False
+    scheme, _, rest = value.partition(":")
+    if scheme.lower() == "api":
+        return bool(rest.strip("/"))
+    return rest.startswith("//") and bool(rest[2:].split("/", 1)[0])
 
 
 @dataclass(frozen=True)
@@ -254,7 +299,7 @@ class EndpointSpec:
     (``secret_file = PATH`` or ``secret_env = NAME``, for ``check-config``); ``grants`` in
     configuration order (the first grant of a resource is used when a request names no
     client_id); ``idle_timeout`` seconds without a request before an on-demand token's runner
-    retires.
+    retires; ``imds`` serves the IMDS protocol (no secret) on the same listener.
     """
 
     listen: tuple[str, int]
@@ -262,6 +307,7 @@ class EndpointSpec:
     secret_source: str
     grants: tuple[Grant, ...]
     idle_timeout: float = 900.0
+    imds: bool = False
 
 
 # ---- names entra-tokend reserves in output_dir (lock, temp files) -------------------------

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Mapping
+import functools
+import signal
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from entra_tokend.model import Clock
@@ -58,6 +60,15 @@ class OnceSupervisor:
             if event.configuration and event.name not in self._written:
                 self._fatal[event.name] = event.detail
         self._progress.set()
+
+    def signal_handlers(self) -> Mapping[int, Callable[[], None]]:
+        """SIGHUP is logged and ignored: there is no reload to apply (the run ends when every
+        token is on disk), and SIGHUP's default action would end it."""
+        return {
+            signal.SIGHUP: functools.partial(
+                self._log.info, "SIGHUP ignored: run --once does not reload"
+            )
+        }
 
     def stop(self) -> None:
         """Give up now (SIGTERM/SIGINT): ``wait`` returns 1."""

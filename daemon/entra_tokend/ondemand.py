@@ -65,13 +65,16 @@ class Lookup:
     """What the endpoint reads at each request; a reload builds a new one and ``replace``s it.
 
     ``identities`` and ``sources`` by identity name; ``shared`` by (identity name, scope), the
-    first configured file token of each; ``policy`` the refresh policy of new runners.
+    first configured file token of each; ``policy`` the refresh policy of new runners;
+    ``endpoint`` the ``[endpoint]`` settings in force (allow-list, selectors, secret, ``imds``;
+    None once a reload removed the table: every request is then answered 404).
     """
 
     identities: Mapping[str, Identity]
     sources: Mapping[str, AssertionProvider]
     shared: Mapping[tuple[str, str], SharedToken]
     policy: Policy
+    endpoint: EndpointSpec | None = None
 
 
 def on_demand_name(identity: str, scope: str) -> str:
@@ -89,8 +92,7 @@ class _Entry:
 
 def _failed(failure: Failed) -> TokenUnavailable:
     return TokenUnavailable(
-        f"the token could not be obtained ({failure.reason}: {failure.detail}); "
-        "see the daemon's log",
+        f"the token could not be obtained ({failure.reason}); see the daemon's log",
         reason=failure.reason,
         configuration=failure.configuration,
         detail=failure.detail,
@@ -116,6 +118,10 @@ class OnDemandTokens:
     def identities(self) -> Mapping[str, Identity]:
         """The configured identities now (name → Identity), for the endpoint."""
         return self.lookup.identities
+
+    def endpoint_spec(self) -> EndpointSpec | None:
+        """The ``[endpoint]`` settings now, for the endpoint."""
+        return self.lookup.endpoint
 
     def replace(self, lookup: Lookup) -> None:
         """Use ``lookup`` from now on (a reload); retire on-demand runners whose identity's
@@ -234,8 +240,12 @@ evicted oldest first at the limit."""
 async def start_endpoint(
     spec: EndpointSpec, provider: OnDemandTokens, metrics: Metrics
 ) -> EndpointService:
-    """Listen on ``spec.listen`` with the endpoint's own ``HttpServer``. Raises OSError."""
-    endpoint = Endpoint(spec, provider.identities, provider, metrics, clock=provider.clock)
+    """Listen on ``spec.listen`` with the endpoint's own ``HttpServer`` (the address is fixed
+    for the listener's life; every other setting is read from the provider's lookup at each
+    request). Raises OSError."""
+    endpoint = Endpoint(
+        provider.endpoint_spec, provider.identities, provider, metrics, clock=provider.clock
+    )
     http = HttpServer(endpoint.routes(), lambda: ENDPOINT_LIMITS)
     host, port = spec.listen
     server = await http.start(host, port)

@@ -21,6 +21,7 @@ from entra_tokend.logging import get_logger
 from entra_tokend.metrics import Metrics
 from entra_tokend.outputs import ProvenanceStore
 from entra_tokend.outputs.writer import make_directories, make_root, remove_stale_temp_files
+from entra_tokend.preflight import world_writable
 
 
 class OutputDirectory:
@@ -72,16 +73,10 @@ class OutputDirectory:
 
     def _check_mode(self) -> None:
         mode = os.stat(self.root).st_mode
-        insecure = bool(mode & stat.S_IWOTH) and not mode & stat.S_ISVTX
-        self._metrics.set_output_dir_world_writable(insecure)
-        if insecure and not self._allow_world_writable:
-            self._log.warning(
-                "output_dir is world-writable without the sticky bit; other users of the volume "
-                "can delete or replace token files (use a volume only this pod writes, or set "
-                "allow_world_writable = true to silence this)",
-                path=str(self.root),
-                mode=f"{stat.S_IMODE(mode):04o}",
-            )
+        warning = world_writable(mode)  # the host checks' rule and words
+        self._metrics.set_output_dir_world_writable(warning is not None)
+        if warning is not None and not self._allow_world_writable:
+            self._log.warning(warning, path=str(self.root), mode=f"{stat.S_IMODE(mode):04o}")
 
     def release(self) -> None:
         """Release the lock (idempotent)."""

@@ -22,7 +22,7 @@ endpoint — learn what a runner did; they never read or set flags on it.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -233,3 +233,21 @@ Listener = Callable[[RunnerEvent], None]
 HookRunner = Callable[[Hook, str, Path, Any], Awaitable[bool]]
 """Runs a token's post-write hook: (hook, token name, token path, logger) → succeeded
 (``hooks.run_hook``)."""
+
+
+class Supervisor(Protocol):
+    """A front end that decides when the daemon's run ends (``once.OnceSupervisor``,
+    ``supervise.ExecSupervisor``): it listens to the runners' events from ``attach`` (called
+    before the runners start) and ``wait`` (called after) returns the exit code."""
+
+    def attach(self) -> None: ...
+
+    async def wait(self) -> int: ...
+
+    def stop(self) -> None:
+        """The daemon is asked to stop (SIGTERM/SIGINT, unless ``signal_handlers`` takes them)."""
+        ...
+
+    def signal_handlers(self) -> Mapping[int, Callable[[], None]]:
+        """Signal number → handler, installed over the daemon's own (empty: the daemon's)."""
+        ...

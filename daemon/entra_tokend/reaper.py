@@ -9,6 +9,10 @@ orphan can never steal a hook's exit status (asyncio's child watcher is not used
   hook too. Processes the hook itself starts are not covered by that signal (it is not
   inherited); in a container they die with the container's PID 1, under systemd with the
   unit's cgroup (``KillMode=control-group``).
+- ``exec``'s program gets the same signal but stays in our session and process group (a
+  terminal stays its controlling terminal) and inherits stdin, stdout and stderr. Every child
+  starts with an empty signal mask and ``CHILD_DEFAULT_SIGNALS`` at their default action (the
+  daemon holds and handles them; a program must inherit neither).
 - With ``PR_SET_CHILD_SUBREAPER`` orphans a hook leaves (``setsid cmd &``) are re-parented to the
   daemon rather than to init, so the daemon can kill and reap them once the hook is over: each
   hook run carries a fresh ``ENTRA_TOKEND_HOOK_RUN`` value in its environment, inherited by
@@ -48,12 +52,28 @@ def become_subreaper() -> bool:
     return _prctl is not None and int(_prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)) == 0
 
 
-def _die_with_parent() -> None:
-    """In the child between fork and exec: SIGKILL when the daemon (its parent) dies.
+CHILD_DEFAULT_SIGNALS = (
+    signal.SIGHUP,
+    signal.SIGINT,
+    signal.SIGQUIT,
+    signal.SIGTERM,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+)
+"""Signals every child starts with at their default action (an inherited SIG_IGN is dropped)."""
 
-    Resolved before the fork (``_prctl``) so the child only makes one foreign call."""
+
+def _child_setup() -> None:
+    """In the child between fork and exec: SIGKILL when the daemon (its parent) dies; no
+    signal blocked; ``CHILD_DEFAULT_SIGNALS`` at their default action.
+
+    ``_prctl`` is resolved before the fork so the child makes one foreign call."""
     if _prctl is not None:
         _prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    signal.pthread_sigmask(signal.SIG_SETMASK, ())
+    with contextlib.suppress(ValueError, OSError):  # never fail a start over this
+        for sig in CHILD_DEFAULT_SIGNALS:
+            signal.signal(sig, signal.SIG_DFL)
 
 
 def children(pid: int | None = None) -> set[int]:
@@ -96,20 +116,30 @@ class Reaper:
             loop.add_signal_handler(signal.SIGCHLD, self.sweep)
             self._loop = loop
 
-    def spawn(self, argv: Sequence[str], env: Mapping[str, str], stdout: int) -> int:
-        """Start ``argv`` in a session of its own that dies with the daemon, stdin from
-        /dev/null, stdout and stderr to the descriptor ``stdout``; returns its pid (see
-        ``wait``). Raises OSError or ValueError when it cannot start."""
+    def spawn(
+        self,
+        argv: Sequence[str],
+        env: Mapping[str, str],
+        stdout: int | None = None,
+        *,
+        new_session: bool = True,
+    ) -> int:
+        """Start ``argv`` so that it dies with the daemon; returns its pid (see ``wait``).
+
+        With ``stdout`` (a descriptor) stdin is /dev/null and stdout and stderr go to
+        ``stdout`` (a hook); without, the child inherits all three (``exec``'s program).
+        ``new_session`` False keeps it in our session and process group. Raises OSError
+        (``FileNotFoundError``, ``PermissionError``...) or ValueError when it cannot start."""
         loop = asyncio.get_running_loop()
         self.attach(loop)  # before the fork: an exit must find the handler in place
         proc = subprocess.Popen(
             argv,
-            stdin=subprocess.DEVNULL,
+            stdin=None if stdout is None else subprocess.DEVNULL,
             stdout=stdout,
-            stderr=subprocess.STDOUT,
+            stderr=None if stdout is None else subprocess.STDOUT,
             env=env,
-            start_new_session=True,
-            preexec_fn=_die_with_parent,  # noqa: PLW1509 - one prctl call, resolved before fork
+            start_new_session=new_session,
+            preexec_fn=_child_setup,  # noqa: PLW1509 - prctl and signal state, nothing else
         )
         self._waiters[proc.pid] = (proc, loop.create_future())
         return proc.pid

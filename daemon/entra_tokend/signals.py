@@ -28,3 +28,14 @@ def hold() -> None:
 def release() -> None:
     """Unblock ``HELD``; pending ones are delivered to their (now installed) handlers."""
     signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD)
+
+
+def parse_signal(text: str) -> int:
+    """``HUP``, ``SIGHUP``, ``hup`` or ``1`` → 1. Raises ValueError for an unknown signal."""
+    name = text.strip().upper()
+    try:
+        if name.isdigit():
+            return int(signal.Signals(int(name)))
+        return int(signal.Signals[name if name.startswith("SIG") else f"SIG{name}"])
+    except (KeyError, ValueError):
+        raise ValueError(f"unknown signal {text!r} (HUP, USR1, 10...)") from None

@@ -46,7 +46,7 @@ def prepare_output(output_dir: OutputDirectory, config: Config, log: Any) -> boo
     that fails (logged, and printed as a configuration error)."""
     out = str(config.output_dir)
     try:
-        output_dir.acquire({spec.path.parent for spec in config.tokens.values()})
+        output_dir.acquire({spec.path.parent for spec in config.written})
     except (LockError, OSError) as exc:
         if isinstance(exc, LockHeld):
             log.error(

@@ -4,7 +4,9 @@
 (made by ``runner.build``, like every runner). ``apply(config)`` is a reload's diff: an
 unchanged token keeps its runner and schedule (new tunables apply from its next decision), a
 changed one gets a new runner (which adopts its file when it starts, if provably its own), a
-removed one stops and its file is left. With the endpoint configured, each file's output is
+removed one stops and its file is left. Files rendered from several tokens (``[file.NAME]``)
+are consumers of those runners' events (``templatefiles.TemplateFiles``, a listener of every
+runner built here), rebuilt by the same rules. With the endpoint configured, each file's output is
 wrapped in a ``MemoryOutput`` so the endpoint can share the token; ``lookup`` gives the
 endpoint's ``ondemand.Lookup`` for the current configuration (rebuilt whole on each reload).
 Each token file is watched (``outputwatch``): a file another writer deleted or replaced is put
@@ -30,6 +32,7 @@ from entra_tokend.outputwatch import OutputWatch
 from entra_tokend.ports import Exchange, Listener
 from entra_tokend.readiness import Readiness
 from entra_tokend.runner import Deps, TokenRunner, build
+from entra_tokend.templatefiles import TemplateFiles
 
 
 class FileTokens:
@@ -61,6 +64,7 @@ class FileTokens:
         self.sources: dict[str, CredentialSource] = {}
         self.runners: dict[str, TokenRunner] = {}
         self.memories: dict[str, MemoryOutput] = {}
+        self.files = TemplateFiles(deps, root=output_dir.root, readiness=readiness, metrics=metrics)
         self.running = False
         self.output_watch: OutputWatch | None = None  # the token files'; made by ``watch``
 
@@ -76,6 +80,7 @@ class FileTokens:
         for name in set(self.sources) - set(config.identities):
             self.sources.pop(name).close()
         old, self.runners = self.runners, {}
+        replaced: set[str] = set()
         for name, spec in config.tokens.items():
             runner = old.pop(name, None)
             if (
@@ -87,12 +92,15 @@ class FileTokens:
             else:
                 if runner is not None:
                     self._retire(runner)
+                replaced.add(name)
                 runner = self._new_runner(config, name)
             self.runners[name] = runner
         for name, runner in old.items():
             self._retire(runner)
             self._metrics.token_removed(name)
             self._log.info("token removed from configuration; its file is left", token=name)
+        self.files.deps = self.deps
+        self.files.apply(config.files, replaced | set(old), running=self.running)
         if self.running:
             self.start()
             self._readiness.update()
@@ -108,7 +116,7 @@ class FileTokens:
             store=self._output_dir.provenance,
         )
         output: Output = file
-        listeners: list[Listener] = []
+        listeners: list[Listener] = [self.files.observe]
         if self._share:
             # The endpoint serves a file token's latest token; without an endpoint nothing
             # reads it, so the wrapper is not kept per token.
@@ -137,6 +145,7 @@ class FileTokens:
         self.running = True
         for runner in self.runners.values():
             runner.start()
+        self.files.fetch_missing(self.runners)
 
     def lookup(self, config: Config) -> Lookup:
         """The endpoint's view of ``config``: identities, sources, the first file token of
@@ -147,7 +156,9 @@ class FileTokens:
             if memory is not None:
                 key = (runner.spec.identity, runner.spec.scope)
                 shared.setdefault(key, SharedToken(runner, memory))
-        return Lookup(dict(config.identities), dict(self.sources), shared, config.policy)
+        return Lookup(
+            dict(config.identities), dict(self.sources), shared, config.policy, config.endpoint
+        )
 
     def watch(self, poll_interval: float) -> None:
         """Watch every identity's projected token (idempotent per source) and every token
@@ -183,4 +194,4 @@ class FileTokens:
                 tasks.append(runner.task)
         for source in self.sources.values():
             source.close()
-        return tasks
+        return [*tasks, *self.files.stop()]

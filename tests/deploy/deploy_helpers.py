@@ -45,7 +45,7 @@ TOP_LEVEL_KEYS = frozenset(
         "file_group",
     }
 )
-TABLE_KEYS = frozenset({"identity", "token", "hook"})
+TABLE_KEYS = frozenset({"identity", "token", "hook", "file"})
 IDENTITY_KEYS = frozenset(
     {
         "tenant_id",
@@ -57,10 +57,15 @@ IDENTITY_KEYS = frozenset(
         "token_proxy_sni_name",
         "token_proxy_ca_file",
         "token_proxy_ca_data",
+        "object_id",
+        "resource_id",
     }
 )
 TOKEN_KEYS = frozenset({"scope", "identity", "path", "format", "hook"})
 HOOK_KEYS = frozenset({"exec", "timeout", "pid_file", "signal"})
+FILE_KEYS = frozenset(
+    {"path", "template", "template_file", "tokens", "file_mode", "file_owner", "file_group", "hook"}
+)
 
 
 def unit_settings(path: Path) -> dict[str, list[str]]:
@@ -119,6 +124,8 @@ def unknown_keys(doc: Mapping[str, Any]) -> list[str]:
         bad += [f"token.{name}.{k}" for k in table if k not in TOKEN_KEYS]
         bad += [f"token.{name}.hook.{k}" for k in table.get("hook", {}) if k not in HOOK_KEYS]
     bad += [f"hook.{k}" for k in doc.get("hook", {}) if k not in HOOK_KEYS]
+    for name, table in dict(doc.get("file", {})).items():
+        bad += [f"file.{name}.{k}" for k in table if k not in FILE_KEYS]
     return bad
 
 

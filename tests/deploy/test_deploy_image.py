@@ -1,7 +1,8 @@
 """Dockerfile and .dockerignore: lint-clean, shell-less non-root runtime, daemon-only install.
 
-No Docker engine runs here, so the build itself is not exercised; these tests pin down what the
-build depends on instead, and run the daemon the way the image installs it (no emulator extra).
+These tests pin down what the build depends on and run the daemon the way the image installs it
+(no emulator extra). The build itself, and the built image run read-only as 65532 without
+capabilities, is CI's "image" stage (tests/image/run_image.sh: buildah and systemd-nspawn, root).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 from deploy_helpers import DOCKERFILE, DOCKERIGNORE
 
+import entra_tokend
 from entra_tokend.config import schema as config_module
 from testlib import REPO, base_env, tool
 
@@ -170,8 +172,9 @@ def test_base_images_are_build_arguments_that_take_a_digest() -> None:
         assert needed in section, needed
 
 
-def test_the_version_is_defined_only_in_pyproject() -> None:
-    version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+def test_the_version_is_not_repeated_in_the_dockerfile() -> None:
+    """The version is written once (``entra_tokend.__version__``, read by setuptools)."""
+    version = entra_tokend.__version__
     assert version not in DOCKERFILE.read_text()
     runtime = stages()[-1]
     assert ("ARG", 'VERSION=""') in runtime

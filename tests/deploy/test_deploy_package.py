@@ -27,9 +27,10 @@ from typing import Any
 import pytest
 from test_deploy_image import stages
 
+import entra_tokend
 from testlib import REPO, base_env, run_cli, tool, wait_until
 
-VERSION = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+VERSION = entra_tokend.__version__  # the one source (pyproject: dynamic = ["version"])
 IMAGE_UID = 65532
 BLOCK_CRYPTOGRAPHY = (
     "import runpy, sys\n"

@@ -48,6 +48,10 @@ def helper_bin(directory: Path) -> Path:
     return directory
 
 
+def _run(env: dict[str, str], *argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60, check=False)
+
+
 def test_docker_cli_and_skopeo_use_the_helper_and_keep_the_users_other_registry(
     registry_factory: RegistryFactory,
     skopeo: SkopeoFactory,
@@ -94,23 +98,8 @@ def test_docker_cli_and_skopeo_use_the_helper_and_keep_the_users_other_registry(
         authfile = user_dir / "config.json"
         certs = str(tool.cert_dir)
 
-        def skopeo_run(*args: str) -> subprocess.CompletedProcess[str]:
-            return subprocess.run(
-                ["skopeo", *args], env=env, capture_output=True, text=True, timeout=60, check=False
-            )
-
-        def docker_inspect(ref: str) -> subprocess.CompletedProcess[str]:
-            return subprocess.run(
-                ["docker", "manifest", "inspect", ref],
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=60,
-                check=False,
-            )
-
         for host in (acr.host, other.host):
-            pushed = skopeo_run(
+            pushed = _run(env, "skopeo",
                 "copy", "--dest-cert-dir", certs, "--dest-authfile", str(authfile),
                 image, f"docker://{host}/team/hello:v1",
             )  # fmt: skip
@@ -118,10 +107,10 @@ def test_docker_cli_and_skopeo_use_the_helper_and_keep_the_users_other_registry(
         # After the daemon's next refresh, the same user config still serves both registries.
         wait_until(lambda: (t := refresh_tokens(daemon_file)) and t != first and t, timeout=60)
         for host in (acr.host, other.host):
-            inspected = docker_inspect(f"{host}/team/hello:v1")
+            inspected = _run(env, "docker", "manifest", "inspect", f"{host}/team/hello:v1")
             assert inspected.returncode == 0, inspected.stderr + inspected.stdout
             assert json.loads(inspected.stdout)["schemaVersion"] == 2
-            checked = skopeo_run(
+            checked = _run(env, "skopeo",
                 "inspect", "--cert-dir", certs, "--authfile", str(authfile),
                 f"docker://{host}/team/hello:v1",
             )  # fmt: skip

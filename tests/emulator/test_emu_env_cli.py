@@ -50,8 +50,9 @@ def test_env_file_round_trips_through_a_shell(tmp_path: Path) -> None:
         text = path.read_text()
         assert all(re.fullmatch(r"[A-Z_]+='.*'", line) for line in text.splitlines())
         env = emu.env()
-        assert set(env) == ENV_KEYS | {"SSL_CERT_FILE", "REQUESTS_CA_BUNDLE"}
-        assert env["SSL_CERT_FILE"] == env["REQUESTS_CA_BUNDLE"] == str(emu.ca_file)
+        assert set(env) == ENV_KEYS | {"SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "NODE_EXTRA_CA_CERTS"}
+        ca = str(emu.ca_file)
+        assert env["SSL_CERT_FILE"] == env["REQUESTS_CA_BUNDLE"] == env["NODE_EXTRA_CA_CERTS"] == ca
         loaded = sourced(path)
         assert {k: loaded[k] for k in env} == env
 

@@ -24,6 +24,12 @@ def ep(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EndpointDaemon]:
     emu.start()
     other_id = str(uuid.uuid4())
     emu.add_app(other_id)
+    other_object_id = str(uuid.uuid4())
+    other_resource_id = (
+        f"/subscriptions/{uuid.uuid4()}/resourceGroups/rg/providers/"
+        "Microsoft.ManagedIdentity/userAssignedIdentities/other"
+    )
+    ghost_id = str(uuid.uuid4())  # never registered: Entra answers AADSTS700016
     secret = secrets.token_urlsafe(32)
     config = root / "entra-tokend.toml"
     config.write_text(
@@ -36,6 +42,14 @@ tenant_id = "{emu.tenant_id}"
 client_id = "{other_id}"
 token_file = "{emu.token_file}"
 authority_host = "{emu.authority_host}"
+object_id = "{other_object_id}"
+resource_id = "{other_resource_id}"
+
+[identity.ghost]
+tenant_id = "{emu.tenant_id}"
+client_id = "{ghost_id}"
+token_file = "{emu.token_file}"
+authority_host = "{emu.authority_host}"
 
 [token.graph]
 scope = "https://graph.microsoft.com/.default"
@@ -43,11 +57,16 @@ scope = "https://graph.microsoft.com/.default"
 [endpoint]
 listen = "127.0.0.1:0"
 secret_env = "EP_SECRET"
+imds = true
 allow = [
   "https://storage.azure.com",
   "https://graph.microsoft.com",
   "https://management.azure.com",
+  "https://database.windows.net",
+  "https://management.core.windows.net/",
+  "https://eventhubs.azure.net",
   {{resource = "https://vault.azure.net", identity = "other"}},
+  {{resource = "api://ghost", identity = "ghost"}},
 ]
 """
     )
@@ -65,6 +84,9 @@ allow = [
             metrics_port=int(metrics["listen"].rsplit(":", 1)[1]),
             out=Path(root / "out"),
             other_client_id=other_id,
+            other_object_id=other_object_id,
+            other_resource_id=other_resource_id,
+            ghost_client_id=ghost_id,
         )
     finally:
         daemon.stop()

@@ -29,11 +29,38 @@ class EndpointDaemon:
     metrics_port: int
     out: Path
     other_client_id: str
+    other_object_id: str = ""
+    other_resource_id: str = ""
+    ghost_client_id: str = ""
 
     @property
     def url(self) -> str:
         """IDENTITY_ENDPOINT."""
         return f"http://127.0.0.1:{self.port}/msi/token"
+
+    @property
+    def imds_base(self) -> str:
+        """AZURE_POD_IDENTITY_AUTHORITY_HOST: the IMDS protocol's base URL."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def raw(self, target: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
+        """GET ``target`` (path and query exactly as given); (status, JSON body)."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        try:
+            conn.request("GET", target, headers=headers or {})
+            resp = conn.getresponse()
+            return resp.status, json.loads(resp.read())
+        finally:
+            conn.close()
+
+    def imds(
+        self,
+        query: str = "api-version=2018-02-01&resource=https://storage.azure.com",
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, dict[str, Any]]:
+        """One IMDS request (``Metadata: true`` unless ``headers`` says otherwise)."""
+        sent = {"Metadata": "true"} if headers is None else headers
+        return self.raw("/metadata/identity/oauth2/token?" + query, sent)
 
     def sdk_env(self, **extra: str) -> dict[str, str]:
         """A clean environment with only IDENTITY_ENDPOINT/IDENTITY_HEADER (no AZURE_*)."""

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from endpoint.ep_helpers import EndpointDaemon
-from testlib import run_cli, wait_until
+from testlib import run_cli, sample_names, wait_until
 
 STORAGE = "https://storage.azure.com"
 
@@ -20,11 +20,15 @@ STORAGE = "https://storage.azure.com"
     [
         ({"header": None}, 401, "X-IDENTITY-HEADER is missing"),
         ({"header": "wrong"}, 401, "X-IDENTITY-HEADER is wrong"),
-        ({"resource": "https://evil.example.com"}, 403, "resource is not allowed"),
+        (
+            {"resource": "https://evil.example.com"},
+            403,
+            "resource https://evil.example.com is not in entra-tokend's [endpoint] allow list",
+        ),
         ({"api_version": "2018-02-01"}, 400, "api-version must be 2019-08-01"),
         ({"resource": None}, 400, "resource is required"),
-        ({"client_id": "00000000-0000-0000-0000-000000000000"}, 400, "client_id is not"),
-        ({"mi_res_id": "/subscriptions/x"}, 400, "select an identity by client_id only"),
+        ({"client_id": "00000000-0000-0000-0000-000000000000"}, 400, "client_id names no"),
+        ({"mi_res_id": "/subscriptions/x"}, 400, "mi_res_id names no identity"),
     ],
 )
 def test_denied_requests(
@@ -47,7 +51,8 @@ def test_client_id_of_an_identity_not_granted_the_resource_is_forbidden(
     assert status == 403
 
 
-@pytest.mark.parametrize("form", [STORAGE, STORAGE + "/", STORAGE + "/.default", " " + STORAGE])
+# A trailing slash is another audience (issue 23 §1): tests/endpoint/test_endpoint_protocols.py.
+@pytest.mark.parametrize("form", [STORAGE, STORAGE + "/.default", " " + STORAGE])
 def test_resource_forms_are_one_token(ep: EndpointDaemon, form: str) -> None:
     _, reference = ep.get(STORAGE)
     status, body = ep.get(form)
@@ -182,7 +187,10 @@ def test_bad_endpoint_config_is_exit_2_naming_the_key(
         "AZURE_CLIENT_ID": "c",
         "AZURE_FEDERATED_TOKEN_FILE": str(tmp_path / "sa"),
     }
-    result = run_cli(*_config(tmp_path, endpoint), env=env)
+    # Not --offline: that leaves an unset secret_env variable to the pod and never reads
+    # secret_file; check-config without it reports both (with every other problem).
+    args = [arg for arg in _config(tmp_path, endpoint) if arg != "--offline"]
+    result = run_cli(*args, env=env)
     assert result.returncode == 2, result.stdout + result.stderr
     assert problem in result.stderr
     assert "s3cr3t-value" not in result.stdout + result.stderr
@@ -202,3 +210,21 @@ def test_good_endpoint_config_prints_no_secret(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "s3cr3t-value" not in result.stdout + result.stderr
     assert 'resource = "https://storage.azure.com"' in result.stdout
+
+
+def test_the_shipped_alerts_and_dashboard_query_the_endpoint_series_it_serves(
+    ep: EndpointDaemon,
+) -> None:
+    from observability.obs_helpers import queried_metric_names
+
+    ep.get(STORAGE)
+    conn = http.client.HTTPConnection("127.0.0.1", ep.metrics_port, timeout=30)
+    conn.request("GET", "/metrics")
+    scrape = conn.getresponse().read().decode()
+    conn.close()
+    queried = {name for name in queried_metric_names() if "_endpoint_" in name}
+    assert queried == {
+        "entra_tokend_endpoint_requests_total",
+        "entra_tokend_endpoint_request_duration_seconds_bucket",
+    }
+    assert queried <= sample_names(scrape)

@@ -10,11 +10,14 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 import time
+from typing import Any
 
 import pytest
 
 from endpoint.ep_helpers import NPM_DIR, SDK_DIR, EndpointDaemon, run_python
+from testlib import jwt_claims
 
 STORAGE = "https://storage.azure.com"
 
@@ -99,3 +102,149 @@ def test_served_tokens_live_longer_than_the_sdk_refresh_offset(ep: EndpointDaemo
     status, served = ep.get(STORAGE)
     assert status == 200
     assert int(served["expires_on"]) - time.time() > 300
+
+
+# ---- every identity selector (issue 23 §3) ---------------------------------------------------
+
+MI_WITH_CONFIG = """
+import json
+from azure.identity import ManagedIdentityCredential
+t = ManagedIdentityCredential(identity_config={config!r}).get_token("{scope}")
+print(json.dumps({{"token": t.token, "expires_on": t.expires_on}}))
+"""
+
+MSAL_USER_ASSIGNED = """
+import json, msal, requests
+client = msal.ManagedIdentityClient(
+    msal.UserAssignedManagedIdentity({kind}={value!r}), http_client=requests.Session())
+result = client.acquire_token_for_client(resource="{resource}")
+print(json.dumps({{"token": result.get("access_token"), "error": result.get("error"),
+                  "description": result.get("error_description")}}))
+"""
+
+VAULT = "https://vault.azure.net"
+
+
+def _selector_value(ep: EndpointDaemon, kind: str) -> str:
+    return {
+        "client_id": ep.other_client_id,
+        "object_id": ep.other_object_id,
+        "resource_id": ep.other_resource_id,
+    }[kind]
+
+
+@pytest.mark.parametrize("kind", ["object_id", "resource_id"])
+def test_azure_identity_selects_by_object_and_resource_id(ep: EndpointDaemon, kind: str) -> None:
+    config = {kind: _selector_value(ep, kind)}
+    got = run_python(MI_WITH_CONFIG.format(config=config, scope=VAULT + "/.default"), ep.sdk_env())
+    status, served = ep.get(VAULT, client_id=ep.other_client_id)
+    assert status == 200
+    assert got["token"] == served["access_token"]
+    assert jwt_claims(got["token"])["appid"] == ep.other_client_id
+
+
+@pytest.mark.parametrize("kind", ["client_id", "object_id", "resource_id"])
+def test_msal_user_assigned_selects_by_each_selector(ep: EndpointDaemon, kind: str) -> None:
+    code = MSAL_USER_ASSIGNED.format(kind=kind, value=_selector_value(ep, kind), resource=VAULT)
+    got = run_python(code, ep.sdk_env())
+    assert got["error"] is None, got["description"]
+    assert jwt_claims(got["token"])["appid"] == ep.other_client_id
+
+
+def _node(ep: EndpointDaemon, probe: str, *args: str) -> dict[str, Any]:
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed (tests/tools.sh installs the npm packages)")
+    if not (NPM_DIR / "node_modules" / "@azure" / "msal-node").is_dir():
+        pytest.skip("@azure/msal-node is not installed: run tests/tools.sh")
+    result = subprocess.run(
+        [node, str(SDK_DIR / probe), *args],
+        env=ep.sdk_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    parsed: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
+    return parsed
+
+
+@pytest.mark.parametrize("kind", ["clientId", "objectId", "resourceId"])
+def test_javascript_azure_identity_selects_by_each_selector(ep: EndpointDaemon, kind: str) -> None:
+    value = _selector_value(
+        ep, {"clientId": "client_id", "objectId": "object_id"}.get(kind, "resource_id")
+    )
+    got = _node(ep, "mi_probe.mjs", VAULT + "/.default", f"{kind}={value}")
+    assert jwt_claims(got["token"])["appid"] == ep.other_client_id
+
+
+@pytest.mark.parametrize(
+    "selector",
+    ["", "userAssignedClientId", "userAssignedObjectId", "userAssignedResourceId"],
+)
+def test_msal_node_gets_tokens_for_system_and_each_user_assigned_selector(
+    ep: EndpointDaemon, selector: str
+) -> None:
+    if not selector:
+        got = _node(ep, "msal_probe.mjs", STORAGE)
+        assert jwt_claims(got["token"])["appid"] == ep.emulator.client_id
+        return
+    kind = {"userAssignedClientId": "client_id", "userAssignedObjectId": "object_id"}
+    value = _selector_value(ep, kind.get(selector, "resource_id"))
+    got = _node(ep, "msal_probe.mjs", VAULT, f"{selector}={value}")
+    assert jwt_claims(got["token"])["appid"] == ep.other_client_id
+
+
+def test_database_audience_keeps_its_slash_through_azure_identity(ep: EndpointDaemon) -> None:
+    # go-mssqldb and azure-sdk-for-go ask for https://database.windows.net/ (the v1 audience).
+    code = AZURE_IDENTITY.format(cls="ManagedIdentityCredential").replace(
+        "https://storage.azure.com/.default", "https://database.windows.net//.default"
+    )
+    got = run_python(code, ep.sdk_env())
+    assert jwt_claims(got["token"])["aud"] == "https://database.windows.net/"
+
+
+@pytest.mark.parametrize("selector", [False, True])
+def test_a_2017_09_01_client_from_the_docs_gets_the_served_token(
+    ep: EndpointDaemon, selector: bool
+) -> None:
+    env = {k: v for k, v in ep.sdk_env().items() if not k.startswith("IDENTITY_")}
+    env.update(MSI_ENDPOINT=ep.url, MSI_SECRET=ep.secret)
+    resource = VAULT if selector else STORAGE
+    args = [resource, ep.other_client_id] if selector else [resource]
+    result = subprocess.run(
+        [sys.executable, str(SDK_DIR / "msi2017_client.py"), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    got = json.loads(result.stdout)
+    status, served = (
+        ep.get(resource, client_id=ep.other_client_id) if selector else ep.get(resource)
+    )
+    assert status == 200
+    assert (got["token"], got["expires_on"]) == (served["access_token"], int(served["expires_on"]))
+    assert got["resource"] == resource
+
+
+DENIED = """
+import json
+from azure.identity import ManagedIdentityCredential
+try:
+    ManagedIdentityCredential().get_token("https://not-allowed.example/.default")
+    print(json.dumps({"error": None}))
+except Exception as exc:
+    print(json.dumps({"error": type(exc).__name__, "message": str(exc)}))
+"""
+
+
+def test_a_denied_sdk_call_names_entra_tokends_allow_list(ep: EndpointDaemon) -> None:
+    got = run_python(DENIED, ep.sdk_env())
+    assert got["error"] == "CredentialUnavailableError"
+    assert "entra-tokend's [endpoint] allow list" in got["message"]
+    assert '"https://not-allowed.example"' in got["message"]  # the entry to add
+    assert ep.secret not in got["message"]

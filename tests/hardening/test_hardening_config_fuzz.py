@@ -2,8 +2,9 @@
 
 Any TOML document, any environment and any command-line overrides give a Config or a
 ConfigError listing problems — never another exception (an operator must never see a
-traceback for a typo). A Config that comes out also renders for `check-config` and keeps the
-invariants the sink relies on.
+traceback for a typo) — both from the pure loader alone (``check-config --offline``) and with
+the host checks (``run``, ``check-config``). A Config that comes out also renders for
+`check-config` and keeps the invariants the sink relies on.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from entra_tokend import preflight
 from entra_tokend.config import Config, ConfigError, Overrides, load_config, render_config
 from entra_tokend.config.schema import (
     ENV_CONFIG,
@@ -153,6 +155,8 @@ IDENTITY_FIELDS: dict[str, st.SearchStrategy[Any]] = {
     "token_proxy_sni_name": maybe(st.sampled_from(["ib.aks.local", "a b", ""])),
     "token_proxy_ca_file": maybe(path_texts),
     "token_proxy_ca_data": maybe(st.sampled_from(["", "x", "-----BEGIN CERTIFICATE-----\n"])),
+    "object_id": maybe(st.sampled_from(["", "x", "00000000-0000-0000-0000-000000000000"])),
+    "resource_id": maybe(st.sampled_from(["", "/subscriptions/s/resourceGroups/g/providers/p"])),
 }
 identity_tables = st.fixed_dictionaries({}, optional=IDENTITY_FIELDS)
 owners = st.one_of(
@@ -209,13 +213,23 @@ def check(doc_text: str, env: dict[str, str], tokens: list[str], directory: Path
     source = directory / "config.toml"
     source.write_text(doc_text, encoding="utf-8")
     env = {**env, ENV_CONFIG: str(source)}
-    try:
-        config = load_config(Overrides(tokens=tokens), env)
-    except ConfigError as exc:
-        problems = exc.problems
-        assert problems
-        assert all(isinstance(line, str) and line for line in problems)
-        return
+    for offline in (True, False):
+        try:
+            if offline:
+                config = load_config(Overrides(tokens=tokens), env, offline=True)
+            else:
+                config = preflight.load(Overrides(tokens=tokens), env)
+        except ConfigError as exc:
+            problems = exc.problems
+            assert problems
+            assert all(isinstance(line, str) and line for line in problems)
+            continue
+        assert offline or config.resolved
+        check_invariants(config, offline=offline)
+
+
+def check_invariants(config: Config, *, offline: bool) -> None:
+    """What the sink relies on, in any Config the loader lets out."""
     assert isinstance(config, Config)
     assert config.tokens
     assert not config.file_mode & 0o002
@@ -237,7 +251,7 @@ def check(doc_text: str, env: dict[str, str], tokens: list[str], directory: Path
         if t == (int, float)
     ]
     assert all(math.isfinite(n) for n in numbers)
-    assert render_config(config)
+    assert render_config(config, offline=offline)
 
 
 @settings(
@@ -275,7 +289,7 @@ def test_any_file_bytes_give_config_or_config_error(fuzz_dir: Path, raw: bytes) 
     env = {ENV_CONFIG: str(source), ENV_TOKENS: f"a={STORAGE}", ENV_OUTPUT_DIR: str(fuzz_dir)}
     env.update(AZURE_TENANT_ID="t", AZURE_CLIENT_ID="c", AZURE_FEDERATED_TOKEN_FILE="/x")
     try:
-        load_config(Overrides(), env)
+        preflight.load(Overrides(), env)
     except ConfigError as exc:
         problems = exc.problems
         assert problems

@@ -143,6 +143,8 @@ def populate(metrics: Metrics) -> None:
     metrics.assertion_loaded("default", 1_900_000_500.0)
     metrics.assertion_rotated("default")
     metrics.hook_failed("graph")
+    metrics.endpoint_configured(["https://vault.azure.net"])
+    metrics.endpoint_request("ok", "https://vault.azure.net", 0.0004)
     metrics.set_ready(True)
 
 

@@ -208,7 +208,6 @@ def test_psql_reads_pgpassword_from_the_env_file(
     assert result.stdout.strip() == "app"
 
 
-@pytest.mark.skip(reason="needs the exec supervisor (issue 25)")
 def test_exec_starts_psql_with_a_fresh_pgpassword(
     emu: Emulator, postgres: Postgres, tmp_path: Path
 ) -> None:

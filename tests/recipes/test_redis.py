@@ -84,7 +84,6 @@ def test_redis_cli_logs_in_as_the_oid_with_the_token(
     assert result.stdout.strip() == oid
 
 
-@pytest.mark.skip(reason="needs templates with claims (issue 25)")
 def test_redis_cli_user_name_from_the_oid_claim(
     emu: Emulator, redis: Redis, tmp_path: Path
 ) -> None:
@@ -93,7 +92,7 @@ def test_redis_cli_user_name_from_the_oid_claim(
     config = tmp_path / "entra-tokend.toml"
     config.write_text(
         f'[token.redis]\nscope = "{REDIS_SCOPE}"\nformat = "template"\npath = "redis.env"\n'
-        "template = 'REDIS_USER=$oid\\nREDISCLI_AUTH=$access_token\\n'\n"
+        'template = "REDIS_USER=$oid\\nREDISCLI_AUTH=$access_token\\n"\n'
     )
     out = tmp_path / "tokens"
     acquire_once(emu, config, out)
@@ -101,6 +100,36 @@ def test_redis_cli_user_name_from_the_oid_claim(
     redis.accept_token(jwt_claims(values["REDISCLI_AUTH"])["oid"], values["REDISCLI_AUTH"])
     script = (
         f"set -a; . {out / 'redis.env'}; set +a; "
+        f'redis-cli -h 127.0.0.1 -p {redis.port} --user "$REDIS_USER" --no-auth-warning ACL WHOAMI'
+    )
+
+    result = subprocess.run(
+        ["bash", "-c", script], env=clean_env(), capture_output=True, text=True, timeout=30,
+        check=False,
+    )  # fmt: skip
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == jwt_claims(values["REDISCLI_AUTH"])["oid"]
+
+
+def test_redis_cli_with_a_file_from_two_tokens(emu: Emulator, redis: Redis, tmp_path: Path) -> None:
+    """``[file.NAME]``: the Redis user and password beside another resource's token, in one
+    env file written only when both tokens are there."""
+    config = tmp_path / "entra-tokend.toml"
+    config.write_text(
+        f'[token.redis]\nscope = "{REDIS_SCOPE}"\n'
+        '[token.storage]\nscope = "https://storage.azure.com/.default"\n'
+        '[file.app]\npath = "app.env"\nfile_mode = "0600"\ntemplate = """'
+        "REDIS_USER=${redis.oid}\nREDISCLI_AUTH=${redis.access_token}\n"
+        'STORAGE_TOKEN=${storage.access_token}\n"""\n'
+    )
+    out = tmp_path / "tokens"
+    acquire_once(emu, config, out)
+    values = dict(line.split("=", 1) for line in (out / "app.env").read_text().splitlines())
+    assert values["STORAGE_TOKEN"] == (out / "storage").read_text()
+    redis.accept_token(values["REDIS_USER"], values["REDISCLI_AUTH"])
+    script = (
+        f"set -a; . {out / 'app.env'}; set +a; "
         f'redis-cli -h 127.0.0.1 -p {redis.port} --user "$REDIS_USER" --no-auth-warning ACL WHOAMI'
     )
 

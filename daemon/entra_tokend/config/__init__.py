@@ -1,19 +1,31 @@
-"""Configuration: typed, frozen, validated up front.
+"""Configuration: typed, frozen, validated up front — and pure.
 
-Precedence is flags > environment > TOML file > defaults (``sources``). ``load_config`` gathers
-every problem it can find — pure rules per table (``validate``), then host checks (``host``) —
-and raises one ``ConfigError`` listing them all, each naming the key or variable to fix, so an
-operator fixes a config in one round trip. ``schema`` holds every key with its unit and default;
-``render`` prints the effective configuration.
+Precedence is flags > environment > TOML file > defaults (``sources``). ``load_config`` reads
+only the sources it is given (the TOML file, the ``env`` mapping, the flags) and gathers every
+problem the pure rules per table (``validate``, ``validate_identity``, ``validate_outputs``,
+``validate_endpoint``) find into one ``ConfigError``, each line naming the key or variable to
+fix, so an operator fixes a config in one round trip. What only the host can answer (user and
+group names, ``template_file`` and ``secret_file`` contents, CA files, output_dir) is listed in
+``Config.host`` for the host checks (``entra_tokend.preflight``), which ``run`` and
+``check-config`` apply and ``check-config --offline`` skips. ``schema`` holds every key with
+its unit and default; ``render`` prints the effective configuration.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from entra_tokend.config import host, validate, validate_endpoint, validate_outputs
+from entra_tokend.config import (
+    validate,
+    validate_endpoint,
+    validate_files,
+    validate_identity,
+    validate_outputs,
+)
 from entra_tokend.config.render import render_config
 from entra_tokend.config.schema import (
     DEFAULT_IDENTITY,
@@ -21,23 +33,23 @@ from entra_tokend.config.schema import (
     TOP_LEVEL,
     Config,
     ConfigError,
+    HostLookups,
     Overrides,
+    OwnerLookup,
 )
 from entra_tokend.config.sources import Raw, gather, read_toml
-from entra_tokend.config.validate import (
-    Problems,
-    check_scope,
-    parse_listen,
-)
-from entra_tokend.exchange.proxy import is_loopback_host
+from entra_tokend.config.validate import Problems, check_scope, parse_listen
 from entra_tokend.model import EndpointSpec, Hook, Identity, OutputSpec, TokenSpec
-from entra_tokend.outputs import FORMATS
+from entra_tokend.util.formats import FORMAT_NAMES
+from entra_tokend.util.net import is_loopback_host
 
 __all__ = [
     "TOP_LEVEL",
     "Config",
     "ConfigError",
+    "HostLookups",
     "Overrides",
+    "OwnerLookup",
     "check_scope",
     "is_loopback_host",
     "load_config",
@@ -47,7 +59,64 @@ __all__ = [
 ]
 
 
-def _tokens(raw: Raw, output_dir: Path, defaults: OutputSpec, p: Problems) -> dict[str, TokenSpec]:
+@dataclass
+class _Lookups:
+    """``HostLookups`` while they are collected."""
+
+    owners: list[OwnerLookup] = field(default_factory=list)
+    templates: list[tuple[str, Path]] = field(default_factory=list)
+    ca_files: list[tuple[str, Path]] = field(default_factory=list)
+    token_proxy_ca_files: list[tuple[str, Path]] = field(default_factory=list)
+    secret_file: Path | None = None
+    own: set[str] = field(default_factory=set)  # token.NAME.file_owner keys set per token
+    file_templates: list[tuple[str, Path]] = field(default_factory=list)
+
+    def owner(self, value: Any, where: str, p: Problems, *, group: bool) -> int | None:
+        """A ``file_owner``/``file_group`` value: an integer is an id, checked here; a name
+        (even one of digits: chown(1) tries the name first) is left to the host checks."""
+        if value is None:
+            return None
+        if isinstance(value, int) and not isinstance(value, bool):
+            # 2**32 - 1 is (uid_t)-1, which chown reads as "leave unchanged".
+            if 0 <= value < 2**32 - 1:
+                return value
+            p.add(f"{where}: {value} is not a valid {'group' if group else 'user'} id")
+            return None
+        if not validate.has_nul(value, where, p):
+            self.owners.append(OwnerLookup(where, str(value), group, ()))
+        return None
+
+    def frozen(
+        self, output_dir: Path, tokens: Mapping[str, TokenSpec], files: Mapping[str, Any]
+    ) -> HostLookups:
+        # A top-level owner applies to every token (and [file.NAME]) that does not set its own.
+        owners = []
+        for found in self.owners:
+            users: tuple[str, ...]
+            if found.key.startswith("token."):
+                users = (found.key.split(".")[1],)
+            elif found.key.startswith("file."):
+                users = (f"file:{found.key.removeprefix('file.').rpartition('.')[0]}",)
+            else:
+                users = tuple(n for n in tokens if f"token.{n}.{found.key}" not in self.own)
+                users += tuple(
+                    f"file:{n}" for n in files if f"file.{n}.{found.key}" not in self.own
+                )
+            owners.append(OwnerLookup(found.key, found.value, found.group, users))
+        return HostLookups(
+            output_dir=output_dir,
+            owners=tuple(owners),
+            templates=tuple(self.templates),
+            secret_file=self.secret_file,
+            ca_files=tuple(self.ca_files),
+            token_proxy_ca_files=tuple(self.token_proxy_ca_files),
+            file_templates=tuple(self.file_templates),
+        )
+
+
+def _tokens(
+    raw: Raw, output_dir: Path, defaults: OutputSpec, look: _Lookups, p: Problems
+) -> dict[str, TokenSpec]:
     global_hook = validate.hook(raw.hook, "hook", raw.base, p) if raw.has_hook else None
     tokens: dict[str, TokenSpec] = {}
     paths: dict[Path, str] = {}
@@ -62,9 +131,9 @@ def _tokens(raw: Raw, output_dir: Path, defaults: OutputSpec, p: Problems) -> di
             continue
         scope, identity = checked
         where = f"token.{name}"
-        fmt = table.get("format", "raw")
-        if not isinstance(fmt, str) or fmt not in FORMATS:
-            p.add(f"{where}.format: '{fmt}' must be one of {', '.join(FORMATS)}")
+        fmt = table.get("format", FORMAT_NAMES[0])
+        if not isinstance(fmt, str) or fmt not in FORMAT_NAMES:
+            p.add(f"{where}.format: '{fmt}' must be one of {', '.join(FORMAT_NAMES)}")
         validate_outputs.format_keys(table, str(fmt), where, p)
         target = validate.token_path(table.get("path", name), name, output_dir, where, p)
         if target in paths:
@@ -76,7 +145,14 @@ def _tokens(raw: Raw, output_dir: Path, defaults: OutputSpec, p: Problems) -> di
             else global_hook
         )
         output = _output(
-            name, table, fmt=str(fmt), target=target, defaults=defaults, base=raw.base, p=p
+            name,
+            table,
+            fmt=str(fmt),
+            target=target,
+            defaults=defaults,
+            base=raw.base,
+            look=look,
+            p=p,
         )
         tokens[name] = TokenSpec(
             name=name, scope=scope, identity=identity, output=output, hook=hook
@@ -84,11 +160,7 @@ def _tokens(raw: Raw, output_dir: Path, defaults: OutputSpec, p: Problems) -> di
     return tokens
 
 
-MIN_ENDPOINT_SECRET = 16
-"""Characters: an X-IDENTITY-HEADER secret shorter than this is refused (Azure's is a GUID)."""
-
-
-def _endpoint(raw: Raw, env: Mapping[str, str], p: Problems) -> EndpointSpec | None:
+def _endpoint(raw: Raw, env: Mapping[str, str], look: _Lookups, p: Problems) -> EndpointSpec | None:
     if raw.endpoint is None:
         return None
     checked = validate_endpoint.endpoint(raw.endpoint, env, raw.base, p)
@@ -96,28 +168,26 @@ def _endpoint(raw: Raw, env: Mapping[str, str], p: Problems) -> EndpointSpec | N
         return None
     address, grants, idle, env_secret, file_path = checked
     if file_path is not None:
-        secret = host.secret_file(file_path, "endpoint.secret_file", p)
+        look.secret_file = file_path
+        secret = ""  # read by the host checks (preflight.resolve)
         source = f"secret_file = {file_path}"
+    elif env_secret is None:  # reported; the grants are still checked (every problem at once)
+        if not p.lines:  # never an endpoint without a secret
+            p.add("endpoint: set secret_file or secret_env")
+        secret, source = "", f"secret_env = {raw.endpoint.get('secret_env')}"
     else:
         secret = env_secret
         source = f"secret_env = {raw.endpoint.get('secret_env')}"
-    if secret is None:
-        return None
-    if not secret.isprintable() or not secret.isascii():
-        key = source.partition(" = ")[0]
-        p.add(
-            f"endpoint.{key}: the secret must be printable ASCII (an HTTP header value); "
-            "e.g. a random GUID"
-        )
-    elif len(secret) < MIN_ENDPOINT_SECRET:
-        key = source.partition(" = ")[0]
-        p.add(
-            f"endpoint.{key}: the secret has {len(secret)} characters; use at least "
-            f"{MIN_ENDPOINT_SECRET} random ones (e.g. a random GUID), since it is all that "
-            "stands between any local process and a token"
-        )  # no early return: the grants are still checked, so every problem is reported
+        why = validate_endpoint.secret_problem(secret, "secret_env") if secret else None
+        if why:
+            p.add(why)  # no early return: the grants are still checked
     return EndpointSpec(
-        listen=address, secret=secret, secret_source=source, grants=grants, idle_timeout=idle
+        listen=address,
+        secret=secret,
+        secret_source=source,
+        grants=grants,
+        idle_timeout=idle,
+        imds=validate_endpoint.endpoint_imds(raw.endpoint, p),
     )
 
 
@@ -129,6 +199,7 @@ def _output(
     target: Path,
     defaults: OutputSpec,
     base: Path,
+    look: _Lookups,
     p: Problems,
 ) -> OutputSpec:
     """A token's ``OutputSpec``: its path and format, the file settings (per token, else the
@@ -142,7 +213,8 @@ def _output(
         elif key == "file_mode" and key in table:
             mode = validate.file_mode(table[key], f"{where}.{key}", p)
         elif key in table:
-            found = host.owner(table[key], f"{where}.{key}", p, group=key == "file_group")
+            look.own.add(f"{where}.{key}")
+            found = look.owner(table[key], f"{where}.{key}", p, group=key == "file_group")
             owner, group = (found, group) if key == "file_owner" else (owner, found)
     env_name = validate_outputs.env_name(
         table.get("env_name"), "ACCESS_TOKEN", f"{where}.env_name", p
@@ -162,9 +234,11 @@ def _output(
         elif "template" in table:
             text = validate_outputs.template_text(table["template"], f"{where}.template", p)
         else:
-            text = host.template_file(table["template_file"], base, f"{where}.template_file", p)
-            if text is not None:
-                text = validate_outputs.template_text(text, f"{where}.template_file", p)
+            path = validate_outputs.template_path(
+                table["template_file"], base, f"{where}.template_file", p
+            )
+            if path is not None:
+                look.templates.append((name, path))
     registries: tuple[str, ...] = ()
     if "registry" in table:
         registries = validate_outputs.registries(table["registry"], f"{where}.registry", p)
@@ -187,9 +261,9 @@ def _identities(
     tokens: Mapping[str, TokenSpec],
     env: Mapping[str, str],
     p: Problems,
-    endpoint: EndpointSpec | None = None,
     *,
-    host_checks: bool = True,
+    endpoint: EndpointSpec | None,
+    look: _Lookups,
 ) -> dict[str, Identity]:
     identities: dict[str, Identity] = {}
     used = {spec.identity for spec in tokens.values()}
@@ -209,47 +283,58 @@ def _identities(
             users = users or ["endpoint.allow"]
             p.add(f"{users[0]}.identity: '{name}' is not defined (add [identity.{name}])")
             continue
-        ident = validate.identity(name, table, env, raw.base, p)
-        if ident is not None and host_checks:
-            host.ca_file(ident.ca_file, f"{where}.ca_file", p)
+        ident = validate_identity.identity(name, table, env, raw.base, p)
+        if ident is None:
+            continue
+        selectors = validate_endpoint.identity_selectors(table, where, p)
+        ident = dataclasses.replace(
+            ident, object_id=selectors.get("object_id"), resource_id=selectors.get("resource_id")
+        )
+        identities[name] = ident
+        if ident.ca_file is not None:
+            look.ca_files.append((f"{where}.ca_file", ident.ca_file))
+        if ident.token_proxy_ca_file is not None:
             var = " (AZURE_KUBERNETES_CA_FILE)" if name == DEFAULT_IDENTITY else ""
-            host.token_proxy_ca_file(
-                ident.token_proxy_ca_file, f"{where}.token_proxy_ca_file{var}", p
-            )
-        if ident is not None:
-            identities[name] = ident
+            key = f"{where}.token_proxy_ca_file{var}"
+            look.token_proxy_ca_files.append((key, ident.token_proxy_ca_file))
+    validate_endpoint.unique_selectors(identities, p)
     return identities
 
 
-def load_config(
-    overrides: Overrides, env: Mapping[str, str], *, host_checks: bool = True
-) -> Config:
-    """Build and validate the configuration from flags, ``env`` and the TOML file.
+def load_config(overrides: Overrides, env: Mapping[str, str], *, offline: bool = False) -> Config:
+    """Build and validate the configuration from flags, ``env`` and the TOML file. Pure: it
+    reads the TOML file named by ``overrides``/``env`` and nothing else.
 
-    ``host_checks=False`` (``check-config --offline``) leaves out what depends on the machine
-    the daemon will run on: output_dir and the CA files (``ca_file``, ``token_proxy_ca_file``).
-    Raises ConfigError listing every problem (one line each).
+    ``offline`` (``check-config --offline``): ``env`` is not the pod's, so values only the pod
+    supplies (the default identity's AZURE_TENANT_ID, AZURE_CLIENT_ID,
+    AZURE_FEDERATED_TOKEN_FILE; an endpoint ``secret_env`` variable) may be absent: they are
+    listed in ``Config.run_time`` with empty placeholders, and such a Config is never run.
+    The result lists in ``Config.host`` what the host checks (``entra_tokend.preflight``)
+    must look up before it runs. Raises ConfigError listing every problem (one line each),
+    carrying the host lookups found so far.
     """
-    p = Problems()
+    p = Problems(offline=offline)
+    look = _Lookups()
     raw = gather(overrides, env, p)
     values = raw.values
     mode = validate.file_mode(values["file_mode"], "file_mode", p)
     listen = validate.listen(values["listen"], p)
     policy = validate.top_level(values, p)
     output_dir = Path(values["output_dir"]).absolute()
+    validate.has_nul(str(output_dir), "output_dir", p)
     defaults = OutputSpec(
         path=output_dir,
         file_mode=mode,
-        file_owner=host.owner(values["file_owner"], "file_owner", p, group=False),
-        file_group=host.owner(values["file_group"], "file_group", p, group=True),
+        file_owner=look.owner(values["file_owner"], "file_owner", p, group=False),
+        file_group=look.owner(values["file_group"], "file_group", p, group=True),
     )
-    tokens = _tokens(raw, output_dir, defaults, p)
-    endpoint = _endpoint(raw, env, p)
-    identities = _identities(raw, tokens, env, p, endpoint, host_checks=host_checks)
-    if host_checks:
-        host.output_dir(output_dir, p)
+    tokens = _tokens(raw, output_dir, defaults, look, p)
+    files = validate_files.files(raw.files, tokens, defaults, base=raw.base, look=look, p=p)
+    endpoint = _endpoint(raw, env, look, p)
+    identities = _identities(raw, tokens, env, p, endpoint=endpoint, look=look)
+    lookups = look.frozen(output_dir, tokens, raw.files)
     if p.lines:
-        raise ConfigError(p.lines)
+        raise ConfigError(p.lines, lookups)
     return Config(
         output_dir=output_dir,
         listen=listen,
@@ -268,4 +353,7 @@ def load_config(
         tokens=tokens,
         source=raw.source,
         endpoint=endpoint,
+        host=lookups,
+        run_time=tuple(p.later),
+        files=files,
     )

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from entra_tokend.model import EndpointSpec, Identity, Policy, TokenSpec
+from entra_tokend.model import EndpointSpec, FileSpec, Identity, Policy, TokenSpec
 
 DEFAULT_AUTHORITY = "https://login.microsoftonline.com"
 DEFAULT_IDENTITY = "default"
@@ -75,7 +75,7 @@ POLICY_KEYS = (
     "config_error_backoff_max",
 )
 """Top-level keys that form the scheduler ``Policy`` (same names on both sides)."""
-TABLES = ("identity", "token", "hook", "endpoint")
+TABLES = ("identity", "token", "hook", "endpoint", "file")
 IDENTITY_KEYS = (
     "tenant_id",
     "client_id",
@@ -86,8 +86,11 @@ IDENTITY_KEYS = (
     "token_proxy_sni_name",
     "token_proxy_ca_file",
     "token_proxy_ca_data",
+    # What the managed-identity endpoint selects by besides client_id (validate_endpoint).
+    "object_id",
+    "resource_id",
 )
-TOKEN_PROXY_KEYS = IDENTITY_KEYS[5:]
+TOKEN_PROXY_KEYS = IDENTITY_KEYS[5:9]
 """The identity-binding keys: any of them but ``token_proxy`` needs ``token_proxy``."""
 TOKEN_KEYS = (
     "scope",
@@ -114,8 +117,19 @@ FORMAT_KEYS = {
 """Token keys that only mean something with certain formats."""
 ACR_SCOPE = "https://containerregistry.azure.net/.default"
 """The Entra scope an ACR exchange needs by default (Azure Container Registry's AAD audience)."""
+FILE_KEYS = (
+    "path",
+    "template",
+    "template_file",
+    "tokens",
+    "file_mode",
+    "file_owner",
+    "file_group",
+    "hook",
+)
+"""Keys of a ``[file.NAME]`` table (a file rendered from several tokens)."""
 HOOK_KEYS = ("exec", "timeout", "pid_file", "signal")
-ENDPOINT_KEYS = ("listen", "secret_file", "secret_env", "allow", "idle_timeout")
+ENDPOINT_KEYS = ("listen", "secret_file", "secret_env", "allow", "idle_timeout", "imds")
 ENDPOINT_IDLE_TIMEOUT = 900.0
 """Default seconds without a request before an on-demand token's runner retires."""
 
@@ -124,9 +138,12 @@ class ConfigError(Exception):
     """One or more configuration problems; ``problems`` holds one line each, naming the key,
     flag or variable to fix."""
 
-    def __init__(self, problems: Sequence[str]) -> None:
+    def __init__(self, problems: Sequence[str], lookups: HostLookups | None = None) -> None:
         super().__init__("\n".join(problems))
         self.problems = list(problems)
+        self.lookups = lookups
+        """What the host checks may still examine (so that ``preflight.load`` reports their
+        problems in the same round), or None when the configuration could not be read."""
 
 
 @dataclass
@@ -140,6 +157,45 @@ class Overrides:
     log_format: str | None = None
     log_level: str | None = None
     once_deadline: float | None = None
+
+
+@dataclass(frozen=True)
+class OwnerLookup:
+    """A ``file_owner``/``file_group`` name ``load_config`` leaves to the host checks (chown(1)
+    semantics: a user or group name first, then a numeric id). ``key`` is where it was set
+    (``file_owner``, ``token.NAME.file_group``, ``file.NAME.file_owner``); ``tokens`` the
+    tokens whose files get it, and ``file:NAME`` for each ``[file.NAME]`` that does."""
+
+    key: str
+    value: str
+    group: bool
+    tokens: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class HostLookups:
+    """What only the machine the daemon runs on can answer, listed by the pure ``load_config``
+    for the host checks (``entra_tokend.preflight``), which look it up and fill it in.
+
+    ``owners``: user and group names to resolve; ``templates``: (token name, path) of each
+    ``template_file`` to read; ``secret_file``: the endpoint's secret to read. Checked but not
+    read into the configuration: ``output_dir``, ``ca_files`` and ``token_proxy_ca_files``
+    ((key, path) pairs, the key naming the setting in problem lines).
+    """
+
+    output_dir: Path
+    owners: tuple[OwnerLookup, ...] = ()
+    templates: tuple[tuple[str, Path], ...] = ()
+    secret_file: Path | None = None
+    ca_files: tuple[tuple[str, Path], ...] = ()
+    token_proxy_ca_files: tuple[tuple[str, Path], ...] = ()
+    file_templates: tuple[tuple[str, Path], ...] = ()
+    """(file name, path) of each ``[file.NAME] template_file`` to read and check."""
+
+    @property
+    def pending(self) -> bool:
+        """True while values of the configuration wait for these lookups."""
+        return bool(self.owners or self.templates or self.secret_file or self.file_templates)
 
 
 @dataclass(frozen=True)
@@ -169,3 +225,24 @@ class Config:
     source: Path | None = None
     endpoint: EndpointSpec | None = None
     """The managed-identity endpoint, or None when ``[endpoint]`` is absent."""
+    files: Mapping[str, FileSpec] = field(default_factory=dict)
+    """Files rendered from several tokens (``[file.NAME]``), by name."""
+    host: HostLookups | None = None
+    """What the host checks look up (None: nothing, e.g. a Config built by hand in a test).
+    While ``host.pending``, owner ids, template texts and the endpoint secret named there are
+    unset: ``entra_tokend.preflight.resolve`` fills them in, and only a resolved Config runs."""
+    run_time: tuple[str, ...] = ()
+    """``check-config --offline`` only: settings only the pod supplies (AZURE_TENANT_ID, ...,
+    an endpoint secret variable) that were absent, as ``KEY (VARIABLE)``; their values in this
+    Config are empty placeholders."""
+
+    @property
+    def written(self) -> list[TokenSpec | FileSpec]:
+        """Every file the daemon writes: the tokens', then the ``[file.NAME]`` ones (each has
+        ``path`` and ``hook``)."""
+        return [*self.tokens.values(), *self.files.values()]
+
+    @property
+    def resolved(self) -> bool:
+        """True when nothing waits for the host checks (see ``host``) and nothing for the pod."""
+        return not self.run_time and (self.host is None or not self.host.pending)

@@ -25,7 +25,7 @@ from entra_tokend.config.schema import (
     Overrides,
 )
 from entra_tokend.config.validate import Problems, check_keys, type_name, typed
-from entra_tokend.files import NotRegularFile, read_regular
+from entra_tokend.util.files import FileTooLarge, NotRegularFile, read_regular
 
 
 @dataclass
@@ -41,6 +41,7 @@ class Raw:
     hook: Any = None
     has_hook: bool = False
     endpoint: Any = None
+    files: dict[str, Any] = field(default_factory=dict)
 
 
 MAX_CONFIG_BYTES = 1024 * 1024
@@ -54,10 +55,9 @@ def read_toml(path: Path) -> dict[str, Any]:
     try:
         # Non-blocking and bounded: a FIFO or /dev/zero swapped in before a SIGHUP must be a
         # config error, not a frozen or exhausted daemon.
-        data = read_regular(path, MAX_CONFIG_BYTES)
-        if len(data) > MAX_CONFIG_BYTES:
-            raise ConfigError([f"config file {path}: larger than {MAX_CONFIG_BYTES} bytes"])
-        text = data.decode("utf-8")
+        text = read_regular(path, MAX_CONFIG_BYTES).decode("utf-8")
+    except FileTooLarge:
+        raise ConfigError([f"config file {path}: larger than {MAX_CONFIG_BYTES} bytes"]) from None
     except NotRegularFile:
         raise ConfigError([f"config file {path}: not a regular file"]) from None
     except FileNotFoundError:
@@ -169,4 +169,5 @@ def gather(overrides: Overrides, env: Mapping[str, str], p: Problems) -> Raw:
         hook=data.get("hook"),
         has_hook="hook" in data,
         endpoint=data.get("endpoint"),
+        files=_table(data, "file", where, p),
     )

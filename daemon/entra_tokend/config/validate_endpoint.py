@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -22,14 +23,14 @@ from entra_tokend.config.validate import (
     parse_listen,
     typed,
 )
-from entra_tokend.model import Grant, resource_key
+from entra_tokend.model import Grant, Identity, is_resource_uri, resource_key
 
 
 def endpoint(
     table: Any, env: Mapping[str, str], base: Path, p: Problems
 ) -> tuple[tuple[str, int], tuple[Grant, ...], float, str | None, Path | None] | None:
     """The ``[endpoint]`` table's pure part: (listen, grants, idle_timeout, secret_env value,
-    secret_file path). Reading ``secret_file`` is a host check (``host.secret_file``).
+    secret_file path). Reading ``secret_file`` is a host check (``entra_tokend.preflight``).
 
     ``listen`` must be a loopback address (``127.0.0.1:PORT``, ``[::1]:PORT``): anyone who can
     reach the endpoint gets tokens. Exactly one of ``secret_file``/``secret_env`` names the
@@ -76,6 +77,9 @@ def endpoint(
     elif secret_env is not None:
         if not isinstance(secret_env, str) or not secret_env or has_nul(secret_env, where, p):
             p.add(f"{where}.secret_env: must be the name of an environment variable")
+        elif not env.get(secret_env, "").strip() and p.offline:
+            p.later.append(f"{where}.secret_env ({secret_env})")
+            env_value = ""  # a placeholder: an offline Config is rendered, never run
         elif not env.get(secret_env, "").strip():
             p.add(f"{where}.secret_env: environment variable {secret_env} is not set or empty")
         else:
@@ -117,8 +121,11 @@ def endpoint_grants(allow: Any, p: Problems) -> tuple[Grant, ...]:
             continue
         key = resource_key(resource)
         why = check_scope(key + "/.default")
-        if why or not key.isascii() or any(c.isspace() or c in "?#" for c in key):
-            p.add(f"{at}: '{resource}' is not a resource such as 'https://storage.azure.com'")
+        if why or not is_resource_uri(key):
+            p.add(
+                f"{at}: '{resource}' is not a resource such as 'https://storage.azure.com' "
+                "(an absolute URI, or an app ID URI api://...)"
+            )
             continue
         grant = Grant(resource=key, identity=ident)
         if grant in grants:
@@ -126,3 +133,72 @@ def endpoint_grants(allow: Any, p: Problems) -> tuple[Grant, ...]:
             continue
         grants.append(grant)
     return tuple(grants)
+
+
+def endpoint_imds(table: Mapping[str, Any], p: Problems) -> bool:
+    """``[endpoint] imds``: serve the IMDS protocol too (a boolean, default false). It shares
+    the endpoint's listener, which is loopback-only (``listen``)."""
+    value = table.get("imds", False)
+    if not isinstance(value, bool):
+        p.add("endpoint.imds: must be true or false (serve the IMDS protocol on the listener)")
+        return False
+    return value
+
+
+_GUID = re.compile(r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
+_ARM_ID = re.compile(r"^/subscriptions/[^/\s]+/resource[gG]roups/[^/\s]+/providers/[!-~]+$")
+
+
+def identity_selectors(table: Mapping[str, Any], where: str, p: Problems) -> dict[str, str]:
+    """An identity's ``object_id`` (a GUID) and ``resource_id`` (an ARM resource id,
+    ``/subscriptions/…/resourceGroups/…/providers/Microsoft.ManagedIdentity/
+    userAssignedIdentities/NAME``): what the endpoint's ``object_id``/``principal_id`` and
+    ``mi_res_id``/``msi_res_id`` parameters select by. Returns the ``Identity`` fields set."""
+    found: dict[str, str] = {}
+    for key, pattern, example in (
+        ("object_id", _GUID, "a GUID such as 00000000-0000-0000-0000-000000000000"),
+        ("resource_id", _ARM_ID, "an ARM id /subscriptions/S/resourceGroups/G/providers/..."),
+    ):
+        value = table.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, str) or not pattern.match(value):
+            p.add(f"{where}.{key}: must be {example}")
+            continue
+        found[key] = value
+    return found
+
+
+def unique_selectors(identities: Mapping[str, Identity], p: Problems) -> None:
+    """Two identities with one ``object_id`` or ``resource_id`` would make a selector
+    ambiguous: each repeat is a problem naming the second identity's key."""
+    for key in ("object_id", "resource_id"):
+        seen: dict[str, str] = {}
+        for name, ident in identities.items():
+            value = getattr(ident, key)
+            if value is None:
+                continue
+            first = seen.setdefault(value.lower(), name)
+            if first != name:
+                p.add(f"identity.{name}.{key}: identity.{first} has the same {key}")
+
+
+MIN_ENDPOINT_SECRET = 16
+"""Characters: an X-IDENTITY-HEADER secret shorter than this is refused (Azure's is a GUID)."""
+
+
+def secret_problem(secret: str, key: str) -> str | None:
+    """Why ``secret`` (from ``endpoint.KEY``) cannot be the header secret, or None. The text
+    never shows the secret."""
+    if not secret.isprintable() or not secret.isascii():
+        return (
+            f"endpoint.{key}: the secret must be printable ASCII (an HTTP header value); "
+            "e.g. a random GUID"
+        )
+    if len(secret) < MIN_ENDPOINT_SECRET:
+        return (
+            f"endpoint.{key}: the secret has {len(secret)} characters; use at least "
+            f"{MIN_ENDPOINT_SECRET} random ones (e.g. a random GUID), since it is all that "
+            "stands between any local process and a token"
+        )
+    return None

@@ -5,15 +5,15 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from entra_tokend.config.schema import FORMAT_KEYS
 from entra_tokend.config.validate import Problems, has_nul
-from entra_tokend.exchange.proxy import is_loopback_host
 from entra_tokend.model import registry_key
-from entra_tokend.outputs import envfile
-from entra_tokend.outputs import template as template_format
+from entra_tokend.util.formats import ENV_NAME_RE, check_template
+from entra_tokend.util.net import hidden_character, is_loopback_host
 
 _DNS_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 
@@ -32,7 +32,7 @@ def env_name(value: Any, default: str, where: str, p: Problems) -> str:
     digit (what a shell, systemd and docker all accept)."""
     if value is None:
         return default
-    if not isinstance(value, str) or not envfile.NAME_RE.match(value):
+    if not isinstance(value, str) or not ENV_NAME_RE.match(value):
         p.add(
             f"{where}: {value!r} is not a variable name "
             "(letters, digits and '_', not starting with a digit; e.g. \"PGPASSWORD\")"
@@ -48,10 +48,21 @@ def template_text(text: Any, where: str, p: Problems) -> str | None:
         return None
     if has_nul(text, where, p):
         return None
-    problems = template_format.check(text)
+    problems = check_template(text)
     for problem in problems:
         p.add(f"{where}: {problem}")
     return None if problems else text
+
+
+def template_path(value: Any, base: Path, where: str, p: Problems) -> Path | None:
+    """A ``template_file`` setting → its path (relative to the config file's directory); the
+    file itself is read by the host checks."""
+    if not isinstance(value, str) or not value:
+        p.add(f"{where}: must be a path string")
+        return None
+    if has_nul(value, where, p):
+        return None
+    return base / value
 
 
 def registry_host(value: Any, where: str, p: Problems) -> str | None:
@@ -61,6 +72,10 @@ def registry_host(value: Any, where: str, p: Problems) -> str | None:
         p.add(f'{where}: must be a registry name such as "myregistry.azurecr.io"')
         return None
     text = value.strip().rstrip("/").lower()
+    hidden = hidden_character(text)
+    if hidden is not None:
+        p.add(f"{where}: holds {hidden}; write the registry name without spaces or controls")
+        return None
     scheme = "https"
     if "://" in text:
         scheme, _, text = text.partition("://")

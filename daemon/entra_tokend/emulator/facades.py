@@ -207,6 +207,8 @@ class EnvironmentFacade:
         if self.ca_file is not None:
             env["SSL_CERT_FILE"] = str(self.ca_file)
             env["REQUESTS_CA_BUNDLE"] = str(self.ca_file)
+            # node ignores SSL_CERT_FILE; @azure/identity and msal-node trust this one.
+            env["NODE_EXTRA_CA_CERTS"] = str(self.ca_file)
         if self.proxy is not None:
             env["AZURE_KUBERNETES_TOKEN_PROXY"] = self.proxy.url
             env["AZURE_KUBERNETES_SNI_NAME"] = self.proxy.sni_name

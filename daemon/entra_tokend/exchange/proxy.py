@@ -25,6 +25,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from entra_tokend.util.net import is_loopback_host
+
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 _DOMAIN_RE = re.compile(r"^[a-z0-9_-]+(\.[a-z0-9_-]+)*$")
 
@@ -34,16 +36,6 @@ def _env(env: Mapping[str, str], name: str) -> str | None:
     if value is None:
         value = env.get(name.upper())
     return value.strip() if value and value.strip() else None
-
-
-def is_loopback_host(host: str) -> bool:
-    """True for localhost and loopback addresses, where plain http cannot leave the machine."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 @dataclass(frozen=True)

@@ -31,10 +31,9 @@ import ssl
 from pathlib import Path
 from typing import Any
 
-from entra_tokend.files import read_regular
 from entra_tokend.logging import get_logger
-
-PEM_MARKER = "-----BEGIN CERTIFICATE-----"
+from entra_tokend.util.files import read_regular
+from entra_tokend.util.pem import pem_problem
 
 
 class TrustUnavailable(Exception):
@@ -86,19 +85,6 @@ def sni_context(
     else:
         context.load_default_certs()
     return context
-
-
-def pem_problem(pem: str) -> str | None:
-    """Why ``pem`` is not a usable CA bundle, or None. Parsed in memory (no file access)."""
-    if not pem.strip():
-        return "is empty; it must hold PEM certificates"
-    if PEM_MARKER not in pem:
-        return f"holds no PEM certificate ({PEM_MARKER})"
-    try:
-        ssl.create_default_context(cadata=pem)
-    except (ssl.SSLError, ValueError):
-        return "is not a PEM certificate bundle OpenSSL can load"
-    return None
 
 
 class ProxyTrust:

@@ -18,13 +18,14 @@ import stat
 from collections.abc import Callable
 from pathlib import Path
 
-from entra_tokend.files import read_regular
 from entra_tokend.logging import remember_secret
 from entra_tokend.model import AccessToken, OutputSpec
 from entra_tokend.outputs import dockerconfig, envfile, header, jsondoc, raw, template
+from entra_tokend.outputs.claims import MissingClaim
 from entra_tokend.outputs.provenance import ExistingToken, Fingerprint, ProvenanceStore
 from entra_tokend.outputs.writer import WriteError, make_directories, write_atomic
 from entra_tokend.ports import Adoptable, Output
+from entra_tokend.util.files import read_regular
 
 Renderer = Callable[[AccessToken], bytes]
 """Turns an issued token into a file's complete contents."""
@@ -108,11 +109,16 @@ class FileOutput:
     async def deliver(self, token: AccessToken) -> None:
         """Render and atomically replace the file, then record its provenance. Raises
         ``WriteError`` when the file could not be replaced (also for a token the format cannot
-        hold, e.g. an ``env`` value that would need quoting)."""
+        hold, e.g. an ``env`` value that would need quoting, or a claim a template uses that the
+        token lacks: a configuration mistake, so it backs off as one)."""
         try:
             data = self._render(token)
         except envfile.UnsafeValue as exc:
             raise WriteError(str(exc)) from None
+        except MissingClaim as exc:
+            error = WriteError(f"{self.spec.path}: {exc}")
+            error.configuration = True
+            raise error from None
         await self._put(data, token)
 
     async def restore(self) -> bool:

@@ -15,8 +15,6 @@ from collections.abc import Callable
 
 from entra_tokend.model import AccessToken, OutputSpec
 
-NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-"""A variable name every consumer accepts (POSIX shell names)."""
 SAFE_VALUE_RE = re.compile(r"^[A-Za-z0-9._~+/=:@%,-]+$")
 """Characters that mean nothing to a POSIX shell, systemd or docker in an unquoted value."""
 

@@ -4,10 +4,14 @@ The engine is the standard library's ``string.Template`` (PEP 292): ``$name`` / 
 substitution and ``$$`` for a dollar sign, nothing else — no expressions, attribute access or
 code, so a template cannot run anything. Fields (``FIELDS``): ``access_token``, ``expires_on``
 (unix seconds), ``expires_on_rfc3339`` (UTC), ``token_type``, ``scope``, ``resource`` (the
-scope without ``/.default``), ``tenant_id``, ``client_id``, ``token_name``.
+scope without ``/.default``), ``tenant_id``, ``client_id``, ``token_name``; and the token's
+claims ``oid``, ``tid``, ``appid``, ``azp``, ``aud``, ``exp``, ``iat`` (``claims``: decoded only
+when the template uses one).
 
-``check`` runs at configuration load: a syntax error or an unknown field is a configuration
-error there, so rendering cannot fail at run time.
+``check`` runs at configuration load: a syntax error, an unknown field or an empty template is
+a configuration error there. At run time only a claim the token lacks (an opaque token) fails
+a render (``claims.MissingClaim``): the file is not written, and its runner reports a
+configuration-type write error.
 """
 
 from __future__ import annotations
@@ -17,37 +21,12 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from entra_tokend.model import AccessToken, OutputSpec
+from entra_tokend.outputs.claims import claim_values
+from entra_tokend.util.formats import CLAIM_FIELDS
+from entra_tokend.util.formats import TEMPLATE_FIELDS as FIELDS
+from entra_tokend.util.formats import check_template as check
 
-FIELDS = (
-    "access_token",
-    "expires_on",
-    "expires_on_rfc3339",
-    "token_type",
-    "scope",
-    "resource",
-    "tenant_id",
-    "client_id",
-    "token_name",
-)
-
-
-def check(text: str) -> list[str]:
-    """Problems with a template (empty when usable): one text per syntax error or unknown
-    field, naming the field, e.g. ``unknown field 'acess_token'``."""
-    template = string.Template(text)
-    if not template.is_valid():
-        # substitute() reports the position of the first bad '$'.
-        try:
-            template.substitute(dict.fromkeys(template.get_identifiers(), ""))
-        except ValueError as exc:
-            return [f"template syntax error: {exc} (write $$ for a literal '$')"]
-        except KeyError:  # pragma: no cover - identifiers were all supplied
-            pass
-    return [
-        f"unknown field '{name}' (fields: {', '.join(FIELDS)})"
-        for name in template.get_identifiers()
-        if name not in FIELDS
-    ]
+__all__ = ["FIELDS", "check", "fields", "renderer"]
 
 
 def fields(token: AccessToken, token_name: str) -> dict[str, str]:
@@ -70,9 +49,12 @@ def fields(token: AccessToken, token_name: str) -> dict[str, str]:
 def renderer(spec: OutputSpec) -> Callable[[AccessToken], bytes]:
     """The renderer of ``spec.template`` (checked at load time with ``check``)."""
     template = string.Template(spec.template or "")
+    claims = [name for name in template.get_identifiers() if name in CLAIM_FIELDS]
 
     def render(token: AccessToken) -> bytes:
-        """The rendered template, UTF-8."""
-        return template.substitute(fields(token, spec.name)).encode()
+        """The rendered template, UTF-8. Raises ``claims.MissingClaim``."""
+        values = fields(token, spec.name)
+        values.update(claim_values(token, claims))
+        return template.substitute(values).encode()
 
     return render

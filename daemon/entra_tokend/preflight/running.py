@@ -1,115 +1,42 @@
-"""Start-up checks that ask the host, shared by ``run`` and ``check-config``.
-
-``run`` needs output_dir (created, locked), its listeners (bound) and usable proxy settings
-before it starts; ``check-config`` makes the same checks without keeping anything, plus the
-ones ``run`` only meets later (each identity's projected token: present, a JWT, unexpired).
-Every problem is one line in the configuration-error format (``entra-tokend: config: ...``)
-naming the key, flag or variable that fixes it; ``notes`` are facts ``check-config`` prints as
-TOML comments (the projected token's iss/sub/aud, which a federated credential must match).
-"""
+"""What ``run`` meets when it starts, checked without keeping anything: output_dir's lock,
+the listen addresses, proxy variables, each identity's projected token."""
 
 from __future__ import annotations
 
 import errno
-import os
 import socket
-import stat
-import sys
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from datetime import UTC, datetime
-from pathlib import Path
 from urllib.parse import urlsplit
 
 from entra_tokend.assertion import AssertionUnavailable, check_unexpired, read_assertion
 from entra_tokend.config import Config
-from entra_tokend.config.schema import DEFAULT_IDENTITY, ENV_LISTEN, ENV_OUTPUT_DIR, IDENTITY_ENV
+from entra_tokend.config.schema import DEFAULT_IDENTITY, IDENTITY_ENV
 from entra_tokend.exchange.proxy import ProxySettings
 from entra_tokend.listener import address_text, bind_listener, listening_text
 from entra_tokend.lock import DirectoryLock, LockError, LockHeld
-from entra_tokend.outputs.writer import DIR_MODE
-
-OUTPUT_DIR_FIX = f"--output-dir or {ENV_OUTPUT_DIR}"
-LISTEN_FIX = f"--listen or {ENV_LISTEN}; '' disables the listener"
-ENDPOINT_LISTEN_FIX = "endpoint.listen"
+from entra_tokend.preflight import files
+from entra_tokend.preflight.lines import Findings, listen_problem, output_dir_problem
 
 
-@dataclass
-class Findings:
-    """What the checks found: ``problems`` (one line each, exit 2) and ``notes`` (facts)."""
-
-    problems: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-
-def print_problems(problems: Iterable[str]) -> None:
-    """Write each problem to stderr as ``entra-tokend: config: LINE`` (the format of every
-    configuration error)."""
-    for line in problems:
-        print(f"entra-tokend: config: {line}", file=sys.stderr, flush=True)
-
-
-def listen_problem(key: str, host: str, port: int, exc: OSError) -> str:
-    """The one-line problem for a listener that cannot be opened, naming what fixes it."""
-    fix = LISTEN_FIX if key == "listen" else ENDPOINT_LISTEN_FIX
-    why = exc.strerror or str(exc)
-    return f"{key}: cannot listen on {address_text(host, port)}: {why} (change it with {fix})"
-
-
-def output_dir_problem(path: Path, exc: OSError | LockError) -> str:
-    """The one-line problem for an output_dir that cannot be prepared."""
-    if isinstance(exc, LockHeld):
-        holder = f" (pid {exc.pid})" if exc.pid else ""
-        return (
-            f"output_dir: {path} is in use by another entra-tokend{holder}; give each daemon "
-            f"its own directory with {OUTPUT_DIR_FIX}"
-        )
-    why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-    return f"output_dir: cannot prepare {path}: {why} (choose another with {OUTPUT_DIR_FIX})"
+def default_trust(env: Mapping[str, str]) -> str:
+    """How check-config words the trust of an identity without a CA setting: the CA variables
+    the daemon's TLS contexts read (``SSL_CERT_FILE``, ``SSL_CERT_DIR``), else certifi's."""
+    found = [f"{name} {env[name]}" for name in ("SSL_CERT_FILE", "SSL_CERT_DIR") if env.get(name)]
+    return "trusting " + " and ".join(found) if found else "default trust store (certifi)"
 
 
 def check_output_dir(config: Config, found: Findings) -> bool:
     """Can ``run`` create (or use) and lock output_dir? Creates nothing. Returns True when a
     running entra-tokend holds it (so its listeners are expected to be in use)."""
     path = config.output_dir
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        parent = path.parent
-        while not parent.exists() and parent != parent.parent:
-            parent = parent.parent
-        if not parent.is_dir():
-            found.problems.append(
-                f"output_dir: {path} cannot be created: {parent} is not a directory "
-                f"(choose another with {OUTPUT_DIR_FIX})"
-            )
-        elif not os.access(parent, os.W_OK | os.X_OK):
-            found.problems.append(
-                f"output_dir: {path} cannot be created: {parent} is not writable by uid "
-                f"{os.getuid()} (choose another with {OUTPUT_DIR_FIX})"
-            )
-        else:
-            found.notes.append(
-                f"output_dir: {path} does not exist yet; run creates it (and missing parents) "
-                f"with mode {DIR_MODE:04o}"
-            )
+    problem, note = files.output_dir(path)
+    if problem is not None:
+        found.problems.append(problem)
         return False
-    except OSError as exc:
-        found.problems.append(output_dir_problem(path, exc))
+    if not path.exists():
+        found.notes.append(str(note))
         return False
-    if not stat.S_ISDIR(st.st_mode):
-        found.problems.append(
-            f"output_dir: {path} exists but is not a directory (choose another with "
-            f"{OUTPUT_DIR_FIX})"
-        )
-        return False
-    if not os.access(path, os.W_OK | os.X_OK):
-        found.problems.append(
-            f"output_dir: {path} is not writable by uid {os.getuid()} (choose another with "
-            f"{OUTPUT_DIR_FIX})"
-        )
-        return False
-    mode = stat.S_IMODE(st.st_mode)
     try:
         DirectoryLock.acquire(path).release()
     except LockHeld as exc:
@@ -119,10 +46,7 @@ def check_output_dir(config: Config, found: Findings) -> bool:
     except (LockError, OSError) as exc:
         found.problems.append(output_dir_problem(path, exc))
         return False
-    found.notes.append(
-        f"output_dir: {path} exists (mode {mode:04o}, uid {st.st_uid}) and is writable; "
-        f"token files get mode {config.file_mode:04o}"
-    )
+    found.notes.append(f"{note}; token files get mode {config.file_mode:04o}")
     return False
 
 
