@@ -433,3 +433,16 @@ def test_acr_costs_fewer_entra_requests_with_hour_long_entra_tokens(
     assert 1.9 <= entra_before <= 2.3
     assert entra_after <= 0.75 * entra_before
     assert acr_after <= acr_before * 1.05
+
+
+def test_each_exchange_carries_the_entra_token_with_its_own_expiry(emulated: Emulated) -> None:
+    """What the endpoint serves of a docker-config token (``bearer``): the Entra token and its
+    own ``exp``, not the refresh tokens' — for a fresh Entra token and for a held one."""
+    results = emulated.exchanges(2)
+    assert emulated.entra_requests() == 1  # the second reused the held Entra token
+    for result in results:
+        assert isinstance(result, AccessToken)
+        assert result.bearer.token == result.token
+        assert int(result.bearer.expires_on) == acr_module.jwt_exp(result.token)
+        assert result.expires_on > result.bearer.expires_on  # the file lives longer
+        assert result.bearer.entra is None

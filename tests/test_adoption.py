@@ -11,6 +11,8 @@ import signal
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from entra_tokend.emulator import Emulator
 from support import DaemonProcess, emulator_env, wait_until
 
@@ -143,3 +145,23 @@ def test_the_endpoint_serves_a_token_adopted_from_disk_at_once(
     assert len(emulator.issued_tokens) == issued  # no Entra request, no wait for one
     assert second.count("token written") == 0
     assert second.stop() == 0
+
+
+@pytest.mark.parametrize(
+    ("setting", "changed"),
+    [('file_mode = "0600"', "file_mode"), ('format = "env"', "format")],
+)
+def test_not_adopted_names_the_part_of_the_configuration_that_changed(
+    emulator: Emulator,
+    tmp_path: Path,
+    daemon_factory: Callable[..., DaemonProcess],
+    setting: str,
+    changed: str,
+) -> None:
+    """The example: only ``file_mode`` changed, and the reason said "identity, scope, format
+    or path"; and another part (the format)."""
+    out, config = tmp_path / "out", _config(tmp_path / "c.toml", STORAGE)
+    _first_run(daemon_factory, emulator, out, config)
+    config.write_text(config.read_text() + setting + "\n")
+    reason = _not_adopted(daemon_factory, emulator, out, config)
+    assert reason == f"configuration changed: {changed}"

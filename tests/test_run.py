@@ -270,3 +270,24 @@ def test_daemon_never_imports_the_emulator_or_cryptography(
     }
     assert "entra_tokend.daemon" in imported  # the probe sees the daemon's imports
     assert not {m for m in imported if m.startswith(("entra_tokend.emulator", "cryptography"))}
+
+
+def _once_events(result: Any) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+
+
+def test_once_states_its_verdict_in_one_line(emulator: Emulator, tmp_path: Path) -> None:
+    """The example: ``--once`` logged "ready" twice (readiness's line and the verdict); and
+    with a failure first, no "not ready" line either: --once has no readiness to announce."""
+    env = emulator_env(emulator, tmp_path / "out", ENTRA_TOKEND_LOG_FORMAT="json")
+    ok = run_cli("run", "--once", "--token", f"a={STORAGE}", "--token", f"b={VAULT}", env=env)
+    assert ok.returncode == 0, ok.stderr
+    events = [e["event"] for e in _once_events(ok)]
+    assert [e for e in events if "ready" in e or "on disk" in e] == ["every token is on disk"]
+
+    emulator.inject(Fault("status", status=503, retry_after="0"))
+    retried = run_cli("run", "--once", "--token", f"c={STORAGE}", env=env)
+    assert retried.returncode == 0, retried.stderr
+    events = [e["event"] for e in _once_events(retried)]
+    assert "token refresh failed" in events
+    assert [e for e in events if "ready" in e or "on disk" in e] == ["every token is on disk"]

@@ -28,7 +28,9 @@ def test_a_sighup_during_start_up_is_held_then_reloads(
     emulator: Emulator, tmp_path: Path, daemon_factory: Any
 ) -> None:
     """The example: `entra-tokend run … & sleep 0.15; kill -HUP $!` killed the daemon."""
-    config = write_config(tmp_path / "c.toml", body=f'[token.a]\nscope = "{STORAGE}"\n')
+    config = write_config(
+        tmp_path / "c.toml", body=f'[token.a]\nscope = "{STORAGE}"\n', listen="127.0.0.1:0"
+    )
     env = {**emulator.env(), "ENTRA_TOKEND_OUTPUT_DIR": str(tmp_path / "out")}
     d = daemon_factory("run", "--config", str(config), env=env)
     # The moment the CLI holds its signals — before configuration, lock and listeners.
@@ -44,7 +46,9 @@ def test_a_sighup_during_start_up_is_held_then_reloads(
 def test_a_sigterm_during_start_up_is_a_clean_stop(
     emulator: Emulator, tmp_path: Path, daemon_factory: Any
 ) -> None:
-    config = write_config(tmp_path / "c.toml", body=f'[token.a]\nscope = "{STORAGE}"\n')
+    config = write_config(
+        tmp_path / "c.toml", body=f'[token.a]\nscope = "{STORAGE}"\n', listen="127.0.0.1:0"
+    )
     env = {**emulator.env(), "ENTRA_TOKEND_OUTPUT_DIR": str(tmp_path / "out")}
     d = daemon_factory("run", "--config", str(config), env=env)
     wait_until(lambda: _blocked(d.pid, signal.SIGTERM) or d.proc.poll() is not None, timeout=30)

@@ -109,7 +109,9 @@ def test_a_token_file_whose_template_needs_a_missing_claim_is_not_written(
     tmp_path: Path,
 ) -> None:
     spec = OutputSpec(path=tmp_path / "t", format="template", template="user=$oid")
-    output = FileOutput(spec, tmp_path, name="t", print_="p", store=ProvenanceStore(tmp_path))
+    output = FileOutput(
+        spec, tmp_path, name="t", print_={"p": "p"}, store=ProvenanceStore(tmp_path)
+    )
     with pytest.raises(WriteError) as caught:
         asyncio.run(output.deliver(token("SECRET-opaque-value")))
     assert caught.value.configuration  # backs off as a configuration mistake

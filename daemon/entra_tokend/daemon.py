@@ -98,7 +98,9 @@ class Daemon:
     # ---- reload --------------------------------------------------------------------------
 
     def reload(self) -> None:
-        """Re-read the configuration (SIGHUP); a bad one is logged and the running one kept."""
+        """Put back every token file deleted or replaced, then re-read the configuration
+        (SIGHUP); a bad one is logged and the running one kept."""
+        self.tokens.check_outputs()
         config = self._reloaded()
         if config is None:
             return
@@ -186,7 +188,8 @@ class Daemon:
         if not once:
             helpers.append(asyncio.create_task(self._watchdog()))
         self.tokens.start()
-        self.readiness.start()
+        if not once:  # --once has no readiness to announce: its verdict is OnceSupervisor's line
+            self.readiness.start()
         try:
             if supervisor is not None:
                 return await supervisor.wait()

@@ -7,7 +7,7 @@ The families, in exposition order::
                   ..._token_refreshes, ..._token_refresh_failures
     per identity  ..._exchange_duration_seconds, ..._assertion_expiry_timestamp_seconds,
                   ..._assertion_rotations
-    per token     ..._hook_failures
+    per token     ..._hook_failures, ..._output_redelivered
     the rest      ..._ready, ..._output_dir_world_writable, ..._build_info,
                   ..._endpoint_requests, ..._endpoint_request_duration_seconds
 
@@ -66,15 +66,6 @@ class _TokenFamily:
         return family
 
 
-def _failures(token: str, s: TokenSeries) -> Sequence[tuple[Sequence[str], float]]:
-    by_reason = s.failures
-    return () if by_reason is None else [([token, r], n) for r, n in by_reason.items()]
-
-
-def _hooks(token: str, s: TokenSeries) -> Sequence[tuple[Sequence[str], float]]:
-    return () if s.hook_failures is None else (([token], s.hook_failures),)
-
-
 TOKEN_FAMILIES: tuple[_TokenFamily, ...] = (
     _TokenFamily(
         False,
@@ -106,17 +97,24 @@ TOKEN_FAMILIES: tuple[_TokenFamily, ...] = (
         "entra_tokend_token_refresh_failures",
         "Failed refresh attempts by reason.",
         ("token", "reason"),
-        _failures,
+        lambda token, s: [([token, r], n) for r, n in (s.failures or {}).items()],
     ),
     _TokenFamily(
         True,
         "entra_tokend_hook_failures",
         "Post-write hooks that failed or timed out.",
         ("token",),
-        _hooks,
+        lambda token, s: () if s.hook_failures is None else (([token], s.hook_failures),),
+    ),
+    _TokenFamily(
+        True,
+        "entra_tokend_output_redelivered",
+        "Token files put back after another writer deleted or replaced them.",
+        ("token",),
+        lambda token, s: () if s.redelivered is None else (([token], s.redelivered),),
     ),
 )
-_HOOKS = len(TOKEN_FAMILIES) - 1  # the last one, exposed after the identity families
+_HOOKS = 4  # the hooks' family and those after it are exposed after the identity families
 
 
 def go_float(value: float) -> str:
@@ -231,7 +229,7 @@ class _MetricsCollector(Collector):
         items = list(m.tokens.items())
         yield from (f.family(items) for f in TOKEN_FAMILIES[:_HOOKS])
         yield from _identity_families(m)
-        yield TOKEN_FAMILIES[_HOOKS].family(items)
+        yield from (f.family(items) for f in TOKEN_FAMILIES[_HOOKS:])
         yield from _other_families(m)
 
 
@@ -414,7 +412,7 @@ class Exposition:
 
         out = [line for k in range(_HOOKS) for line in family(k)]
         out.append(fmt.encode(_identity_families(m)))
-        out.extend(family(_HOOKS))
+        out.extend(line for k in range(_HOOKS, len(TOKEN_FAMILIES)) for line in family(k))
         out.append(fmt.encode(_other_families(m)))
         out.append(fmt.trailer)
         return b"".join(out)

@@ -79,6 +79,7 @@ class TokenSeries:
         "failures",
         "hook_failures",
         "last_success",
+        "redelivered",
         "refresh_failures",
         "successes",
         "version",
@@ -92,6 +93,7 @@ class TokenSeries:
         # reason -> count; None until the first failure (series appear with it).
         self.failures: dict[str, float] | None = None
         self.hook_failures: float | None = 0.0 if hook else None  # None: no hook, no series
+        self.redelivered: float | None = None  # None until the first (the series with it)
         self.version = next(_VERSIONS)
 
     def changed(self) -> None:
@@ -243,6 +245,12 @@ class Metrics:
         """Count a failed post-write hook of *token*."""
         series = self._record(token)
         series.hook_failures = (series.hook_failures or 0.0) + 1
+        series.changed()
+
+    def output_redelivered(self, token: str) -> None:
+        """Count a token file put back after another writer deleted or replaced it."""
+        series = self._record(token)
+        series.redelivered = (series.redelivered or 0.0) + 1
         series.changed()
 
     def file_configured(self, name: str) -> None:

@@ -222,6 +222,11 @@ class AccessToken:
     ``expires_in`` is the lifetime Entra granted (seconds); ``expires_on`` the unix time it
     ends, measured from when the request was *sent*; ``refresh_in`` Entra's hint (seconds) or
     None. ``tenant_id``/``client_id`` record the identity that obtained it (provenance).
+
+    ``entra`` is set when this value describes a credential derived from an Entra token (a
+    docker config: ACR refresh tokens in ``extra``, ``expires_on`` the first of their ends):
+    the Entra token as issued, with its own expiry. ``bearer`` is the Entra token either way —
+    what the managed-identity endpoint serves.
     """
 
     token: str = field(repr=False)
@@ -234,6 +239,12 @@ class AccessToken:
     tenant_id: str = ""
     client_id: str = ""
     extra: Mapping[str, str] = field(default_factory=dict, repr=False)
+    entra: AccessToken | None = field(default=None, repr=False)
+
+    @property
+    def bearer(self) -> AccessToken:
+        """The Entra access token with its own expiry: ``entra``, or this value itself."""
+        return self.entra or self
 
 
 def resource_key(resource: str) -> str:

@@ -5,7 +5,8 @@ Order matters and is kept here: the lock is taken before any cleaning, because a
 temp files look exactly like stale ones. A world-writable directory without the sticky bit
 (Kubernetes' default disk-backed emptyDir with fsGroup: mode 2777) is accepted with a warning and
 ``entra_tokend_output_dir_world_writable 1``: every write stays safe (O_EXCL temp files, nothing
-followed, rename); a neighbour can delete a token, which the next refresh restores.
+followed, rename); a neighbour can delete or replace a token file, which its runner puts back at
+once (``outputwatch``).
 """
 
 from __future__ import annotations

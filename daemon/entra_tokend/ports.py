@@ -146,6 +146,11 @@ class Adoptable(Protocol):
 class Output(Protocol):
     """Where a runner delivers its tokens (a file, the endpoint's memory)."""
 
+    @property
+    def location(self) -> Path | None:
+        """The file delivered to (for logs and hooks), None for an output only in memory."""
+        ...
+
     async def deliver(self, token: AccessToken) -> None:
         """Make ``token`` available to its consumer. Raises ``outputs.writer.WriteError`` (a
         ``Failure``), leaving what was delivered before untouched."""
@@ -154,6 +159,16 @@ class Output(Protocol):
     def adoptable(self, now: float) -> Adoptable | str | None:
         """A token an earlier run delivered that may be served until it is due (``now`` is
         unix time), why such a token is not adoptable (str), or None when there is none."""
+        ...
+
+    def check(self) -> str | None:
+        """None while what was last delivered (or adopted) is in place (or nothing was yet);
+        ``"missing"`` or ``"replaced"`` when another writer deleted or replaced it."""
+        ...
+
+    async def restore(self) -> bool:
+        """Put back what was last delivered (the same token, no new one); False when there is
+        nothing to put back. Raises ``outputs.writer.WriteError``."""
         ...
 
 
@@ -173,6 +188,8 @@ class TokenMetrics(Protocol):
     def exchange_observed(self, identity: str, seconds: float) -> None: ...
 
     def hook_failed(self, token: str) -> None: ...
+
+    def output_redelivered(self, token: str) -> None: ...
 
 
 class ReadinessSink(Protocol):

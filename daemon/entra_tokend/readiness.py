@@ -20,11 +20,11 @@ class Tracked(Protocol):
 
     @property
     def state_name(self) -> str:
-        """``pending``, ``ok``, ``failing`` or ``expired``."""
+        """``pending``, ``ok``, ``failing``, ``expired`` or ``missing``."""
         ...
 
     def valid(self) -> bool:
-        """True while the token on disk is unexpired."""
+        """True while the token on disk is unexpired and in place."""
         ...
 
 

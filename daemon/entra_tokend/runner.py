@@ -20,7 +20,9 @@ States::
 
     PENDING ──success──► OK ◄──success── FAILING
        └─────failure───────────────────────►┘
-    (EXPIRED is reported while the last good token has passed its expiry, whatever the state.)
+    (EXPIRED is reported while the last good token has passed its expiry, whatever the state;
+    MISSING while the output another writer deleted or replaced is not back: see
+    ``output_changed``.)
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 from entra_tokend.logging import get_logger, remember_secret
@@ -63,6 +66,8 @@ class State(StrEnum):
     """The last attempt failed; a retry is scheduled."""
     EXPIRED = "expired"
     """The last good token has expired (derived: see ``TokenRunner.state``)."""
+    MISSING = "missing"
+    """Another writer deleted or replaced the delivered file; it is being put back."""
 
 
 @dataclass(frozen=True)
@@ -115,9 +120,11 @@ class TokenRunner:
         "_last_failure",
         "_limiter",
         "_listeners",
+        "_lost",
         "_metrics",
         "_output",
         "_readiness",
+        "_restore",
         "_run_hook",
         "_started",
         "_state",
@@ -161,6 +168,10 @@ class TokenRunner:
         # A token whose delivery failed (disk full): the next attempt may write it again
         # rather than ask Entra for another (``scheduler.reuse_undelivered``).
         self._undelivered: AccessToken | None = None
+        # "missing"/"replaced" while the delivered output is not in place; _restore: put it
+        # back at the loop's next turn.
+        self._lost: str | None = None
+        self._restore = False
         self.task: asyncio.Task[None] | None = None
         deps.metrics.token_configured(spec.name, spec.identity, hook=spec.hook is not None)
 
@@ -174,10 +185,11 @@ class TokenRunner:
 
     @property
     def state(self) -> State:
-        """The current state; EXPIRED while the last good token has passed its expiry."""
+        """The current state; EXPIRED while the last good token has passed its expiry, MISSING
+        while its output is deleted or replaced."""
         if self.schedule.expires is not None and not self.schedule.valid():
             return State.EXPIRED
-        return self._state
+        return State.MISSING if self._lost is not None else self._state
 
     @property
     def state_name(self) -> str:
@@ -185,8 +197,8 @@ class TokenRunner:
         return str(self.state)
 
     def valid(self) -> bool:
-        """True while the last delivered (or adopted) token is unexpired."""
-        return self.schedule.valid()
+        """True while the last delivered (or adopted) token is unexpired and in place."""
+        return self._lost is None and self.schedule.valid()
 
     @property
     def attempting(self) -> bool:
@@ -253,11 +265,46 @@ class TokenRunner:
         if self.schedule.rotated():
             self.wake()
 
+    def output_changed(self) -> None:
+        """The output watch's callback (and SIGHUP's): the delivered output may have been
+        deleted or replaced. If it was (``Output.check``), the token is not valid (readiness)
+        until it is back: the loop puts back the held token while it is valid — no token
+        request — else refreshes now."""
+        lost = self._output.check()
+        if lost is None or lost == self._lost:
+            return
+        self._lost, self._restore = lost, True
+        path = str(self._output.location)
+        if lost == "replaced":
+            self._log.warning("token file replaced by another writer; restoring it", path=path)
+        else:
+            self._log.warning("token file deleted by another writer; restoring it", path=path)
+        self._readiness.changed(self.spec.name)
+        self.wake()
+
+    async def _put_back(self) -> None:
+        """Restore the lost output from the held token, or make a refresh due now."""
+        self._restore = False
+        try:
+            restored = self.schedule.valid() and await self._output.restore()
+        except Failure as exc:
+            self._failed(exc, None)  # backed off; the refresh then delivers a new token
+            return
+        if not restored:
+            self.schedule.retry_now()
+            return
+        self._lost = None
+        self._metrics.output_redelivered(self.spec.name)
+        self._log.info("token file restored", path=str(self._output.location))
+        self.output_changed()  # deleted again meanwhile?
+
     # ---- the loop ------------------------------------------------------------------------
 
     async def run(self) -> None:
         """Sleep until due (or until the token expires), refresh; forever."""
         while True:
+            if self._restore:
+                await self._put_back()
             self._readiness.changed(self.spec.name)
             if self.state is State.EXPIRED and not self._expired_sent:
                 self._expired_sent = True
@@ -309,6 +356,7 @@ class TokenRunner:
             return
         self._attempting = False
         self._succeeded(token)
+        self.output_changed()  # deleted or replaced while this attempt ran?
         hook = self.spec.hook
         run_hook = self._run_hook
         if hook is not None and run_hook is not None:
@@ -319,9 +367,7 @@ class TokenRunner:
 
     def _reusable_undelivered(self) -> AccessToken | None:
         token = self._undelivered
-        if token is not None and reuse_undelivered(
-            token.expires_on, token.expires_in, self._clock.wall()
-        ):
+        if token and reuse_undelivered(token.expires_on, token.expires_in, self._clock.wall()):
             return token
         self._undelivered = None
         return None
@@ -344,16 +390,12 @@ class TokenRunner:
         self._state = State.OK
         self._last_failure = None
         self._expired_sent = False
-        self._metrics.token_written(self.spec.name, token.expires_on, self._clock.wall())
-        # No refresh follows under run --once (an infinite delay): none is announced.
-        fields: dict[str, Any] = {} if math.isinf(delay) else {"next_refresh_in": round(delay, 1)}
+        self._lost, self._restore = None, False
+        now = self._clock.wall()
+        self._metrics.token_written(self.spec.name, token.expires_on, now)
         self._log.info(
             "token recovered" if recovered else "token written",
-            path=str(self.spec.path),
-            expires_at=iso(token.expires_on),
-            expires_in=int(token.expires_in),
-            request_id=token.request_id,
-            **fields,
+            **_written_fields(token, self._output.location, now, delay),
         )
 
     def _failed(self, exc: Failure, assertion: ClientAssertion | None) -> None:
@@ -381,6 +423,25 @@ class TokenRunner:
             fields["current_token_expires_in"] = int(self.schedule.expires.remaining(self._clock))
         method = self._log.debug if repeat else (self._log.error if error else self._log.warning)
         method("token refresh failed", reason=str(reason), **fields)
+
+
+def _written_fields(
+    token: AccessToken, path: Path | None, now: float, delay: float
+) -> dict[str, Any]:
+    """The "token written" line: ``expires_at``/``expires_in`` describe what was delivered
+    (for a docker config, its refresh tokens); ``entra_expires_at``/``entra_expires_in`` the
+    Entra token it came from, when that is another credential. No path for an output only in
+    memory; no ``next_refresh_in`` when none follows (``run --once``: an infinite delay)."""
+    fields: dict[str, Any] = {} if path is None else {"path": str(path)}
+    fields["expires_at"] = iso(token.expires_on)
+    fields["expires_in"] = round(token.expires_on - now)
+    if token.entra is not None:
+        fields["entra_expires_at"] = iso(token.entra.expires_on)
+        fields["entra_expires_in"] = round(token.entra.expires_on - now)
+    fields["request_id"] = token.request_id
+    if not math.isinf(delay):
+        fields["next_refresh_in"] = round(delay, 1)
+    return fields
 
 
 def _resolve(waiter: asyncio.Future[None] | None) -> None:

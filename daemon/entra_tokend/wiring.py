@@ -9,10 +9,13 @@ are consumers of those runners' events (``templatefiles.TemplateFiles``, a liste
 runner built here), rebuilt by the same rules. With the endpoint configured, each file's output is
 wrapped in a ``MemoryOutput`` so the endpoint can share the token; ``lookup`` gives the
 endpoint's ``ondemand.Lookup`` for the current configuration (rebuilt whole on each reload).
+Each token file is watched (``outputwatch``): a file another writer deleted or replaced is put
+back by its runner (``TokenRunner.output_changed``).
 """
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 
 from entra_tokend.config import Config
@@ -25,6 +28,7 @@ from entra_tokend.outputdir import OutputDirectory
 from entra_tokend.outputs import FileOutput, Output
 from entra_tokend.outputs.memory import MemoryOutput
 from entra_tokend.outputs.provenance import fingerprint
+from entra_tokend.outputwatch import OutputWatch
 from entra_tokend.ports import Exchange, Listener
 from entra_tokend.readiness import Readiness
 from entra_tokend.runner import Deps, TokenRunner, build
@@ -62,6 +66,7 @@ class FileTokens:
         self.memories: dict[str, MemoryOutput] = {}
         self.files = TemplateFiles(deps, root=output_dir.root, readiness=readiness, metrics=metrics)
         self.running = False
+        self.output_watch: OutputWatch | None = None  # the token files'; made by ``watch``
 
     def apply(self, config: Config) -> None:
         """Make the sources and runners match ``config`` (start new runners when running)."""
@@ -123,11 +128,15 @@ class FileTokens:
             exchange = AcrExchange(exchange, spec.registries, self._pool, self.deps.clock)
         runner = build(spec, self.deps, source, exchange, output, listeners=listeners)
         self._readiness.track(name, runner)
+        if self.output_watch is not None:
+            self.output_watch.add(spec.path, runner.output_changed)
         return runner
 
     def _retire(self, runner: TokenRunner) -> None:
         """Stop a token's runner (it unsubscribes) and take it out of readiness and sharing."""
         runner.stop()
+        if self.output_watch is not None:
+            self.output_watch.remove(runner.spec.path, runner.output_changed)
         self.memories.pop(runner.spec.name, None)
         self._readiness.untrack(runner.spec.name)
 
@@ -152,9 +161,21 @@ class FileTokens:
         )
 
     def watch(self, poll_interval: float) -> None:
-        """Watch every identity's projected token (idempotent per source)."""
+        """Watch every identity's projected token (idempotent per source) and every token
+        file (from the first call, on the running loop)."""
         for source in self.sources.values():
             source.watch(poll_interval)
+        if self.output_watch is None:
+            self.output_watch = OutputWatch(asyncio.get_running_loop(), poll_interval)
+            for runner in self.runners.values():
+                self.output_watch.add(runner.spec.path, runner.output_changed)
+            self.output_watch.start()
+        self.output_watch.poll_interval = poll_interval
+
+    def check_outputs(self) -> None:
+        """Have every runner check its file now, putting back a deleted or replaced one."""
+        for runner in self.runners.values():
+            runner.output_changed()
 
     def wake(self) -> None:
         """Make every runner re-evaluate its schedule (a wall-clock jump)."""
@@ -164,6 +185,8 @@ class FileTokens:
     def stop(self) -> list[object]:
         """Stop every runner and source; returns the runners' tasks to await."""
         self.running = False
+        if self.output_watch is not None:
+            self.output_watch.stop()
         tasks: list[object] = []
         for runner in self.runners.values():
             runner.stop()

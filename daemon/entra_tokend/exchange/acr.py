@@ -164,8 +164,8 @@ class AcrExchange:
         credential involved, the Entra token's whole lifetime included (seconds; the scheduler
         refreshes at ``refresh_at`` of it). ``refresh_in`` is Entra's hint only when the Entra
         token is the shortest-lived. ``token`` is the Entra token used, perhaps one held from an
-        earlier exchange (see ``_entra``). Raises ``ExchangeError`` when the Entra request or
-        any registry fails.
+        earlier exchange (see ``_entra``), and ``entra`` that token with its own expiry. Raises
+        ``ExchangeError`` when the Entra request or any registry fails.
 
         All or nothing, on purpose: a failed registry fails the whole refresh and the file on
         disk stays as it was, so no registry's still-valid entry is ever removed or replaced
@@ -211,6 +211,7 @@ class AcrExchange:
             tenant_id=entra.tenant_id,
             client_id=entra.client_id,
             extra=refresh,
+            entra=entra,  # its own expiry travels with it (the endpoint serves it)
         )
 
     async def _entra(self, identity: Identity, scope: str, assertion: str) -> AccessToken:

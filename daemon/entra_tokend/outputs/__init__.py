@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import os
+import stat
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,8 +22,8 @@ from entra_tokend.logging import remember_secret
 from entra_tokend.model import AccessToken, OutputSpec
 from entra_tokend.outputs import dockerconfig, envfile, header, jsondoc, raw, template
 from entra_tokend.outputs.claims import MissingClaim
-from entra_tokend.outputs.provenance import ExistingToken, ProvenanceStore
-from entra_tokend.outputs.writer import WriteError, write_atomic
+from entra_tokend.outputs.provenance import ExistingToken, Fingerprint, ProvenanceStore
+from entra_tokend.outputs.writer import WriteError, make_directories, write_atomic
 from entra_tokend.ports import Adoptable, Output
 from entra_tokend.util.files import read_regular
 
@@ -60,12 +61,35 @@ class FileOutput:
 
     ``name`` is the token's name; ``print_`` the configuration fingerprint
     (``provenance.fingerprint``); ``store`` the output_dir's ``ProvenanceStore``.
+
+    It keeps the bytes it last wrote (or adopted), so that ``check`` can tell a file another
+    writer deleted or replaced from its own, and ``restore`` can put them back without a new
+    token (about a token's size per file token).
     """
 
-    __slots__ = ("_name", "_print", "_render", "_store", "root", "spec")  # one per token
+    # One per token. _data: the bytes on disk as far as we know; _writing: bytes being written
+    # now (the rename may land before the worker thread returns); _sig: (dev, ino, size,
+    # mtime_ns) of the file we wrote, so an unchanged file costs one lstat to check.
+    __slots__ = (
+        "_data",
+        "_name",
+        "_print",
+        "_render",
+        "_sig",
+        "_store",
+        "_writing",
+        "root",
+        "spec",
+    )
 
     def __init__(
-        self, spec: OutputSpec, root: Path, *, name: str, print_: str, store: ProvenanceStore
+        self,
+        spec: OutputSpec,
+        root: Path,
+        *,
+        name: str,
+        print_: Fingerprint,
+        store: ProvenanceStore,
     ) -> None:
         self.spec = spec
         self.root = root
@@ -73,6 +97,14 @@ class FileOutput:
         self._name = name
         self._print = print_
         self._store = store
+        self._data: bytes | None = None
+        self._writing: bytes | None = None
+        self._sig: tuple[int, int, int, int] | None = None
+
+    @property
+    def location(self) -> Path:
+        """The token file's path."""
+        return self.spec.path
 
     async def deliver(self, token: AccessToken) -> None:
         """Render and atomically replace the file, then record its provenance. Raises
@@ -87,16 +119,69 @@ class FileOutput:
             error = WriteError(f"{self.spec.path}: {exc}")
             error.configuration = True
             raise error from None
-        await asyncio.to_thread(self._write, data, token)
+        await self._put(data, token)
 
-    def _write(self, data: bytes, token: AccessToken) -> None:
+    async def restore(self) -> bool:
+        """Write back the bytes last written or adopted (the same token: no new one, no new
+        provenance record); False when there are none. Raises ``WriteError``."""
+        if self._data is None:
+            return False
+        await self._put(self._data, None)
+        return True
+
+    async def _put(self, data: bytes, token: AccessToken | None) -> None:
+        self._writing = data
+        try:
+            self._sig = await asyncio.to_thread(self._write, data, token)
+            self._data = data
+        finally:
+            self._writing = None
+
+    def _write(self, data: bytes, token: AccessToken | None) -> tuple[int, int, int, int] | None:
         spec = self.spec
+        if token is None:  # a restore: a token subdirectory removed with the file is made again
+            with contextlib.suppress(OSError):  # else the write below fails and says why
+                make_directories(spec.path.parent, self.root)
         write_atomic(
             spec.path, data, spec.file_mode, spec.file_owner, spec.file_group, root=self.root
         )
-        with contextlib.suppress(OSError, WriteError):
-            # Without a record the file is simply not adopted after a restart (one refresh).
-            self._store.record(self._name, self._print, data, token)
+        if token is not None:
+            with contextlib.suppress(OSError, WriteError):
+                # Without a record the file is simply not adopted after a restart (one refresh).
+                self._store.record(self._name, self._print, data, token)
+        try:
+            return _signature(os.lstat(spec.path))
+        except OSError:
+            return None
+
+    def check(self) -> str | None:
+        """Whether the file still holds what was last written or adopted: None when it does
+        (or nothing was yet), ``"missing"`` when nothing is at the path, ``"replaced"`` when
+        something else is (other bytes, a symlink, a directory). Reads at most the expected
+        size, only when the file's signature changed; never blocks (``read_regular``)."""
+        data = self._data
+        if data is None:
+            return None
+        try:
+            st = os.lstat(self.spec.path)
+        except FileNotFoundError:
+            return "missing"
+        except OSError:
+            return None  # cannot look (EACCES): not evidence of a change
+        sig = _signature(st)
+        if sig == self._sig:
+            return None
+        expected = {data} if self._writing is None else {data, self._writing}
+        if stat.S_ISREG(st.st_mode) and st.st_size in {len(x) for x in expected}:
+            try:
+                found = read_regular(self.spec.path, max(map(len, expected)), follow_symlinks=False)
+            except OSError:
+                found = None
+            if found == data:
+                self._sig = sig  # rewritten in place with the same bytes, or touched
+            if found in expected:
+                return None
+        return "replaced"
 
     def adoptable(self, now: float) -> ExistingToken | str | None:
         """The file an earlier run wrote, if its provenance checks out (see ``provenance``)."""
@@ -105,7 +190,10 @@ class FileOutput:
         owners = {os.getuid()} | (
             {self.spec.file_owner} if self.spec.file_owner is not None else set()
         )
-        return self._store.adoptable(self._name, self._print, self.spec.path, owners, now)
+        found = self._store.adoptable(self._name, self._print, self.spec.path, owners, now)
+        if not isinstance(found, str):
+            self._data, self._sig = found.content, None
+        return found
 
     def read_back(self, found: Adoptable) -> AccessToken | None:
         """The access token an adopted file (``found``, just checked by ``adoptable``) holds,
@@ -134,6 +222,10 @@ class FileOutput:
             scope="",
             request_id="",
         )
+
+
+def _signature(st: os.stat_result) -> tuple[int, int, int, int]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 READ_BACK_LIMIT = 64 * 1024

@@ -4,7 +4,10 @@
 (nothing on disk, nothing to adopt); wrapping a ``FileOutput`` (``inner``) it records what a
 file token's runner delivered, so the endpoint serves the same token instead of asking Entra
 again — including a token adopted from disk at start-up, when the file's format lets it be read
-back (``FileOutput.read_back``).
+back (``FileOutput.read_back``). What it keeps is the Entra token with its own expiry
+(``AccessToken.bearer``: for a docker config not the refresh tokens' end), and it keeps it
+before the file is written: a file that cannot be written (a full disk, a directory planted at
+its path) fails the attempt, but the endpoint still serves the token Entra issued.
 
 It is also a listener of its runner's events (``observe``): a ``Failed`` event is kept as
 ``failure`` until the next delivery, so the endpoint can answer at once with its reason. Waiters
@@ -15,6 +18,7 @@ each delivery and each event. Times come from the injected clock.
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 from entra_tokend.model import AccessToken, Clock
 from entra_tokend.outputs import FileOutput
@@ -41,15 +45,28 @@ class MemoryOutput:
         # most file tokens are never asked for through the endpoint.
         self._changed: asyncio.Event | None = None
 
+    @property
+    def location(self) -> Path | None:
+        """``inner``'s file, or None (only in memory)."""
+        return None if self._inner is None else self._inner.location
+
     async def deliver(self, token: AccessToken) -> None:
-        """Deliver to ``inner`` first (a ``WriteError`` propagates, nothing recorded), then
-        keep ``token`` as the latest and wake waiters."""
-        if self._inner is not None:
-            await self._inner.deliver(token)
-        self.latest = token
+        """Keep ``token.bearer`` as the latest and wake waiters, then deliver ``token`` to
+        ``inner`` (its ``WriteError`` propagates: the attempt fails, the token is served)."""
+        self.latest = token.bearer
         self.delivered_at = self._clock.monotonic()
         self.failure = None
         self._notify()
+        if self._inner is not None:
+            await self._inner.deliver(token)
+
+    def check(self) -> str | None:
+        """``inner``'s check (None without a file)."""
+        return None if self._inner is None else self._inner.check()
+
+    async def restore(self) -> bool:
+        """``inner``'s restore (False without a file)."""
+        return False if self._inner is None else await self._inner.restore()
 
     def adoptable(self, now: float) -> Adoptable | str | None:
         """``inner``'s adoptable token, or None (memory does not survive a restart). A token

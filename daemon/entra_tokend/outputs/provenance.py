@@ -3,14 +3,16 @@ this token's configuration, and nobody changed it since.
 
 After each successful write the daemon records, in ``output_dir/.entra-tokend-state/`` (mode
 0700, owned by the daemon's uid, written with the same atomic writer), one small JSON record per
-token: a fingerprint of everything that determines the token (tenant, client, authority host,
-scope, format and output options, path), the SHA-256 of the bytes written, the token's issue and
-expiry times. At start-up (and when a reload creates a new runner) ``ProvenanceStore.adoptable``
-re-checks all of it against the file on disk:
+token: a fingerprint of each part of the configuration that determines the token file (identity:
+tenant, client, authority host; scope; format and its options; path; file mode, owner, group —
+kept apart so that the log names what changed), the SHA-256 of the bytes written, the token's
+issue and expiry times. At start-up (and when a reload creates a new runner)
+``ProvenanceStore.adoptable`` re-checks all of it against the file on disk:
 
 1. the state directory and the record are ours (owner uid, no group/other write, no symlink);
 2. the record's fingerprint equals the current configuration's — a changed scope, identity or
-   format means the file holds the wrong token;
+   format means the file holds the wrong token, a changed mode or owner a file that is not
+   as configured (the reason names the parts that changed);
 3. the token file is a regular file owned by us (or the configured ``file_owner``), not a
    symlink, and its SHA-256 equals the recorded one — a file another UID wrote, or edited, is
    never adopted;
@@ -28,7 +30,8 @@ import math
 import os
 import stat
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from entra_tokend.model import STATE_DIR, AccessToken, Identity, TokenSpec
@@ -47,19 +50,30 @@ class ExistingToken:
     expires_on: float
     lifetime: float | None = None
     """The lifetime the refresh was planned on (the shortest credential involved)."""
+    content: bytes | None = field(default=None, repr=False, compare=False)
+    """The file's bytes as checked (so a deleted or replaced file can be put back)."""
 
 
-def fingerprint(spec: TokenSpec, identity: Identity) -> str:
-    """SHA-256 over everything that determines a token file's contents: the identity (tenant,
-    client, authority host), the scope and the whole output spec (path, format, options)."""
-    doc = {
-        "tenant_id": identity.tenant_id,
-        "client_id": identity.client_id,
-        "authority_host": identity.authority_host,
+Fingerprint = Mapping[str, str]
+"""Part name → SHA-256 (hex) of that part of a token's configuration (``fingerprint``)."""
+
+
+def fingerprint(spec: TokenSpec, identity: Identity) -> Fingerprint:
+    """SHA-256 of each part of the configuration that determines a token file: ``identity``
+    (tenant, client, authority host), ``scope``, ``format`` (with its options), ``path``,
+    ``file_mode``, ``file_owner``, ``file_group``; together the whole output spec."""
+    out = spec.output
+    options = replace(out, path=Path(), file_mode=0, file_owner=None, file_group=None)
+    parts: dict[str, object] = {
+        "identity": [identity.tenant_id, identity.client_id, identity.authority_host],
         "scope": spec.scope,
-        "output": repr(spec.output),
+        "format": repr(options),
+        "path": str(out.path),
+        "file_mode": out.file_mode,
+        "file_owner": out.file_owner,
+        "file_group": out.file_group,
     }
-    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+    return {k: hashlib.sha256(json.dumps(v).encode()).hexdigest() for k, v in parts.items()}
 
 
 def _read_small(fd_or_path: Path, *, dir_fd: int | None = None) -> tuple[bytes, os.stat_result]:
@@ -117,12 +131,12 @@ class ProvenanceStore:
             raise OSError("state directory is not ours alone")
         return fd
 
-    def record(self, name: str, print_: str, data: bytes, token: AccessToken) -> None:
+    def record(self, name: str, print_: Fingerprint, data: bytes, token: AccessToken) -> None:
         """Record that ``data`` for ``token`` was written for token ``name``. Raises OSError
         or WriteError (the token file itself is already in place)."""
         doc = {
-            "v": 1,
-            "fingerprint": print_,
+            "v": 2,
+            "fingerprint": dict(print_),
             "sha256": hashlib.sha256(data).hexdigest(),
             # When it was written (≈ issued), and the lifetime its refresh is planned on: for
             # a docker config the shortest credential involved, not the file's own expiry.
@@ -139,7 +153,7 @@ class ProvenanceStore:
         )
 
     def adoptable(
-        self, name: str, print_: str, path: Path, owners: set[int], now: float
+        self, name: str, print_: Fingerprint, path: Path, owners: set[int], now: float
     ) -> ExistingToken | str:
         """The adoptable token of ``name`` at ``path``, or why it is not (see module doc)."""
         try:
@@ -156,13 +170,14 @@ class ProvenanceStore:
             return "provenance record not written by this daemon"
         try:
             doc = json.loads(raw)
-            recorded, digest = str(doc["fingerprint"]), str(doc["sha256"])
+            recorded, digest = doc["fingerprint"], str(doc["sha256"])
             expires_on, issued_at = float(doc["expires_on"]), float(doc["issued_at"])
             lifetime = float(doc["lifetime"])
         except (ValueError, KeyError, TypeError, OverflowError):
             return "provenance record unreadable"
-        if recorded != print_:
-            return "configuration changed (identity, scope, format or path)"
+        changed = _changed(recorded, print_)
+        if changed:
+            return f"configuration changed: {changed}"
         try:
             data, fst = _read_small(path)
         except OSError:
@@ -173,7 +188,14 @@ class ProvenanceStore:
             return "token file changed since this daemon wrote it"
         if not all(map(math.isfinite, (expires_on, issued_at, lifetime))) or expires_on <= now:
             return "token expired"
-        return ExistingToken(issued_at=issued_at, expires_on=expires_on, lifetime=lifetime)
+        return ExistingToken(issued_at, expires_on, lifetime, content=data)
 
 
-__all__ = ["ExistingToken", "ProvenanceStore", "fingerprint"]
+def _changed(recorded: object, current: Fingerprint) -> str:
+    """The parts of ``current`` that differ from a record's (comma-separated; empty: none)."""
+    if not isinstance(recorded, dict):  # a record of an earlier version: one digest
+        return "a record of an earlier version"
+    return ", ".join(k for k, v in current.items() if recorded.get(k) != v)
+
+
+__all__ = ["ExistingToken", "Fingerprint", "ProvenanceStore", "fingerprint"]
