@@ -19,7 +19,7 @@ import pytest
 from entra_tokend.config import Overrides, load_config
 from entra_tokend.daemon import Daemon
 from entra_tokend.emulator import Emulator
-from testlib import (
+from support import (
     STORAGE,
     DaemonProcess,
     emulator_env,

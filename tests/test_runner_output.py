@@ -11,8 +11,8 @@ from entra_tokend.exposition import registry
 from entra_tokend.model import Reason
 from entra_tokend.outputs import WriteError
 from entra_tokend.runner import State
-from test_runner import Harness
-from testlib import wait_until_async
+from support import wait_until_async
+from support.harness import Harness
 
 
 def _redelivered(h: Harness) -> float | None:

@@ -19,7 +19,7 @@ from urllib.parse import urlencode
 import pytest
 
 from entra_tokend.emulator import Emulator
-from testlib import DaemonProcess, jwt_claims, sample_value
+from support import DaemonProcess, jwt_claims, sample_value
 
 ACR = "https://containerregistry.azure.net"
 STORAGE = "https://storage.azure.com"

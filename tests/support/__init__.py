@@ -9,13 +9,15 @@ the everyday helpers (re-exported below); the rest is in submodules:
 - ``processes`` — ``DaemonProcess``, ``run_cli``, ``cli``, ``stop_process``, ``output_files``;
 - ``readers`` — ``jwt_claims`` and the Prometheus text-format readers;
 - ``tools`` — ``tool`` (fails when missing), ``require_tool`` (skips, or fails in CI);
-- ``fakes`` — the in-process fakes: clock, credential source, exchange, output;
+- ``fakes`` — the in-process fakes: clock, credential source, exchange, output, and the
+  exchange failures tests script; ``harness`` — one runner built on them;
 - ``config_keys`` — the configuration's keys, derived from the daemon's schema;
 - ``proxy`` — an HTTP CONNECT proxy on loopback;
-- per area: ``deploy``, ``hardening`` (+ the ``token_reader`` script), ``observability``,
-  ``endpoint``, ``emulator``, ``registry`` (fixtures are imported by their ``*_fixture`` name).
+- per area: ``deploy``, ``inject``, ``hardening`` (+ the ``token_reader`` script),
+  ``observability``, ``endpoint``, ``emulator``, ``registry``, ``recipes``, ``watcher``
+  (fixtures are imported by their ``*_fixture`` name).
 
-bench/ uses it too (``bench/benchlib.py`` puts tests/ on its path).
+bench/ uses it too (``bench/suite.py`` puts tests/ on its path).
 """
 
 from __future__ import annotations

@@ -121,18 +121,34 @@ class FakeExchange:
 
 
 class FakeOutput:
-    """Records delivered tokens; raises ``fail`` when set; ``existing`` is what it offers for
-    adoption (None: nothing on disk)."""
+    """Records delivered tokens; raises ``fail`` when set; ``existing`` is what an earlier run
+    left (adoptable; None: nothing on disk); ``lost`` what ``check`` reports (None: the output
+    is in place); ``restored`` counts restores."""
+
+    location = Path("/out/storage")
 
     def __init__(self) -> None:
         self.delivered: list[str] = []
         self.fail: WriteError | None = None
-        self.existing: ExistingToken | str | None = None
+        self.existing: ExistingToken | None = None
+        self.lost: str | None = None
+        self.restored = 0
+
+    def check(self) -> str | None:
+        return self.lost
+
+    async def restore(self) -> bool:
+        if self.fail is not None:
+            raise self.fail
+        self.restored += 1
+        self.lost = None
+        return bool(self.delivered)
 
     async def deliver(self, token: AccessToken) -> None:
         if self.fail is not None:
             raise self.fail
         self.delivered.append(token.token)
+        self.lost = None
 
     def adoptable(self, now: float) -> ExistingToken | str | None:
         return self.existing
