@@ -137,7 +137,23 @@ def test_a_directory_or_huge_file_is_refused(tmp_path: Path) -> None:
     assert "larger than" in done.stdout
 
 
-@pytest.mark.parametrize("server", ["", "   ", "https://", "a b", "https://h:99999/"])
+@pytest.mark.parametrize(
+    "server",
+    [
+        "",
+        "   ",
+        "https://",
+        "a b",
+        "https://h:99999/",
+        "[myacr.azurecr.io]",  # was a traceback
+        # Spellings another URL parser reads as another host: never myacr's credential.
+        "evil.com\\@myacr.azurecr.io",
+        "https://evil.com\\@myacr.azurecr.io/v2/",
+        "https://evil.com%2F@myacr.azurecr.io",
+        "https://user@myacr.azurecr.io",
+        "https://myacr.azurecr.io%2F",
+    ],
+)
 def test_a_malformed_server_url_is_an_error_line(config: Path, server: str) -> None:
     done = helper("get", server, config)
     assert done.returncode == 1

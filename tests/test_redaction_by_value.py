@@ -52,3 +52,16 @@ def test_a_hook_printing_an_eyj_endpoint_secret_does_not_leak_it(
     assert ran["output"] == REDACTED
     assert d.stop() == 0
     assert secret not in d.log_text()
+
+
+def test_the_endpoint_secret_stays_redacted_after_thousands_of_tokens() -> None:
+    """Found by review: the secret (registered once) was pushed out by the newest 8,192 token
+    signatures, which an endpoint caller could drive within minutes."""
+    secret = "SuperSecretValue123xyz-endpoint"
+    remember_secret(secret, pin=True)
+    for i in range(9000):
+        remember_secret(f"signature-{i:08d}-of-an-issued-token")
+    assert secret not in redact_text(f"x {secret} y")
+    assert "signature-00000000-of-an-issued-token" in redact_text(
+        "signature-00000000-of-an-issued-token"
+    )  # the oldest unpinned one did go: the bound holds

@@ -246,7 +246,9 @@ def test_check_config_prints_the_file_table_and_reads_it_back(tmp_path: Path) ->
     assert result.returncode == 0, result.stderr
     effective = tomllib.loads(result.stdout)["file"]["app"]
     assert effective["tokens"] == ["storage", "vault"]  # the tokens the template names
-    assert effective["template"] == (tmp_path / "app.tmpl").read_text()
+    # Where the template was read from, never its text (a template_file may be any file).
+    assert effective["template_file"] == str(tmp_path / "app.tmpl")
+    assert "template" not in effective
     assert effective["path"] == "sub/app.toml"
     assert effective["file_mode"] == "0600"
     assert effective["hook"]["exec"] == ["true"]

@@ -31,12 +31,12 @@ import binascii
 import json
 import math
 import os
+import re
 import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
-from urllib.parse import urlsplit
 
 from entra_tokend import __version__
 from entra_tokend.util.files import FileTooLarge, read_regular
@@ -57,21 +57,35 @@ class HelperError(Exception):
     """A failure to report on stdout (exit 1). Its text names files and registries only."""
 
 
+_AUTHORITY = re.compile(
+    r"(?:[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*|\[[0-9A-Fa-f:.]+\])(?::(?P<port>[0-9]{1,5}))?"
+)
+
+
 def registry_host(server_url: str) -> str:
     """The ``host[:port]`` of a server URL as docker passes it (``https://h/v1/``, ``h``,
-    ``h:5000``), lower-cased. Raises HelperError for an empty or malformed one."""
+    ``h:5000``), lower-cased. Only a plain host name, IPv4 or bracketed IPv6 address and an
+    optional port are accepted: user info (``a@b``), backslashes and %-escapes are refused, so
+    no spelling another parser reads as a different host can select a credential. Raises
+    HelperError for an empty or malformed one."""
     text = server_url.strip()
-    if not text or any(c.isspace() or ord(c) < 0x20 for c in text):
+    if not text:
         raise HelperError("no credentials server URL")
-    parts = urlsplit(text if "://" in text else f"//{text}")
-    try:
-        host = parts.hostname
-        port = parts.port
-    except ValueError:
-        raise HelperError("malformed credentials server URL") from None
-    if not host:
-        raise HelperError("no credentials server URL")
-    return f"{host}:{port}" if port is not None else host
+    for scheme in ("https://", "http://"):
+        if text.lower().startswith(scheme):
+            text = text[len(scheme) :]
+            break
+    authority = text.partition("/")[0]
+    if not _AUTHORITY.fullmatch(authority):
+        raise HelperError("malformed credentials server URL")
+    host, _, port = (
+        authority.rpartition(":") if not authority.endswith("]") else (authority, "", "")
+    )
+    if not host or "]" in port:
+        host, port = authority, ""
+    if port and not 0 < int(port) < 65536:
+        raise HelperError("malformed credentials server URL")
+    return authority.lower()
 
 
 def config_paths(environ: Mapping[str, str]) -> list[Path]:

@@ -282,7 +282,7 @@ class Daemon:
 def _protect_endpoint_secret(spec: EndpointSpec) -> None:
     """The endpoint's secret is redacted from every log line by value, and the variable it comes
     from is never passed to a hook (a hook printing its environment would show it)."""
-    remember_secret(spec.secret)
+    remember_secret(spec.secret, pin=True)
     if spec.secret_source.startswith("secret_env = "):
         hide_from_hooks(spec.secret_source.removeprefix("secret_env = "))
 

@@ -58,12 +58,18 @@ _SCAN_BUDGET = 4
 WITHHELD = "[REDACTED: line withheld, too costly to check for secrets]"
 # hash -> (prefix, length), oldest first: the bound's order.
 _remembered: dict[int, tuple[str, int]] = {}
+# Hashes never forgotten (``remember_secret(pin=True)``): a few endpoint secrets.
+_pinned: set[int] = set()
 # prefix -> length -> hashes of the remembered secrets with that prefix and length.
 _index: dict[str, dict[int, set[int]]] = {}
 
 
-def remember_secret(*values: str) -> None:
-    """Redact each of ``values`` (at least 8 characters) from every log line from now on."""
+def remember_secret(*values: str, pin: bool = False) -> None:
+    """Redact each of ``values`` (at least 8 characters) from every log line from now on.
+
+    The newest ``_MAX_SECRETS`` are kept; ``pin`` keeps these for the process's life whatever
+    comes after (the endpoint secret: registered once, while tokens are registered at every
+    issue and would otherwise push it out)."""
     # Each dot-separated part of a JWT-shaped secret too: a signature echoed on its own is
     # most of the credential (header and payload are largely predictable).
     parts = [part for value in values if value.count(".") == 2 for part in value.split(".")]
@@ -79,8 +85,10 @@ def remember_secret(*values: str) -> None:
             entry = (value[:_PREFIX], len(value))
             _index.setdefault(entry[0], {}).setdefault(entry[1], set()).add(digest)
         _remembered[digest] = entry  # now the newest
-        if len(_remembered) > _MAX_SECRETS:
-            _forget(next(iter(_remembered)))
+        if pin:
+            _pinned.add(digest)
+        if len(_remembered) - len(_pinned) > _MAX_SECRETS:
+            _forget(next(d for d in _remembered if d not in _pinned))
 
 
 def _shape_redacts(value: str) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from entra_tokend.config.schema import IDENTITY_KEYS, POLICY_KEYS, TOP_LEVEL, Config
@@ -78,6 +79,13 @@ def _pending(config: Config, key: str) -> list[str]:
     return lines
 
 
+def _template_path(config: Config, where: str) -> Path | None:
+    """The ``template_file`` a resolved template was read from (its text is not printed)."""
+    if config.host is None:
+        return None
+    return next((path for key, path in config.host.template_paths if key == where), None)
+
+
 def _output_lines(config: Config, out: OutputSpec) -> list[str]:
     """A token's file settings where they differ from the top level, and its format's."""
     where = f"token.{out.name}"
@@ -91,7 +99,10 @@ def _output_lines(config: Config, out: OutputSpec) -> list[str]:
     if out.format == "env":
         lines.append(f"env_name = {_toml_value(out.env_name)}")
         lines.append(f"env_expires_name = {_toml_value(out.env_expires_name)}")
-    if out.format == "template" and out.template is not None:
+    read_from = _template_path(config, where)
+    if out.format == "template" and read_from is not None:
+        lines.append(f"template_file = {_toml_value(str(read_from))}")
+    elif out.format == "template" and out.template is not None:
         lines.append(f"template = {_toml_value(out.template)}")
     elif out.format == "template":
         lines += _pending(config, f"{where}.template_file")
@@ -110,7 +121,10 @@ def _file_lines(config: Config) -> list[str]:
         lines.append(f"path = {_toml_value(str(spec.path.relative_to(config.output_dir)))}")
         if spec.tokens:
             lines.append(f"tokens = {_toml_value(list(spec.tokens))}")
-        if spec.template:
+        read_from = _template_path(config, where)
+        if read_from is not None:
+            lines.append(f"template_file = {_toml_value(str(read_from))}")
+        elif spec.template:
             lines.append(f"template = {_toml_value(spec.template)}")
         elif config.host is not None:
             lines += [

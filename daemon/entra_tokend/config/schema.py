@@ -191,6 +191,10 @@ class HostLookups:
     token_proxy_ca_files: tuple[tuple[str, Path], ...] = ()
     file_templates: tuple[tuple[str, Path], ...] = ()
     """(file name, path) of each ``[file.NAME] template_file`` to read and check."""
+    template_paths: tuple[tuple[str, Path], ...] = ()
+    """(``token.NAME`` or ``file.NAME``, path) of every ``template_file`` once read: what
+    ``check-config`` prints instead of the text (a file's content is the operator's, and may be
+    anything the daemon can read)."""
 
     @property
     def pending(self) -> bool:

@@ -114,7 +114,7 @@ class Endpoint:
     def _current(self) -> EndpointSpec | None:
         spec = self._spec()
         if spec is not None and spec is not self._seen:
-            remember_secret(spec.secret)  # redacted by value from every log line
+            remember_secret(spec.secret, pin=True)  # redacted from every log line, always
             self._metrics.endpoint_configured(sorted({g.resource for g in spec.grants}))
             self._seen = spec
         return spec

@@ -30,14 +30,18 @@ import math
 import os
 import stat
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from entra_tokend.model import STATE_DIR, AccessToken, Identity, TokenSpec
 from entra_tokend.outputs.writer import write_atomic
+from entra_tokend.util.files import FileTooLarge, read_bounded
 
 _RECORD_LIMIT = 4096
+MAX_TOKEN_FILE_BYTES = 1024 * 1024
+"""A token file larger than this (bytes) is not one this daemon wrote: a docker config of a
+few registries is a few KiB. Adoption refuses it unread."""
 _STATE_MODE = 0o700
 _RECORD_MODE = 0o600
 
@@ -76,25 +80,30 @@ def fingerprint(spec: TokenSpec, identity: Identity) -> Fingerprint:
     return {k: hashlib.sha256(json.dumps(v).encode()).hexdigest() for k, v in parts.items()}
 
 
-def _read_small(fd_or_path: Path, *, dir_fd: int | None = None) -> tuple[bytes, os.stat_result]:
-    """A small regular file's bytes and stat, never following a symlink or blocking."""
+def _read_small(fd_or_path: Path, *, dir_fd: int) -> tuple[bytes, os.stat_result]:
+    """A provenance record's bytes (at most ``_RECORD_LIMIT`` + 1) and stat, never following a
+    symlink or blocking."""
     flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
     fd = os.open(fd_or_path, flags, dir_fd=dir_fd)
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise OSError("not a regular file")
-        data = os.read(fd, _RECORD_LIMIT + 1) if dir_fd is not None else _read_all(fd)
-        return data, st
+        return os.read(fd, _RECORD_LIMIT + 1), st
     finally:
         os.close(fd)
 
 
-def _read_all(fd: int) -> bytes:
-    chunks = []
-    while chunk := os.read(fd, 65536):
-        chunks.append(chunk)
-    return b"".join(chunks)
+class _NotOurs(OSError):
+    """The token file on disk is another user's: not read at all."""
+
+
+def _owned_by(owners: Collection[int]) -> Callable[[os.stat_result], None]:
+    def check(st: os.stat_result) -> None:
+        if st.st_uid not in owners:
+            raise _NotOurs("token file owned by another user")
+
+    return check
 
 
 class ProvenanceStore:
@@ -179,11 +188,17 @@ class ProvenanceStore:
         if changed:
             return f"configuration changed: {changed}"
         try:
-            data, fst = _read_small(path)
+            # Type, size and owner from fstat before a byte is read: a neighbour's 3 GiB
+            # sparse file renamed over the token must cost nothing.
+            data, _ = read_bounded(
+                path, MAX_TOKEN_FILE_BYTES, follow_symlinks=False, check=_owned_by(owners)
+            )
+        except _NotOurs:
+            return "token file owned by another user"
+        except FileTooLarge:
+            return f"token file larger than {MAX_TOKEN_FILE_BYTES} bytes"
         except OSError:
             return "token file missing or not a regular file"
-        if fst.st_uid not in owners:
-            return "token file owned by another user"
         if hashlib.sha256(data).hexdigest() != digest:
             return "token file changed since this daemon wrote it"
         if not all(map(math.isfinite, (expires_on, issued_at, lifetime))) or expires_on <= now:

@@ -145,7 +145,17 @@ def resolve(config: Config, found: Findings | None = None) -> Config:
         file_owner=top.get("file_owner", config.file_owner),
         file_group=top.get("file_group", config.file_group),
         files=file_specs,
-        host=replace(lookups, owners=(), templates=(), secret_file=None, file_templates=()),
+        host=replace(
+            lookups,
+            owners=(),
+            templates=(),
+            secret_file=None,
+            file_templates=(),
+            template_paths=(
+                *((f"token.{name}", path) for name, path in lookups.templates),
+                *((f"file.{name}", path) for name, path in lookups.file_templates),
+            ),
+        ),
     )
 
 
