@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from entra_tokend.emulator import Emulator
-from testlib import STORAGE, run_cli, write_config
+from support import STORAGE, run_cli, write_config
 
 MARK = "SECRET-LOOKING-CONTENT-1234"
 

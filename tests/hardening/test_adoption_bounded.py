@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from entra_tokend.emulator import Emulator
-from testlib import STORAGE, DaemonProcess, write_config
+from support import STORAGE, DaemonProcess, write_config
 
 GIB = 1024**3
 
