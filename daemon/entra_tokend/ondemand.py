@@ -60,6 +60,7 @@ __all__ = [
     "Lookup",
     "OnDemandTokens",
     "SharedToken",
+    "admitted",
     "runner_cap",
     "start_endpoint",
 ]

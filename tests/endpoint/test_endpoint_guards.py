@@ -88,8 +88,8 @@ def _app_service(ep: EndpointDaemon, **headers: str) -> tuple[int, Any]:
 BROWSER = {
     "Origin": "https://evil.example",
     "Sec-Fetch-Site": "same-origin",
-    "Sec-Fetch-Mode": "cors",
     "Sec-Fetch-Dest": "empty",
+    "Sec-Fetch-User": "?1",
 }
 PROXY = {
     "Forwarded": "for=10.0.0.1",
@@ -133,6 +133,20 @@ def test_app_service_refuses_browser_headers(ep: EndpointDaemon, header: str, va
     status, body = _app_service(ep, **{header: value})
     assert (status, body["statusCode"]) == (400, 400), body
     assert f"the {header.lower()} header are refused" in body["message"].lower()
+
+
+def test_sec_fetch_mode_alone_is_node_fetch_and_served(ep: EndpointDaemon) -> None:
+    # Node's built-in fetch (msal-node's) sends exactly this; a browser sends Sec-Fetch-Site
+    # with it, which is refused.
+    assert _imds(ep, **{"Sec-Fetch-Mode": "cors"})[0] == 200
+    assert _app_service(ep, **{"Sec-Fetch-Mode": "cors"})[0] == 200
+    browser = {"Sec-Fetch-Mode": "cors", "Sec-Fetch-Site": "same-origin"}
+    status, body = _imds(ep, **browser)
+    assert status == 400
+    assert "sec-fetch-site header are refused" in body["error_description"].lower()
+    status, body = _app_service(ep, **browser)
+    assert status == 400
+    assert "sec-fetch-site header are refused" in body["message"].lower()
 
 
 def test_app_service_serves_a_request_through_a_local_proxy(ep: EndpointDaemon) -> None:

@@ -19,8 +19,8 @@
 ``%m/%d/%Y %I:%M:%S %p`` before ``" +00:00"``). Errors of both are ``{"statusCode": N,
 "message": "..."}`` — MSAL builds its error text from exactly those two fields. Status codes:
 401 for the secret header; 400 for a malformed request, a ``Host`` that is not the loopback
-listener, a browser's header (``Origin``, ``Sec-Fetch-*``; see ``guards``, checked before the
-secret) or an unknown identity; 403 for a resource outside the allow list; 400 when Entra
+listener, a browser's header (``Origin``, ``Sec-Fetch-Site``...; see ``guards``, checked
+before the secret) or an unknown identity; 403 for a resource outside the allow list; 400 when Entra
 rejects the identity for a configuration reason (SDKs do not retry a 4xx, so the app fails at
 once with the AADSTS code); 500 otherwise.
 """

@@ -5,8 +5,10 @@ caller's behalf:
 
 * a browser: a page on a DNS-rebound name (``evil.example`` resolving to 127.0.0.1) is
   same-origin with the endpoint, so its requests carry no ``Origin``; they do carry the page's
-  name in ``Host`` and ``Sec-Fetch-*`` headers (every current browser sends ``Sec-Fetch-Site``
-  and ``Sec-Fetch-Mode``);
+  name in ``Host``. Other browser requests carry ``Origin`` or the Fetch Metadata headers
+  (``Sec-Fetch-Site``, ``-Dest``, ``-User``, which browsers send together with
+  ``Sec-Fetch-Mode``). ``Sec-Fetch-Mode`` alone is not refused: Node's built-in ``fetch``
+  (undici, which msal-node uses) sends ``Sec-Fetch-Mode: cors`` and nothing else of the set;
 * a proxy on the host, used for server-side request forgery: it adds ``Forwarded``,
   ``X-Forwarded-*``, ``X-Real-IP`` or ``Via``.
 
@@ -26,8 +28,8 @@ import ipaddress
 from entra_tokend.endpoint.core import Kind, Refusal
 from entra_tokend.httpserver import Request
 
-BROWSER = ("origin", "sec-fetch-")
-"""Header names (a trailing ``-`` is a prefix: every ``Sec-Fetch-*``) only browsers send."""
+BROWSER = ("origin", "sec-fetch-site", "sec-fetch-dest", "sec-fetch-user")
+"""Header names only browsers send (not ``sec-fetch-mode``: Node's ``fetch`` sends it too)."""
 PROXY = ("forwarded", "x-forwarded-", "x-real-ip", "via")
 """Header names (``X-Forwarded-*`` by prefix: For, Host, Proto...) proxies add."""
 

@@ -14,8 +14,9 @@ the URL from ``sasl.oauthbearer.token.endpoint.url``), azure-identity and MSAL P
 The protocol has no secret. The real IMDS relies on guards this adapter keeps: ``Metadata:
 true`` is required (a plain link or redirect cannot add it), and a request that came through a
 proxy (SSRF: ``Forwarded``, ``X-Forwarded-*``, ``X-Real-IP``, ``Via``) or from a browser
-(``Origin``, ``Sec-Fetch-*``) is refused; so is one whose ``Host`` is not the loopback
-listener (a DNS-rebound page is same-origin and sends no ``Origin``; see ``guards``).
+(``Origin``, ``Sec-Fetch-Site``/``-Dest``/``-User``) is refused; so is one whose ``Host`` is
+not the loopback listener (a DNS-rebound page is same-origin and sends no ``Origin``; see
+``guards``).
 Errors are ``{"error", "error_description"}``: 400 for a malformed request, a missing
 ``Metadata`` header (``bad_request_102``), a refused header or ``Host``, an unknown identity
 ("Identity not found") or an identity Entra rejects for a configuration reason; 403
