@@ -265,6 +265,18 @@ def scope_of(resource: str) -> str:
     return value if value.endswith("/.default") else value + "/.default"
 
 
+def empty_segment(resource: str) -> bool:
+    """True when ``resource`` (or its ``<resource>/.default`` scope) has an empty path segment:
+    ``//`` after the scheme's ``//host`` (``https://a//b``), which includes more than one
+    trailing slash (``https://a//``). Entra issues no such audience; the endpoint refuses it so
+    that each allowed resource has exactly two scopes, ``R/.default`` and ``R//.default``."""
+    value = resource.strip()
+    if value.endswith("/.default"):
+        value = value[: -len("/.default")]
+    rest = value.partition(":")[2]
+    return "//" in (rest[2:] if rest.startswith("//") else rest)
+
+
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:[!-~]+$")
 _BROKEN_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 

@@ -8,7 +8,13 @@ file already keeps fresh it serves that runner's latest token (the file's output
 and the endpoint. Otherwise the first request builds a runner (``runner.build``, like every
 other token) whose output is a ``MemoryOutput``; concurrent first requests all wait for its
 single exchange (single-flight). It keeps the token fresh while requests come, and retires after
-``idle_timeout`` seconds without one.
+``idle_timeout`` seconds without one, or at a reload whose allow-list no longer admits it.
+
+On-demand runners are capped (``runner_cap``): two per ``[endpoint] allow`` entry — the scope
+with and without one trailing slash, the only two ``endpoint.core.resolve`` lets through — so
+the number of runners (each an Entra request and a metric series) stays bounded even if some
+future request form slipped past the allow-list's normalisation. A request that would start one
+more is answered ``TokenUnavailable`` (the endpoint's 5xx) and starts nothing.
 
 What a request gets is ``scheduler.serve_decision``'s call: the held token while it has more
 than ``scheduler.required_lifetime`` left; else it waits (at most ``WAIT_TIMEOUT``) for an
@@ -32,7 +38,16 @@ from entra_tokend.endpoint import Endpoint
 from entra_tokend.httpserver import HttpServer, Limits, bound_port
 from entra_tokend.logging import get_logger
 from entra_tokend.metrics import Metrics
-from entra_tokend.model import AccessToken, EndpointSpec, Identity, OutputSpec, Policy, TokenSpec
+from entra_tokend.model import (
+    AccessToken,
+    EndpointSpec,
+    Grant,
+    Identity,
+    OutputSpec,
+    Policy,
+    TokenSpec,
+    resource_key,
+)
 from entra_tokend.outputs.memory import MemoryOutput
 from entra_tokend.ports import AssertionProvider, Exchange, Failed, TokenUnavailable
 from entra_tokend.runner import Deps, TokenRunner, build
@@ -45,6 +60,8 @@ __all__ = [
     "Lookup",
     "OnDemandTokens",
     "SharedToken",
+    "admitted",
+    "runner_cap",
     "start_endpoint",
 ]
 
@@ -81,6 +98,19 @@ def on_demand_name(identity: str, scope: str) -> str:
     """The ``token`` label and log name of an on-demand token: ``endpoint:<identity>:<scope>``
     (bounded by the allow list)."""
     return f"endpoint:{identity}:{scope}"
+
+
+def runner_cap(endpoint: EndpointSpec | None) -> int | None:
+    """The most on-demand runners there may be: 2 × the ``[endpoint] allow`` entries (each
+    entry is one (resource, identity) pair, whose scopes are the resource with and without one
+    trailing slash). None — no cap — without an ``EndpointSpec`` (then the endpoint answers 404
+    before any provider call; only in-process tests use a provider that way)."""
+    return None if endpoint is None else 2 * len(endpoint.grants)
+
+
+def admitted(endpoint: EndpointSpec | None, identity: str, scope: str) -> bool:
+    """Whether the allow-list admits (identity, scope) — always without an ``EndpointSpec``."""
+    return endpoint is None or Grant(resource_key(scope), identity) in endpoint.grants
 
 
 @dataclass
@@ -125,16 +155,23 @@ class OnDemandTokens:
 
     def replace(self, lookup: Lookup) -> None:
         """Use ``lookup`` from now on (a reload); retire on-demand runners whose identity's
-        source changed (they restart on demand)."""
+        source changed (they restart on demand) or that the new allow-list no longer admits
+        (they would never be served again, yet hold a place under ``runner_cap``)."""
         self.lookup = lookup
         for key, entry in list(self.entries.items()):
-            if lookup.sources.get(key[0]) is not entry.runner.source:
+            moved = lookup.sources.get(key[0]) is not entry.runner.source
+            if moved or not admitted(lookup.endpoint, *key):
                 self._retire(key)
 
     def _start(self, identity: str, scope: str) -> _Entry:
         source = self.lookup.sources.get(identity)
         if source is None:
             raise TokenUnavailable("identity unavailable")
+        cap = runner_cap(self.lookup.endpoint)
+        if cap is not None and len(self.entries) >= cap:
+            # Unreachable while resolve admits two scopes per grant (and a reload retires what
+            # the allow-list dropped): a defence against an unbounded number of runners.
+            raise TokenUnavailable(f"too many on-demand tokens (at most {cap})")
         name = on_demand_name(identity, scope)
         spec = TokenSpec(name=name, scope=scope, identity=identity, output=OutputSpec(Path(name)))
         memory = MemoryOutput(clock=self.clock)

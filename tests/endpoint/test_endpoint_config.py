@@ -40,6 +40,10 @@ ENDPOINT = '[endpoint]\nsecret_env = "S"\n'
         (ENDPOINT + 'allow = ["https://"]', "endpoint.allow[0]: 'https://' is not a resource"),
         (ENDPOINT + 'allow = ["api://"]', "endpoint.allow[0]: 'api://' is not a resource"),
         (ENDPOINT + 'allow = ["https://a.example/%zz"]', "endpoint.allow[0]"),
+        (
+            ENDPOINT + 'allow = ["https://a.example//b"]',
+            "endpoint.allow[0]: 'https://a.example//b' has",
+        ),
         (ENDPOINT + "imds = 1", "endpoint.imds: must be true or false"),
         (
             '[identity.default]\nobject_id = "not-a-guid"\n' + ENDPOINT,
@@ -54,6 +58,17 @@ ENDPOINT = '[endpoint]\nsecret_env = "S"\n'
             f'[identity.b]\ntenant_id = "t"\nclient_id = "d"\ntoken_file = "/x"\n'
             f'object_id = "{OID.upper()}"\n' + ENDPOINT,
             "identity.default.object_id: identity.b has the same object_id",
+        ),
+        (
+            '[identity.a]\ntenant_id = "t"\nclient_id = "AbC"\ntoken_file = "/x"\n'
+            '[identity.b]\ntenant_id = "t2"\nclient_id = "abc"\ntoken_file = "/y"\n' + ENDPOINT,
+            "identity.b.client_id: identity.a has the same client_id",
+        ),
+        (
+            '[identity.b]\ntenant_id = "t"\nclient_id = "C"\ntoken_file = "/x"\n'
+            + ENDPOINT
+            + 'allow = ["https://storage.azure.com"]',
+            "identity.default.client_id: identity.b has the same client_id",
         ),
     ],
 )
@@ -77,3 +92,14 @@ def test_good_endpoint_keys_are_printed(tmp_path: Path) -> None:
     assert f'resource_id = "{RID}"' in out
     assert "imds = true" in out
     assert 'resource = "api://my-app"' in out
+
+
+def test_a_shared_client_id_is_accepted_without_an_endpoint(tmp_path: Path) -> None:
+    # Nothing selects by client_id then: one app in two tenants is two identities.
+    body = (
+        '[identity.b]\ntenant_id = "t2"\nclient_id = "c"\ntoken_file = "/x"\n'
+        '[token.x]\nscope = "https://storage.azure.com/.default"\nidentity = "b"\n'
+        '[token.y]\nscope = "https://storage.azure.com/.default"\npath = "y"\n'
+    )
+    code, _, err = _check(tmp_path, body)
+    assert code == 0, err

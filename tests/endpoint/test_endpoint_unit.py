@@ -20,6 +20,7 @@ from entra_tokend.model import AccessToken, EndpointSpec, Grant, Identity, Reaso
 
 SECRET = "s3cr3t-s3cr3t-s3cr3t"
 STORAGE = "https://storage.azure.com"
+HOST = "127.0.0.1:8081"
 
 
 def _identity(name: str, client_id: str, object_id: str | None = None) -> Identity:
@@ -75,7 +76,8 @@ class Setup:
             for k, _, v in (p.partition("=") for p in f"api-version={version}&{query}".split("&"))
         )
         header = "x-identity-header" if version == "2019-08-01" else "secret"
-        request = Request("GET", "/msi/token", dict(pairs), pairs, {header: SECRET}, "127.0.0.1:1")
+        headers = {header: SECRET, "host": HOST}
+        request = Request("GET", "/msi/token", dict(pairs), pairs, headers, "127.0.0.1:1")
         return _parsed(asyncio.run(self.endpoint.handle(request)))
 
     def imds(self, query: str) -> tuple[int, Any]:
@@ -84,7 +86,12 @@ class Setup:
             for k, _, v in (p.partition("=") for p in f"api-version=2018-02-01&{query}".split("&"))
         )
         request = Request(
-            "GET", "/metadata/identity/oauth2/token", dict(pairs), pairs, {"metadata": "true"}, "p"
+            "GET",
+            "/metadata/identity/oauth2/token",
+            dict(pairs),
+            pairs,
+            {"metadata": "true", "host": HOST},
+            "p",
         )
         return _parsed(asyncio.run(self.endpoint.handle_imds(request)))
 

@@ -8,6 +8,7 @@ runners, the in-memory output and the provider are the real ones.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -16,7 +17,7 @@ import pytest
 
 from entra_tokend.exchange import ServerError
 from entra_tokend.metrics import Metrics
-from entra_tokend.model import Reason
+from entra_tokend.model import EndpointSpec, Grant, Reason
 from entra_tokend.ondemand import MIN_SERVED_LIFETIME, Lookup, OnDemandTokens
 from entra_tokend.outputs.memory import MemoryOutput
 from entra_tokend.ports import Expired, Failed, TokenUnavailable
@@ -25,6 +26,7 @@ from entra_tokend.runner import Deps
 from support.fakes import POLICY, FakeClock, FakeExchange, FakeSource, config_error, make_assertion
 
 VAULT = "https://vault.azure.net/.default"
+STORAGE = "https://storage.azure.com/.default"
 Scenario = Callable[[], Coroutine[Any, Any, None]]
 
 
@@ -204,3 +206,43 @@ def test_an_expiry_does_not_hide_the_failure_that_caused_it() -> None:
     memory.observe(failure)
     memory.observe(Expired("t"))
     assert memory.failure == failure  # still answered at once, not a forced refresh
+
+
+def allow(tokens: OnDemandTokens, *resources: str) -> None:
+    """Reload ``tokens`` with an ``[endpoint]`` whose allow-list admits ``resources`` for the
+    default identity."""
+    grants = tuple(Grant(resource, "default") for resource in resources)
+    spec = EndpointSpec(("127.0.0.1", 0), "s" * 16, "secret_env = S", grants)
+    tokens.replace(dataclasses.replace(tokens.lookup, endpoint=spec))
+
+
+@in_loop
+async def test_on_demand_runners_are_capped_at_two_per_allow_entry() -> None:
+    clock = FakeClock()
+    exchange = FakeExchange(clock)
+    tokens = provider(clock, exchange)
+    allow(tokens, "https://vault.azure.net")
+    await tokens.get("default", "https://vault.azure.net/.default")
+    await tokens.get("default", "https://vault.azure.net//.default")
+    # A third scope of the one entry (resolve refuses this form; the cap is the defence
+    # behind it): no runner starts and Entra is not asked.
+    with pytest.raises(TokenUnavailable, match="too many on-demand tokens"):
+        await tokens.get("default", "https://vault.azure.net///.default")
+    assert len(tokens.entries) == 2
+    assert len(exchange.sent) == 2
+    tokens.close()
+
+
+@in_loop
+async def test_a_reload_that_drops_an_allow_entry_retires_its_runners() -> None:
+    clock = FakeClock()
+    exchange = FakeExchange(clock)
+    tokens = provider(clock, exchange)
+    allow(tokens, "https://vault.azure.net", "https://storage.azure.com")
+    for scope in (VAULT, "https://vault.azure.net//.default", STORAGE):
+        await tokens.get("default", scope)
+    allow(tokens, "https://storage.azure.com")
+    assert set(tokens.entries) == {("default", STORAGE)}  # the vault runners are gone
+    await tokens.get("default", "https://storage.azure.com//.default")  # room under the cap
+    assert len(tokens.entries) == 2
+    tokens.close()

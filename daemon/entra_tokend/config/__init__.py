@@ -297,7 +297,7 @@ def _identities(
             var = " (AZURE_KUBERNETES_CA_FILE)" if name == DEFAULT_IDENTITY else ""
             key = f"{where}.token_proxy_ca_file{var}"
             look.token_proxy_ca_files.append((key, ident.token_proxy_ca_file))
-    validate_endpoint.unique_selectors(identities, p)
+    validate_endpoint.unique_selectors(identities, p, endpoint=raw.endpoint is not None)
     return identities
 
 

@@ -23,7 +23,7 @@ from entra_tokend.config.validate import (
     parse_listen,
     typed,
 )
-from entra_tokend.model import Grant, Identity, is_resource_uri, resource_key
+from entra_tokend.model import Grant, Identity, empty_segment, is_resource_uri, resource_key
 
 
 def endpoint(
@@ -127,6 +127,12 @@ def endpoint_grants(allow: Any, p: Problems) -> tuple[Grant, ...]:
                 "(an absolute URI, or an app ID URI api://...)"
             )
             continue
+        if empty_segment(key):  # the endpoint refuses such a resource: the entry is dead
+            p.add(
+                f"{at}: '{resource}' has an empty path segment ('//' after the host); no "
+                "request could match it"
+            )
+            continue
         grant = Grant(resource=key, identity=ident)
         if grant in grants:
             p.add(f"{at}: '{resource}' for identity '{ident}' is listed twice")
@@ -169,18 +175,27 @@ def identity_selectors(table: Mapping[str, Any], where: str, p: Problems) -> dic
     return found
 
 
-def unique_selectors(identities: Mapping[str, Identity], p: Problems) -> None:
-    """Two identities with one ``object_id`` or ``resource_id`` would make a selector
-    ambiguous: each repeat is a problem naming the second identity's key."""
-    for key in ("object_id", "resource_id"):
+def unique_selectors(
+    identities: Mapping[str, Identity], p: Problems, *, endpoint: bool = False
+) -> None:
+    """Two identities with one ``object_id`` or ``resource_id`` — or, when ``endpoint`` (an
+    ``[endpoint]`` table is configured), one ``client_id`` — would make a selector ambiguous
+    (the endpoint would silently pick one): each repeat, compared case-insensitively, is a
+    problem naming the second identity's key. Without an endpoint nothing selects by
+    ``client_id``, so two identities may share one (e.g. one app in two tenants)."""
+    keys = ("client_id", "object_id", "resource_id") if endpoint else ("object_id", "resource_id")
+    for key in keys:
         seen: dict[str, str] = {}
         for name, ident in identities.items():
             value = getattr(ident, key)
-            if value is None:
+            if not value:  # unset, or check-config --offline's placeholder for a pod variable
                 continue
             first = seen.setdefault(value.lower(), name)
             if first != name:
-                p.add(f"identity.{name}.{key}: identity.{first} has the same {key}")
+                p.add(
+                    f"identity.{name}.{key}: identity.{first} has the same {key} (the "
+                    "endpoint's selectors need one identity per value)"
+                )
 
 
 MIN_ENDPOINT_SECRET = 16

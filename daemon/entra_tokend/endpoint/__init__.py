@@ -2,18 +2,21 @@
 on one loopback listener.
 
 Modules: ``core`` (the allow-list, identity selectors, the scope sent to Entra, refusals and
-``TokenUnavailable``), ``params`` (query-string rules every protocol applies), and one adapter
-per protocol that only parses requests and renders answers — ``appservice`` (both versions,
-``/msi/token``) and ``imds`` (``/metadata/identity/oauth2/token``). Single flight and the
-token cache are the provider's (``ondemand.OnDemandTokens``).
+``TokenUnavailable``), ``params`` (query-string rules every protocol applies), ``guards``
+(``Host`` and the browser and proxy headers a protocol refuses), and one adapter per protocol
+that only parses requests and renders answers — ``appservice`` (both versions, ``/msi/token``)
+and ``imds`` (``/metadata/identity/oauth2/token``). Single flight, the token cache and the cap
+on on-demand runners are the provider's (``ondemand.OnDemandTokens``).
 
-A request meets, in order: the protocol's checks (secret header or IMDS's guard headers,
+A request meets, in order: the protocol's checks (``guards``: a loopback ``Host``, no
+browser header and, for IMDS, no proxy header; the secret header or IMDS's ``Metadata``;
 ``api-version``, the query string, one selector) → ``core.resolve`` (the resource is an
-absolute URI; the selector names a configured identity; the allow-list admits the resource for
-that identity) → the provider (``TokenUnavailable`` with ``configuration`` → 4xx at once,
-otherwise 5xx) → the protocol's answer. Denied requests are logged with the resource, selector
-and the allow entry that would admit them — never the secret header, a token or the raw query —
-at most one line per (kind, resource label) per ``DENIED_LOG_INTERVAL`` whatever the peer.
+absolute URI without an empty path segment; the selector names a configured identity; the
+allow-list admits the resource for that identity) → the provider (``TokenUnavailable`` with
+``configuration`` → 4xx at once, otherwise 5xx) → the protocol's answer. Denied requests are
+logged with the resource, selector and the allow entry that would admit them — never the
+secret header, a token or the raw query — at most one line per (kind, resource label) per
+``DENIED_LOG_INTERVAL`` whatever the peer.
 
 The configuration is read per request through callables, so a reload (SIGHUP) that replaces the
 ``EndpointSpec`` (allow-list, ``imds``, secret) or the identities (selectors) applies to the

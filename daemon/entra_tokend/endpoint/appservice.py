@@ -18,9 +18,11 @@
 ``"09/14/2017 00:00:00 PM +00:00"``; azure-identity's ``_parse_expires_on`` reads
 ``%m/%d/%Y %I:%M:%S %p`` before ``" +00:00"``). Errors of both are ``{"statusCode": N,
 "message": "..."}`` — MSAL builds its error text from exactly those two fields. Status codes:
-401 for the secret header, 400 for a malformed request or an unknown identity, 403 for a
-resource outside the allow list, 400 when Entra rejects the identity for a configuration reason
-(SDKs do not retry a 4xx, so the app fails at once with the AADSTS code), 500 otherwise.
+401 for the secret header; 400 for a malformed request, a ``Host`` that is not the loopback
+listener, a browser's header (``Origin``, ``Sec-Fetch-Site``...; see ``guards``, checked
+before the secret) or an unknown identity; 403 for a resource outside the allow list; 400 when Entra
+rejects the identity for a configuration reason (SDKs do not retry a 4xx, so the app fails at
+once with the AADSTS code); 500 otherwise.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import json
 import time
 
 from entra_tokend.endpoint.core import Ask, Kind, Refusal, SelectorKind
+from entra_tokend.endpoint.guards import BROWSER, guard
 from entra_tokend.endpoint.params import parse_query, resource_param
 from entra_tokend.httpserver import Request, Response
 from entra_tokend.model import AccessToken, Identity
@@ -79,6 +82,9 @@ class AppService:
     def parse(self, request: Request, secret: bytes) -> Ask | Refusal:
         """The request's ``Ask``, or why it is refused (the secret first)."""
         legacy = self.legacy(request)
+        refused = guard(request, BROWSER)
+        if refused is not None:
+            return refused
         denied = _secret_refusal(request, "secret" if legacy else "X-IDENTITY-HEADER", secret)
         if denied is not None:
             return denied

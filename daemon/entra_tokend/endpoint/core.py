@@ -19,6 +19,7 @@ from entra_tokend.model import (
     AccessToken,
     Grant,
     Identity,
+    empty_segment,
     is_resource_uri,
     resource_key,
     scope_of,
@@ -139,15 +140,28 @@ def resolve(
     """(identity, scope, metrics label) for ``ask``, or the ``Refusal``.
 
     The allow-list compares ``resource_key`` forms (no ``/.default``, no trailing slash); the
-    scope keeps the caller's resource exactly (``model.scope_of``). Without a selector the first
-    grant of the resource names the identity.
+    scope keeps the caller's resource exactly (``model.scope_of``). A resource with an empty
+    path segment (``//`` after the host, so also two or more trailing slashes) is refused
+    (BAD_REQUEST naming ``resource``): it is no audience Entra issues, and admitting it would
+    let callers mint any number of distinct scopes — one on-demand runner, Entra request and
+    metric series each — for one allowed resource. So each grant has at most two scopes: the
+    resource with and without one trailing slash. Without a selector the first grant of the
+    resource names the identity.
     """
     key = resource_key(ask.resource)
     if not is_resource_uri(key):
         return Refusal(
             Kind.BAD_REQUEST,
             "resource must be an absolute URI such as https://storage.azure.com",
-            {"problem": "resource is not a URI"},
+            {"parameter": "resource", "problem": "resource is not a URI"},
+        )
+    if empty_segment(ask.resource):
+        return Refusal(
+            Kind.BAD_REQUEST,
+            "resource must not have an empty path segment ('//' after the host, or more than "
+            "one trailing slash): send it as https://storage.azure.com or "
+            "https://storage.azure.com/",
+            {"parameter": "resource", "problem": "empty path segment"},
         )
     for_resource = [g for g in grants if g.resource == key]
     label = key if for_resource else "other"

@@ -12,13 +12,16 @@ the URL from ``sasl.oauthbearer.token.endpoint.url``), azure-identity and MSAL P
 ``expires_in``; MSAL requires ``expires_in``).
 
 The protocol has no secret. The real IMDS relies on guards this adapter keeps: ``Metadata:
-true`` is required (a plain link or redirect cannot add it), and a request carrying
-``X-Forwarded-For`` (it came through a proxy: SSRF) or ``Origin`` (a browser) is refused.
+true`` is required (a plain link or redirect cannot add it), and a request that came through a
+proxy (SSRF: ``Forwarded``, ``X-Forwarded-*``, ``X-Real-IP``, ``Via``) or from a browser
+(``Origin``, ``Sec-Fetch-Site``/``-Dest``/``-User``) is refused; so is one whose ``Host`` is
+not the loopback listener (a DNS-rebound page is same-origin and sends no ``Origin``; see
+``guards``).
 Errors are ``{"error", "error_description"}``: 400 for a malformed request, a missing
-``Metadata`` header (``bad_request_102``), a refused header, an unknown identity ("Identity
-not found") or an identity Entra rejects for a configuration reason; 403 (``access_denied``)
-for a resource outside the allow list; 500 (``unknown``) when no token can be had for a
-transient reason (clients retry 5xx).
+``Metadata`` header (``bad_request_102``), a refused header or ``Host``, an unknown identity
+("Identity not found") or an identity Entra rejects for a configuration reason; 403
+(``access_denied``) for a resource outside the allow list; 500 (``unknown``) when no token can
+be had for a transient reason (clients retry 5xx).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import time
 from collections.abc import Callable
 
 from entra_tokend.endpoint.core import Ask, Kind, Refusal, SelectorKind
+from entra_tokend.endpoint.guards import BROWSER, PROXY, guard
 from entra_tokend.endpoint.params import parse_query, resource_param
 from entra_tokend.httpserver import Request, Response
 from entra_tokend.model import AccessToken, Identity
@@ -60,13 +64,9 @@ class Imds:
     def parse(self, request: Request, secret: bytes) -> Ask | Refusal:
         """The request's ``Ask``, or why it is refused (``secret`` is unused: IMDS has none)."""
         del secret
-        for header in ("origin", "x-forwarded-for"):
-            if header in request.headers:
-                return Refusal(
-                    Kind.BAD_REQUEST,
-                    f"requests with an {header.title()} header are refused",
-                    {"header": header},
-                )
+        refused = guard(request, BROWSER + PROXY)
+        if refused is not None:
+            return refused
         if request.headers.get("metadata", "").strip().lower() != "true":
             return Refusal(
                 Kind.BAD_REQUEST, "Required metadata header not specified", {"header": "metadata"}
