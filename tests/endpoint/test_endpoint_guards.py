@@ -13,9 +13,9 @@ from urllib.parse import quote, urlencode
 
 import pytest
 
-from endpoint.ep_helpers import EndpointDaemon
 from entra_tokend.endpoint.guards import loopback_host
-from testlib import samples
+from support import samples
+from support.endpoint import EndpointDaemon
 
 # Only the resource-shape test asks for storage in this module (its daemon is the module's).
 STORAGE = "https://storage.azure.com"
