@@ -142,11 +142,15 @@ class _DeadlineReader(io.RawIOBase):
 
     def readinto(self, buffer: Any) -> int:
         left = self._handler.deadline - time.monotonic()
+        message = f"the request did not arrive within {REQUEST_DEADLINE:g} s"
         if left <= 0:
-            raise TimeoutError("the request did not arrive within its deadline")
+            raise TimeoutError(message)
         sock = self._handler.connection
         sock.settimeout(left)
-        return int(sock.recv_into(buffer))
+        try:
+            return int(sock.recv_into(buffer))
+        except TimeoutError:  # waited for all that was left
+            raise TimeoutError(message) from None
 
 
 class _Certificate:
