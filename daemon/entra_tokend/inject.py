@@ -302,7 +302,7 @@ def _check_clashes(template: Mapping[str, Any], s: Settings) -> None:
             problems.append(
                 f"{PREFIX}mount-path: container {c['name']!r} already mounts {s.mount_path}"
             )
-        taken = {e.get("name") for e in c.get("env") or []} & {
+        taken = {str(e.get("name")) for e in c.get("env") or []} & {
             "IDENTITY_ENDPOINT",
             "IDENTITY_HEADER",
         }

@@ -148,9 +148,11 @@ class _DeadlineReader(io.RawIOBase):
         sock = self._handler.connection
         sock.settimeout(left)
         try:
-            return int(sock.recv_into(buffer))
+            count = int(sock.recv_into(buffer))
         except TimeoutError:  # waited for all that was left
             raise TimeoutError(message) from None
+        self._handler.received += count
+        return count
 
 
 class _Certificate:
@@ -180,6 +182,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     server: WebhookServer
     protocol_version = "HTTP/1.1"
     deadline = 0.0  # time.monotonic() by which the current request must have arrived
+    received = 0  # bytes of the current request read so far
 
     def setup(self) -> None:
         super().setup()
@@ -188,6 +191,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def handle_one_request(self) -> None:
         self.deadline = time.monotonic() + REQUEST_DEADLINE  # keep-alive: each request anew
+        self.received = 0
         super().handle_one_request()  # a TimeoutError in it closes the connection
 
     def _send(self, status: int, payload: bytes, content_type: str = "application/json") -> None:
@@ -238,6 +242,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def log_error(self, format: str, *args: Any) -> None:
         # http.server's own failures: a malformed request line or headers, a missed deadline.
+        if not self.received:
+            return  # an idle (keep-alive) connection closed at its deadline: nothing failed
         _log({"event": "admission request failed", "reason": (format % args)[:200]})
 
 
@@ -297,7 +303,7 @@ class WebhookServer(http.server.ThreadingHTTPServer):
 
     def log_review(self, response: dict[str, Any], outcome: str) -> None:
         """One JSON line on stderr: the review's uid and the outcome (never the pod's content)."""
-        line = {"event": "admission review", "uid": response["uid"], "outcome": outcome}
+        line = {"event": "admission review", "uid": response["uid"][:64], "outcome": outcome}
         if outcome == "refused":
             line["message"] = response["status"]["message"]
         _log(line)
