@@ -1,6 +1,7 @@
 """Sidecar injection: a pod template and its ``entra-tokend.io/*`` annotations → the injected pod
 template. One pure function, ``inject_template``, used by ``entra-tokend inject`` (YAML files) and
-``entra-tokend webhook`` (admission reviews); it imports none of the daemon's code.
+``entra-tokend webhook`` (admission reviews); it imports none of the daemon's code (only
+``injectcheck``, the checks of its untrusted input).
 
 A template is the parsed JSON shape of a Pod's ``{"metadata": ..., "spec": ...}`` (a Pod itself, or
 a workload's ``spec.template``). ``inject_template`` never modifies its argument; it returns a new

@@ -10,7 +10,14 @@ from typing import Any
 
 import pytest
 import yaml
-from inject_helpers import IMAGE, MALFORMED_SHAPES, malformed_shape, template, valid_annotations
+from inject_helpers import (
+    COMBINATIONS,
+    IMAGE,
+    MALFORMED_SHAPES,
+    malformed_shape,
+    template,
+    valid_annotations,
+)
 
 from entra_tokend.inject import InjectError, inject_template
 from entra_tokend.injectcheck import MAX_DEPTH, MAX_VALUES
@@ -120,3 +127,11 @@ def test_manifests_of_odd_shapes_hold_no_template_and_pass_through(doc: dict[str
     text = yaml.safe_dump(doc)
     result = inject(text)
     assert (result.returncode, result.stdout, result.stderr) == (0, text, "")
+
+
+def test_an_env_name_of_another_type_is_no_clash_and_no_crash() -> None:
+    pod = template(COMBINATIONS["endpoint"])
+    pod["spec"]["containers"][0]["env"] = [{"name": ["IDENTITY_HEADER"]}, {"name": {}}]
+    injected = inject_template(pod, IMAGE)
+    names = [e["name"] for e in injected["spec"]["containers"][0]["env"]]
+    assert names[2:] == ["IDENTITY_ENDPOINT", "IDENTITY_HEADER"]
