@@ -1,6 +1,7 @@
 """Sidecar injection: a pod template and its ``entra-tokend.io/*`` annotations → the injected pod
 template. One pure function, ``inject_template``, used by ``entra-tokend inject`` (YAML files) and
-``entra-tokend webhook`` (admission reviews); it imports none of the daemon's code.
+``entra-tokend webhook`` (admission reviews); it imports none of the daemon's code (only
+``injectcheck``, the checks of its untrusted input).
 
 A template is the parsed JSON shape of a Pod's ``{"metadata": ..., "spec": ...}`` (a Pod itself, or
 a workload's ``spec.template``). ``inject_template`` never modifies its argument; it returns a new
@@ -20,6 +21,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from entra_tokend import __version__
+from entra_tokend.injectcheck import WI_SKIP, check_bounds, check_shape
+from entra_tokend.injectcheck import InjectError as InjectError  # noqa: PLC0414 - re-exported
 
 DEFAULT_IMAGE = f"registry.example.com/entra-tokend:{__version__}"  # as config/kubernetes/
 PREFIX = "entra-tokend.io/"
@@ -27,7 +30,6 @@ INJECT = PREFIX + "inject"
 INJECTED = PREFIX + "injected"  # written by injection: a digest of the settings
 ENDPOINT_CONFIG = PREFIX + "endpoint-config"  # written: the generated [endpoint] TOML
 WI_USE = "azure.workload.identity/use"
-WI_SKIP = "azure.workload.identity/skip-containers"
 
 SIDECAR = "entra-tokend"
 TOKENS_VOLUME = "entra-tokend-tokens"
@@ -64,14 +66,6 @@ _PLAIN = re.compile(r"^[!#-\[\]-~]+$")  # printable ASCII without space, quote o
 _PATH = re.compile(r"^(/[A-Za-z0-9._-]+)+$")
 
 
-class InjectError(ValueError):
-    """The annotations cannot be applied. ``problems``: one line each, naming the annotation."""
-
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__("; ".join(problems))
-        self.problems = problems
-
-
 @dataclass(frozen=True)
 class Settings:
     """What the annotations ask for, validated. Paths are absolute, names as Kubernetes has them."""
@@ -94,14 +88,24 @@ class Settings:
 
 
 def requested(template: Mapping[str, Any]) -> bool:
-    """Whether the template asks for injection (``entra-tokend.io/inject`` set, not "false")."""
+    """Whether the template asks for injection (``entra-tokend.io/inject`` set, not "false").
+    False for metadata or annotations that are no mapping (nothing can be read from them)."""
     value = _annotations(template).get(INJECT)
     return value is not None and value != "false"
 
 
 def _annotations(template: Mapping[str, Any]) -> dict[str, str]:
-    meta = template.get("metadata") or {}
-    return {str(k): v for k, v in (meta.get("annotations") or {}).items()}
+    meta = template.get("metadata")
+    ann = meta.get("annotations") if isinstance(meta, dict) else None
+    return {str(k): v for k, v in ann.items()} if isinstance(ann, dict) else {}
+
+
+def _child(parent: dict[str, Any], key: str) -> dict[str, Any]:
+    """``parent[key]``, a new empty mapping when absent or null."""
+    if parent.get(key) is None:
+        parent[key] = {}
+    child: dict[str, Any] = parent[key]
+    return child
 
 
 def _flag(annotations: Mapping[str, str], name: str, problems: list[str]) -> bool:
@@ -239,10 +243,13 @@ def parse_settings(template: Mapping[str, Any], default_image: str) -> Settings:
 def inject_template(template: Mapping[str, Any], default_image: str) -> dict[str, Any]:
     """The injected copy of ``template``, or an unchanged copy when it asks for no injection or
     was injected with the same settings already. Raises InjectError (see ``parse_settings``, and
-    names the pod's existing containers, volumes, mounts or variables that would clash)."""
-    out = copy.deepcopy(dict(template))
+    names the pod's existing containers, volumes, mounts or variables that would clash, fields of
+    the wrong type (``check_shape``), a template too large (``check_bounds``))."""
     if not requested(template):
-        return out
+        return copy.deepcopy(dict(template))
+    check_bounds(template, INJECT)  # before any copy or recursion
+    check_shape(template)
+    out = copy.deepcopy(dict(template))
     settings = parse_settings(template, default_image)
     ann = _annotations(template)
     if INJECTED in ann:
@@ -255,10 +262,9 @@ def inject_template(template: Mapping[str, Any], default_image: str) -> dict[str
             ]
         )
     _check_clashes(out, settings)
-    meta = out.setdefault("metadata", {})
-    annotations = meta.setdefault("annotations", {})
+    annotations = _child(_child(out, "metadata"), "annotations")
     annotations[INJECTED] = settings.digest()
-    spec = out.setdefault("spec", {})
+    spec = _child(out, "spec")
     if settings.endpoint and settings.config is None:
         annotations[ENDPOINT_CONFIG] = _endpoint_toml(settings)
     if settings.endpoint:
@@ -267,7 +273,7 @@ def inject_template(template: Mapping[str, Any], default_image: str) -> dict[str
         annotations[WI_SKIP] = ";".join(skip)
     if settings.share_process_namespace:
         spec["shareProcessNamespace"] = True
-    security = spec.setdefault("securityContext", {})
+    security = _child(spec, "securityContext")
     # Token files are 0640: the app reads them through the group kubelet gives the volume.
     security.setdefault("fsGroup", RUN_AS)
     for container in [*_init(spec), *(spec.get("containers") or [])]:
@@ -287,7 +293,7 @@ def _check_clashes(template: Mapping[str, Any], s: Settings) -> None:
     for volume in spec.get("volumes") or []:
         if volume.get("name") in (TOKENS_VOLUME, CONFIG_VOLUME):
             problems.append(f"{INJECT}: the pod already has a volume {volume['name']!r}")
-    skip = (template.get("metadata") or {}).get("annotations", {}).get(WI_SKIP, "")
+    skip = _annotations(template).get(WI_SKIP, "")
     if SIDECAR in [s.strip() for s in skip.split(";")]:
         problems.append(f"{WI_SKIP}: lists {SIDECAR}, which then gets no federated token")
     for c in [*_init(spec), *(spec.get("containers") or [])]:
@@ -297,7 +303,7 @@ def _check_clashes(template: Mapping[str, Any], s: Settings) -> None:
             problems.append(
                 f"{PREFIX}mount-path: container {c['name']!r} already mounts {s.mount_path}"
             )
-        taken = {e.get("name") for e in c.get("env") or []} & {
+        taken = {str(e.get("name")) for e in c.get("env") or []} & {
             "IDENTITY_ENDPOINT",
             "IDENTITY_HEADER",
         }

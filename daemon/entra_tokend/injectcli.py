@@ -7,6 +7,11 @@ written back byte for byte (its text as read, comments included); a changed one 
 PyYAML (its comments other than the leading ones are lost). Exit 0, or 2 with one line per problem
 on stderr naming the document and the annotation, and nothing on stdout.
 
+A document with a pod template to inject must not use YAML aliases (``*name``): the output is
+written without them, so each would be expanded (a few lines of nested aliases expand to
+gigabytes). Other documents may use them (they are written back as read). Templates are bounded
+as the webhook's are (``injectcheck``); YAML nested too deeply to parse is refused.
+
 Needs PyYAML (the ``inject`` extra); the webhook, which speaks JSON, does not.
 """
 
@@ -19,7 +24,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from entra_tokend.inject import DEFAULT_IMAGE, PREFIX, InjectError, inject_template
+from entra_tokend.inject import DEFAULT_IMAGE, PREFIX, InjectError, inject_template, requested
 
 EXIT_OK = 0
 EXIT_CONFIG = 2
@@ -44,30 +49,37 @@ def split_documents(text: str) -> list[str]:
     return [text[a:b] for a, b in itertools.pairwise(starts) if b > a]
 
 
+def _get(value: Any, key: str) -> Any:
+    """``value[key]``; None when ``value`` is no mapping or has no ``key``."""
+    return value.get(key) if isinstance(value, dict) else None
+
+
 def templates(doc: Any) -> Iterator[dict[str, Any]]:
-    """The pod templates of a parsed manifest (the Pod itself for a Pod), in place."""
-    if not isinstance(doc, dict):
-        return
-    kind, spec = doc.get("kind"), doc.get("spec")
-    if kind == "List":
-        for item in doc.get("items") or []:
-            yield from templates(item)
+    """The pod templates of a parsed manifest (the Pod itself for a Pod), in place; fields of
+    another type than Kubernetes has (a list for a mapping...) hold none."""
+    kind, spec = _get(doc, "kind"), _get(doc, "spec")
+    found = None
+    if kind == "List" and isinstance(_get(doc, "items"), list):
+        for item in doc["items"]:
+            if _get(item, "kind") != "List":  # a List of Lists is no manifest
+                yield from templates(item)
     elif kind == "Pod":
-        yield doc
-    elif kind in WORKLOADS and isinstance(spec, dict) and isinstance(spec.get("template"), dict):
-        yield spec["template"]
-    elif kind == "CronJob" and isinstance(spec, dict):
-        job = (spec.get("jobTemplate") or {}).get("spec") or {}
-        if isinstance(job.get("template"), dict):
-            yield job["template"]
+        found = doc
+    elif kind in WORKLOADS:
+        found = _get(spec, "template")
+    elif kind == "CronJob":
+        found = _get(_get(_get(spec, "jobTemplate"), "spec"), "template")
+    if isinstance(found, dict):
+        yield found
 
 
 def inject_document(doc: Any, image: str) -> bool:
     """Inject every pod template of ``doc`` in place; whether anything changed.
     Raises InjectError."""
     changed = False
-    if isinstance(doc, dict) and doc.get("kind") in (*WORKLOADS, "CronJob"):
-        own = (doc.get("metadata") or {}).get("annotations") or {}
+    if _get(doc, "kind") in (*WORKLOADS, "CronJob"):
+        own = _get(_get(doc, "metadata"), "annotations")
+        own = own if isinstance(own, dict) else {}
         misplaced = sorted(k for k in own if str(k).startswith(PREFIX))
         if misplaced:  # a workload's own annotations never reach its pods
             raise InjectError(
@@ -78,6 +90,8 @@ def inject_document(doc: Any, image: str) -> bool:
                 ]
             )
     for template in list(templates(doc)):
+        if not requested(template):
+            continue  # left as it is, never copied or compared
         injected = inject_template(template, image)
         if injected != template:
             template.clear()
@@ -89,7 +103,7 @@ def inject_document(doc: Any, image: str) -> bool:
 def _label(doc: Any) -> str:
     if not isinstance(doc, dict):
         return "document"
-    name = (doc.get("metadata") or {}).get("name") or "(no name)"
+    name = _get(doc.get("metadata"), "name") or "(no name)"
     return f"{doc.get('kind')}/{name}"
 
 
@@ -108,6 +122,26 @@ def _dumper() -> type[Any]:
 
     Dumper.add_representer(str, text)
     return Dumper
+
+
+def _load(chunk: str) -> tuple[Any, int]:
+    """The document in ``chunk`` and how many aliases (``*name``) it uses.
+    Raises yaml.YAMLError, RecursionError (nested too deeply)."""
+    import yaml  # noqa: PLC0415
+
+    class Loader(yaml.SafeLoader):
+        aliases = 0
+
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            if self.check_event(yaml.AliasEvent):
+                self.aliases += 1
+            return super().compose_node(parent, index)
+
+    loader = Loader(chunk)
+    try:
+        return loader.get_single_data(), loader.aliases
+    finally:
+        loader.dispose()
 
 
 def _dump(chunk: str, doc: Any) -> str:
@@ -138,17 +172,27 @@ def inject_stream(text: str, image: str) -> tuple[str, list[str]]:
             continue
         position += 1
         try:
-            doc = yaml.safe_load(chunk)
+            doc, aliases = _load(chunk)
         except yaml.YAMLError as exc:
             problems.append(f"document {position}: not YAML: {exc}".replace("\n", " "))
             continue
+        except RecursionError:
+            problems.append(f"document {position}: nested too deeply to read")
+            continue
+        where = f"document {position} ({_label(doc)})"
+        if aliases and any(requested(t) for t in templates(doc)):
+            problems.append(
+                f"{where}: uses YAML aliases (*name), which injection would expand; "
+                "write it without anchors and aliases"
+            )
+            continue
         try:
             changed = inject_document(doc, image)
+            out.append(_dump(chunk, doc) if changed else chunk)
         except InjectError as exc:
-            where = f"document {position} ({_label(doc)})"
             problems += [f"{where}: {p}" for p in exc.problems]
-            continue
-        out.append(_dump(chunk, doc) if changed else chunk)
+        except RecursionError:  # deep outside its pod templates (which are bounded)
+            problems.append(f"{where}: nested too deeply to write")
     return "".join(out), problems
 
 

@@ -15,8 +15,10 @@ orphan can never steal a hook's exit status (asyncio's child watcher is not used
   daemon holds and handles them; a program must inherit neither).
 - With ``PR_SET_CHILD_SUBREAPER`` orphans a hook leaves (``setsid cmd &``) are re-parented to the
   daemon rather than to init, so the daemon can kill and reap them once the hook is over: each
-  hook run carries a fresh ``ENTRA_TOKEND_HOOK_RUN`` value in its environment, inherited by
-  everything it starts; ``sweep(kill_marker=…)`` SIGKILLs the children that carry it.
+  hook run — and each generation of ``exec``'s program — carries a fresh
+  ``ENTRA_TOKEND_HOOK_RUN`` value in its environment, inherited by everything it starts;
+  ``sweep(kill_marker=…)`` SIGKILLs every descendant that carries it, however deep (a process
+  double-forked away is re-parented to us; one still under a living parent is found there).
 - As PID 1 (a container without an init) every orphan in the container is ours; ``sweep``
   then reaps with ``waitpid(-1, WNOHANG)``, which works whatever ``/proc`` is mounted (a PID
   namespace whose ``/proc`` is the host's names other pids there). Otherwise it reaps only the
@@ -74,6 +76,18 @@ def _child_setup() -> None:
     with contextlib.suppress(ValueError, OSError):  # never fail a start over this
         for sig in CHILD_DEFAULT_SIGNALS:
             signal.signal(sig, signal.SIG_DFL)
+
+
+def descendants() -> set[int]:
+    """Every process below this one (children, theirs...), from /proc, as ``children`` reads."""
+    found: set[int] = set()
+    todo = list(children())
+    while todo:
+        pid = todo.pop()
+        if pid not in found:
+            found.add(pid)
+            todo += children(pid)
+    return found
 
 
 def children(pid: int | None = None) -> set[int]:
@@ -164,8 +178,9 @@ class Reaper:
 
     def sweep(self, kill_marker: str | None = None) -> list[int]:
         """Collect every exited child (SIGCHLD handler). With ``kill_marker``, first SIGKILL
-        the children whose environment holds it (what a finished hook left behind); other
-        orphans are only reaped once they exit, never killed. Returns the pids reaped."""
+        the descendants whose environment holds it (what a finished hook or program generation
+        left behind; ``kill_marked``); other orphans are only reaped once they exit, never
+        killed. Returns the pids reaped."""
         reaped = []
         for pid in list(self._waiters):
             with contextlib.suppress(ChildProcessError):
@@ -176,10 +191,7 @@ class Reaper:
         if not self.enabled:
             return reaped
         if kill_marker is not None:
-            for pid in children() - self.active:
-                if _has_marker(pid, kill_marker):
-                    with contextlib.suppress(ProcessLookupError, PermissionError):
-                        os.kill(pid, signal.SIGKILL)
+            self.kill_marked(kill_marker)
         if os.getpid() == 1:
             reaped += self._reap_any()
         else:
@@ -189,6 +201,23 @@ class Reaper:
                     if os.waitpid(pid, os.WNOHANG)[0] == pid:
                         reaped.append(pid)
         return reaped
+
+    def kill_marked(self, marker: str) -> int:
+        """SIGKILL every descendant (other than ``active`` ones) whose environment holds
+        ``MARKER_VARIABLE=marker``, walking the tree again until a walk finds none not yet
+        killed (one forked while we walked). Returns how many were signalled; their exit
+        statuses are collected at their SIGCHLD (``sweep``)."""
+        killed: set[int] = set()
+        while True:
+            found = {
+                pid for pid in descendants() - self.active - killed if _has_marker(pid, marker)
+            }
+            if not found:
+                return len(killed)
+            for pid in found:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+            killed |= found
 
     def _reap_any(self) -> list[int]:
         """As PID 1: every exited child, whoever started it."""

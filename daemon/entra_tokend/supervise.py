@@ -21,6 +21,12 @@
    program reads the files).
 5. When the program exits (other than for a restart) ``wait`` returns its exit status: its code,
    or 128+N when signal N ended it (SIGKILL: 137). The daemon then stops.
+6. Each generation of the program (every start and restart) gets a fresh
+   ``reaper.MARKER_VARIABLE`` value in its environment, inherited by whatever it starts, and
+   ``exec`` is a subreaper (``reaper.become_subreaper``): when the generation ends — a
+   restart, a stop, or its own exit — every process still carrying its value is SIGKILLed,
+   including ones it double-forked away. A program must not rely on leaving background
+   processes behind: they would hold the tokens of an older generation in their environment.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import contextlib
 import functools
 import os
 import re
+import secrets
 import signal
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -40,7 +47,7 @@ from entra_tokend.model import AccessToken, Clock, TokenSpec
 from entra_tokend.once import EXIT_OK, OnceSupervisor
 from entra_tokend.outputs import envfile
 from entra_tokend.ports import RunnerEvent, Written
-from entra_tokend.reaper import REAPER
+from entra_tokend.reaper import MARKER_VARIABLE, REAPER
 from entra_tokend.runner import TokenRunner
 
 FORWARDED = (
@@ -191,12 +198,17 @@ class ExecSupervisor:
             return 128 + self._stop_signal
         if code != EXIT_OK:
             return code
+        REAPER.enable()  # the generations' orphans come to us, to be ended with them
         while True:
+            marker = secrets.token_hex(8)
             try:
-                pid = self._spawn()
+                pid = self._spawn(marker)
             except (OSError, ValueError) as exc:
                 return self._not_started(exc)
-            status = await REAPER.wait(pid)
+            try:
+                status = await REAPER.wait(pid)
+            finally:  # the generation is over (or we are cancelled): nothing of it stays
+                REAPER.sweep(kill_marker=marker)
             self._pid = None
             if self._kill_timer is not None:
                 self._kill_timer.cancel()
@@ -274,8 +286,8 @@ class ExecSupervisor:
 
     # ---- the program ---------------------------------------------------------------------
 
-    def _spawn(self) -> int:
-        env = environment(self._base_env, self._specs, self._tokens)
+    def _spawn(self, marker: str) -> int:
+        env = {**environment(self._base_env, self._specs, self._tokens), MARKER_VARIABLE: marker}
         pid = REAPER.spawn(self._command.argv, env, new_session=False)
         self._pid = pid
         self._log.info(

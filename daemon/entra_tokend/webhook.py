@@ -9,7 +9,22 @@ shows that message to whoever created the pod (for a Deployment: in the ReplicaS
 
 TLS: the certificate and key files (a ``kubernetes.io/tls`` Secret's ``tls.crt``/``tls.key``) are
 read again when they change on disk (cert-manager renews them in the Secret, kubelet swaps the
-mounted files), so a renewal needs no restart. One JSON log line per review on stderr.
+mounted files), so a renewal needs no restart. One JSON log line per review on stderr, and one
+per request answered 400/413/500 or dropped at its deadline.
+
+Bounds (the webhook's failurePolicy is Fail: a webhook out of memory blocks every pod creation):
+
+- A body is at most ``MAX_BODY`` (1 MiB; a Pod's AdmissionReview is rarely over a few hundred
+  KiB), else 413. A pod template over ``injectcheck.MAX_VALUES`` JSON values or
+  ``injectcheck.MAX_DEPTH`` levels is refused (``allowed: false``) before it is copied; JSON
+  nested deeper than the parser recurses is answered 400.
+- At most ``MAX_CONNECTIONS`` connections are served at once; one more is closed as soon as it
+  is accepted (one log line when the limit is first reached).
+- Each request (on a new connection: with the TLS handshake) must arrive whole, headers and
+  body, within ``REQUEST_DEADLINE`` seconds of the webhook starting to wait for it, else the
+  connection is closed — a client dripping a byte at a time holds a connection that long.
+- One review is parsed and computed at a time (``_REVIEWING``): peak memory is the baseline, the
+  bodies being received (``MAX_CONNECTIONS`` × ``MAX_BODY`` at worst) and one review.
 """
 
 from __future__ import annotations
@@ -18,21 +33,26 @@ import argparse
 import base64
 import contextlib
 import http.server
+import io
 import json
 import os
 import socket
 import ssl
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
-from entra_tokend.inject import DEFAULT_IMAGE, InjectError, inject_template
+from entra_tokend.inject import DEFAULT_IMAGE, InjectError, inject_template, requested
 from entra_tokend.listener import bind_listener, listening_text
 
-MAX_BODY = 4 * 1024 * 1024  # bytes; the API server's requests are limited to 3 MiB
-READ_TIMEOUT = 10.0  # seconds a client may take for its TLS handshake and request
+MAX_BODY = 1024 * 1024  # bytes
+MAX_CONNECTIONS = 32  # served at once; the API server keeps a few open per replica
+REQUEST_DEADLINE = 10.0  # seconds: the API server's default webhook timeout
+WRITE_TIMEOUT = 10.0  # seconds per write of an answer
 API_VERSION = "admission.k8s.io/v1"
+_REVIEWING = threading.Lock()
 
 
 def _escape(key: str) -> str:
@@ -77,26 +97,62 @@ def review(body: Any, image: str) -> tuple[dict[str, Any], str]:
     if not isinstance(request, dict) or not isinstance(request.get("uid"), str):
         raise ValueError("AdmissionReview without request.uid")
     response: dict[str, Any] = {"uid": request["uid"], "allowed": True}
-    pod = request.get("object")
-    kind = (request.get("kind") or {}).get("kind")
-    if kind != "Pod" or request.get("operation") != "CREATE" or not isinstance(pod, dict):
+    pod, kind = request.get("object"), request.get("kind")
+    if not isinstance(kind, dict):  # a GroupVersionKind
+        return _refused(response, "request.kind: must be an object (group, version, kind)")
+    if kind.get("kind") != "Pod" or request.get("operation") != "CREATE":
         outcome = "ignored"
+    elif not isinstance(pod, dict):
+        return _refused(response, "request.object: must be an object (the Pod)")
+    elif not requested(pod):
+        outcome = "unchanged"  # not copied, not walked: whatever its size
     else:
         try:
             patch = json_patch(pod, inject_template(pod, image))
         except InjectError as exc:
-            response = {
-                **response,
-                "allowed": False,
-                "status": {"code": 400, "message": "entra-tokend: " + "; ".join(exc.problems)},
-            }
-            outcome = "refused"
+            return _refused(response, "; ".join(exc.problems))
         else:
             if patch:
                 response["patchType"] = "JSONPatch"
                 response["patch"] = base64.b64encode(json.dumps(patch).encode()).decode()
             outcome = "injected" if patch else "unchanged"
     return {"apiVersion": API_VERSION, "kind": "AdmissionReview", "response": response}, outcome
+
+
+def _refused(response: dict[str, Any], message: str) -> tuple[dict[str, Any], str]:
+    refusal = {
+        **response,
+        "allowed": False,
+        "status": {"code": 400, "message": "entra-tokend: " + message},
+    }
+    return {"apiVersion": API_VERSION, "kind": "AdmissionReview", "response": refusal}, "refused"
+
+
+class _DeadlineReader(io.RawIOBase):
+    """A connection's reads, each bounded by the time left until the handler's ``deadline``
+    (``time.monotonic()`` seconds): TimeoutError once it has passed. The ssl module bounds one
+    read (with the handshake it may do) by the socket's timeout as a whole, so the sum of the
+    reads of a request is bounded too, however slowly its bytes come."""
+
+    def __init__(self, handler: _Handler) -> None:
+        self._handler = handler
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        left = self._handler.deadline - time.monotonic()
+        message = f"the request did not arrive within {REQUEST_DEADLINE:g} s"
+        if left <= 0:
+            raise TimeoutError(message)
+        sock = self._handler.connection
+        sock.settimeout(left)
+        try:
+            count = int(sock.recv_into(buffer))
+        except TimeoutError:  # waited for all that was left
+            raise TimeoutError(message) from None
+        self._handler.received += count
+        return count
 
 
 class _Certificate:
@@ -125,8 +181,21 @@ class _Certificate:
 class _Handler(http.server.BaseHTTPRequestHandler):
     server: WebhookServer
     protocol_version = "HTTP/1.1"
+    deadline = 0.0  # time.monotonic() by which the current request must have arrived
+    received = 0  # bytes of the current request read so far
+
+    def setup(self) -> None:
+        super().setup()
+        self.deadline = time.monotonic() + REQUEST_DEADLINE
+        self.rfile = io.BufferedReader(_DeadlineReader(self))
+
+    def handle_one_request(self) -> None:
+        self.deadline = time.monotonic() + REQUEST_DEADLINE  # keep-alive: each request anew
+        self.received = 0
+        super().handle_one_request()  # a TimeoutError in it closes the connection
 
     def _send(self, status: int, payload: bytes, content_type: str = "application/json") -> None:
+        self.connection.settimeout(WRITE_TIMEOUT)
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(payload)))
@@ -146,24 +215,45 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return
         if not length_text.isdigit() or int(length_text) > MAX_BODY:
             self.close_connection = True
-            self._send(413, b"a Content-Length up to 4 MiB is required\n", "text/plain")
+            self._fail(413, f"a Content-Length up to {MAX_BODY} bytes is required")
             return
+        body = self.rfile.read(int(length_text))
         try:
-            answer, outcome = review(
-                json.loads(self.rfile.read(int(length_text))), self.server.image
-            )
+            with _REVIEWING:
+                answer, outcome = review(json.loads(body), self.server.image)
+                payload = json.dumps(answer).encode()
+        except RecursionError:
+            self._fail(400, "the JSON nests too deeply")
         except ValueError as exc:  # json.JSONDecodeError is one
-            self._send(400, f"{exc}\n".encode(), "text/plain")
-            return
-        self._send(200, json.dumps(answer).encode())
-        self.server.log_review(answer["response"], outcome)
+            self._fail(400, str(exc))
+        except Exception as exc:  # answer (the policy is Fail) and log it; never go silent
+            self._fail(500, f"internal error: {type(exc).__name__}")
+        else:
+            self._send(200, payload)
+            self.server.log_review(answer["response"], outcome)
+
+    def _fail(self, status: int, reason: str) -> None:
+        """Answer ``status`` with ``reason`` (our own text, never the body's) and log it."""
+        self._send(status, f"{reason}\n".encode(), "text/plain")
+        _log({"event": "admission request failed", "status": status, "reason": reason})
 
     def log_message(self, format: str, *args: Any) -> None:
         pass  # one line per review instead (log_review)
 
+    def log_error(self, format: str, *args: Any) -> None:
+        # http.server's own failures: a malformed request line or headers, a missed deadline.
+        if not self.received:
+            return  # an idle (keep-alive) connection closed at its deadline: nothing failed
+        _log({"event": "admission request failed", "reason": (format % args)[:200]})
+
+
+def _log(line: dict[str, Any]) -> None:
+    print(json.dumps(line), file=sys.stderr, flush=True)
+
 
 class WebhookServer(http.server.ThreadingHTTPServer):
-    """HTTPS on an already bound listening socket; a thread per connection."""
+    """HTTPS on an already bound listening socket; a thread per connection, at most
+    ``MAX_CONNECTIONS`` of them (one more is closed at once)."""
 
     daemon_threads = True
 
@@ -173,10 +263,32 @@ class WebhookServer(http.server.ThreadingHTTPServer):
         self.socket.close()
         self.socket = sock
         self.certificate, self.image = certificate, image
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self._full = False  # the limit was reached and logged; cleared by the next accepted
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            if not self._full:
+                self._full = True
+                _log({"event": "webhook connection limit reached", "limit": MAX_CONNECTIONS})
+            return
+        self._full = False
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()  # no thread started: nobody else releases it
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
     def get_request(self) -> tuple[socket.socket, Any]:
         sock, address = self.socket.accept()
-        sock.settimeout(READ_TIMEOUT)
+        sock.settimeout(REQUEST_DEADLINE)
         # The handshake happens on the first read, in the connection's thread, so a slow client
         # never holds up accept().
         try:
@@ -191,10 +303,10 @@ class WebhookServer(http.server.ThreadingHTTPServer):
 
     def log_review(self, response: dict[str, Any], outcome: str) -> None:
         """One JSON line on stderr: the review's uid and the outcome (never the pod's content)."""
-        line = {"event": "admission review", "uid": response["uid"], "outcome": outcome}
+        line = {"event": "admission review", "uid": response["uid"][:64], "outcome": outcome}
         if outcome == "refused":
             line["message"] = response["status"]["message"]
-        print(json.dumps(line), file=sys.stderr, flush=True)
+        _log(line)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from typing import Any
 
 P = "entra-tokend.io/"
@@ -148,3 +149,52 @@ def pod_template_of(doc: dict[str, Any]) -> dict[str, Any]:
         return found
     template: dict[str, Any] = doc["spec"]["template"]
     return template
+
+
+def _set(*path: str | int, value: Any) -> Callable[[dict[str, Any]], None]:
+    def change(pod: dict[str, Any]) -> None:
+        *parents, last = path
+        node: Any = pod
+        for key in parents:
+            node = node[key]
+        node[last] = value
+
+    return change
+
+
+# Fields of the wrong JSON type (what a hand-written YAML or a hostile review can hold): the
+# change to a valid template, the field the one-line refusal must name.
+MALFORMED_SHAPES: dict[str, tuple[Callable[[dict[str, Any]], None], str]] = {
+    "containers-of-strings": (_set("spec", "containers", value=["app"]), "spec.containers[0]"),
+    "labels-a-list": (_set("metadata", "labels", value=["x"]), "metadata.labels"),
+    "env-of-null": (
+        _set("spec", "containers", 0, "env", value=[None]),
+        "spec.containers[0].env[0]",
+    ),
+    "mounts-a-string": (
+        _set("spec", "containers", 0, "volumeMounts", value="x"),
+        "spec.containers[0].volumeMounts",
+    ),
+    "skip-containers-a-number": (
+        _set("metadata", "annotations", "azure.workload.identity/skip-containers", value=5),
+        "azure.workload.identity/skip-containers",
+    ),
+    "spec-a-list": (_set("spec", value=["x"]), "spec"),
+    "volumes-of-strings": (_set("spec", "volumes", value=["v"]), "spec.volumes[0]"),
+    "container-without-name": (
+        _set("spec", "containers", value=[{"image": "x"}]),
+        "spec.containers[0].name",
+    ),
+    "security-context-a-string": (
+        _set("spec", "securityContext", value="x"),
+        "spec.securityContext",
+    ),
+}
+
+
+def malformed_shape(case: str) -> tuple[dict[str, Any], str]:
+    """A valid annotated template with the MALFORMED_SHAPES change applied, and the field named."""
+    change, named = MALFORMED_SHAPES[case]
+    pod = template(valid_annotations())
+    change(pod)
+    return pod, named
