@@ -11,7 +11,7 @@ from pathlib import Path
 
 from entra_tokend.emulator import Emulator, Fault
 from entra_tokend.reaper import MARKER_VARIABLE
-from testlib import STORAGE, DaemonProcess, emulator_env, run_cli, wait_until, write_config
+from support import STORAGE, DaemonProcess, emulator_env, run_cli, wait_until, write_config
 
 Factory = Callable[..., DaemonProcess]
 

@@ -10,7 +10,11 @@ from typing import Any
 
 import pytest
 import yaml
-from inject_helpers import (
+
+from entra_tokend.inject import InjectError, inject_template
+from entra_tokend.injectcheck import MAX_DEPTH, MAX_VALUES
+from support import base_env
+from support.inject import (
     COMBINATIONS,
     IMAGE,
     MALFORMED_SHAPES,
@@ -18,10 +22,6 @@ from inject_helpers import (
     template,
     valid_annotations,
 )
-
-from entra_tokend.inject import InjectError, inject_template
-from entra_tokend.injectcheck import MAX_DEPTH, MAX_VALUES
-from testlib import base_env
 
 
 def inject(text: str) -> subprocess.CompletedProcess[str]:

@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from inject_helpers import MALFORMED_SHAPES, malformed_shape, template, valid_annotations
-from test_inject_webhook import Webhook, admission_review, api_server_pod
 
 from entra_tokend import webhook as webhook_module
 from entra_tokend.injectcheck import MAX_DEPTH, MAX_VALUES
-from testlib import DaemonProcess, wait_until
+from support import DaemonProcess, wait_until
+from support.inject import MALFORMED_SHAPES, malformed_shape, template, valid_annotations
+from support.webhook import Webhook, admission_review, api_server_pod
 
 
 @pytest.fixture
