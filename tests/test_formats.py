@@ -143,7 +143,10 @@ def test_check_config_prints_the_new_keys(tmp_path: Path) -> None:
     assert 'env_name = "PGPASSWORD"' in out
     assert 'env_expires_name = "PGPASSWORD_EXPIRES_ON"' in out
     assert 'file_mode = "0600"' in out
-    assert 'template = "proxy_set_header Authorization \\"Bearer $access_token\\";\\n"' in out
+    # Where the template was read from — never the file's text (a template_file may be any
+    # file the daemon can read; the effective configuration holds no secret).
+    assert f'template_file = "{tmp_path / "n.tmpl"}"' in out
+    assert "proxy_set_header" not in out
     assert 'registry = ["a.azurecr.io", "b.azurecr.us"]' in out
     assert 'scope = "https://containerregistry.azure.net/.default"' in out
     # The printed configuration is accepted again.
