@@ -8,189 +8,28 @@ runs the real ``Daemon`` with an injected exchange and real files.
 from __future__ import annotations
 
 import asyncio
-import base64
-import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from entra_tokend.assertion import Assertion, AssertionMissing, parse_assertion
 from entra_tokend.config import Overrides, load_config
 from entra_tokend.daemon import Daemon
-from entra_tokend.exchange import ClientError, ErrorDetails, ServerError, Throttled
-from entra_tokend.exposition import registry
-from entra_tokend.metrics import Metrics
-from entra_tokend.model import AccessToken, Identity, OutputSpec, Policy, Reason, TokenSpec
+from entra_tokend.model import Reason
 from entra_tokend.outputs import ExistingToken, WriteError
-from entra_tokend.ports import Expired, Failed, RunnerEvent, Subscriber, Written
-from entra_tokend.readiness import Readiness
-from entra_tokend.runner import Deps, State, build
+from entra_tokend.ports import Expired, Failed, Written
+from entra_tokend.runner import State
 from support import STORAGE
-
-T0 = 1_800_000_000.0
-POLICY = Policy(jitter=0.0, backoff_initial=1.0, backoff_max=60.0, config_error_backoff_max=300.0)
-
-
-class FakeClock:
-    """Wall and monotonic time that move only when the test says so."""
-
-    def __init__(self) -> None:
-        self.now = T0
-        self.mono = 1000.0
-
-    def wall(self) -> float:
-        return self.now
-
-    def monotonic(self) -> float:
-        return self.mono
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-        self.mono += seconds
-
-
-def make_assertion(n: int, exp: float = T0 + 3600) -> Assertion:
-    """A projected-token-shaped JWT (unsigned: the daemon never verifies it)."""
-
-    def seg(doc: dict[str, Any]) -> str:
-        return base64.urlsafe_b64encode(json.dumps(doc).encode()).rstrip(b"=").decode()
-
-    claims = {"iss": "https://issuer", "sub": "system:serviceaccount:ns:sa", "aud": "x", "exp": exp}
-    return parse_assertion(f"{seg({'alg': 'RS256'})}.{seg({**claims, 'n': n})}.sig".encode())
-
-
-class FakeSource:
-    """A credential source whose assertion the test replaces; ``rotate`` also tells the
-    subscribers, as the real source does when its watcher sees the new file."""
-
-    def __init__(self) -> None:
-        self.identity = Identity("default", "tenant", "client", Path("/sa"), "https://login")
-        self.assertion: Assertion | None = make_assertion(0)
-        self.subscribers: list[Subscriber] = []
-
-    def current(self) -> Assertion:
-        if self.assertion is None:
-            raise AssertionMissing("projected token file /sa does not exist")
-        return self.assertion
-
-    def subscribe(self, callback: Subscriber) -> None:
-        self.subscribers.append(callback)
-
-    def unsubscribe(self, callback: Subscriber) -> None:
-        if callback in self.subscribers:
-            self.subscribers.remove(callback)
-
-    def rotate(self, assertion: Assertion | None) -> None:
-        self.assertion = assertion
-        for callback in list(self.subscribers):
-            callback()
-
-
-class FakeExchange:
-    """Answers from a script; ``gate`` (when set) holds the request in flight."""
-
-    def __init__(self, clock: FakeClock) -> None:
-        self.clock = clock
-        self.script: list[Exception | float] = []  # an error to raise, or a lifetime
-        self.sent: list[str] = []
-        self.gate: asyncio.Event | None = None
-        self.entered = asyncio.Event()
-
-    async def exchange(self, identity: Identity, scope: str, assertion: str) -> AccessToken:
-        self.sent.append(assertion)
-        self.entered.set()
-        if self.gate is not None:
-            await self.gate.wait()
-        step = self.script.pop(0) if self.script else 3600.0
-        if isinstance(step, Exception):
-            raise step
-        return AccessToken(
-            token=f"token-{len(self.sent)}",
-            token_type="Bearer",
-            expires_in=step,
-            expires_on=self.clock.wall() + step,
-            refresh_in=None,
-            scope=scope,
-            request_id=f"r{len(self.sent)}",
-        )
-
-
-class FakeOutput:
-    """Records delivered tokens; raises ``fail`` when set; ``existing`` is what an earlier
-    run left (adoptable); ``lost`` what ``check`` reports; ``restored`` counts restores."""
-
-    location = Path("/out/storage")
-
-    def __init__(self) -> None:
-        self.delivered: list[str] = []
-        self.fail: WriteError | None = None
-        self.existing: ExistingToken | None = None
-        self.lost: str | None = None
-        self.restored = 0
-
-    def check(self) -> str | None:
-        return self.lost
-
-    async def restore(self) -> bool:
-        if self.fail is not None:
-            raise self.fail
-        self.restored += 1
-        self.lost = None
-        return bool(self.delivered)
-
-    async def deliver(self, token: AccessToken) -> None:
-        if self.fail is not None:
-            raise self.fail
-        self.delivered.append(token.token)
-        self.lost = None
-
-    def adoptable(self, now: float) -> ExistingToken | str | None:
-        return self.existing
-
-
-class Harness:
-    def __init__(self) -> None:
-        self.clock = FakeClock()
-        self.source = FakeSource()
-        self.exchange = FakeExchange(self.clock)
-        self.output = FakeOutput()
-        self.metrics = Metrics()
-        self.readiness = Readiness(self.metrics)
-        self.events: list[RunnerEvent] = []
-        spec = TokenSpec("storage", STORAGE, "default", OutputSpec(Path("/out/storage")))
-        deps = Deps(self.metrics, self.readiness, self.clock, asyncio.Semaphore(1), POLICY)
-        self.runner = build(
-            spec, deps, self.source, self.exchange, self.output, listeners=[self.events.append]
-        )
-        self.readiness.track("storage", self.runner)
-        self.readiness.start()
-
-    def failures(self, reason: Reason) -> float:
-        value = registry(self.metrics).get_sample_value(
-            "entra_tokend_token_refresh_failures_total",
-            {"token": "storage", "reason": str(reason)},
-        )
-        return value or 0.0  # a reason's series appears with its first failure
-
-
-def server_error() -> ServerError:
-    return ServerError("HTTP 503", request_id="r", details=ErrorDetails(status=503))
-
-
-def assertion_expired() -> ClientError:
-    details = ErrorDetails(status=400, error="invalid_client", aadsts=700024)
-    return ClientError("HTTP 400", request_id="r", details=details, rotation_may_fix=True)
-
-
-def throttled(retry_after: float) -> Throttled:
-    details = ErrorDetails(status=429)
-    return Throttled("HTTP 429", request_id="r", details=details, retry_after=retry_after)
-
-
-def config_error() -> ClientError:
-    details = ErrorDetails(status=400, error="unauthorized_client", aadsts=700016)
-    return ClientError("HTTP 400", request_id="r", details=details, configuration=True)
+from support.fakes import (
+    POLICY,
+    FakeClock,
+    FakeExchange,
+    assertion_expired,
+    config_error,
+    make_assertion,
+    server_error,
+    throttled,
+)
+from support.harness import Harness
 
 
 def test_success_delivers_and_schedules_the_refresh_before_expiry() -> None:

@@ -22,27 +22,7 @@ from entra_tokend.scheduler import (
     reuse_undelivered,
     serve_decision,
 )
-
-
-class FakeClock:
-    def __init__(self, wall: float = 1_800_000_000.0, mono: float = 1000.0) -> None:
-        self._wall = wall
-        self._mono = mono
-
-    def wall(self) -> float:
-        return self._wall
-
-    def monotonic(self) -> float:
-        return self._mono
-
-    def advance(self, seconds: float) -> None:
-        self._wall += seconds
-        self._mono += seconds
-
-    def jump_wall(self, seconds: float) -> None:
-        """NTP step or suspend: wall time moves, monotonic does not."""
-        self._wall += seconds
-
+from support.fakes import FakeClock
 
 policies = st.builds(
     Policy,
