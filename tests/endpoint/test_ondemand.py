@@ -1,7 +1,7 @@
 """On-demand tokens in process: single-flight, the served-lifetime rule, idle retirement,
 failing fast with the failure's reason, and a retry at once when the projected token returns.
 
-A fake clock and a fake exchange (tests/test_runner.py's) stand in for time and Entra; the
+A fake clock and a fake exchange (tests/support's) stand in for time and Entra; the
 runners, the in-memory output and the provider are the real ones.
 """
 
