@@ -25,7 +25,7 @@ from support import (
     wait_until,
     write_config,
 )
-from support.hardening import FAST, pid_alive
+from support.hardening import FAST, pid_alive, processes_with, zombies_of
 from support.processes import free_port, healthz
 
 QUICK = "refresh_at = 0.1\njitter = 0\n"  # with 1 s tokens: a refresh every ~0.1 s
@@ -197,18 +197,6 @@ def test_run_once_waits_for_hooks_to_finish(emulator: Emulator, tmp_path: Path) 
     assert done.read_text() == "b\na\n"
 
 
-def _processes_with(marker: str) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if marker.encode() in (entry / "cmdline").read_bytes():
-                    found.append(int(entry.name))
-            except OSError:
-                continue
-    return found
-
-
 def test_a_hook_child_that_escapes_with_setsid_is_killed_and_leaks_no_descriptor(
     emulator: Emulator, tmp_path: Path, daemon_factory: Any
 ) -> None:
@@ -235,7 +223,7 @@ def test_a_hook_child_that_escapes_with_setsid_is_killed_and_leaks_no_descriptor
     assert len(list(fds.iterdir())) <= baseline
     assert d.stop() == 0
     # Every escapee was killed (and reaped: no zombie either).
-    wait_until(lambda: _processes_with(f"sleep {duration}") == [])
+    wait_until(lambda: processes_with(f"sleep {duration}") == [])
 
 
 def test_as_pid_1_the_daemon_reaps_orphans(emulator: Emulator, tmp_path: Path) -> None:
@@ -272,7 +260,7 @@ def test_as_pid_1_the_daemon_reaps_orphans(emulator: Emulator, tmp_path: Path) -
             check=True, timeout=30,
         )  # fmt: skip
         assert marker.exists()
-        wait_until(lambda: _zombies_of(inner) == [], timeout=10)
+        wait_until(lambda: zombies_of(inner) == [], timeout=10)
         os.kill(inner, signal.SIGTERM)  # unshare itself ignores SIGTERM while it waits
         assert daemon.wait(30) == 0
     finally:
@@ -287,20 +275,6 @@ def _ns_pid1(unshare_pid: int) -> int | None:
 
     kids = children(unshare_pid)
     return next(iter(kids)) if kids else None
-
-
-def _zombies_of(pid: int) -> list[int]:
-    from entra_tokend.reaper import children
-
-    zombies = []
-    for child in children(pid):
-        try:
-            state = Path(f"/proc/{child}/stat").read_text().rpartition(")")[2].split()[0]
-        except OSError:
-            continue
-        if state == "Z":
-            zombies.append(child)
-    return zombies
 
 
 def test_a_fifo_as_hook_pid_file_never_blocks_the_daemon(

@@ -18,21 +18,9 @@ import pytest
 from entra_tokend.emulator import Emulator
 from entra_tokend.reaper import children
 from support import STORAGE, VAULT, base_env, cli, wait_until, write_config
-from support.hardening import FAST, pid_alive
+from support.hardening import FAST, pid_alive, processes_with, zombies_of
 
 QUICK = "refresh_at = 0.1\njitter = 0\n"  # with 1 s tokens: a refresh every ~0.1 s
-
-
-def _processes_with(marker: str) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if marker.encode() in (entry / "cmdline").read_bytes():
-                    found.append(int(entry.name))
-            except OSError:
-                continue
-    return [p for p in found if pid_alive(p)]
 
 
 @pytest.mark.parametrize(
@@ -61,22 +49,10 @@ def test_a_sigkilled_daemon_takes_its_running_hook_along(
         str(config),
         env={**emulator.env(), "ENTRA_TOKEND_OUTPUT_DIR": str(tmp_path / "out")},
     )
-    hook = wait_until(lambda: _processes_with(marker), timeout=30)
+    hook = wait_until(lambda: [p for p in processes_with(marker) if pid_alive(p)], timeout=30)
     d.proc.send_signal(signal.SIGKILL)
     d.proc.wait(timeout=30)
     wait_until(lambda: not any(pid_alive(p) for p in hook), timeout=30)
-
-
-def _zombies_of(pid: int) -> list[int]:
-    zombies = []
-    for child in children(pid):
-        try:
-            state = Path(f"/proc/{child}/stat").read_text().rpartition(")")[2].split()[0]
-        except OSError:
-            continue
-        if state == "Z":
-            zombies.append(child)
-    return zombies
 
 
 @pytest.mark.parametrize("mount_proc", [False, True], ids=["host-proc", "own-proc"])
@@ -115,7 +91,7 @@ def test_as_pid_1_every_hook_orphan_is_reaped_however_proc_is_mounted(
         inner = wait_until(lambda: next(iter(children(daemon.pid)), None), timeout=30)
         wait_until(lambda: runs.exists() and len(runs.read_text().split()) >= 8, timeout=60)
         # Every orphan so far exited at once (`true`): none may stay a zombie.
-        wait_until(lambda: _zombies_of(inner) == [], timeout=10)
+        wait_until(lambda: zombies_of(inner) == [], timeout=10)
         os.kill(inner, signal.SIGTERM)
         assert daemon.wait(30) == 0
     finally:

@@ -8,6 +8,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from entra_tokend.reaper import children
+
 # Fast retries and no refresh floor (settings for support.write_config).
 FAST: dict[str, Any] = {
     "backoff_initial": 0.05,
@@ -62,3 +64,29 @@ def umount(target: Path) -> None:
 def remount(target: Path, mode: str) -> None:
     """Remount ``target`` read-only (``ro``) or read-write (``rw``)."""
     subprocess.run(["mount", "-o", f"remount,{mode}", str(target)], check=True)
+
+
+def processes_with(marker: str) -> list[int]:
+    """Pids of the processes whose command line contains ``marker`` (from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker.encode() in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def zombies_of(pid: int) -> list[int]:
+    """The children of ``pid`` that have exited and not been reaped (state ``Z``)."""
+    zombies = []
+    for child in children(pid):
+        try:
+            state = Path(f"/proc/{child}/stat").read_text().rpartition(")")[2].split()[0]
+        except OSError:
+            continue
+        if state == "Z":
+            zombies.append(child)
+    return zombies
