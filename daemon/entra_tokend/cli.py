@@ -38,7 +38,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_CONFIG
         return emulator_main(args_list[1:])
     if args_list[:1] == ["inject"]:
-        from entra_tokend.injectcli import main as inject_main  # noqa: PLC0415
+        try:
+            from entra_tokend.injectcli import main as inject_main  # noqa: PLC0415
+        except ImportError as exc:
+            if exc.name != "yaml":
+                raise
+            print(
+                "entra-tokend: inject needs PyYAML: from a clone of the repository: "
+                "pip install '.[inject]'",
+                file=sys.stderr,
+            )
+            return EXIT_CONFIG
 
         return inject_main(args_list[1:])
     if args_list[:1] == ["webhook"]:

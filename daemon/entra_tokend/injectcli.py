@@ -24,11 +24,12 @@ import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import yaml
+
 from entra_tokend.inject import DEFAULT_IMAGE, PREFIX, InjectError, inject_template, requested
 
 EXIT_OK = 0
 EXIT_CONFIG = 2
-INSTALL_HINT = "from a clone of the repository: pip install '.[inject]'"
 
 WORKLOADS = ("Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job")
 # A line that starts or ends a document. At column 0 these are markers wherever they appear
@@ -108,8 +109,6 @@ def _label(doc: Any) -> str:
 
 
 def _dumper() -> type[Any]:
-    import yaml  # noqa: PLC0415
-
     class Dumper(yaml.SafeDumper):
         """Block style; a multi-line string as a literal block; no anchors or aliases."""
 
@@ -127,7 +126,6 @@ def _dumper() -> type[Any]:
 def _load(chunk: str) -> tuple[Any, int]:
     """The document in ``chunk`` and how many aliases (``*name``) it uses.
     Raises yaml.YAMLError, RecursionError (nested too deeply)."""
-    import yaml  # noqa: PLC0415
 
     class Loader(yaml.SafeLoader):
         aliases = 0
@@ -145,8 +143,6 @@ def _load(chunk: str) -> tuple[Any, int]:
 
 
 def _dump(chunk: str, doc: Any) -> str:
-    import yaml  # noqa: PLC0415
-
     lines = chunk.splitlines(keepends=True)
     head = ""
     if lines and _MARKER.match(lines[0]):
@@ -162,8 +158,6 @@ def _dump(chunk: str, doc: Any) -> str:
 def inject_stream(text: str, image: str) -> tuple[str, list[str]]:
     """(output text, problems). Problems name the document (``Kind/name``, its position) and the
     annotation; with problems the output is not to be used."""
-    import yaml  # noqa: PLC0415
-
     out, problems = [], []
     position = 0
     for chunk in split_documents(text):
@@ -221,11 +215,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str]) -> int:
     """Entry point of ``entra-tokend inject``; the exit code."""
     args = build_parser().parse_args(argv)
-    try:
-        import yaml  # noqa: F401, PLC0415
-    except ImportError:
-        print(f"entra-tokend: inject needs PyYAML: {INSTALL_HINT}", file=sys.stderr)
-        return EXIT_CONFIG
     try:
         # Bytes, so that line endings come back exactly as they were.
         if args.filename == "-":
