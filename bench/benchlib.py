@@ -110,7 +110,6 @@ def machine() -> dict[str, Any]:
                 "httpx",
                 "httpcore",
                 "anyio",
-                "watchdog",
                 "structlog",
                 "prometheus-client",
                 "azure-identity",

@@ -3,7 +3,7 @@
 HTTPS request, then idles.
 
 Imports what the daemon imports at run time (asyncio, ssl, httpx with httpcore/anyio, h11,
-structlog, prometheus_client, watchdog's inotify observer), makes one HTTPS request with an
+structlog, prometheus_client, the daemon's ctypes inotify binding), makes one HTTPS request with an
 ``httpx.AsyncClient`` trusting the same store as the daemon (``SSL_CERT_FILE``/``SSL_CERT_DIR``)
 to ``AZURE_AUTHORITY_HOST`` (the emulator), prints ``ready`` and sleeps until killed: its RSS is
 what any daemon built on these libraries pays before keeping a single token. ``run_all.py``
@@ -35,7 +35,8 @@ async def main() -> int:
     import h11  # noqa: F401 - part of the stack being measured
     import prometheus_client  # noqa: F401
     import structlog  # noqa: F401
-    from watchdog.observers.inotify import InotifyObserver  # noqa: F401
+
+    import entra_tokend.watcher  # noqa: F401 - the daemon's own inotify binding (ctypes)
 
     status = await one_request(os.environ["AZURE_AUTHORITY_HOST"].rstrip("/") + "/")
     print(f"ready {status}", flush=True)

@@ -271,8 +271,6 @@ def measure(rotations: int, access_token_lifetime: float) -> tuple[list[float], 
 
 def run(rotations: int, access_token_lifetime: float, json_path: Path) -> int:
     """Run the benchmark; return the process exit code (1 when the p99 target is missed)."""
-    import watchdog.version
-
     latencies, floor = measure(rotations, access_token_lifetime)
     ordered = sorted(latencies)
     result: dict[str, Any] = {
@@ -289,7 +287,6 @@ def run(rotations: int, access_token_lifetime: float, json_path: Path) -> int:
         "floor": floor,
         "latencies_ms": [round(v * 1000, 3) for v in latencies],
         "python": platform.python_version(),
-        "watchdog": watchdog.version.VERSION_STRING,
         "kernel": platform.release(),
         "cpus": os.cpu_count(),
     }

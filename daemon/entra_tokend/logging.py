@@ -236,7 +236,7 @@ def configure_logging(
 
 
 class _ToStructlog(logging.Handler):
-    """Routes the standard library's logging (watchdog, asyncio, httpx use it) through the
+    """Routes the standard library's logging (asyncio and httpx use it) through the
     same chain, so every line on stderr has one shape (JSON in json mode) and is redacted."""
 
     def emit(self, record: logging.LogRecord) -> None:

@@ -189,7 +189,7 @@ os.execv(sys.argv[1], sys.argv[1:])
 
 
 def test_daemon_runs_under_memory_deny_write_execute(emulator: Any, tmp_path: Path) -> None:
-    """MemoryDenyWriteExecute=yes must not break CPython, ctypes (watchdog's inotify) or TLS.
+    """MemoryDenyWriteExecute=yes must not break CPython, ctypes (the inotify binding) or TLS.
 
     The kernel's own MDWE (prctl, Linux 6.3+) applies the same rule as the unit's seccomp filter:
     no mapping may become writable and executable. It is inherited across execve.
