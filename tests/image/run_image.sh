@@ -136,7 +136,8 @@ RUNTIME_TREE=$TREE
 TIMES[trees]=$(elapsed "$t")
 log "trees: $DEBIAN_TREE $RUNTIME_TREE"
 
-VERSION=$("$PY" -c 'import tomllib,sys; print(tomllib.load(open(sys.argv[1], "rb"))["project"]["version"])' "$REPO/pyproject.toml")
+# The version is written once, in the package (pyproject reads it with setuptools' attr).
+VERSION=$(PYTHONPATH="$REPO/daemon" "$PY" -c 'import entra_tokend; print(entra_tokend.__version__)')
 IMAGE=localhost/entra-tokend-ci/entra-tokend:$VERSION
 WORK=$(mktemp -d /var/tmp/entra-tokend-image.XXXXXX)
 VOL="$WORK/tokens"
