@@ -10,9 +10,11 @@ from typing import Any
 import pytest
 
 from support import DaemonProcess
+from support.stages import pytest_collection_modifyitems
 from support.tools import pytest_runtest_makereport
 
-__all__ = ["pytest_runtest_makereport"]  # a hook: pytest finds it here
+# Hooks: pytest finds them here.
+__all__ = ["pytest_collection_modifyitems", "pytest_runtest_makereport"]
 pytest_plugins = ["pytester"]  # tests/test_tool_switch.py runs pytest in process
 
 

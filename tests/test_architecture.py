@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 from support import REPO, base_env, require_tool
 
@@ -22,20 +24,25 @@ def _modules() -> list[str]:
     return names
 
 
+def _import_alone(name: str) -> str | None:
+    """Why ``name`` fails to import in an interpreter of its own, or None."""
+    result = subprocess.run(
+        [sys.executable, "-c", f"import {name}"],
+        env=base_env(),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode == 0:
+        return None
+    return f"{name}: {result.stderr.strip().splitlines()[-1]}"
+
+
 def test_every_module_imports_alone_in_a_fresh_interpreter() -> None:
     """A cycle shows as an ImportError only when its *second* module is imported first, so
-    each module gets an interpreter of its own."""
-    failures = []
-    for name in _modules():
-        result = subprocess.run(
-            [sys.executable, "-c", f"import {name}"],
-            env=base_env(),
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if result.returncode != 0:
-            failures.append(f"{name}: {result.stderr.strip().splitlines()[-1]}")
+    each module gets an interpreter of its own (as many at once as there are CPUs)."""
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        failures = [f for f in pool.map(_import_alone, _modules()) if f]
     assert not failures, "\n".join(failures)
 
 
