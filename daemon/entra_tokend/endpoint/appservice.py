@@ -33,7 +33,7 @@ import time
 
 from entra_tokend.endpoint.core import Ask, Kind, Refusal, SelectorKind
 from entra_tokend.endpoint.guards import BROWSER, guard
-from entra_tokend.endpoint.params import parse_query, resource_param
+from entra_tokend.endpoint.params import parse_ask
 from entra_tokend.httpserver import Request, Response
 from entra_tokend.model import AccessToken, Identity
 
@@ -95,14 +95,7 @@ class AppService:
                 "header)",
                 {"parameter": "api-version"},
             )
-        parsed = parse_query(request, SELECTORS_2017 if legacy else SELECTORS_2019)
-        if isinstance(parsed, Refusal):
-            return parsed
-        params, selector = parsed
-        resource = resource_param(params)
-        if isinstance(resource, Refusal):
-            return resource
-        return Ask(resource, selector)
+        return parse_ask(request, SELECTORS_2017 if legacy else SELECTORS_2019)
 
     def render(
         self, request: Request, ask: Ask, token: AccessToken, identity: Identity

@@ -32,7 +32,7 @@ from collections.abc import Callable
 
 from entra_tokend.endpoint.core import Ask, Kind, Refusal, SelectorKind
 from entra_tokend.endpoint.guards import BROWSER, PROXY, guard
-from entra_tokend.endpoint.params import parse_query, resource_param
+from entra_tokend.endpoint.params import parse_ask
 from entra_tokend.httpserver import Request, Response
 from entra_tokend.model import AccessToken, Identity
 
@@ -77,14 +77,7 @@ class Imds:
                 f"api-version must be {' or '.join(API_VERSIONS)}",
                 {"parameter": "api-version"},
             )
-        parsed = parse_query(request, SELECTORS)
-        if isinstance(parsed, Refusal):
-            return parsed
-        params, selector = parsed
-        resource = resource_param(params)
-        if isinstance(resource, Refusal):
-            return resource
-        return Ask(resource, selector)
+        return parse_ask(request, SELECTORS)
 
     def render(
         self, request: Request, ask: Ask, token: AccessToken, identity: Identity

@@ -5,7 +5,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from entra_tokend.endpoint.core import SELECTOR_SPELLINGS, Kind, Refusal, Selector, SelectorKind
+from entra_tokend.endpoint.core import (
+    SELECTOR_SPELLINGS,
+    Ask,
+    Kind,
+    Refusal,
+    Selector,
+    SelectorKind,
+)
 from entra_tokend.httpserver import Request
 
 
@@ -64,3 +71,16 @@ def resource_param(params: Mapping[str, str]) -> str | Refusal:
     if not value:
         return Refusal(Kind.BAD_REQUEST, "resource is required", {"parameter": "resource"})
     return value
+
+
+def parse_ask(request: Request, selectors: Mapping[str, SelectorKind]) -> Ask | Refusal:
+    """The query's resource and selector (``parse_query`` then ``resource_param``): what every
+    protocol asks once its own headers and ``api-version`` are accepted."""
+    parsed = parse_query(request, selectors)
+    if isinstance(parsed, Refusal):
+        return parsed
+    params, selector = parsed
+    resource = resource_param(params)
+    if isinstance(resource, Refusal):
+        return resource
+    return Ask(resource, selector)
